@@ -1,0 +1,1 @@
+"""Alembic migrations: the only source of the crx database schema (see ``registry.db.migrate``)."""

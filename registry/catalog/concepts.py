@@ -1,0 +1,202 @@
+"""Concepts and their versions: race-free version numbers, idempotent re-registration.
+
+Version numbers come from ``max(version) + 1`` inside the write transaction and are guarded by
+the unique constraint ``(concept_id, version)``: if two writers pick the same number, one
+insert fails and the facade retries it in a fresh transaction (PostgreSQL). On SQLite, write
+transactions begin with ``BEGIN IMMEDIATE`` and so never overlap. Identical content (same
+pairs oid, template, construction and extraction settings) is caught by the unique constraint
+``(concept_id, content_sha256)`` and returns the existing version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from registry.audit import record_event
+from registry.catalog.paging import page
+from registry.db.tables import SqlConcept, SqlConceptVersion
+from registry.errors import ConceptNotFound
+from registry.hashing import content_sha256
+from registry.timeutil import as_utc, now
+from schemas.records import ConceptRecord, ConceptVersionRecord, Page, Registered
+
+
+def version_record(concept: SqlConcept, row: SqlConceptVersion) -> ConceptVersionRecord:
+    return ConceptVersionRecord(
+        id=row.id,
+        concept=concept.name,
+        version=row.version,
+        ref=f"{concept.name}@{row.version}",
+        description=concept.description,
+        pairs_oid=row.pairs_oid,
+        n_pairs=row.n_pairs,
+        template=row.template,
+        pair_construction=row.pair_construction,
+        extraction=dict(row.extraction or {}),
+        content_sha256=row.content_sha256,
+        tags=dict(row.tags or {}),
+        created_at=as_utc(row.created_at),
+    )
+
+
+def recipe_sha256(
+    pairs_oid: str, template: str, pair_construction: str, extraction: dict[str, Any]
+) -> str:
+    return content_sha256(
+        {
+            "pairs_oid": pairs_oid,
+            "template": template,
+            "pair_construction": pair_construction,
+            "extraction": extraction,
+        }
+    )
+
+
+def find_version(
+    session: Session, name: str, version: int | None
+) -> tuple[SqlConcept, SqlConceptVersion]:
+    """The concept and its version ``version`` (None = latest), else `ConceptNotFound`."""
+    concept = session.scalar(select(SqlConcept).where(SqlConcept.name == name))
+    if concept is None:
+        raise ConceptNotFound(name, version)
+    statement = select(SqlConceptVersion).where(SqlConceptVersion.concept_id == concept.id)
+    if version is None:
+        statement = statement.order_by(SqlConceptVersion.version.desc()).limit(1)
+    else:
+        statement = statement.where(SqlConceptVersion.version == version)
+    row = session.scalar(statement)
+    if row is None:
+        raise ConceptNotFound(name, version)
+    return concept, row
+
+
+def register_version(
+    session: Session,
+    name: str,
+    *,
+    description: str | None,
+    pairs_oid: str,
+    n_pairs: int,
+    template: str,
+    pair_construction: str,
+    extraction: dict[str, Any],
+) -> Registered[ConceptVersionRecord]:
+    """Add a version (or return the identical existing one). May raise IntegrityError on a race."""
+    stamp = now()
+    concept = session.scalar(select(SqlConcept).where(SqlConcept.name == name))
+    if concept is None:
+        concept = SqlConcept(
+            name=name, description=description or "", created_at=stamp, updated_at=stamp
+        )
+        session.add(concept)
+        session.flush()
+        record_event(
+            session,
+            "register",
+            "concept",
+            concept.id,
+            name,
+            new={"description": concept.description},
+        )
+    elif description is not None and description != concept.description:
+        record_event(
+            session,
+            "update",
+            "concept",
+            concept.id,
+            name,
+            old={"description": concept.description},
+            new={"description": description},
+        )
+        concept.description = description
+        concept.updated_at = stamp
+    recipe = recipe_sha256(pairs_oid, template, pair_construction, extraction)
+    existing = session.scalar(
+        select(SqlConceptVersion).where(
+            SqlConceptVersion.concept_id == concept.id,
+            SqlConceptVersion.content_sha256 == recipe,
+        )
+    )
+    if existing is not None:
+        return Registered[ConceptVersionRecord](
+            record=version_record(concept, existing), created=False
+        )
+    latest = session.scalar(
+        select(func.max(SqlConceptVersion.version)).where(
+            SqlConceptVersion.concept_id == concept.id
+        )
+    )
+    row = SqlConceptVersion(
+        concept_id=concept.id,
+        version=(latest or 0) + 1,
+        pairs_oid=pairs_oid,
+        n_pairs=n_pairs,
+        template=template,
+        pair_construction=pair_construction,
+        extraction=extraction,
+        content_sha256=recipe,
+        tags={},
+        created_at=stamp,
+    )
+    session.add(row)
+    session.flush()
+    concept.updated_at = stamp
+    record_event(
+        session,
+        "register",
+        "concept_version",
+        row.id,
+        f"{name}@{row.version}",
+        new={
+            "pairs_oid": pairs_oid,
+            "n_pairs": n_pairs,
+            "template": template,
+            "pair_construction": pair_construction,
+            "extraction": extraction,
+        },
+    )
+    return Registered[ConceptVersionRecord](record=version_record(concept, row), created=True)
+
+
+def listing(session: Session, *, limit: int | None, after: int | None) -> Page[ConceptRecord]:
+    def convert(rows: Sequence[Any]) -> list[ConceptRecord]:
+        concepts = [row[0] for row in rows]
+        versions: dict[int, list[int]] = {c.id: [] for c in concepts}
+        if concepts:
+            found = session.execute(
+                select(SqlConceptVersion.concept_id, SqlConceptVersion.version)
+                .where(SqlConceptVersion.concept_id.in_(list(versions)))
+                .order_by(SqlConceptVersion.version)
+            )
+            for concept_id, version in found:
+                versions[concept_id].append(version)
+        return [
+            ConceptRecord(
+                id=c.id,
+                name=c.name,
+                description=c.description,
+                versions=versions[c.id],
+                latest_version=versions[c.id][-1] if versions[c.id] else None,
+                created_at=as_utc(c.created_at),
+                updated_at=as_utc(c.updated_at),
+            )
+            for c in concepts
+        ]
+
+    return page(session, select(SqlConcept), SqlConcept.id, convert, limit=limit, after=after)
+
+
+def versions_of(session: Session, name: str) -> list[ConceptVersionRecord]:
+    concept = session.scalar(select(SqlConcept).where(SqlConcept.name == name))
+    if concept is None:
+        raise ConceptNotFound(name)
+    rows = session.scalars(
+        select(SqlConceptVersion)
+        .where(SqlConceptVersion.concept_id == concept.id)
+        .order_by(SqlConceptVersion.version)
+    )
+    return [version_record(concept, row) for row in rows]

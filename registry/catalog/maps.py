@@ -1,0 +1,148 @@
+"""Affine maps between models: one row per (source, target, layer pair, fit recipe)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, aliased
+
+from registry.audit import record_event
+from registry.catalog.paging import page
+from registry.db.tables import SqlAffineMap, SqlModel
+from registry.errors import MapNotFound
+from registry.hashing import content_sha256
+from registry.timeutil import as_utc, now
+from schemas.records import MapRecord, Page, Registered
+
+_Source = aliased(SqlModel)
+_Target = aliased(SqlModel)
+
+
+def _joined() -> Select:
+    return (
+        select(SqlAffineMap, _Source.name, _Target.name)
+        .join(_Source, SqlAffineMap.source_model_id == _Source.id)
+        .join(_Target, SqlAffineMap.target_model_id == _Target.id)
+    )
+
+
+def to_record(row: SqlAffineMap, source: str, target: str) -> MapRecord:
+    return MapRecord(
+        id=row.id,
+        source_model=source,
+        target_model=target,
+        source_layer=row.source_layer,
+        target_layer=row.target_layer,
+        oid=row.oid,
+        solver=row.solver,
+        solver_settings=dict(row.solver_settings or {}),
+        corpus_oid=row.corpus_oid,
+        n_samples=row.n_samples,
+        r2=row.r2,
+        mse=row.mse,
+        cosine=row.cosine,
+        metrics=dict(row.metrics or {}),
+        created_at=as_utc(row.created_at),
+    )
+
+
+def get(session: Session, map_id: int) -> MapRecord:
+    found = session.execute(_joined().where(SqlAffineMap.id == map_id)).first()
+    if found is None:
+        raise MapNotFound(str(map_id))
+    return to_record(*found)
+
+
+def fit_sha256(solver: str, solver_settings: dict[str, Any], corpus_oid: str | None) -> str:
+    return content_sha256({"solver": solver, "settings": solver_settings, "corpus": corpus_oid})
+
+
+def add(
+    session: Session,
+    *,
+    source_model_id: int,
+    target_model_id: int,
+    source_layer: int,
+    target_layer: int,
+    oid: str,
+    solver: str,
+    solver_settings: dict[str, Any],
+    corpus_oid: str | None,
+    n_samples: int | None,
+    r2: float | None,
+    mse: float | None,
+    cosine: float | None,
+    metrics: dict[str, Any] | None = None,
+) -> Registered[MapRecord]:
+    """Insert a map, or refresh the row of the same pair and fit recipe (audited)."""
+    identity = {
+        "source_model_id": source_model_id,
+        "target_model_id": target_model_id,
+        "source_layer": source_layer,
+        "target_layer": target_layer,
+        "fit_sha256": fit_sha256(solver, solver_settings, corpus_oid),
+    }
+    content = {
+        "oid": oid,
+        "solver": solver,
+        "solver_settings": solver_settings,
+        "corpus_oid": corpus_oid,
+        "n_samples": n_samples,
+        "r2": r2,
+        "mse": mse,
+        "cosine": cosine,
+        "metrics": metrics or {},
+    }
+    existing = session.scalar(select(SqlAffineMap).filter_by(**identity))
+    if existing is not None:
+        if existing.oid == oid:
+            return Registered[MapRecord](record=get(session, existing.id), created=False)
+        old = {"oid": existing.oid, "r2": existing.r2}
+        for field, value in content.items():
+            setattr(existing, field, value)
+        existing.created_at = now()
+        session.flush()
+        record_event(
+            session,
+            "replace",
+            "map",
+            existing.id,
+            str(existing.id),
+            old=old,
+            new={"oid": oid, "r2": r2},
+        )
+        return Registered[MapRecord](record=get(session, existing.id), created=False)
+    row = SqlAffineMap(**identity, **content, created_at=now())
+    session.add(row)
+    session.flush()
+    record_event(
+        session,
+        "register",
+        "map",
+        row.id,
+        str(row.id),
+        new={**identity, "oid": oid, "solver": solver, "r2": r2},
+    )
+    return Registered[MapRecord](record=get(session, row.id), created=True)
+
+
+def listing(
+    session: Session,
+    *,
+    limit: int | None,
+    after: int | None,
+    source: str | None = None,
+    target: str | None = None,
+) -> Page[MapRecord]:
+    statement = _joined()
+    if source is not None:
+        statement = statement.where(_Source.name == source)
+    if target is not None:
+        statement = statement.where(_Target.name == target)
+
+    def convert(rows: Sequence[Any]) -> list[MapRecord]:
+        return [to_record(*row) for row in rows]
+
+    return page(session, statement, SqlAffineMap.id, convert, limit=limit, after=after)

@@ -1,0 +1,37 @@
+"""Keyset paging by id: stable under concurrent inserts, O(limit) at any depth."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import Select
+from sqlalchemy.orm import Session
+
+from schemas.records import Page
+
+T = TypeVar("T")
+DEFAULT_LIMIT = 100
+
+
+def page(
+    session: Session,
+    statement: Select,
+    id_column: Any,
+    convert: Callable[[Sequence[Any]], list[T]],
+    *,
+    limit: int | None,
+    after: int | None,
+) -> Page[T]:
+    """Run ``statement`` ordered by ``id_column`` from ``after``; ``limit`` None or 0 = all."""
+    if after is not None:
+        statement = statement.where(id_column > after)
+    statement = statement.order_by(id_column)
+    if limit:
+        statement = statement.limit(limit + 1)
+    rows = session.execute(statement).all()
+    more = bool(limit) and len(rows) > (limit or 0)
+    rows = rows[:limit] if limit else rows
+    items = convert(rows)
+    next_after = rows[-1][0].id if more and rows else None
+    return Page[T](items=items, next_after=next_after)

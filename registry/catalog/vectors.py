@@ -1,0 +1,166 @@
+"""Concept vectors: one row per (concept version, model, hook point, token, estimator, lineage)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from registry.audit import record_event
+from registry.catalog.paging import page
+from registry.db.tables import SqlConcept, SqlConceptVersion, SqlModel, SqlVector
+from registry.errors import AlreadyExists, VectorNotFound
+from registry.timeutil import as_utc, now
+from schemas.records import Page, Registered, VectorRecord
+
+ORIGINS = ("extracted", "imported", "mapped")
+
+
+def _joined() -> Select:
+    return (
+        select(SqlVector, SqlConcept.name, SqlConceptVersion.version, SqlModel.name)
+        .join(SqlConceptVersion, SqlVector.concept_version_id == SqlConceptVersion.id)
+        .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
+        .join(SqlModel, SqlVector.model_id == SqlModel.id)
+    )
+
+
+def to_record(row: SqlVector, concept: str, version: int, model: str) -> VectorRecord:
+    return VectorRecord(
+        id=row.id,
+        concept=concept,
+        concept_version=version,
+        concept_version_id=row.concept_version_id,
+        model=model,
+        model_id=row.model_id,
+        hook_point=row.hook_point,
+        token_position=row.token_position,
+        estimator=row.estimator,
+        oid=row.oid,
+        n_layers=row.n_layers,
+        d_model=row.d_model,
+        dtype=row.dtype,
+        layers=list(row.layers) if row.layers is not None else None,
+        layer_norms=list(row.layer_norms),
+        origin=row.origin,  # type: ignore[arg-type]
+        source_vector_id=row.source_vector_id,
+        map_ids=list(row.map_ids) if row.map_ids is not None else None,
+        settings=dict(row.settings or {}),
+        created_at=as_utc(row.created_at),
+    )
+
+
+def get(session: Session, vector_id: int) -> VectorRecord:
+    found = session.execute(_joined().where(SqlVector.id == vector_id)).first()
+    if found is None:
+        raise VectorNotFound(str(vector_id))
+    return to_record(*found)
+
+
+def add(
+    session: Session,
+    *,
+    concept_version_id: int,
+    model_id: int,
+    hook_point: str,
+    token_position: str,
+    estimator: str,
+    oid: str,
+    n_layers: int,
+    d_model: int,
+    dtype: str,
+    layers: list[int] | None,
+    layer_norms: list[float],
+    origin: str,
+    lineage_key: str = "",
+    source_vector_id: int | None = None,
+    map_ids: list[int] | None = None,
+    settings: dict[str, Any] | None = None,
+    replace: bool = False,
+) -> Registered[VectorRecord]:
+    """Insert a vector row; the same identity with the same blob is a no-op.
+
+    The same identity with a different blob raises `AlreadyExists` unless ``replace``, which
+    points the row at the new blob and audits the old oid.
+    """
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {ORIGINS}")
+    identity = {
+        "concept_version_id": concept_version_id,
+        "model_id": model_id,
+        "hook_point": hook_point,
+        "token_position": token_position,
+        "estimator": estimator,
+        "lineage_key": lineage_key,
+    }
+    existing = session.scalar(select(SqlVector).filter_by(**identity))
+    content = {
+        "oid": oid,
+        "n_layers": n_layers,
+        "d_model": d_model,
+        "dtype": dtype,
+        "layers": layers,
+        "layer_norms": layer_norms,
+        "origin": origin,
+        "source_vector_id": source_vector_id,
+        "map_ids": map_ids,
+        "settings": settings or {},
+    }
+    if existing is not None:
+        if existing.oid == oid:
+            return Registered[VectorRecord](record=get(session, existing.id), created=False)
+        if not replace:
+            raise AlreadyExists(
+                f"vector {existing.id} (same concept version, model, hook point, token position "
+                f"and estimator) with different values",
+                "pass replace (CLI: --replace) to point it at the new tensor",
+            )
+        old = {"oid": existing.oid, "settings": existing.settings}
+        for field, value in content.items():
+            setattr(existing, field, value)
+        existing.created_at = now()
+        session.flush()
+        record_event(
+            session,
+            "replace",
+            "vector",
+            existing.id,
+            str(existing.id),
+            old=old,
+            new={"oid": oid, "settings": settings or {}},
+        )
+        return Registered[VectorRecord](record=get(session, existing.id), created=False)
+    row = SqlVector(**identity, **content, created_at=now())
+    session.add(row)
+    session.flush()
+    record_event(
+        session,
+        "register",
+        "vector",
+        row.id,
+        str(row.id),
+        new={**identity, "oid": oid, "origin": origin},
+    )
+    return Registered[VectorRecord](record=get(session, row.id), created=True)
+
+
+def listing(
+    session: Session,
+    *,
+    limit: int | None,
+    after: int | None,
+    concept: str | None = None,
+    model: str | None = None,
+) -> Page[VectorRecord]:
+    statement = _joined()
+    if concept is not None:
+        statement = statement.where(SqlConcept.name == concept)
+    if model is not None:
+        statement = statement.where(SqlModel.name == model)
+
+    def convert(rows: Sequence[Any]) -> list[VectorRecord]:
+        return [to_record(*row) for row in rows]
+
+    return page(session, statement, SqlVector.id, convert, limit=limit, after=after)

@@ -1,0 +1,84 @@
+"""Engines and transactions for SQLite and PostgreSQL.
+
+SQLite needs care to be safe under several processes: WAL journal (readers never block the
+writer), a busy timeout (writers wait instead of failing), and ``BEGIN IMMEDIATE`` for write
+transactions, so a transaction that reads then writes takes the write lock up front instead of
+failing with "database is locked" when it tries to upgrade its lock (pysqlite's default
+deferred ``BEGIN`` cannot wait for that). SQLAlchemy's documented recipe: turn pysqlite's own
+transaction handling off and emit ``BEGIN`` ourselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session
+
+from registry.config import redact
+from registry.errors import DatabaseUnavailable
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def _normalise(url: str) -> str:
+    # Users type postgresql://; SQLAlchemy would pick psycopg2, which crx does not depend on.
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for ``url`` with crx's connection settings (nothing is connected yet)."""
+    url = _normalise(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseUnavailable(redact(url), f"not a database URL ({exc})") from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            folder = Path(database).expanduser().parent
+            if not folder.is_dir():
+                raise DatabaseUnavailable(redact(url), f"folder {folder} does not exist")
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(url, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise DatabaseUnavailable(redact(url), f"no driver for this URL ({exc})") from None
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("crx_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def transaction(engine: Engine, *, write: bool) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on any exception."""
+    bind = engine.execution_options(crx_write=True) if write else engine
+    with Session(bind, expire_on_commit=False) as session, session.begin():
+        yield session

@@ -1,0 +1,74 @@
+"""Alembic helpers: upgrade a database to head, read its revision, guard against old schemas.
+
+The alembic script location is computed from the installed ``migrations`` package (the wheel
+ships it), so ``crx db upgrade`` works from any working directory. The connection is handed to
+``migrations/env.py`` through ``config.attributes["connection"]``, as MLflow does. Alembic is
+imported only here and only when a migration runs: reading the revision for the schema guard is
+one plain query.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from registry.config import redact
+from registry.errors import DatabaseNotInitialised, SchemaOutOfDate
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest migration in migrations/versions; a test checks it equals alembic's head.
+HEAD_REVISION = "0001"
+
+
+def _alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Create or upgrade the schema to ``revision`` (idempotent)."""
+    from alembic import command
+
+    config = _alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for a database alembic never touched."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        try:
+            row = connection.execute(text("SELECT version_num FROM alembic_version")).first()
+        except (OperationalError, ProgrammingError):
+            return None
+    return row[0] if row else None
+
+
+def has_any_table(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(inspect(connection).get_table_names())
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise unless the database is at `HEAD_REVISION`."""
+    current = current_revision(engine)
+    url = redact(engine.url.render_as_string(hide_password=True))
+    if current == HEAD_REVISION:
+        return
+    if current is None:
+        raise DatabaseNotInitialised(url)
+    raise SchemaOutOfDate(url, current, HEAD_REVISION)

@@ -1,0 +1,138 @@
+"""Errors a user can cause, under one root: `CrxError`.
+
+The CLI turns any `CrxError` into ``Error: <message>`` on stderr and exit status 1, in one place;
+anything else is a bug and keeps its traceback. Each class builds its message from the fields
+that identify what went wrong, so callers never format messages themselves.
+
+    CrxError
+    ├── InvalidInput            malformed argument, name, file or tensor
+    │   ├── InvalidName
+    │   ├── PairsFileError
+    │   └── TensorShapeError
+    ├── NotFound
+    │   ├── ModelNotFound
+    │   ├── ConceptNotFound
+    │   ├── VectorNotFound
+    │   ├── MapNotFound
+    │   └── BlobMissing
+    ├── AlreadyExists
+    ├── DatabaseError
+    │   ├── DatabaseUnavailable
+    │   ├── DatabaseNotInitialised
+    │   └── SchemaOutOfDate
+    └── StoreError
+        ├── StoreUnavailable
+        └── BlobCorrupt
+"""
+
+from __future__ import annotations
+
+
+class CrxError(Exception):
+    """Root of every error a user can cause; its message is shown as ``Error: <message>``."""
+
+
+class InvalidInput(CrxError):
+    """An argument, file or value the user gave cannot be used."""
+
+
+class InvalidName(InvalidInput):
+    def __init__(self, kind: str, name: str, why: str) -> None:
+        self.kind, self.name, self.why = kind, name, why
+        super().__init__(f"invalid {kind} name {name!r}: {why}")
+
+
+class PairsFileError(InvalidInput):
+    def __init__(self, path: str, why: str) -> None:
+        self.path, self.why = path, why
+        super().__init__(f"cannot read contrast pairs from {path}: {why}")
+
+
+class TensorShapeError(InvalidInput):
+    def __init__(self, what: str, got: object, expected: object) -> None:
+        self.what, self.got, self.expected = what, got, expected
+        super().__init__(f"{what} has shape {got}, expected {expected}")
+
+
+class NotFound(CrxError):
+    """A named object does not exist in the registry."""
+
+
+class ModelNotFound(NotFound):
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        super().__init__(f"no model {ref!r} in the registry (see `crx list models`)")
+
+
+class ConceptNotFound(NotFound):
+    def __init__(self, name: str, version: int | None = None) -> None:
+        self.name, self.version = name, version
+        ref = name if version is None else f"{name}@{version}"
+        super().__init__(f"no concept {ref!r} in the registry (see `crx list concepts`)")
+
+
+class VectorNotFound(NotFound):
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        super().__init__(f"no vector {ref!r} in the registry (see `crx list vectors`)")
+
+
+class MapNotFound(NotFound):
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        super().__init__(f"no map {ref!r} in the registry (see `crx list maps`)")
+
+
+class BlobMissing(NotFound):
+    def __init__(self, oid: str, store: str) -> None:
+        self.oid, self.store = oid, store
+        super().__init__(f"blob {oid} is missing from the store {store} (run `crx store verify`)")
+
+
+class AlreadyExists(CrxError):
+    def __init__(self, what: str, hint: str = "") -> None:
+        self.what = what
+        super().__init__(f"{what} already exists" + (f"; {hint}" if hint else ""))
+
+
+class DatabaseError(CrxError):
+    """The database cannot be used as it is."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    def __init__(self, url: str, why: str) -> None:
+        self.url, self.why = url, why
+        super().__init__(f"cannot open the database {url}: {why}")
+
+
+class DatabaseNotInitialised(DatabaseError):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(f"the database {url} is not a crx registry yet: run `crx init`")
+
+
+class SchemaOutOfDate(DatabaseError):
+    def __init__(self, url: str, current: str | None, expected: str) -> None:
+        self.url, self.current, self.expected = url, current, expected
+        super().__init__(
+            f"the database {url} is at schema revision {current or 'none'}, this crx expects "
+            f"{expected}: back up the database, then run `crx db upgrade`"
+        )
+
+
+class StoreError(CrxError):
+    """The tensor store cannot be used as it is."""
+
+
+class StoreUnavailable(StoreError):
+    def __init__(self, url: str, why: str) -> None:
+        self.url, self.why = url, why
+        super().__init__(f"cannot use the store {url}: {why}")
+
+
+class BlobCorrupt(StoreError):
+    def __init__(self, oid: str, actual: str) -> None:
+        self.oid, self.actual = oid, actual
+        super().__init__(
+            f"blob {oid} is corrupt (its bytes hash to {actual}); run `crx store verify`"
+        )

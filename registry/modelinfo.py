@@ -1,0 +1,195 @@
+"""Facts about a model read from its config, never from its weights.
+
+Sources, in order: a local folder's ``config.json``; a GGUF file's metadata header (memory-mapped
+by the ``gguf`` package, tensors untouched); a hub id through ``transformers.AutoConfig`` (which
+needs the hub or its local cache). ``trust_remote_code`` stays off: a config is data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry.errors import InvalidInput
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    path: str
+    gguf_file: str | None
+    architecture: str | None
+    model_type: str | None
+    n_layers: int
+    d_model: int
+    vocab_size: int | None
+    config_sha256: str | None
+    tokenizer_sha256: str | None
+    weights_sha256: str | None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", ".", "~")) or Path(path).expanduser().exists()
+
+
+def read_model_facts(
+    path: str, gguf_file: str | None = None, revision: str | None = None
+) -> ModelFacts:
+    """Read a model's shape and identity from ``path`` (folder, GGUF file or hub id)."""
+    if path.endswith(".gguf") and gguf_file is None:
+        gguf_file = Path(path).name
+        path = str(Path(path).parent)
+    if _looks_local(path):
+        folder = Path(path).expanduser().resolve()
+        if not folder.is_dir():
+            raise InvalidInput(f"model folder {folder} does not exist")
+        if gguf_file:
+            return _from_gguf(folder, gguf_file)
+        return _from_folder(folder)
+    if gguf_file:
+        raise InvalidInput(f"--gguf-file needs a local folder, and {path!r} is not one")
+    return _from_hub(path, revision)
+
+
+def _from_folder(folder: Path) -> ModelFacts:
+    config_path = folder / "config.json"
+    try:
+        raw = config_path.read_bytes()
+        config = json.loads(raw)
+    except FileNotFoundError:
+        raise InvalidInput(
+            f"{folder} has no config.json (is it a transformers model folder?)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read {config_path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{config_path} is not a JSON object")
+    n_layers, d_model, vocab = _shape_from_config(config, str(config_path))
+    architectures = config.get("architectures") or [None]
+    return ModelFacts(
+        path=str(folder),
+        gguf_file=None,
+        architecture=architectures[0],
+        model_type=config.get("model_type"),
+        n_layers=n_layers,
+        d_model=d_model,
+        vocab_size=vocab,
+        config_sha256=hashlib.sha256(raw).hexdigest(),
+        tokenizer_sha256=tokenizer_sha256(folder),
+        weights_sha256=None,
+    )
+
+
+def _shape_from_config(config: dict[str, Any], where: str) -> tuple[int, int, int | None]:
+    # Multimodal configs (Gemma 3, Llava) keep the language model's shape in text_config.
+    scopes = [config, config.get("text_config") or {}]
+
+    def first(keys: tuple[str, ...]) -> Any:
+        for scope in scopes:
+            for key in keys:
+                if isinstance(scope.get(key), int):
+                    return scope[key]
+        return None
+
+    n_layers, d_model = first(_LAYER_KEYS), first(_WIDTH_KEYS)
+    if n_layers is None or d_model is None:
+        raise InvalidInput(f"{where} names no layer count or hidden size")
+    return n_layers, d_model, first(("vocab_size",))
+
+
+def tokenizer_sha256(folder: Path) -> str | None:
+    """One sha256 over the tokenizer files present (name and content of each), or None."""
+    entries = [
+        f"{name}\0{file_sha256(folder / name)}\n"
+        for name in TOKENIZER_FILES
+        if (folder / name).is_file()
+    ]
+    if not entries:
+        return None
+    return hashlib.sha256("".join(entries).encode()).hexdigest()
+
+
+def _from_gguf(folder: Path, gguf_file: str) -> ModelFacts:
+    file = folder / gguf_file
+    if not file.is_file():
+        raise InvalidInput(f"GGUF file {file} does not exist")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(file)
+        fields = {
+            name: field.contents()
+            for name, field in reader.fields.items()
+            if not name.startswith("tokenizer.ggml.") or name == "tokenizer.ggml.model"
+        }
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        n_tokens = len(tokens.data) if tokens is not None else None
+    except Exception as exc:
+        raise InvalidInput(f"cannot read GGUF metadata from {file}: {exc}") from None
+    arch = fields.get("general.architecture")
+    n_layers = fields.get(f"{arch}.block_count")
+    d_model = fields.get(f"{arch}.embedding_length")
+    if not isinstance(n_layers, int) or not isinstance(d_model, int):
+        raise InvalidInput(f"{file} names no block count or embedding length for {arch!r}")
+    vocab = fields.get(f"{arch}.vocab_size") or n_tokens
+    return ModelFacts(
+        path=str(folder),
+        gguf_file=gguf_file,
+        architecture=f"gguf:{arch}",
+        model_type=str(arch),
+        n_layers=n_layers,
+        d_model=d_model,
+        vocab_size=int(vocab) if vocab else None,
+        config_sha256=None,
+        tokenizer_sha256=tokenizer_sha256(folder),
+        weights_sha256=file_sha256(file),
+    )
+
+
+def _from_hub(hub_id: str, revision: str | None) -> ModelFacts:
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(hub_id, revision=revision, trust_remote_code=False)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(
+            f"cannot read the config of {hub_id!r} (not a local folder; the hub said: {first_line})"
+        ) from None
+    as_dict = config.to_dict()
+    n_layers, d_model, vocab = _shape_from_config(as_dict, hub_id)
+    architectures = as_dict.get("architectures") or [None]
+    return ModelFacts(
+        path=hub_id,
+        gguf_file=None,
+        architecture=architectures[0],
+        model_type=as_dict.get("model_type"),
+        n_layers=n_layers,
+        d_model=d_model,
+        vocab_size=vocab,
+        config_sha256=None,
+        tokenizer_sha256=None,
+        weights_sha256=None,
+    )

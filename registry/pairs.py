@@ -1,0 +1,132 @@
+"""Contrast-pair files: parsing the formats users bring, and one canonical stored form.
+
+Accepted: JSON (a list of ``{"positive", "negative"}`` objects, or ConTrans' ``{"pos": [...],
+"neg": [...]}``), JSONL (one object per line) and CSV with ``positive,negative`` columns. The
+stored form is canonical JSON, so the same pairs give the same oid whatever file they came in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry.errors import PairsFileError
+
+MAX_PAIRS_FILE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ContrastPair:
+    positive: str
+    negative: str
+
+
+def parse_pairs_file(path: str | Path) -> list[ContrastPair]:
+    """Read contrast pairs from ``path``; raise `PairsFileError` with the reason if unusable."""
+    path = Path(path)
+    where = str(path)
+    try:
+        if path.stat().st_size > MAX_PAIRS_FILE_BYTES:
+            raise PairsFileError(where, "the file is larger than 512 MiB")
+        text = path.read_text(encoding="utf-8-sig")
+    except PairsFileError:
+        raise
+    except UnicodeDecodeError:
+        raise PairsFileError(where, "the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise PairsFileError(where, exc.strerror or str(exc)) from None
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        pairs = _from_csv(where, text)
+    elif suffix == ".jsonl":
+        pairs = _from_jsonl(where, text)
+    else:
+        pairs = _from_json_or_jsonl(where, text)
+    if not pairs:
+        raise PairsFileError(where, "it holds no pairs")
+    return pairs
+
+
+def pairs_from_objects(where: str, items: Any) -> list[ContrastPair]:
+    """Pairs from already-parsed JSON: a list of pair objects, or ``{"pos": [], "neg": []}``."""
+    if isinstance(items, dict):
+        keys = ("pos", "neg") if "pos" in items else ("positive", "negative")
+        if not all(isinstance(items.get(key), list) for key in keys):
+            raise PairsFileError(
+                where, 'expected a list of {"positive", "negative"} or {"pos": [...], "neg": [...]}'
+            )
+        positives, negatives = items[keys[0]], items[keys[1]]
+        if len(positives) != len(negatives):
+            raise PairsFileError(
+                where, f"{len(positives)} positives but {len(negatives)} negatives"
+            )
+        return [
+            _pair(where, i, p, n) for i, (p, n) in enumerate(zip(positives, negatives, strict=True))
+        ]
+    if not isinstance(items, list):
+        raise PairsFileError(where, "expected a JSON list or object")
+    return [_pair_from_object(where, i, item) for i, item in enumerate(items)]
+
+
+def _pair_from_object(where: str, index: int, item: Any) -> ContrastPair:
+    if not isinstance(item, dict):
+        raise PairsFileError(where, f"pair {index + 1} is not an object")
+    positive = item.get("positive", item.get("pos"))
+    negative = item.get("negative", item.get("neg"))
+    return _pair(where, index, positive, negative)
+
+
+def _pair(where: str, index: int, positive: Any, negative: Any) -> ContrastPair:
+    for label, value in (("positive", positive), ("negative", negative)):
+        if not isinstance(value, str) or not value.strip():
+            raise PairsFileError(where, f"pair {index + 1} has no {label} text")
+    return ContrastPair(positive, negative)
+
+
+def _from_json_or_jsonl(where: str, text: str) -> list[ContrastPair]:
+    try:
+        return pairs_from_objects(where, json.loads(text))
+    except json.JSONDecodeError as exc:
+        if "Extra data" in exc.msg:
+            return _from_jsonl(where, text)
+        raise PairsFileError(where, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+
+
+def _from_jsonl(where: str, text: str) -> list[ContrastPair]:
+    pairs: list[ContrastPair] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PairsFileError(where, f"invalid JSON on line {number}: {exc.msg}") from None
+        pairs.append(_pair_from_object(where, len(pairs), item))
+    return pairs
+
+
+def _from_csv(where: str, text: str) -> list[ContrastPair]:
+    reader = csv.DictReader(io.StringIO(text))
+    columns = set(reader.fieldnames or [])
+    if not {"positive", "negative"} <= columns:
+        raise PairsFileError(
+            where, f"CSV needs columns positive,negative (found {sorted(columns)})"
+        )
+    try:
+        return [_pair(where, i, row["positive"], row["negative"]) for i, row in enumerate(reader)]
+    except csv.Error as exc:
+        raise PairsFileError(where, f"invalid CSV: {exc}") from None
+
+
+def canonical_bytes(pairs: list[ContrastPair]) -> bytes:
+    """The stored form: ``{"pairs": [{"negative", "positive"}, ...]}``, compact, sorted keys."""
+    document = {"pairs": [{"positive": p.positive, "negative": p.negative} for p in pairs]}
+    return json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def from_canonical_bytes(data: bytes) -> list[ContrastPair]:
+    return [ContrastPair(p["positive"], p["negative"]) for p in json.loads(data)["pairs"]]

@@ -1,0 +1,214 @@
+"""Content-addressed blobs over fsspec: local folders, ``memory://`` and ``s3://``.
+
+``oid`` = sha256 of exactly the stored bytes; a blob lives at ``<root>/oid[:2]/oid[2:]``.
+``put`` is idempotent (an existing oid is not written again). On a local disk a blob is written
+to a temporary name in its final folder, flushed, then renamed into place, so no reader ever
+sees half a blob, and it is made read-only. Object stores (S3) make a PUT visible whole or not
+at all, so they are written directly. Reads re-hash by default: a corrupt blob is an error, not
+a wrong tensor.
+
+S3 endpoints: s3fs reads credentials the usual boto ways; ``AWS_ENDPOINT_URL`` (or
+``CRX_S3_ENDPOINT_URL``) points it at MinIO, moto or any S3-protocol server.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from registry.config import redact
+from registry.errors import BlobCorrupt, BlobMissing, StoreUnavailable
+
+OID_LENGTH = 64
+_HEX = frozenset("0123456789abcdef")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_oid(value: str) -> bool:
+    return len(value) == OID_LENGTH and set(value) <= _HEX
+
+
+class BlobStatus(enum.Enum):
+    OK = "ok"
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+
+
+def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str, bool]:
+    """(filesystem, root path inside it, whether it is the local disk)."""
+    if "://" not in url or url.startswith("file://"):
+        local = url.removeprefix("file://")
+        root = str(Path(local).expanduser().resolve())
+        return fsspec.filesystem("file"), root, True
+    protocol = url.split("://", 1)[0]
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a"):
+        endpoint = os.environ.get("CRX_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["endpoint_url"] = endpoint
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **options)
+    except (ImportError, ValueError) as exc:
+        raise StoreUnavailable(redact(url), str(exc)) from None
+    return fs, root.rstrip("/"), False
+
+
+class ObjectStore:
+    """Blobs addressed by the sha256 of their bytes, under one fsspec URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.fs, self.root, self.is_local = _filesystem(url)
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({redact(self.url)!r})"
+
+    # -- layout -------------------------------------------------------------------------
+
+    def path(self, oid: str) -> str:
+        if not is_oid(oid):
+            raise ValueError(f"not an oid: {oid!r}")
+        return f"{self.root}/{oid[:2]}/{oid[2:]}"
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(redact(self.url), f"{type(exc).__name__}: {exc}")
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Create the store's root (and, on S3, check the bucket can be reached). Idempotent."""
+        try:
+            if self.is_local:
+                Path(self.root).mkdir(parents=True, exist_ok=True)
+            elif self.fs.protocol in ("memory",) or "memory" in self.fs.protocol:
+                self.fs.makedirs(self.root, exist_ok=True)
+            else:
+                bucket = self.root.split("/", 1)[0]
+                if not self.fs.exists(bucket):
+                    self.fs.mkdir(bucket)
+                self.fs.ls(bucket, refresh=True)
+        except OSError as exc:
+            raise self._unavailable(exc) from None
+        except Exception as exc:  # botocore/aiohttp errors are not OSErrors
+            raise self._unavailable(exc) from None
+
+    def check_reachable(self) -> None:
+        """Raise `StoreUnavailable` unless the store's root can be listed."""
+        try:
+            if self.is_local:
+                if not Path(self.root).is_dir():
+                    raise StoreUnavailable(
+                        redact(self.url), "the folder does not exist (run crx init)"
+                    )
+                return
+            self.fs.ls(self.root.split("/", 1)[0], refresh=True)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
+    # -- blobs --------------------------------------------------------------------------
+
+    def exists(self, oid: str) -> bool:
+        try:
+            if self.is_local:
+                return os.path.exists(self.path(oid))
+            return bool(self.fs.exists(self.path(oid)))
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` and return its oid; a blob already present is not written again."""
+        oid = sha256_hex(data)
+        if self.exists(oid):
+            return oid
+        try:
+            if self.is_local:
+                self._put_local(oid, data)
+            else:
+                self.fs.pipe_file(self.path(oid), data)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+        return oid
+
+    def _put_local(self, oid: str, data: bytes) -> None:
+        final = Path(self.path(oid))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=f"-{oid[:8]}")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, 0o444)
+            os.replace(temp, final)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+    def get(self, oid: str, *, verify: bool = True) -> bytes:
+        """The bytes of ``oid``; raises `BlobMissing`, or `BlobCorrupt` if they do not hash back."""
+        try:
+            if self.is_local:
+                with open(self.path(oid), "rb") as handle:
+                    data = handle.read()
+            else:
+                data = self.fs.cat_file(self.path(oid))
+        except FileNotFoundError:
+            raise BlobMissing(oid, redact(self.url)) from None
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+        if verify:
+            actual = sha256_hex(data)
+            if actual != oid:
+                raise BlobCorrupt(oid, actual)
+        return data
+
+    def status(self, oid: str) -> BlobStatus:
+        """Whether ``oid`` is present and its bytes still hash to it."""
+        try:
+            self.get(oid, verify=True)
+        except BlobMissing:
+            return BlobStatus.MISSING
+        except BlobCorrupt:
+            return BlobStatus.CORRUPT
+        return BlobStatus.OK
+
+    def remove(self, oid: str) -> None:
+        try:
+            if self.is_local:
+                Path(self.path(oid)).unlink(missing_ok=True)
+            else:
+                self.fs.rm_file(self.path(oid))
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
+    def iter_oids(self) -> Iterator[str]:
+        """Every oid present in the store (temporary files and strays are skipped)."""
+        try:
+            if self.is_local:
+                root = Path(self.root)
+                paths = [str(p) for p in root.glob("??/*")] if root.is_dir() else []
+            else:
+                paths = list(self.fs.find(self.root, maxdepth=2))
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+        for path in sorted(paths):
+            prefix, _, name = path.rstrip("/").rpartition("/")
+            oid = prefix[-2:] + name
+            if prefix[-3:-2] == "/" and is_oid(oid):
+                yield oid

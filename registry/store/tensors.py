@@ -1,0 +1,87 @@
+"""Tensors as bytes: safetensors with no header metadata, so equal tensors give equal oids.
+
+safetensors does not write ``__metadata__`` in a stable key order (safetensors issue #584), so
+crx writes none and keeps metadata in SQL. Tensors are numpy arrays here: the registry reads
+and writes blobs without importing torch; the engine converts at its edge.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
+
+from registry.errors import InvalidInput
+
+FLOAT_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
+
+
+def encode(tensors: dict[str, np.ndarray]) -> bytes:
+    """Serialise named arrays to safetensors bytes, deterministically."""
+    return save({name: np.ascontiguousarray(array) for name, array in tensors.items()})
+
+
+def decode(data: bytes) -> dict[str, np.ndarray]:
+    return load(data)
+
+
+def read_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a user's ``.safetensors`` file; bfloat16 tensors are widened to float32.
+
+    The file is data, never code: safetensors has no pickle and this parses only its header.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return load(raw)
+    except SafetensorError as exc:
+        if "bf16" not in str(exc).lower() and "bfloat16" not in str(exc).lower():
+            raise InvalidInput(f"{path} is not a valid safetensors file: {exc}") from None
+    except Exception as exc:
+        raise InvalidInput(f"{path} is not a valid safetensors file: {exc}") from None
+    return _read_with_bfloat16(path, raw)
+
+
+_NUMPY_DTYPES = {
+    "F16": "<f2",
+    "F32": "<f4",
+    "F64": "<f8",
+    "I8": "i1",
+    "I16": "<i2",
+    "I32": "<i4",
+    "I64": "<i8",
+    "U8": "u1",
+    "U16": "<u2",
+    "U32": "<u4",
+    "U64": "<u8",
+    "BOOL": "?",
+}
+
+
+def _read_with_bfloat16(path: Path, raw: bytes) -> dict[str, np.ndarray]:
+    try:
+        (header_length,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + header_length])
+        body = memoryview(raw)[8 + header_length :]
+        out: dict[str, np.ndarray] = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            chunk = body[start:end]
+            if info["dtype"] == "BF16":
+                # bfloat16 is the top half of a float32: shift it back into place.
+                array = (np.frombuffer(chunk, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                array = np.frombuffer(chunk, dtype=_NUMPY_DTYPES[info["dtype"]])
+            out[name] = array.reshape(info["shape"])
+    except (KeyError, ValueError, TypeError, struct.error) as exc:
+        raise InvalidInput(f"{path} is not a valid safetensors file: {exc}") from None
+    return out

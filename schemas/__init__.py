@@ -1,0 +1,33 @@
+"""Pydantic models: records the registry returns (and, later, spec files and plan documents)."""
+
+from schemas.records import (
+    AuditEventRecord,
+    BlobProblem,
+    ConceptRecord,
+    ConceptVersionRecord,
+    EvaluationRecord,
+    GcReport,
+    InitReport,
+    MapRecord,
+    ModelRecord,
+    Page,
+    Registered,
+    VectorRecord,
+    VerifyReport,
+)
+
+__all__ = [
+    "AuditEventRecord",
+    "BlobProblem",
+    "ConceptRecord",
+    "ConceptVersionRecord",
+    "EvaluationRecord",
+    "GcReport",
+    "InitReport",
+    "MapRecord",
+    "ModelRecord",
+    "Page",
+    "Registered",
+    "VectorRecord",
+    "VerifyReport",
+]

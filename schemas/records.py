@@ -1,0 +1,175 @@
+"""Records the registry returns: plain pydantic models, detached from any database session.
+
+Their JSON form (``model_dump(mode="json")``) is what ``crx ... --json`` prints; field names are
+part of crx's stable interface (documented in the README): fields may be added, never renamed
+or removed within a major version.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ModelRecord(Record):
+    id: int
+    name: str
+    path: str
+    gguf_file: str | None = None
+    revision: str | None = None
+    architecture: str | None = None
+    model_type: str | None = None
+    n_layers: int
+    d_model: int
+    vocab_size: int | None = None
+    config_sha256: str | None = None
+    tokenizer_sha256: str | None = None
+    weights_sha256: str | None = None
+    family: str | None = None
+    role: str | None = None
+    tags: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConceptVersionRecord(Record):
+    id: int
+    concept: str
+    version: int
+    ref: str  # "NAME@VERSION"
+    description: str = ""
+    pairs_oid: str
+    n_pairs: int
+    template: str
+    pair_construction: str
+    extraction: dict[str, Any] = Field(default_factory=dict)
+    content_sha256: str
+    tags: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class ConceptRecord(Record):
+    id: int
+    name: str
+    description: str = ""
+    versions: list[int]
+    latest_version: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class VectorRecord(Record):
+    id: int
+    concept: str
+    concept_version: int
+    concept_version_id: int
+    model: str
+    model_id: int
+    hook_point: str
+    token_position: str
+    estimator: str
+    oid: str
+    n_layers: int
+    d_model: int
+    dtype: str
+    layers: list[int] | None = None
+    layer_norms: list[float]
+    origin: Literal["extracted", "imported", "mapped"]
+    source_vector_id: int | None = None
+    map_ids: list[int] | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class MapRecord(Record):
+    id: int
+    source_model: str
+    target_model: str
+    source_layer: int
+    target_layer: int
+    oid: str
+    solver: str
+    solver_settings: dict[str, Any] = Field(default_factory=dict)
+    corpus_oid: str | None = None
+    n_samples: int | None = None
+    r2: float | None = None
+    mse: float | None = None
+    cosine: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class EvaluationRecord(Record):
+    id: int
+    vector_id: int | None = None
+    model: str
+    task: str
+    dataset_oid: str | None = None
+    layers: list[int] | None = None
+    alpha: float | None = None
+    metric: str
+    value: float
+    n: int | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class AuditEventRecord(Record):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    object_kind: str
+    object_id: int | None = None
+    object_ref: str
+    old: dict[str, Any] | None = None
+    new: dict[str, Any] | None = None
+
+
+class Registered(Record, Generic[T]):
+    """The outcome of a register call: the record, and whether this call created it."""
+
+    record: T
+    created: bool
+
+
+class Page(Record, Generic[T]):
+    """One page of a listing; pass ``next_after`` as ``after`` to get the next (None = done)."""
+
+    items: list[T]
+    next_after: int | None = None
+
+
+class BlobProblem(Record):
+    oid: str
+    status: Literal["missing", "corrupt"]
+    referenced_by: list[str]
+
+
+class VerifyReport(Record):
+    store: str
+    checked: int
+    ok: int
+    problems: list[BlobProblem]
+    unreferenced: int
+
+
+class GcReport(Record):
+    store: str
+    unreferenced: list[str]
+    deleted: bool
+
+
+class InitReport(Record):
+    database: str
+    store: str
+    revision_before: str | None
+    revision: str
