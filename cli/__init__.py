@@ -1,0 +1,1 @@
+"""The ``crx`` command: a thin skin over `registry.Registry` (parse, call, render)."""

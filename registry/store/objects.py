@@ -53,6 +53,8 @@ def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str, bool]:
     protocol = url.split("://", 1)[0]
     options: dict[str, Any] = {}
     if protocol in ("s3", "s3a"):
+        # Other processes write to the same bucket: never answer from a stale listing.
+        options["use_listings_cache"] = False
         endpoint = os.environ.get("CRX_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["endpoint_url"] = endpoint

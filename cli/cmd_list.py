@@ -1,0 +1,290 @@
+"""``crx list ...`` and ``crx show ...``: read-only views, as tables or ``--json``."""
+
+from __future__ import annotations
+
+import click
+
+from cli.context import after_option, json_option, limit_option, registry
+from cli.render import emit_fields, emit_json, emit_table, next_page_hint, short
+
+
+@click.group("list")
+def list_() -> None:
+    """List models, concepts, vectors, maps, evaluations or audit events.
+
+    With --json, prints {"items": [...], "next_after": ID or null}; pass --after ID for the
+    next page.
+    """
+
+
+@list_.command("models")
+@limit_option
+@after_option
+@json_option
+def list_models(limit: int, after: int | None, as_json: bool) -> None:
+    """List registered models.
+
+    \b
+    Example:
+      crx list models --json
+    """
+    result = registry().list_models(limit=limit, after=after)
+    if as_json:
+        emit_json(result)
+        return
+    emit_table(
+        ["id", "name", "type", "layers", "d_model", "role", "family", "path"],
+        [
+            (m.id, m.name, m.model_type, m.n_layers, m.d_model, m.role, m.family, m.path)
+            for m in result.items
+        ],
+        "no models (register one with `crx register model`)",
+    )
+    next_page_hint(result.next_after)
+
+
+@list_.command("concepts")
+@limit_option
+@after_option
+@json_option
+def list_concepts(limit: int, after: int | None, as_json: bool) -> None:
+    """List concepts and their versions.
+
+    \b
+    Example:
+      crx list concepts
+    """
+    result = registry().list_concepts(limit=limit, after=after)
+    if as_json:
+        emit_json(result)
+        return
+    emit_table(
+        ["id", "name", "latest", "versions", "description"],
+        [(c.id, c.name, c.latest_version, c.versions, c.description) for c in result.items],
+        "no concepts (register one with `crx register concept`)",
+    )
+    next_page_hint(result.next_after)
+
+
+@list_.command("vectors")
+@click.option("--concept", help="Only vectors of this concept.")
+@click.option("--model", help="Only vectors on this model.")
+@limit_option
+@after_option
+@json_option
+def list_vectors(
+    concept: str | None, model: str | None, limit: int, after: int | None, as_json: bool
+) -> None:
+    """List concept vectors (the id is the REF for show and export).
+
+    \b
+    Example:
+      crx list vectors --model gemma3-270m
+    """
+    result = registry().list_vectors(concept=concept, model=model, limit=limit, after=after)
+    if as_json:
+        emit_json(result)
+        return
+    emit_table(
+        ["id", "concept", "model", "origin", "estimator", "hook", "layers", "oid"],
+        [
+            (
+                v.id,
+                f"{v.concept}@{v.concept_version}",
+                v.model,
+                v.origin,
+                v.estimator,
+                v.hook_point,
+                v.n_layers,
+                short(v.oid),
+            )
+            for v in result.items
+        ],
+        "no vectors",
+    )
+    next_page_hint(result.next_after)
+
+
+@list_.command("maps")
+@click.option("--source", help="Only maps from this model.")
+@click.option("--target", help="Only maps into this model.")
+@limit_option
+@after_option
+@json_option
+def list_maps(
+    source: str | None, target: str | None, limit: int, after: int | None, as_json: bool
+) -> None:
+    """List affine maps between models.
+
+    \b
+    Example:
+      crx list maps --source smollm2-135m-instruct --target gemma3-270m
+    """
+    result = registry().list_maps(source=source, target=target, limit=limit, after=after)
+    if as_json:
+        emit_json(result)
+        return
+    emit_table(
+        ["id", "source", "target", "layers", "solver", "r2", "cosine", "n"],
+        [
+            (
+                m.id,
+                m.source_model,
+                m.target_model,
+                f"{m.source_layer}->{m.target_layer}",
+                m.solver,
+                m.r2,
+                m.cosine,
+                m.n_samples,
+            )
+            for m in result.items
+        ],
+        "no maps",
+    )
+    next_page_hint(result.next_after)
+
+
+@list_.command("evaluations")
+@click.option("--model", help="Only evaluations on this model.")
+@click.option("--vector", "vector_id", type=int, help="Only evaluations of this vector.")
+@click.option("--task", help="Only this task.")
+@limit_option
+@after_option
+@json_option
+def list_evaluations(
+    model: str | None,
+    vector_id: int | None,
+    task: str | None,
+    limit: int,
+    after: int | None,
+    as_json: bool,
+) -> None:
+    """List recorded evaluation metrics.
+
+    \b
+    Example:
+      crx list evaluations --model gemma3-270m --task emotion
+    """
+    result = registry().list_evaluations(
+        model=model, vector_id=vector_id, task=task, limit=limit, after=after
+    )
+    if as_json:
+        emit_json(result)
+        return
+    emit_table(
+        ["id", "model", "vector", "task", "alpha", "layers", "metric", "value", "n"],
+        [
+            (
+                e.id,
+                e.model,
+                e.vector_id if e.vector_id is not None else "base",
+                e.task,
+                e.alpha,
+                e.layers,
+                e.metric,
+                e.value,
+                e.n,
+            )
+            for e in result.items
+        ],
+        "no evaluations",
+    )
+    next_page_hint(result.next_after)
+
+
+@list_.command("audit")
+@limit_option
+@after_option
+@json_option
+def list_audit(limit: int, after: int | None, as_json: bool) -> None:
+    """List the audit trail: who changed what, when, old -> new.
+
+    \b
+    Example:
+      crx list audit --limit 20
+    """
+    result = registry().audit_events(limit=limit, after=after)
+    if as_json:
+        emit_json(result)
+        return
+    emit_table(
+        ["id", "at", "actor", "action", "object", "ref"],
+        [(e.id, e.at, e.actor, e.action, e.object_kind, e.object_ref) for e in result.items],
+        "no events",
+    )
+    next_page_hint(result.next_after)
+
+
+@click.group()
+def show() -> None:
+    """Show one model, concept version, vector or map in full."""
+
+
+@show.command("model")
+@click.argument("ref")
+@json_option
+def show_model(ref: str, as_json: bool) -> None:
+    """Show a model by name (or id).
+
+    \b
+    Example:
+      crx show model gemma3-270m
+    """
+    record = registry().get_model(ref)
+    if as_json:
+        emit_json(record)
+    else:
+        emit_fields(list(record.model_dump().items()))
+
+
+@show.command("concept")
+@click.argument("ref")
+@json_option
+def show_concept(ref: str, as_json: bool) -> None:
+    """Show a concept version: NAME (the latest) or NAME@VERSION.
+
+    \b
+    Example:
+      crx show concept happiness@1
+    """
+    record = registry().get_concept(ref)
+    if as_json:
+        emit_json(record)
+    else:
+        emit_fields(list(record.model_dump().items()))
+
+
+@show.command("vector")
+@click.argument("ref", type=int)
+@json_option
+def show_vector(ref: int, as_json: bool) -> None:
+    """Show a vector by id (as `crx list vectors` prints it).
+
+    \b
+    Example:
+      crx show vector 3
+    """
+    record = registry().get_vector(ref)
+    if as_json:
+        emit_json(record)
+        return
+    fields = record.model_dump()
+    norms = fields.pop("layer_norms")
+    emit_fields([*fields.items(), ("layer_norms", " ".join(f"{x:.3g}" for x in norms))])
+
+
+@show.command("map")
+@click.argument("ref", type=int)
+@json_option
+def show_map(ref: int, as_json: bool) -> None:
+    """Show an affine map by id.
+
+    \b
+    Example:
+      crx show map 1
+    """
+    record = registry().get_map(ref)
+    if as_json:
+        emit_json(record)
+    else:
+        emit_fields(list(record.model_dump().items()))

@@ -1,0 +1,151 @@
+"""``crx register model|concept|vector``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cli.context import json_option, registry
+from cli.render import emit_json
+
+
+def _parse_tags(values: tuple[str, ...]) -> dict[str, Any]:
+    tags = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="--tag")
+        tags[key] = val
+    return tags
+
+
+@click.group()
+def register() -> None:
+    """Add models, concepts and vectors to the registry."""
+
+
+@register.command("model")
+@click.argument("name")
+@click.option("--path", "path", required=True, help="Local model folder (or .gguf file) or hub id.")
+@click.option("--gguf-file", help="GGUF file inside --path to read the model from.")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--family", help="Model family, e.g. llama, qwen2, gemma3.")
+@click.option("--role", type=click.Choice(["aligned", "base"]), help="Aligned (instruct) or base.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Free tag (repeatable).")
+@json_option
+def register_model(
+    name: str,
+    path: str,
+    gguf_file: str | None,
+    revision: str | None,
+    family: str | None,
+    role: str | None,
+    tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Register a model by reading its config (weights are not loaded).
+
+    Registering the same name again updates its row (the change is audited).
+
+    \b
+    Example:
+      crx register model smollm2-135m-instruct --path ~/models/smollm2 --family llama --role aligned
+      crx register model gemma3-270m --path ~/models/gemma --gguf-file gemma-3-270m.gguf --role base
+    """
+    result = registry().register_model(
+        name,
+        path,
+        gguf_file=gguf_file,
+        revision=revision,
+        family=family,
+        role=role,
+        tags=_parse_tags(tags),
+    )
+    if as_json:
+        emit_json(result)
+        return
+    m = result.record
+    verb = "registered" if result.created else "up to date"
+    click.echo(f"{m.name}: {verb} ({m.model_type}, {m.n_layers} layers, d_model {m.d_model})")
+
+
+@register.command("concept")
+@click.argument("name")
+@click.option(
+    "--pairs",
+    "pairs_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help='Contrast pairs: JSON ([{"positive","negative"}] or {"pos":[],"neg":[]}), JSONL or CSV.',
+)
+@click.option("--description", help="What the concept is (stored on the concept).")
+@click.option("--template", help="Prompt template with {text} where each scenario goes.")
+@json_option
+def register_concept(
+    name: str, pairs_file: str, description: str | None, template: str | None, as_json: bool
+) -> None:
+    """Register a new version of a concept from a file of contrast pairs.
+
+    Prints NAME@VERSION. Registering identical content again returns the existing version.
+
+    \b
+    Example:
+      crx register concept happiness --pairs refine_happiness.json --description "RepE emotion"
+    """
+    result = registry().register_concept(
+        name, pairs_file, description=description, template=template
+    )
+    if as_json:
+        emit_json(result)
+        return
+    suffix = "" if result.created else " (unchanged)"
+    click.echo(f"{result.record.ref}{suffix}")
+
+
+@register.command("vector")
+@click.argument("concept")
+@click.option("--model", required=True, help="Registered model the vector belongs to.")
+@click.option(
+    "--file",
+    "file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A .safetensors file: one [n_layers, d_model] tensor, or one [d_model] per layer index.",
+)
+@click.option("--hook-point", default="resid_post", show_default=True, help="Where it is added.")
+@click.option("--token-position", default="last", show_default=True, help="Token it was read at.")
+@click.option("--estimator", default="imported", show_default=True, help="How it was computed.")
+@click.option("--replace", is_flag=True, help="Replace a different vector with the same identity.")
+@json_option
+def register_vector(
+    concept: str,
+    model: str,
+    file: str,
+    hook_point: str,
+    token_position: str,
+    estimator: str,
+    replace: bool,
+    as_json: bool,
+) -> None:
+    """Import a vector computed elsewhere for CONCEPT[@VERSION] on a model.
+
+    \b
+    Example:
+      crx register vector happiness@1 --model smollm2-135m-instruct --file happy.safetensors
+    """
+    result = registry().register_vector(
+        concept,
+        model,
+        file,
+        hook_point=hook_point,
+        token_position=token_position,
+        estimator=estimator,
+        replace=replace,
+    )
+    if as_json:
+        emit_json(result)
+        return
+    v = result.record
+    verb = "registered" if result.created else "unchanged"
+    click.echo(f"vector {v.id}: {verb} ({v.concept}@{v.concept_version} on {v.model})")

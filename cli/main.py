@@ -1,0 +1,76 @@
+"""Entry point of ``crx``: global options, command groups, and the one place errors are shown.
+
+A `CrxError` (something the user can fix) prints ``Error: <message>`` on stderr and exits 1;
+click's usage errors exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from cli import cmd_export, cmd_lifecycle, cmd_list, cmd_register, cmd_store
+from cli.context import State
+
+
+class CrxGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        from registry.errors import CrxError
+
+        try:
+            return super().invoke(ctx)
+        except CrxError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=CrxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    "database_url",
+    envvar="CRX_DATABASE_URL",
+    metavar="URL",
+    help="Database URL (env CRX_DATABASE_URL; default sqlite:///$CRX_HOME/registry.db).",
+)
+@click.option(
+    "--store",
+    "store_url",
+    envvar="CRX_STORE_URL",
+    metavar="URL",
+    help="Store URL: a folder, file://, memory:// or s3://bucket/prefix "
+    "(env CRX_STORE_URL; default $CRX_HOME/store).",
+)
+@click.version_option(package_name="crx")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, store_url: str | None) -> None:
+    """crx: a registry of concept vectors, and ConTrans transplants between language models.
+
+    \b
+    Example:
+      crx init
+      crx register model smollm --path ./SmolLM2-135M-Instruct --role aligned
+      crx register concept honesty --pairs pairs.json
+      crx list concepts
+    """
+    state = State(database_url, store_url)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+cli.add_command(cmd_lifecycle.init)
+cli.add_command(cmd_lifecycle.db)
+cli.add_command(cmd_register.register)
+cli.add_command(cmd_list.list_)
+cli.add_command(cmd_list.show)
+cli.add_command(cmd_export.export)
+cli.add_command(cmd_store.store)
+
+
+def main() -> None:
+    cli(prog_name="crx")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
