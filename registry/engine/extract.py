@@ -1,0 +1,71 @@
+"""Concept vectors from contrast pairs: mean difference (ConTrans) or PCA (RepE).
+
+Both read the residual stream of every block in the same batched passes (`capture`), positives
+and negatives together. ``mean``: ``v[l] = mean_i(pos_i[l] - neg_i[l])``, exactly ConTrans'
+"refine" step. ``pca``: per layer, the first principal component of the pair differences
+(RepE), its sign fixed so positives project higher than their negatives on average, and scaled
+to the mean projection of the differences so its norm is comparable with ``mean``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from registry.engine.capture import Progress, residual_states
+from registry.engine.loading import LoadedModel
+from registry.errors import InvalidInput
+from registry.pairs import ContrastPair
+
+METHODS = ("mean", "pca")
+ESTIMATOR_NAMES = {"mean": "mean_diff", "pca": "pca"}
+
+
+def render(template: str, text: str) -> str:
+    return template.replace("{text}", text)
+
+
+def mean_difference(positive: Any, negative: Any) -> Any:
+    """``[n, L, d]`` x 2 → ``[L, d]``: the mean of the pairwise differences."""
+    return (positive - negative).mean(dim=0)
+
+
+def pca_direction(positive: Any, negative: Any) -> Any:
+    """``[n, L, d]`` x 2 → ``[L, d]``: first PC of the differences, sign- and scale-fixed."""
+    import torch
+
+    diffs = (positive - negative).double()
+    centred = diffs - diffs.mean(dim=0, keepdim=True)
+    # One batched SVD over layers: [L, n, d] → right singular vectors [L, d, d]'s first row.
+    _, _, vh = torch.linalg.svd(centred.transpose(0, 1), full_matrices=False)
+    direction = vh[:, 0, :]  # [L, d], unit norm
+    # Signed mean projection: multiplying by it flips the direction where positives would
+    # project lower, and scales it to the typical size of a difference.
+    projection = torch.einsum("nld,ld->nl", diffs, direction).mean(dim=0)  # [L]
+    return (direction * projection.unsqueeze(-1)).float()
+
+
+def extract_vector(
+    loaded: LoadedModel,
+    pairs: Sequence[ContrastPair],
+    *,
+    template: str = "{text}",
+    method: str = "mean",
+    token: str = "last",
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The ``[n_layers, d_model]`` concept vector of ``pairs`` on ``loaded``."""
+    if method not in METHODS:
+        raise InvalidInput(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if not pairs:
+        raise InvalidInput("no contrast pairs to extract from")
+    if method == "pca" and len(pairs) < 2:
+        raise InvalidInput("pca needs at least 2 contrast pairs")
+    texts = [render(template, p.positive) for p in pairs] + [render(template, p.negative) for p in pairs]
+    states = residual_states(loaded, texts, token=token, batch_size=batch_size, progress=progress)
+    positive, negative = states[: len(pairs)], states[len(pairs) :]
+    vector = mean_difference(positive, negative) if method == "mean" else pca_direction(positive, negative)
+    return vector.numpy().astype(np.float32)

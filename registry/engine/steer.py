@@ -1,0 +1,138 @@
+"""Steering: add ``alpha * v`` to a block's output with forward hooks, never mutating the model.
+
+``steer`` is a context manager; its hooks are removed on exit, on exceptions too. Scopes:
+``"all"`` adds at every position of every forward pass (ConTrans); ``"prompt"`` only in passes
+that process more than one new token (the prompt, before generation reuses the cache);
+``"generated"`` only in single-token passes (the tokens being generated).
+
+``normalize=True`` makes alpha relative: the added vector is ``alpha * reference_norm *
+v / |v|``, where ``reference_norm`` is the mean norm of that block's residual stream (see
+`residual_norm`; the first position, which carries the BOS token's outsized norm, is left out).
+Then alpha means the same on every model: 0.1 is a tenth of a typical residual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from registry.engine.layers import block_output, replace_block_output
+from registry.errors import InvalidInput
+
+SCOPES = ("all", "prompt", "generated")
+
+
+def _row(vector: Any, layer: int, n_layers: int, d_model: int) -> Any:
+    import torch
+
+    tensor = torch.as_tensor(np.asarray(vector, dtype=np.float32))
+    if tensor.ndim == 2:
+        if tensor.shape != (n_layers, d_model):
+            raise InvalidInput(
+                f"vector has shape {list(tensor.shape)}, this model needs [{n_layers}, {d_model}]"
+            )
+        return tensor[layer]
+    if tensor.shape != (d_model,):
+        raise InvalidInput(f"vector has shape {list(tensor.shape)}, this model needs [{d_model}]")
+    return tensor
+
+
+@contextmanager
+def steer(
+    layers: Any,
+    vector: Any,
+    *,
+    layer: int | Sequence[int],
+    alpha: float = 1.0,
+    scope: str = "all",
+    normalize: bool = False,
+    reference_norm: float | Sequence[float] | None = None,
+    d_model: int | None = None,
+) -> Iterator[None]:
+    """Add ``alpha * v[layer]`` to the output of block(s) ``layer`` while the context is open.
+
+    ``layers`` is the model's block list (`find_layers`); ``vector`` is ``[n_layers, d]`` or
+    ``[d]`` (numpy or torch).
+    """
+    import torch
+
+    if scope not in SCOPES:
+        raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    chosen = [layer] if isinstance(layer, int) else list(layer)
+    n_layers = len(layers)
+    width = d_model or int(np.asarray(vector).shape[-1])
+    norms = (
+        [reference_norm] * len(chosen) if not isinstance(reference_norm, Sequence) else list(reference_norm)
+    )
+    if normalize and any(n is None for n in norms):
+        raise InvalidInput("normalize needs the reference residual norm of each steered layer")
+    additions = []
+    for index, target in enumerate(chosen):
+        if not 0 <= target < n_layers:
+            raise InvalidInput(f"layer {target} is out of range ({n_layers} layers)")
+        row = _row(vector, target, n_layers, width).double()
+        if normalize:
+            length = float(row.norm())
+            if length == 0.0:
+                raise InvalidInput(f"the vector is zero at layer {target}: cannot normalize it")
+            row = row / length * float(norms[index])  # type: ignore[arg-type]
+        additions.append((target, (alpha * row).float()))
+
+    def make_hook(addition: Any) -> Any:
+        cache: dict[tuple[Any, Any], Any] = {}
+
+        def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+            hidden = block_output(output)
+            new_tokens = hidden.shape[1]
+            if (scope == "prompt" and new_tokens == 1) or (scope == "generated" and new_tokens > 1):
+                return output
+            key = (hidden.device, hidden.dtype)
+            if key not in cache:
+                cache[key] = addition.to(device=hidden.device, dtype=hidden.dtype)
+            return replace_block_output(output, hidden + cache[key])
+
+        return hook
+
+    handles = [layers[target].register_forward_hook(make_hook(add)) for target, add in additions]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def residual_norm(loaded: Any, texts: Sequence[str], layer: int, *, batch_size: int = 16) -> float:
+    """Mean L2 norm of block ``layer``'s output over the tokens of ``texts`` (first position out)."""
+    import torch
+
+    from registry.engine.capture import position_ids_from_mask
+
+    total, count = 0.0, 0
+    captured: dict[str, Any] = {}
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> None:
+        captured["hidden"] = block_output(output)
+
+    handle = loaded.layers[layer].register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = loaded.tokenizer(list(texts[start : start + batch_size]), return_tensors="pt",
+                                         padding=True)
+                mask = batch["attention_mask"].to(loaded.device)
+                loaded.model.base_model(input_ids=batch["input_ids"].to(loaded.device), attention_mask=mask,
+                                        position_ids=position_ids_from_mask(mask), use_cache=False)
+                norms = captured["hidden"].float().norm(dim=-1)  # [b, seq]
+                keep = mask.clone()
+                first = keep.int().argmax(dim=1)
+                keep[torch.arange(keep.shape[0]), first] = 0  # drop each text's first token
+                total += float((norms * keep).sum())
+                count += int(keep.sum())
+    finally:
+        handle.remove()
+    if count == 0:
+        raise InvalidInput("no tokens to measure the residual norm on")
+    return total / count
