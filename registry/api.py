@@ -33,7 +33,7 @@ from registry.errors import CrxError, DatabaseUnavailable, InvalidInput, TensorS
 from registry.maintenance import DEFAULT_GC_GRACE_SECONDS, old_enough, references, unreferenced
 from registry.maintenance import verify as verify_blobs
 from registry.modelinfo import read_model_facts
-from registry.store import ObjectStore, tensors
+from registry.store import ObjectStore, sha256_hex, tensors
 from registry.timeutil import as_utc
 from registry.vector_io import (
     decode_vector,
@@ -341,15 +341,25 @@ class Registry:
             raise TensorShapeError(
                 f"a vector for {target.name}", list(array.shape), [target.n_layers, target.d_model]
             )
-        oid = self.store.put(encode_vector(array))
+        data = encode_vector(array)
+        identity: dict[str, Any] = {
+            "concept_version_id": concept.id,
+            "model_id": target.id,
+            "hook_point": hook_point,
+            "token_position": token_position,
+            "estimator": estimator,
+            "lineage_key": lineage_key,
+        }
+        # Refuse a conflicting vector before its blob is stored (`add` checks again, race-free).
+        with self._read() as session:
+            vectors.check_conflict(
+                session, identity=identity, oid=sha256_hex(data), replace=replace
+            )
+        oid = self.store.put(data)
         return self._write(
             lambda s: vectors.add(
                 s,
-                concept_version_id=concept.id,
-                model_id=target.id,
-                hook_point=hook_point,
-                token_position=token_position,
-                estimator=estimator,
+                **identity,
                 oid=oid,
                 n_layers=target.n_layers,
                 d_model=target.d_model,
@@ -357,7 +367,6 @@ class Registry:
                 layers=layers,
                 layer_norms=layer_norms(array),
                 origin=origin,
-                lineage_key=lineage_key,
                 source_vector_id=source_vector_id,
                 map_ids=map_ids,
                 settings=settings,
@@ -526,6 +535,69 @@ class Registry:
             return evaluations.listing(
                 session, limit=limit, after=after, model=model, vector_id=vector_id, task=task
             )
+
+    # -- the ConTrans engine (torch; imported on first use) -------------------------------
+
+    def load_model(self, name: str, *, device: str | None = None) -> Any:
+        """Load a registered model for hooks (`LoadedModel`), cached for this registry object."""
+        from registry import contrans
+
+        return contrans.load(self, name, device=device)
+
+    def extract(self, concept_ref: str, model: str, **options: Any) -> Registered[VectorRecord]:
+        """Extract (or reuse) a concept vector on a model; see `registry.contrans.extract`."""
+        from registry import contrans
+
+        return contrans.extract(self, concept_ref, model, **options)
+
+    def fit(self, source: str, target: str, **options: Any) -> list[MapRecord]:
+        """Fit and record affine maps; see `registry.contrans.fit`."""
+        from registry import contrans
+
+        return contrans.fit(self, source, target, **options)
+
+    def transplant(
+        self, concept_ref: str, source: str, target: str, **options: Any
+    ) -> Registered[VectorRecord]:
+        """Map a source vector into the target; see `registry.contrans.transplant`."""
+        from registry import contrans
+
+        return contrans.transplant(self, concept_ref, source, target, **options)
+
+    @contextmanager
+    def steer(
+        self,
+        model: Any,
+        vector: int | np.ndarray,
+        *,
+        layer: int | None = None,
+        alpha: float = 1.0,
+        scope: str = "all",
+        normalize: bool = False,
+    ) -> Iterator[None]:
+        """Steer a loaded model (from `load_model`) with a vector id or array while open.
+
+        Forward hooks add ``alpha * v[layer]`` to that block's output; they are removed on exit,
+        exceptions included, and the model is never mutated. ``normalize`` makes alpha relative
+        to the layer's mean residual norm. ``layer`` defaults to relative depth 0.75.
+        """
+        from registry import contrans
+        from registry.engine.steer import steer
+
+        array = self.load_vector(vector) if isinstance(vector, int) else vector
+        chosen = contrans.default_layer(model.n_layers) if layer is None else layer
+        norm = contrans.reference_norm(self, model.name, chosen) if normalize else None
+        with steer(
+            model.layers,
+            array,
+            layer=chosen,
+            alpha=alpha,
+            scope=scope,
+            normalize=normalize,
+            reference_norm=norm,
+            d_model=model.d_model,
+        ):
+            yield
 
     # -- audit --------------------------------------------------------------------------
 

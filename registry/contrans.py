@@ -404,7 +404,11 @@ def _recorded(
             if vector_id is None:
                 key: tuple[float | None, int | None, bool | None] = (None, None, None)
             else:
-                key = (r.alpha, (r.layers or [None])[0], bool(r.settings.get("normalize")))
+                key = (
+                    r.alpha,
+                    r.layers[0] if r.layers else None,
+                    bool(r.settings.get("normalize")),
+                )
             found.setdefault(key, []).append(r)
         if page.next_after is None:
             return found

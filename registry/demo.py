@@ -129,6 +129,8 @@ def run(
             best = max(scores.values(), key=lambda m: (m["token_accuracy"], m["logit_accuracy"]))
             row[label] = {"best": best, "by_alpha": scores, "vector_id": vector.id}
             for alpha, metrics in scores.items():
+                if alpha is None:
+                    continue
                 curves[label].setdefault(alpha, []).append(metrics["token_accuracy"])
         result.rows.append(row)
     from registry.plot import accuracy_vs_alpha

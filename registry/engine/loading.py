@@ -54,21 +54,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def convert_gguf(folder: Path, gguf_file: str, out_dir: Path, *, trust_remote_code: bool = False) -> Path:
+def convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> Path:
     """Dequantise a GGUF model once into a safetensors folder (written aside, then renamed)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from registry.engine.pull import convert_gguf as load_gguf
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=out_dir.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=gguf_file, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        model, tokenizer = load_gguf(folder / gguf_file)
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
         if out_dir.exists():
@@ -96,13 +89,16 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     label = name or path
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # crx shows its own progress; keep stderr readable
     try:
         source: str | Path = path
         if gguf_file:
             key = gguf_sha256 or Path(path, gguf_file).resolve().as_posix().replace("/", "_")
             cached = crx_home() / "cache" / "converted" / key
             if not (cached / "config.json").exists():
-                convert_gguf(Path(path), gguf_file, cached, trust_remote_code=trust_remote_code)
+                convert_gguf(Path(path), gguf_file, cached)
             source = cached
         cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -112,7 +108,9 @@ def load_model(
             kwargs.update(dtype=torch.bfloat16, device_map="auto" if device is None else device)
         else:
             kwargs.update(dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in ("trust_remote_code", "revision")})
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, **{k: v for k, v in kwargs.items() if k in ("trust_remote_code", "revision")}
+        )
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except CrxError:
         raise
