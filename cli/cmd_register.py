@@ -76,7 +76,7 @@ def register_model(
     "--pairs",
     "pairs_file",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help='Contrast pairs: JSON ([{"positive","negative"}] or {"pos":[],"neg":[]}), JSONL or CSV.',
 )
 @click.option("--description", help="What the concept is (stored on the concept).")
@@ -110,7 +110,7 @@ def register_concept(
     "--file",
     "file",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="A .safetensors file: one [n_layers, d_model] tensor, or one [d_model] per layer index.",
 )
 @click.option("--hook-point", default="resid_post", show_default=True, help="Where it is added.")

@@ -196,10 +196,13 @@ def corpus_states(
 
     from registry.engine.capture import residual_states
 
+    # A config does not identify weights (a fine-tune keeps its base model's config.json), so
+    # without a weights hash the key is the model's location plus its config.
     identity = (
         model.weights_sha256
-        or model.config_sha256
-        or hashlib.sha256(canonical_json([model.path, model.gguf_file, model.revision])).hexdigest()
+        or hashlib.sha256(
+            canonical_json([model.path, model.gguf_file, model.revision, model.config_sha256])
+        ).hexdigest()
     )
     cache = crx_home() / "cache" / "states" / f"{identity[:32]}-{corpus_oid[:32]}.safetensors"
     if cache.exists():

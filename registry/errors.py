@@ -19,7 +19,8 @@ that identify what went wrong, so callers never format messages themselves.
     ├── DatabaseError
     │   ├── DatabaseUnavailable
     │   ├── DatabaseNotInitialised
-    │   └── SchemaOutOfDate
+    │   ├── SchemaOutOfDate
+    │   └── UnknownSchemaRevision
     └── StoreError
         ├── StoreUnavailable
         └── BlobCorrupt
@@ -117,6 +118,16 @@ class SchemaOutOfDate(DatabaseError):
         super().__init__(
             f"the database {url} is at schema revision {current or 'none'}, this crx expects "
             f"{expected}: back up the database, then run `crx db upgrade`"
+        )
+
+
+class UnknownSchemaRevision(DatabaseError):
+    def __init__(self, url: str, current: str, head: str) -> None:
+        self.url, self.current, self.head = url, current, head
+        super().__init__(
+            f"the database {url} is at schema revision {current}, which this crx does not know "
+            f"(its newest is {head}): it was upgraded by a newer crx (upgrade crx to use it), "
+            "or it is not a crx registry"
         )
 
 

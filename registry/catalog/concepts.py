@@ -87,6 +87,9 @@ def register_version(
 ) -> Registered[ConceptVersionRecord]:
     """Add a version (or return the identical existing one). May raise IntegrityError on a race."""
     stamp = now()
+    # One call writes one audit event: a new concept or a changed description is recorded in
+    # the new version's event; only a description change without a new version is its own.
+    old_description: dict[str, Any] | None = None
     concept = session.scalar(select(SqlConcept).where(SqlConcept.name == name))
     if concept is None:
         concept = SqlConcept(
@@ -94,24 +97,8 @@ def register_version(
         )
         session.add(concept)
         session.flush()
-        record_event(
-            session,
-            "register",
-            "concept",
-            concept.id,
-            name,
-            new={"description": concept.description},
-        )
     elif description is not None and description != concept.description:
-        record_event(
-            session,
-            "update",
-            "concept",
-            concept.id,
-            name,
-            old={"description": concept.description},
-            new={"description": description},
-        )
+        old_description = {"description": concept.description}
         concept.description = description
         concept.updated_at = stamp
     recipe = recipe_sha256(pairs_oid, template, pair_construction, extraction)
@@ -122,6 +109,16 @@ def register_version(
         )
     )
     if existing is not None:
+        if old_description is not None:
+            record_event(
+                session,
+                "update",
+                "concept",
+                concept.id,
+                name,
+                old=old_description,
+                new={"description": concept.description},
+            )
         return Registered[ConceptVersionRecord](
             record=version_record(concept, existing), created=False
         )
@@ -151,7 +148,10 @@ def register_version(
         "concept_version",
         row.id,
         f"{name}@{row.version}",
+        old=old_description,
         new={
+            "concept_id": concept.id,
+            "description": concept.description,
             "pairs_oid": pairs_oid,
             "n_pairs": n_pairs,
             "template": template,

@@ -112,11 +112,7 @@ def add(
         if existing.oid == oid:
             return Registered[VectorRecord](record=get(session, existing.id), created=False)
         if not replace:
-            raise AlreadyExists(
-                f"vector {existing.id} (same concept version, model, hook point, token position "
-                f"and estimator) with different values",
-                "pass replace (CLI: --replace) to point it at the new tensor",
-            )
+            raise _conflict(existing.id)
         old = {"oid": existing.oid, "settings": existing.settings}
         for field, value in content.items():
             setattr(existing, field, value)
@@ -144,6 +140,21 @@ def add(
         new={**identity, "oid": oid, "origin": origin},
     )
     return Registered[VectorRecord](record=get(session, row.id), created=True)
+
+
+def check_conflict(session: Session, *, identity: dict[str, Any], oid: str, replace: bool) -> None:
+    """Raise `AlreadyExists` where `add` would, so a caller can refuse before storing a blob."""
+    existing = session.scalar(select(SqlVector).filter_by(**identity))
+    if existing is not None and existing.oid != oid and not replace:
+        raise _conflict(existing.id)
+
+
+def _conflict(vector_id: int) -> AlreadyExists:
+    return AlreadyExists(
+        f"vector {vector_id} (same concept version, model, hook point, token position "
+        f"and estimator) with different values",
+        "pass replace (CLI: --replace) to point it at the new tensor",
+    )
 
 
 def listing(

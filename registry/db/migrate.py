@@ -16,7 +16,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from registry.config import redact
-from registry.errors import DatabaseNotInitialised, SchemaOutOfDate
+from registry.errors import DatabaseNotInitialised, SchemaOutOfDate, UnknownSchemaRevision
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -36,11 +36,26 @@ def _alembic_config(engine: Engine) -> Config:
     return config
 
 
+def known_revisions(config: Config) -> set[str]:
+    """Every revision in this crx's migration scripts."""
+    from alembic.script import ScriptDirectory
+
+    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Create or upgrade the schema to ``revision`` (idempotent)."""
+    """Create or upgrade the schema to ``revision`` (idempotent).
+
+    A database at a revision these scripts do not have (written by a newer crx) raises
+    `UnknownSchemaRevision` instead of alembic's "Can't locate revision" error.
+    """
     from alembic import command
 
     config = _alembic_config(engine)
+    current = current_revision(engine)
+    if current is not None and current not in known_revisions(config):
+        url = redact(engine.url.render_as_string(hide_password=True))
+        raise UnknownSchemaRevision(url, current, HEAD_REVISION)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

@@ -67,8 +67,12 @@ def residual_states(
         if not 0 <= layer < loaded.n_layers:
             raise InvalidInput(f"layer {layer} is out of range ({loaded.n_layers} layers)")
     tokenizer = loaded.tokenizer
-    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=max_length is not None,
-                        max_length=max_length)["input_ids"]
+    encoded = tokenizer(
+        list(texts),
+        add_special_tokens=True,
+        truncation=max_length is not None,
+        max_length=max_length,
+    )["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     deepest = max(wanted)
     slot = {layer: k for k, layer in enumerate(wanted)}
@@ -102,16 +106,22 @@ def residual_states(
                 ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(rows), width), dtype=torch.long)
                 for r, i in enumerate(rows):
-                    span = slice(0, len(encoded[i])) if padding_side == "right" else slice(
-                        width - len(encoded[i]), width
+                    span = (
+                        slice(0, len(encoded[i]))
+                        if padding_side == "right"
+                        else slice(width - len(encoded[i]), width)
                     )
                     ids[r, span] = torch.tensor(encoded[i])
                     mask[r, span] = 1
                 ids, mask = ids.to(device), mask.to(device)
                 state.update(rows=torch.tensor(rows), index=last_nonpad_index(mask), mask=mask)
                 try:
-                    backbone(input_ids=ids, attention_mask=mask,
-                             position_ids=position_ids_from_mask(mask), use_cache=False)
+                    backbone(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=position_ids_from_mask(mask),
+                        use_cache=False,
+                    )
                 except _StopForward:
                     pass
                 if progress is not None:

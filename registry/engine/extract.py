@@ -64,8 +64,14 @@ def extract_vector(
         raise InvalidInput("no contrast pairs to extract from")
     if method == "pca" and len(pairs) < 2:
         raise InvalidInput("pca needs at least 2 contrast pairs")
-    texts = [render(template, p.positive) for p in pairs] + [render(template, p.negative) for p in pairs]
+    texts = [render(template, p.positive) for p in pairs] + [
+        render(template, p.negative) for p in pairs
+    ]
     states = residual_states(loaded, texts, token=token, batch_size=batch_size, progress=progress)
     positive, negative = states[: len(pairs)], states[len(pairs) :]
-    vector = mean_difference(positive, negative) if method == "mean" else pca_direction(positive, negative)
+    vector = (
+        mean_difference(positive, negative)
+        if method == "mean"
+        else pca_direction(positive, negative)
+    )
     return vector.numpy().astype(np.float32)

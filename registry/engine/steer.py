@@ -25,18 +25,21 @@ from registry.errors import InvalidInput
 SCOPES = ("all", "prompt", "generated")
 
 
-def _row(vector: Any, layer: int, n_layers: int, d_model: int) -> Any:
+def _row(vector: Any, layer: int, n_layers: int, d_model: int | None) -> Any:
+    """Row ``layer`` of the vector; its width is checked here when ``d_model`` is known, else
+    by the hook against the block's actual output."""
     import torch
 
     tensor = torch.as_tensor(np.asarray(vector, dtype=np.float32))
+    width = "d_model" if d_model is None else d_model
     if tensor.ndim == 2:
-        if tensor.shape != (n_layers, d_model):
+        if tensor.shape[0] != n_layers or (d_model is not None and tensor.shape[1] != d_model):
             raise InvalidInput(
-                f"vector has shape {list(tensor.shape)}, this model needs [{n_layers}, {d_model}]"
+                f"vector has shape {list(tensor.shape)}, this model needs [{n_layers}, {width}]"
             )
         return tensor[layer]
-    if tensor.shape != (d_model,):
-        raise InvalidInput(f"vector has shape {list(tensor.shape)}, this model needs [{d_model}]")
+    if tensor.ndim != 1 or (d_model is not None and tensor.shape[0] != d_model):
+        raise InvalidInput(f"vector has shape {list(tensor.shape)}, this model needs [{width}]")
     return tensor
 
 
@@ -63,9 +66,10 @@ def steer(
         raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
     chosen = [layer] if isinstance(layer, int) else list(layer)
     n_layers = len(layers)
-    width = d_model or int(np.asarray(vector).shape[-1])
     norms = (
-        [reference_norm] * len(chosen) if not isinstance(reference_norm, Sequence) else list(reference_norm)
+        [reference_norm] * len(chosen)
+        if not isinstance(reference_norm, Sequence)
+        else list(reference_norm)
     )
     if normalize and any(n is None for n in norms):
         raise InvalidInput("normalize needs the reference residual norm of each steered layer")
@@ -73,7 +77,7 @@ def steer(
     for index, target in enumerate(chosen):
         if not 0 <= target < n_layers:
             raise InvalidInput(f"layer {target} is out of range ({n_layers} layers)")
-        row = _row(vector, target, n_layers, width).double()
+        row = _row(vector, target, n_layers, d_model).double()
         if normalize:
             length = float(row.norm())
             if length == 0.0:
@@ -81,11 +85,16 @@ def steer(
             row = row / length * float(norms[index])  # type: ignore[arg-type]
         additions.append((target, (alpha * row).float()))
 
-    def make_hook(addition: Any) -> Any:
+    def make_hook(target: int, addition: Any) -> Any:
         cache: dict[tuple[Any, Any], Any] = {}
 
         def hook(_module: Any, _inputs: Any, output: Any) -> Any:
             hidden = block_output(output)
+            if hidden.shape[-1] != addition.shape[0]:
+                raise InvalidInput(
+                    f"the vector has {addition.shape[0]} dimensions, block {target} outputs "
+                    f"{hidden.shape[-1]}: it is a vector for another model"
+                )
             new_tokens = hidden.shape[1]
             if (scope == "prompt" and new_tokens == 1) or (scope == "generated" and new_tokens > 1):
                 return output
@@ -96,7 +105,7 @@ def steer(
 
         return hook
 
-    handles = [layers[target].register_forward_hook(make_hook(add)) for target, add in additions]
+    handles = [layers[t].register_forward_hook(make_hook(t, add)) for t, add in additions]
     try:
         yield
     finally:
@@ -120,11 +129,16 @@ def residual_norm(loaded: Any, texts: Sequence[str], layer: int, *, batch_size: 
     try:
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                batch = loaded.tokenizer(list(texts[start : start + batch_size]), return_tensors="pt",
-                                         padding=True)
+                batch = loaded.tokenizer(
+                    list(texts[start : start + batch_size]), return_tensors="pt", padding=True
+                )
                 mask = batch["attention_mask"].to(loaded.device)
-                loaded.model.base_model(input_ids=batch["input_ids"].to(loaded.device), attention_mask=mask,
-                                        position_ids=position_ids_from_mask(mask), use_cache=False)
+                loaded.model.base_model(
+                    input_ids=batch["input_ids"].to(loaded.device),
+                    attention_mask=mask,
+                    position_ids=position_ids_from_mask(mask),
+                    use_cache=False,
+                )
                 norms = captured["hidden"].float().norm(dim=-1)  # [b, seq]
                 keep = mask.clone()
                 first = keep.int().argmax(dim=1)

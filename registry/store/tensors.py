@@ -12,7 +12,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from registry.errors import InvalidInput
@@ -39,14 +38,13 @@ def read_file(path: str | Path) -> dict[str, np.ndarray]:
         raw = path.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    if _has_bfloat16(raw):
+        # safetensors.numpy cannot load BF16 (numpy has no such dtype; it raises KeyError).
+        return _read_with_bfloat16(path, raw)
     try:
         return load(raw)
-    except SafetensorError as exc:
-        if "bf16" not in str(exc).lower() and "bfloat16" not in str(exc).lower():
-            raise InvalidInput(f"{path} is not a valid safetensors file: {exc}") from None
     except Exception as exc:
         raise InvalidInput(f"{path} is not a valid safetensors file: {exc}") from None
-    return _read_with_bfloat16(path, raw)
 
 
 _NUMPY_DTYPES = {
@@ -63,6 +61,20 @@ _NUMPY_DTYPES = {
     "U64": "<u8",
     "BOOL": "?",
 }
+
+
+def _has_bfloat16(raw: bytes) -> bool:
+    """Whether the file's header declares a BF16 tensor (False if it cannot be parsed)."""
+    try:
+        (header_length,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + header_length])
+        return any(
+            isinstance(info, dict) and info.get("dtype") == "BF16"
+            for name, info in header.items()
+            if name != "__metadata__"
+        )
+    except (ValueError, TypeError, AttributeError, struct.error):
+        return False
 
 
 def _read_with_bfloat16(path: Path, raw: bytes) -> dict[str, np.ndarray]:

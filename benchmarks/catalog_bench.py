@@ -1,0 +1,603 @@
+"""Catalogue latency at scale: `crx show`, paged `crx list vectors --json`, register a concept.
+
+Builds a catalogue of 1,000 models, 2,500 concepts x 4 versions (10,000 concept versions),
+100,000 vectors and 50,000 affine maps (plus one audit event per row) on SQLite (a file in a
+temporary folder) and on PostgreSQL (a throwaway server from ``tests.servers``), then times:
+
+* ``crx show model|concept|vector|map REF``: the CLI as a subprocess (wall time, Python start-up
+  included) and the same lookup in-process through `Registry`;
+* ``crx list vectors --json --limit 100`` at the first page, the middle and the end of the table
+  (``--after``): CLI subprocess and in-process;
+* registering one concept version (a fresh small pairs list each time): in-process and CLI.
+
+The schema comes from ``Registry.init()`` (alembic). Bulk rows are inserted with SQLAlchemy core
+``executemany`` in chunks; their blob oids are fake hex strings (the store is not touched for
+bulk rows, and none of the timed reads open a blob). Registering a concept does write its pairs
+blob to a real local store. PostgreSQL is loaded with fsync off, then switched back to durable
+settings (fsync, synchronous_commit, full_page_writes on) before anything is timed.
+
+    .venv/bin/python benchmarks/catalog_bench.py --out benchmarks/results/catalog.json
+    .venv/bin/python benchmarks/catalog_bench.py --quick          # 1/10 scale, fewer runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import Engine, func, select, text  # noqa: E402
+
+from registry import Registry  # noqa: E402
+from registry.catalog.maps import fit_sha256  # noqa: E402
+from registry.db.tables import (  # noqa: E402
+    SqlAffineMap,
+    SqlAuditEvent,
+    SqlConcept,
+    SqlConceptVersion,
+    SqlModel,
+    SqlVector,
+)
+from registry.pairs import ContrastPair  # noqa: E402
+from tests.servers import PostgresServer  # noqa: E402
+
+CRX = str(Path(sys.executable).with_name("crx"))
+CHUNK = 5_000
+SCALES: dict[str, dict[str, int]] = {
+    "full": {"models": 1_000, "concepts": 2_500, "versions": 4, "vectors": 100_000, "maps": 50_000},
+    "quick": {"models": 100, "concepts": 250, "versions": 4, "vectors": 10_000, "maps": 5_000},
+}
+RUNS: dict[str, dict[str, int]] = {
+    "full": {"cli_startup": 20, "cli_show": 30, "cli_list": 30, "cli_register": 20,
+             "api_show": 200, "api_list": 200, "api_register": 100},
+    "quick": {"cli_startup": 5, "cli_show": 8, "cli_list": 8, "cli_register": 5,
+              "api_show": 50, "api_list": 50, "api_register": 20},
+}  # fmt: skip
+SHAPES = [(26, 896), (28, 1024), (32, 2048), (36, 2560)]  # (n_layers, d_model) of bulk models
+MAP_LAYERS = 25  # maps per (source, target) pair; every shape has more layers than this
+
+
+# -- statistics -------------------------------------------------------------------------------
+
+
+def summary(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {
+        "n": len(seconds),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "min_ms": round(float(ms.min()), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
+
+
+def timed(action: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+# -- bulk load ----------------------------------------------------------------------------------
+
+
+def fake_oid(kind: str, index: int) -> str:
+    return hashlib.sha256(f"bench-{kind}-{index}".encode()).hexdigest()
+
+
+def model_shape(model_id: int) -> tuple[int, int]:
+    return SHAPES[model_id % len(SHAPES)]
+
+
+def chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == CHUNK:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def model_rows(scale: dict[str, int], stamp: datetime) -> Iterator[dict[str, Any]]:
+    for i in range(1, scale["models"] + 1):
+        n_layers, d_model = model_shape(i)
+        yield {
+            "id": i,
+            "name": f"model-{i:04d}",
+            "path": f"/models/family-{i % 20}/model-{i:04d}",
+            "gguf_file": None,
+            "revision": None,
+            "architecture": "LlamaForCausalLM",
+            "model_type": "llama",
+            "n_layers": n_layers,
+            "d_model": d_model,
+            "vocab_size": 49_152,
+            "config_sha256": fake_oid("config", i),
+            "tokenizer_sha256": fake_oid("tokenizer", i),
+            "weights_sha256": None,
+            "family": f"family-{i % 20}",
+            "role": "aligned" if i % 2 else "base",
+            "tags": {"bench": "catalog", "size": str(d_model)},
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+
+
+def concept_rows(scale: dict[str, int], stamp: datetime) -> Iterator[dict[str, Any]]:
+    for i in range(1, scale["concepts"] + 1):
+        yield {
+            "id": i,
+            "name": f"concept-{i:04d}",
+            "description": f"benchmark concept number {i}",
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+
+
+def version_rows(scale: dict[str, int], stamp: datetime) -> Iterator[dict[str, Any]]:
+    extraction = {"method": "mean", "token": "last", "hook_point": "resid_post"}
+    for concept_id in range(1, scale["concepts"] + 1):
+        for version in range(1, scale["versions"] + 1):
+            row_id = (concept_id - 1) * scale["versions"] + version
+            yield {
+                "id": row_id,
+                "concept_id": concept_id,
+                "version": version,
+                "pairs_oid": fake_oid("pairs", row_id),
+                "n_pairs": 64,
+                "template": "{text}",
+                "pair_construction": "explicit",
+                "extraction": extraction,
+                "content_sha256": fake_oid("recipe", row_id),
+                "tags": {},
+                "created_at": stamp,
+            }
+
+
+def vector_rows(scale: dict[str, int], stamp: datetime) -> Iterator[dict[str, Any]]:
+    n_versions = scale["concepts"] * scale["versions"]
+    per_version = scale["vectors"] // n_versions  # distinct models per concept version
+    rng = random.Random(1)
+    for i in range(scale["vectors"]):
+        version_id = i % n_versions + 1
+        model_id = ((i // n_versions) * (scale["models"] // per_version) + i) % scale["models"] + 1
+        n_layers, d_model = model_shape(model_id)
+        yield {
+            "id": i + 1,
+            "concept_version_id": version_id,
+            "model_id": model_id,
+            "hook_point": "resid_post",
+            "token_position": "last",
+            "estimator": "mean_diff",
+            "oid": fake_oid("vector", i + 1),
+            "n_layers": n_layers,
+            "d_model": d_model,
+            "dtype": "float32",
+            "layers": None,
+            "layer_norms": [round(rng.uniform(0.5, 40.0), 4) for _ in range(n_layers)],
+            "origin": "extracted",
+            "lineage_key": "",
+            "source_vector_id": None,
+            "map_ids": None,
+            "settings": {"n_pairs": 64, "batch_size": 16},
+            "created_at": stamp,
+        }
+
+
+def map_rows(scale: dict[str, int], stamp: datetime) -> Iterator[dict[str, Any]]:
+    solver_settings = {"ridge": 0.01}
+    corpus = fake_oid("corpus", 0)
+    fit = fit_sha256("lstsq", solver_settings, corpus)
+    rng = random.Random(2)
+    for i in range(scale["maps"]):
+        pair, layer = divmod(i, MAP_LAYERS)
+        source = pair % scale["models"]
+        target = (source + 1 + pair // scale["models"]) % scale["models"]
+        yield {
+            "id": i + 1,
+            "source_model_id": source + 1,
+            "target_model_id": target + 1,
+            "source_layer": layer,
+            "target_layer": layer,
+            "oid": fake_oid("map", i + 1),
+            "solver": "lstsq",
+            "solver_settings": solver_settings,
+            "corpus_oid": corpus,
+            "fit_sha256": fit,
+            "n_samples": 4096,
+            "r2": round(rng.uniform(0.5, 0.99), 4),
+            "mse": round(rng.uniform(0.01, 1.0), 4),
+            "cosine": round(rng.uniform(0.7, 0.99), 4),
+            "metrics": {},
+            "created_at": stamp,
+        }
+
+
+def audit_rows(scale: dict[str, int], stamp: datetime) -> Iterator[dict[str, Any]]:
+    """One ``register`` event per bulk row, as the API would have written."""
+    kinds = [
+        ("model", scale["models"]),
+        ("concept", scale["concepts"]),
+        ("concept_version", scale["concepts"] * scale["versions"]),
+        ("vector", scale["vectors"]),
+        ("map", scale["maps"]),
+    ]
+    event_id = 0
+    for kind, count in kinds:
+        for object_id in range(1, count + 1):
+            event_id += 1
+            yield {
+                "id": event_id,
+                "at": stamp,
+                "actor": "bench@loader",
+                "action": "register",
+                "object_kind": kind,
+                "object_id": object_id,
+                "object_ref": str(object_id),
+                "old": None,
+                "new": {"bulk": True},
+            }
+
+
+def bulk_load(engine: Engine, scale: dict[str, int]) -> dict[str, Any]:
+    stamp = datetime.now(UTC)
+    tables = [
+        (SqlModel, model_rows),
+        (SqlConcept, concept_rows),
+        (SqlConceptVersion, version_rows),
+        (SqlVector, vector_rows),
+        (SqlAffineMap, map_rows),
+        (SqlAuditEvent, audit_rows),
+    ]
+    counts: dict[str, int] = {}
+    start = time.perf_counter()
+    for table, rows in tables:
+        insert = table.__table__.insert()
+        with engine.begin() as connection:
+            for batch in chunks(rows(scale, stamp)):
+                connection.execute(insert, batch)
+            counts[table.__tablename__] = connection.scalar(
+                select(func.count()).select_from(table.__table__)
+            )
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            # Explicit ids leave the serial sequences at 1: move them past the loaded rows.
+            for table, _ in tables:
+                name = table.__tablename__
+                connection.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
+                        f"(SELECT max(id) FROM {name}))"
+                    )
+                )
+    if engine.dialect.name == "postgresql":
+        # What autovacuum does shortly after a bulk load; VACUUM cannot run in a transaction.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("VACUUM ANALYZE"))
+    else:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return {"rows": counts, "seconds": round(time.perf_counter() - start, 1)}
+
+
+# -- measurements -------------------------------------------------------------------------------
+
+
+def cli_timer(env: dict[str, str]) -> Callable[[list[str]], float]:
+    def run(args: list[str]) -> float:
+        start = time.perf_counter()
+        result = subprocess.run([CRX, *args], env=env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        if result.returncode != 0:
+            raise RuntimeError(f"crx {' '.join(args)} failed: {result.stderr.strip()}")
+        return elapsed
+
+    return run
+
+
+def fresh_pairs(n: int = 8) -> list[ContrastPair]:
+    tag = uuid.uuid4().hex
+    return [
+        ContrastPair(f"I am honest about {tag} number {j}", f"I lie about {tag} number {j}")
+        for j in range(n)
+    ]
+
+
+def bench_backend(
+    label: str,
+    database_url: str,
+    workdir: Path,
+    scale: dict[str, int],
+    runs: dict[str, int],
+    prepare: Callable[[Engine], None] | None = None,
+) -> dict[str, Any]:
+    store_url = str(workdir / f"store-{label}")
+    registry = Registry(database_url, store_url)
+    registry.init()
+    print(f"[{label}] loading {scale} ...", flush=True)
+    load = bulk_load(registry.engine, scale)
+    print(f"[{label}] loaded in {load['seconds']} s: {load['rows']}", flush=True)
+    if prepare is not None:
+        prepare(registry.engine)
+    registry.close()
+
+    inherited = ("CRX_", "AWS_", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(inherited)},
+        # Bytecode is cached as after a normal install (this sandbox sets
+        # PYTHONDONTWRITEBYTECODE); the cache goes to the work folder, not the checkout.
+        "PYTHONPYCACHEPREFIX": str(workdir / "pycache"),
+        "CRX_HOME": str(workdir / "crx-home"),
+        "CRX_DATABASE_URL": database_url,
+        "CRX_STORE_URL": store_url,
+        "CRX_ACTOR": "bench@catalog",
+    }
+    os.environ.update({k: env[k] for k in ("CRX_HOME", "CRX_ACTOR")})
+    cli = cli_timer(env)
+    rng = random.Random(42)
+    n_versions = scale["concepts"] * scale["versions"]
+    results: dict[str, Any] = {"load": load}
+
+    def model_ref() -> str:
+        return f"model-{rng.randint(1, scale['models']):04d}"
+
+    def concept_ref() -> str:
+        name = f"concept-{rng.randint(1, scale['concepts']):04d}"
+        # Half the lookups ask for the latest version (NAME), half for NAME@V.
+        return name if rng.random() < 0.5 else f"{name}@{rng.randint(1, scale['versions'])}"
+
+    def vector_ref() -> str:
+        return str(rng.randint(1, scale["vectors"]))
+
+    def map_ref() -> str:
+        return str(rng.randint(1, scale["maps"]))
+
+    registry = Registry(database_url, store_url)
+    registry.list_models(limit=1)  # connect and check the schema once, outside the timings
+    api_show: dict[str, Callable[[str], Any]] = {
+        "model": registry.get_model,
+        "concept": registry.get_concept,
+        "vector": lambda ref: registry.get_vector(int(ref)),
+        "map": lambda ref: registry.get_map(int(ref)),
+    }
+    refs = {"model": model_ref, "concept": concept_ref, "vector": vector_ref, "map": map_ref}
+
+    for warm_up in (["--version"], ["show", "model", "model-0001"], ["list", "vectors"]):
+        cli(warm_up)  # fills the bytecode cache and the OS page cache
+    print(f"[{label}] crx --version (start-up floor) ...", flush=True)
+    results["cli_startup"] = summary([cli(["--version"]) for _ in range(runs["cli_startup"])])
+
+    for kind, make_ref in refs.items():
+        print(f"[{label}] show {kind} ...", flush=True)
+        lookup = api_show[kind]
+        api_refs = [make_ref() for _ in range(runs["api_show"])]
+        api = [timed(lambda ref=ref, lookup=lookup: lookup(ref)) for ref in api_refs]
+        shell = [cli(["show", kind, make_ref()]) for _ in range(runs["cli_show"])]
+        results[f"show_{kind}"] = {"cli": summary(shell), "api": summary(api)}
+
+    pages = {
+        "first": None,
+        "middle": scale["vectors"] // 2,
+        "last": scale["vectors"] - 100,
+    }
+    for where, after in pages.items():
+        print(f"[{label}] list vectors, {where} page ...", flush=True)
+        check = registry.list_vectors(limit=100, after=after)
+        assert len(check.items) == 100, (where, len(check.items))
+        api = [
+            timed(lambda after=after: registry.list_vectors(limit=100, after=after))
+            for _ in range(runs["api_list"])
+        ]
+        args = ["list", "vectors", "--json", "--limit", "100"]
+        if after is not None:
+            args += ["--after", str(after)]
+        shell = [cli(args) for _ in range(runs["cli_list"])]
+        results[f"list_vectors_{where}"] = {
+            "after": after,
+            "cli": summary(shell),
+            "api": summary(api),
+        }
+
+    print(f"[{label}] list vectors --model (in-process) ...", flush=True)
+    model_refs = [model_ref() for _ in range(runs["api_list"])]
+    results["list_vectors_by_model"] = {
+        "api": summary(
+            [timed(lambda m=m: registry.list_vectors(model=m, limit=100)) for m in model_refs]
+        )
+    }
+
+    print(f"[{label}] register concept ...", flush=True)
+    api = []
+    for _ in range(runs["api_register"]):
+        name = f"concept-{rng.randint(1, scale['concepts']):04d}"
+        pairs = fresh_pairs()
+        start = time.perf_counter()
+        outcome = registry.register_concept(name, pairs)
+        api.append(time.perf_counter() - start)
+        assert outcome.created
+        assert outcome.record.version > scale["versions"]
+    shell = []
+    for i in range(runs["cli_register"]):
+        name = f"concept-{rng.randint(1, scale['concepts']):04d}"
+        pairs_file = workdir / f"pairs-{label}-{i}.json"
+        pairs_file.write_text(
+            json.dumps([{"positive": p.positive, "negative": p.negative} for p in fresh_pairs()])
+        )
+        shell.append(cli(["register", "concept", name, "--pairs", str(pairs_file)]))
+    results["register_concept"] = {"cli": summary(shell), "api": summary(api)}
+    with registry.engine.connect() as connection:
+        added = connection.scalar(select(func.count()).select_from(SqlConceptVersion.__table__))
+    results["register_concept"]["concept_versions_after"] = added
+    assert added == n_versions + runs["api_register"] + runs["cli_register"]
+    registry.close()
+    return results
+
+
+def durable_postgres(server: PostgresServer) -> Callable[[Engine], None]:
+    """Undo the test server's speed settings, so writes are timed as on a real server."""
+
+    def prepare(_engine: Engine) -> None:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            server.execute(f"ALTER SYSTEM SET {setting} = on")
+        server.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        server.execute("CHECKPOINT")
+
+    return prepare
+
+
+def git_commit() -> str:
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return result.stdout.strip() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0]
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory": meminfo.split(":", 1)[1].strip(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def postgres_version(server: PostgresServer) -> str:
+    import psycopg
+
+    with psycopg.connect(server.url().replace("+psycopg", ""), autocommit=True) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
+def sqlite_settings(url: str) -> dict[str, Any]:
+    registry = Registry(url, None)
+    with registry.engine.connect() as connection:
+        settings = {
+            "sqlite_version": connection.exec_driver_sql("select sqlite_version()").scalar(),
+            "journal_mode": connection.exec_driver_sql("PRAGMA journal_mode").scalar(),
+            "synchronous": connection.exec_driver_sql("PRAGMA synchronous").scalar(),
+        }
+    registry.close()
+    return settings
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The results as a Markdown table: p50 / p95 in ms per backend, CLI and in-process API."""
+    backends = list(report["backends"])
+    header = " | ".join(f"{b} CLI | {b} API" for b in backends)
+    lines = [f"| operation | {header} |", "|---|" + "---|---|" * len(backends)]
+    for op, first in report["backends"][backends[0]].items():
+        if not isinstance(first, dict) or not ({"cli", "api", "p50_ms"} & set(first)):
+            continue
+        cells = []
+        for backend in backends:
+            entry = report["backends"][backend][op]
+            for mode in ("cli", "api"):
+                stats = entry if "p50_ms" in entry and mode == "cli" else entry.get(mode)
+                cells.append(f"{stats['p50_ms']:.1f} / {stats['p95_ms']:.1f}" if stats else "–")
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="1/10 scale and fewer runs")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--backend", choices=["sqlite", "postgres"], action="append", help="default: both"
+    )
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    scale, runs = SCALES[mode], RUNS[mode]
+    backends = args.backend or ["sqlite", "postgres"]
+
+    # A plain `kill` should still stop the PostgreSQL server and remove the work folder.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = Path(tempfile.mkdtemp(prefix="crx-catalog-bench-"))
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "benchmark": "catalog",
+        "mode": mode,
+        "scale": {**scale, "concept_versions": scale["concepts"] * scale["versions"]},
+        "runs": runs,
+        "machine": machine(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "backends": {},
+    }
+    try:
+        if "sqlite" in backends:
+            url = f"sqlite:///{workdir / 'registry.db'}"
+            report["backends"]["sqlite"] = bench_backend("sqlite", url, workdir, scale, runs)
+            report["backends"]["sqlite"]["settings"] = sqlite_settings(url)
+        if "postgres" in backends:
+            server = PostgresServer.start()
+            try:
+                server.execute("CREATE DATABASE crx_bench")
+                result = bench_backend(
+                    "postgres",
+                    server.url("crx_bench"),
+                    workdir,
+                    scale,
+                    runs,
+                    prepare=durable_postgres(server),
+                )
+                result["settings"] = {
+                    "server_version": postgres_version(server),
+                    "fsync": "on",
+                    "synchronous_commit": "on",
+                    "connection": "TCP 127.0.0.1",
+                }
+                report["backends"]["postgres"] = result
+            finally:
+                server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    for name, result in report["backends"].items():
+        print(f"\n{name}: loaded {result['load']['rows']} in {result['load']['seconds']} s")
+    print()
+    print(markdown(report))
+    print(f"\ntotal {report['total_seconds']} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
