@@ -24,8 +24,8 @@ from registry.pairs import ContrastPair
 from registry.store import BlobStatus
 from tests.conftest import postgres_url, sqlite_url
 
-N_WORKERS = 6
-PER_WORKER = 3
+N_WORKERS = 4
+PER_WORKER = 4
 
 WORKER = """
 import json, sys
