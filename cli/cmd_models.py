@@ -58,7 +58,8 @@ class StageReporter:
 
 def _amount(stage: str, done: int, total: int | None) -> str:
     if stage == "download":
-        return f"{done}/{total} packages" if total is not None else f"{done} packages"
+        unit = "package" if (total if total is not None else done) == 1 else "packages"
+        return f"{done}/{total} {unit}" if total is not None else f"{done} {unit}"
     mib = f"{done / 2**20:,.0f}"
     return f"{mib}/{total / 2**20:,.0f} MiB" if total is not None else f"{mib} MiB"
 

@@ -526,4 +526,4 @@ def test_real_pull_of_smollm2(real_cache: Path, tmp_path: Path) -> None:
     ids = tokenizer("The capital of France is", return_tensors="pt")
     with torch.inference_mode():
         next_id = model(**ids).logits[0, -1].argmax().item()
-    assert tokenizer.decode([next_id]).strip() == "Paris"
+    assert str(tokenizer.decode([next_id])).strip() == "Paris"
