@@ -354,7 +354,8 @@ def transplant(
     if not chosen:
         where = f" at layer {layer}" if layer is not None else ""
         raise NotFound(
-            f"no map from {src.name} to {tgt.name}{where} (run `crx fit --source {src.name} --target {tgt.name}`)"
+            f"no map from {src.name} to {tgt.name}{where} "
+            f"(run `crx fit --source {src.name} --target {tgt.name}`)"
         )
     vs = reg.load_vector(source_vector.id)
     out = np.zeros((tgt.n_layers, tgt.d_model), dtype=np.float32)

@@ -117,7 +117,8 @@ class SchemaOutOfDate(DatabaseError):
         self.url, self.current, self.expected = url, current, expected
         super().__init__(
             f"the database {url} is at schema revision {current or 'none'}, this crx expects "
-            f"{expected}: back up the database, then run `crx db upgrade`"
+            f"{expected}: back up the database, then run `crx db upgrade` (if a newer crx "
+            "upgraded it, upgrade crx instead)"
         )
 
 

@@ -27,7 +27,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def _wait_for_port(
+    port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -67,11 +69,29 @@ class PostgresServer:
         folder = Path(tempfile.mkdtemp(prefix="crx-pg-"))
         os.chmod(folder, 0o777)
         server = cls(bindir, folder, free_port())
-        server._run("initdb", "-D", str(folder / "data"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                    "--no-sync")
         server._run(
-            "pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-t", "60",
-            "-o", f"-p {server.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "initdb",
+            "-D",
+            str(folder / "data"),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        server._run(
+            "pg_ctl",
+            "-D",
+            str(folder / "data"),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {server.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
             "start",
         )

@@ -22,7 +22,14 @@ import torch
 from registry import Registry, contrans
 from registry.config import crx_home
 from registry.engine.capture import residual_states
-from registry.engine.emotion import EMOTIONS, label_token_ids, six_shot_prefix
+from registry.engine.emotion import (
+    EMOTIONS,
+    eval_prompts,
+    label_token_ids,
+    load_scenarios,
+    six_shot_prefix,
+    split_scenarios,
+)
 from registry.engine.extract import extract_vector, pca_direction
 from registry.engine.layers import KNOWN_LAYER_PATHS, block_output, find_layers
 from registry.engine.loading import LoadedModel, ModelLoadError, load_model
@@ -513,6 +520,12 @@ def test_extract_vector_bad_input(llama: LoadedModel) -> None:
 # -- steering ---------------------------------------------------------------------------------
 
 
+def open_steer(layers: Any, vector: Any, **kwargs: Any) -> None:
+    """Enter and leave a steering context (its arguments are checked on entry)."""
+    with steer(layers, vector, **kwargs):
+        pass
+
+
 @pytest.mark.parametrize(("which", "layer"), [("llama", 0), ("llama", 2), ("gpt2", 1)])
 def test_steer_adds_exactly_alpha_v_at_its_block_and_nothing_elsewhere(
     request: pytest.FixtureRequest, which: str, layer: int
@@ -523,13 +536,15 @@ def test_steer_adds_exactly_alpha_v_at_its_block_and_nothing_elsewhere(
     with recording(loaded.layers) as plain, torch.inference_mode():
         loaded.model(**batch)
     for v in (vector, vector[layer]):  # [n_layers, d] or one [d] row
-        with steer(loaded.layers, v, layer=layer, alpha=alpha):
-            assert [len(b._forward_hooks) for b in loaded.layers] == [
-                int(i == layer) for i in range(loaded.n_layers)
-            ]
-            # Registered after steer's hook, so they see the steered outputs.
-            with recording(loaded.layers) as steered, torch.inference_mode():
-                loaded.model(**batch)
+        # The recording hooks go on after steer's, so they see the steered outputs.
+        with (
+            steer(loaded.layers, v, layer=layer, alpha=alpha),
+            recording(loaded.layers) as steered,
+            torch.inference_mode(),
+        ):
+            hooks = [len(block._forward_hooks) for block in loaded.layers]
+            loaded.model(**batch)
+        assert hooks == [2 if i == layer else 1 for i in range(loaded.n_layers)]
         expected = alpha * torch.from_numpy(vector[layer])
         for i in range(loaded.n_layers):
             before, after = plain[i][0], steered[i][0]
@@ -544,33 +559,35 @@ def test_steer_adds_exactly_alpha_v_at_its_block_and_nothing_elsewhere(
 
 
 def test_steer_several_layers(llama: LoadedModel) -> None:
-    vector = random_vector(llama)
+    vector, alpha = random_vector(llama), -1.5
     batch = llama.tokenizer(TEXTS[:2], return_tensors="pt", padding=True)
-    with steer(llama.layers, vector, layer=[1, 3], alpha=-1.5):
-        with recording(llama.layers, [0, 1, 2, 3]) as steered, torch.inference_mode():
-            llama.model(**batch)
-    with recording(llama.layers, [0, 1]) as plain, torch.inference_mode():
+    with (
+        steer(llama.layers, vector, layer=[1, 3], alpha=alpha),
+        recording(llama.layers) as both,
+        torch.inference_mode(),
+    ):
         llama.model(**batch)
-    assert torch.equal(steered[0][0], plain[0][0])
-    torch.testing.assert_close(
-        steered[1][0] - plain[1][0],
-        (-1.5 * torch.from_numpy(vector[1])).expand_as(plain[1][0]),
-        rtol=0,
-        atol=1e-5,
-    )
-    with steer(llama.layers, vector, layer=[1], alpha=-1.5):
-        with recording(llama.layers, [3]) as only_one, torch.inference_mode():
-            llama.model(**batch)
-    torch.testing.assert_close(
-        steered[3][0] - only_one[3][0],
-        (-1.5 * torch.from_numpy(vector[3])).expand_as(plain[1][0]),
-        rtol=0,
-        atol=1e-5,
-    )
+    with (
+        steer(llama.layers, vector, layer=1, alpha=alpha),
+        recording(llama.layers) as first,
+        torch.inference_mode(),
+    ):
+        llama.model(**batch)
+    with recording(llama.layers) as plain, torch.inference_mode():
+        llama.model(**batch)
+    assert torch.equal(both[0][0], plain[0][0])
+    for layer, upstream in ((1, plain), (3, first)):
+        # Block 3 sees the same input with layer=[1, 3] as with layer=1 alone.
+        diff = both[layer][0] - upstream[layer][0]
+        expected = (alpha * torch.from_numpy(vector[layer])).expand_as(diff)
+        torch.testing.assert_close(diff, expected, rtol=0, atol=1e-5)
+    assert torch.equal(both[2][0], first[2][0])
     assert no_hooks(llama)
 
 
-def test_steer_hooks_are_gone_after_the_context_and_after_an_exception(llama: LoadedModel) -> None:
+def test_steer_hooks_are_gone_after_the_context_and_after_an_exception(
+    llama: LoadedModel,
+) -> None:
     base = forward(llama, TEXTS[:3])
     vector = random_vector(llama)
     with steer(llama.layers, vector, layer=2, alpha=4.0):
@@ -582,9 +599,14 @@ def test_steer_hooks_are_gone_after_the_context_and_after_an_exception(llama: Lo
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom), steer(llama.layers, vector, layer=[0, 3], alpha=4.0):
-        forward(llama, TEXTS[:3])
-        raise Boom
+    def fail_while_steering() -> None:
+        with steer(llama.layers, vector, layer=[0, 3], alpha=4.0):
+            forward(llama, TEXTS[:3])
+            assert not no_hooks(llama)
+            raise Boom
+
+    with pytest.raises(Boom):
+        fail_while_steering()
     assert no_hooks(llama)
     assert torch.equal(forward(llama, TEXTS[:3]), base)
 
@@ -594,16 +616,19 @@ def test_steer_scope_with_cached_generate(llama: LoadedModel, scope: str) -> Non
     layer, alpha = 1, 3.0
     vector = random_vector(llama)
     inputs = llama.tokenizer("the cat sat on the", return_tensors="pt")
-    with recording(llama.layers, [layer]) as raw:  # registered first: sees the raw output
-        with steer(llama.layers, vector, layer=layer, alpha=alpha, scope=scope):
-            with recording(llama.layers, [layer]) as seen, torch.inference_mode():
-                llama.model.generate(
-                    **inputs,
-                    max_new_tokens=4,
-                    do_sample=False,
-                    use_cache=True,
-                    pad_token_id=llama.tokenizer.pad_token_id,
-                )
+    with (
+        recording(llama.layers, [layer]) as raw,  # registered before steer's hook: raw outputs
+        steer(llama.layers, vector, layer=layer, alpha=alpha, scope=scope),
+        recording(llama.layers, [layer]) as seen,  # registered after it: steered outputs
+        torch.inference_mode(),
+    ):
+        llama.model.generate(
+            **inputs,
+            max_new_tokens=4,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=llama.tokenizer.pad_token_id,
+        )
     # The prompt in one pass, then one pass per generated token reusing the KV cache.
     assert [r.shape[1] for r in raw[layer]] == [inputs["input_ids"].shape[1], 1, 1, 1]
     expected = alpha * torch.from_numpy(vector[layer])
@@ -630,11 +655,14 @@ def test_steer_normalize_and_residual_norm(llama: LoadedModel) -> None:
     batch = llama.tokenizer(texts, return_tensors="pt", padding=True)
     with recording(llama.layers, [layer]) as plain, torch.inference_mode():
         llama.model(**batch)
-    with steer(
-        llama.layers, vector, layer=layer, alpha=alpha, normalize=True, reference_norm=reference
+    with (
+        steer(
+            llama.layers, vector, layer=layer, alpha=alpha, normalize=True, reference_norm=reference
+        ),
+        recording(llama.layers, [layer]) as steered,
+        torch.inference_mode(),
     ):
-        with recording(llama.layers, [layer]) as steered, torch.inference_mode():
-            llama.model(**batch)
+        llama.model(**batch)
     diff = steered[layer][0] - plain[layer][0]
     lengths = diff.norm(dim=-1)
     torch.testing.assert_close(
@@ -646,13 +674,11 @@ def test_steer_normalize_and_residual_norm(llama: LoadedModel) -> None:
     )
 
     with pytest.raises(InvalidInput, match="reference"):
-        with steer(llama.layers, vector, layer=layer, normalize=True):
-            pass
+        open_steer(llama.layers, vector, layer=layer, normalize=True)
     zero = vector.copy()
     zero[layer] = 0.0
     with pytest.raises(InvalidInput, match="zero"):
-        with steer(llama.layers, zero, layer=layer, normalize=True, reference_norm=1.0):
-            pass
+        open_steer(llama.layers, zero, layer=layer, normalize=True, reference_norm=1.0)
     assert no_hooks(llama)
 
 
@@ -661,26 +687,25 @@ def test_steer_bad_input(llama: LoadedModel, gpt2: LoadedModel) -> None:
     batch = llama.tokenizer(TEXTS[:2], return_tensors="pt", padding=True)
     for layer in (-1, 4, [1, 9]):
         with pytest.raises(InvalidInput, match="out of range"):
-            with steer(llama.layers, vector, layer=layer):
-                pass
+            open_steer(llama.layers, vector, layer=layer)
     with pytest.raises(InvalidInput, match="scope"):
-        with steer(llama.layers, vector, layer=1, scope="sometimes"):
-            pass
+        open_steer(llama.layers, vector, layer=1, scope="sometimes")
     # A vector for another model: the wrong number of layers...
     with pytest.raises(InvalidInput, match=r"shape \[3, 48\], this model needs \[4, d_model\]"):
-        with steer(llama.layers, random_vector(gpt2), layer=1):
-            pass
+        open_steer(llama.layers, random_vector(gpt2), layer=1)
     with pytest.raises(InvalidInput, match=r"shape \[3, 48\], this model needs \[4, 32\]"):
-        with steer(llama.layers, random_vector(gpt2), layer=1, d_model=32):
-            pass
-    # ...or the right number of layers (or a single row) of the wrong width.
+        open_steer(llama.layers, random_vector(gpt2), layer=1, d_model=32)
+    # ...or the right number of layers (or a single row) of the wrong width: caught on entry
+    # when d_model is given, else by the hook at the first forward pass.
     for wrong in (np.ones((4, 48), np.float32), np.ones(48, np.float32)):
-        with pytest.raises(InvalidInput, match="48"):
-            with steer(llama.layers, wrong, layer=1, d_model=llama.d_model):
-                pass
-        with pytest.raises(InvalidInput, match="48"):
-            with steer(llama.layers, wrong, layer=1), torch.inference_mode():
-                llama.model(**batch)
+        with pytest.raises(InvalidInput, match=r"shape \[.*48\], this model needs"):
+            open_steer(llama.layers, wrong, layer=1, d_model=llama.d_model)
+        with (
+            pytest.raises(InvalidInput, match="48 dimensions, block 1 outputs 32"),
+            steer(llama.layers, wrong, layer=1),
+            torch.inference_mode(),
+        ):
+            llama.model(**batch)
         assert no_hooks(llama)
     assert no_hooks(llama)
 
@@ -812,10 +837,12 @@ def test_contrans_extract_fit_transplant(
             "ridge",
             48,
         )
-        assert m.r2 is not None and np.isfinite(m.r2)
+        assert m.r2 is not None
+        assert np.isfinite(m.r2)
         weight, bias = reg.load_map(m.id)
         assert weight.shape == (48, 32)
-        assert bias is not None and bias.shape == (48,)
+        assert bias is not None
+        assert bias.shape == (48,)
     assert counts(reg)[2] == 12 + 3 + 1
     assert {m.solver_settings["pairs"] for m in all_maps + auto + explicit} == {
         "all",
@@ -859,8 +886,8 @@ def test_contrans_extract_fit_transplant(
     texts = contrans.generate(
         reg, "tgt", "the cat sat", vector_id=record.id, alpha=0.0, layer=2, max_new_tokens=5
     )
-    assert list(texts.values())[0] == list(texts.values())[1]
-    assert len(texts) == 2
+    base_text, steered_text = texts.values()
+    assert steered_text == base_text
 
 
 def test_corpus_states_are_cached_per_model_not_per_config(
@@ -931,12 +958,13 @@ def test_contrans_bad_input_registers_nothing(
         contrans.fit(reg, "src", "tgt", corpus=tmp_path / "missing.txt")
     # A vector of the wrong width for the model it steers.
     target = contrans.load(reg, "tgt")
-    with pytest.raises(InvalidInput, match="needs \\[3, d_model\\]"):
-        with steer(target.layers, reg.load_vector(vec.id), layer=1):
-            pass
-    with pytest.raises(InvalidInput, match="32 dimensions, block 1 outputs 48"):
-        with steer(target.layers, reg.load_vector(vec.id)[1], layer=1):
-            forward(target, ["the cat"])
+    with pytest.raises(InvalidInput, match=r"needs \[3, d_model\]"):
+        open_steer(target.layers, reg.load_vector(vec.id), layer=1)
+    with (
+        pytest.raises(InvalidInput, match="32 dimensions, block 1 outputs 48"),
+        steer(target.layers, reg.load_vector(vec.id)[1], layer=1),
+    ):
+        forward(target, ["the cat"])
     with pytest.raises(InvalidInput, match="belongs to src"):
         contrans.generate(reg, "tgt", "the cat", vector_id=vec.id, alpha=1.0)
     with pytest.raises(InvalidInput, match="out of range"):
@@ -981,12 +1009,12 @@ def test_evaluate_emotion_records_and_reuses(
     reg.register_concept("happiness", PAIRS)
     vec = contrans.extract(reg, "happiness", "src").record
     base = contrans.evaluate_emotion(
-        reg, "happiness", "src", vector_id=None, alphas=[], holdout=0.1
+        reg, "happiness", "src", vector_id=None, alphas=[], holdout=0.05
     )
     assert {r.metric for r in base} == {"token_accuracy", "logit_accuracy"}
     assert all(r.vector_id is None and r.alpha is None and r.n for r in base)
     steered = contrans.evaluate_emotion(
-        reg, "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.1
+        reg, "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05
     )
     assert sorted((r.alpha, r.metric) for r in steered) == [
         (0.0, "logit_accuracy"),
@@ -997,13 +1025,30 @@ def test_evaluate_emotion_records_and_reuses(
     assert all(r.layers == [1] and r.vector_id == vec.id for r in steered)
     base_values = {r.metric: r.value for r in base}
     assert {r.metric: r.value for r in steered if r.alpha == 0.0} == base_values
+
+    # By hand: full passes over the held-out prompts, no prefix cache.
+    loaded = contrans.load(reg, "src")
+    test = split_scenarios(load_scenarios("happiness"), 0.05).test
+    assert {r.n for r in base + steered} == {len(test)}
+
+    def by_hand() -> dict[str, float]:
+        out = read_next_tokens(loaded, eval_prompts(test), ids, use_prefix_cache=False)
+        return {
+            "token_accuracy": (out.top1 == ids[0]).double().mean().item(),
+            "logit_accuracy": (out.candidate_logits.argmax(dim=-1) == 0).double().mean().item(),
+        }
+
+    assert base_values == pytest.approx(by_hand())
+    with steer(loaded.layers, reg.load_vector(vec.id), layer=1, alpha=4.0):
+        expected = by_hand()
+    assert {r.metric: r.value for r in steered if r.alpha == 4.0} == pytest.approx(expected)
     before = counts(reg)
     again = contrans.evaluate_emotion(
-        reg, "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.1
+        reg, "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05
     )
     assert sorted(r.id for r in again) == sorted(r.id for r in steered)
     reread = contrans.evaluate_emotion(
-        reg, "happiness", "src", vector_id=None, alphas=[], holdout=0.1
+        reg, "happiness", "src", vector_id=None, alphas=[], holdout=0.05
     )
     assert sorted(r.id for r in reread) == sorted(r.id for r in base)
     assert counts(reg) == before

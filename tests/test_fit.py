@@ -173,6 +173,10 @@ def test_auto_picks_the_generating_source_layer() -> None:
         assert len(scores) == 6
         assert int(np.argmax(scores)) == m.source_layer
         assert m.r2_val == pytest.approx(scores[m.source_layer], abs=1e-9)
+        assert max(m.settings["val_r2_by_lambda"]) == pytest.approx(m.r2_val, abs=1e-9)
+        assert m.settings["relative_depth_source_layer"] == relative_depth_pair(
+            6, 4, m.target_layer
+        )
         assert m.r2 > 0.9
     svd = fit_pairs(x, y, "auto", solver="lstsq-svd")
     assert [m.source_layer for m in svd] == sources

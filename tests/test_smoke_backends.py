@@ -8,7 +8,9 @@ from registry import Registry
 from registry.store import ObjectStore
 
 
-def test_registry_roundtrip_on_each_database(registry: Registry, tiny_model_dir, pairs_file) -> None:
+def test_registry_roundtrip_on_each_database(
+    registry: Registry, tiny_model_dir, pairs_file
+) -> None:
     registry.register_model("tiny", str(tiny_model_dir))
     version = registry.register_concept("joy", pairs_file).record
     array = np.arange(4 * 32, dtype=np.float32).reshape(4, 32)

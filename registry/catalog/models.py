@@ -95,6 +95,12 @@ def register(
         record_event(session, "register", "model", row.id, name, new=_state(row))
         return Registered[ModelRecord](record=to_record(row), created=True)
     old = _state(row)
+    # Labels not given again are kept, so re-registering a moved folder keeps family and role.
+    for label in ("revision", "family", "role"):
+        if wanted[label] is None:
+            wanted[label] = old[label]
+    if not tags:
+        wanted["tags"] = old["tags"]
     if old == wanted:
         return Registered[ModelRecord](record=to_record(row), created=False)
     if (old["n_layers"], old["d_model"]) != (wanted["n_layers"], wanted["d_model"]) and _in_use(

@@ -14,6 +14,7 @@ What makes it fast and exact:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -115,15 +116,13 @@ def residual_states(
                     mask[r, span] = 1
                 ids, mask = ids.to(device), mask.to(device)
                 state.update(rows=torch.tensor(rows), index=last_nonpad_index(mask), mask=mask)
-                try:
+                with contextlib.suppress(_StopForward):
                     backbone(
                         input_ids=ids,
                         attention_mask=mask,
                         position_ids=position_ids_from_mask(mask),
                         use_cache=False,
                     )
-                except _StopForward:
-                    pass
                 if progress is not None:
                     progress(min(start + batch_size, len(order)), len(order))
     finally:

@@ -60,8 +60,6 @@ def steer(
     ``layers`` is the model's block list (`find_layers`); ``vector`` is ``[n_layers, d]`` or
     ``[d]`` (numpy or torch).
     """
-    import torch
-
     if scope not in SCOPES:
         raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
     chosen = [layer] if isinstance(layer, int) else list(layer)
@@ -114,7 +112,7 @@ def steer(
 
 
 def residual_norm(loaded: Any, texts: Sequence[str], layer: int, *, batch_size: int = 16) -> float:
-    """Mean L2 norm of block ``layer``'s output over the tokens of ``texts`` (first position out)."""
+    """Mean L2 norm of block ``layer``'s output over the tokens of ``texts``, first token out."""
     import torch
 
     from registry.engine.capture import position_ids_from_mask

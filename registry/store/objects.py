@@ -55,6 +55,11 @@ def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str, bool]:
     if protocol in ("s3", "s3a"):
         # Other processes write to the same bucket: never answer from a stale listing.
         options["use_listings_cache"] = False
+        # Fail in seconds, not minutes, when the endpoint is down.
+        options["config_kwargs"] = {
+            "retries": {"max_attempts": 2, "mode": "standard"},
+            "connect_timeout": 5,
+        }
         endpoint = os.environ.get("CRX_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["endpoint_url"] = endpoint

