@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cli.context import json_option, registry
-from cli.progress import StageProgress
+from cli.progress import StageReporter
 from cli.render import emit_json, emit_table
 
 
@@ -44,7 +44,7 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, as_json: bool) -> None:
     from registry.config import crx_home
 
     started = time.monotonic()
-    progress = StageProgress()
+    progress = StageReporter()
     result = pipeline.run(
         registry(),
         emotions=list(emotions) or None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.context import json_option, registry
-from cli.progress import StageProgress
+from cli.progress import StageReporter
 from cli.render import emit_json, emit_table
 
 
@@ -50,7 +50,7 @@ def extract(
     """
     from registry import contrans
 
-    progress = StageProgress()
+    progress = StageReporter()
     result = contrans.extract(
         registry(),
         concept,
@@ -114,7 +114,7 @@ def fit(
     """
     from registry import contrans
 
-    progress = StageProgress()
+    progress = StageReporter()
     maps = contrans.fit(
         registry(),
         source,
@@ -231,7 +231,7 @@ def evaluate(
         if found is None:
             raise click.UsageError(f"no vector of {concept} on {model}: extract or transplant one")
         vector_id = found.id
-    progress = StageProgress()
+    progress = StageReporter()
     records = []
     if with_base:
         records += contrans.evaluate_emotion(

