@@ -890,6 +890,60 @@ def test_contrans_extract_fit_transplant(
     assert steered_text == base_text
 
 
+def test_registry_steer_with_a_vector_id(reg: Registry, model_dirs: dict[str, Path]) -> None:
+    _register_pair(reg, model_dirs)
+    vec = reg.extract("joy", "src").record
+    model = reg.load_model("src")
+    assert model is reg.load_model("src")  # loaded once per registry object
+    vector = reg.load_vector(vec.id)
+    batch = model.tokenizer(TEXTS[:3], return_tensors="pt", padding=True)
+    with recording(model.layers) as plain, torch.inference_mode():
+        model.model(**batch)
+    layer = contrans.default_layer(model.n_layers)  # relative depth 0.75: block 3 of 4
+    assert layer == 3
+    with (
+        reg.steer(model, vec.id, alpha=2.0),
+        recording(model.layers) as steered,
+        torch.inference_mode(),
+    ):
+        model.model(**batch)
+    for i in range(layer):
+        assert torch.equal(plain[i][0], steered[i][0])
+    diff = steered[layer][0] - plain[layer][0]
+    expected = (2.0 * torch.from_numpy(vector[layer])).expand_as(diff)
+    torch.testing.assert_close(diff, expected, rtol=0, atol=1e-5)
+
+    # normalize: alpha relative to the block's mean residual norm on the default corpus.
+    reference = contrans.reference_norm(reg, "src", 1)
+    with (
+        reg.steer(model, vec.id, layer=1, alpha=0.25, normalize=True),
+        recording(model.layers, [1]) as scaled,
+        torch.inference_mode(),
+    ):
+        model.model(**batch)
+    lengths = (scaled[1][0] - plain[1][0]).norm(dim=-1)
+    torch.testing.assert_close(
+        lengths, torch.full_like(lengths, 0.25 * reference), rtol=1e-5, atol=1e-5
+    )
+
+    # A vector of the target's width does not fit the source; hooks never stay behind.
+    wrong = reg.save_vector("joy", "tgt", np.ones((3, 48), np.float32), origin="imported")
+    with pytest.raises(InvalidInput, match=r"shape \[3, 48\], this model needs \[4, 32\]"):
+        open_steer_registry(reg, model, wrong.record.id)
+    with pytest.raises(InvalidInput, match=r"needs \[32\]"):
+        open_steer_registry(reg, model, np.ones(48, np.float32), layer=1)
+    with pytest.raises(InvalidInput, match="out of range"):
+        open_steer_registry(reg, model, vec.id, layer=4)
+    with pytest.raises(KeyError), reg.steer(model, vec.id, layer=0):
+        raise KeyError("boom")
+    assert no_hooks(model)
+
+
+def open_steer_registry(reg: Registry, model: LoadedModel, vector: Any, **kwargs: Any) -> None:
+    with reg.steer(model, vector, **kwargs):
+        pass
+
+
 def test_corpus_states_are_cached_per_model_not_per_config(
     reg: Registry, model_dirs: dict[str, Path], corpus_file: Path
 ) -> None:
