@@ -238,6 +238,10 @@ def test_test_metrics_follow_their_definitions() -> None:
         sst = ((truth - truth.mean(0)) ** 2).sum()
         assert m.r2 == pytest.approx(1 - ((truth - pred) ** 2).sum() / sst, abs=1e-5)
         assert m.mse == pytest.approx(((truth - pred) ** 2).mean(), rel=1e-5)
+        va = split_indices(200)[1]
+        pred_va, truth_va = x[va, 0] @ w.T + b, y[va, 0]
+        sst_va = ((truth_va - truth_va.mean(0)) ** 2).sum()
+        assert m.r2_val == pytest.approx(1 - ((truth_va - pred_va) ** 2).sum() / sst_va, abs=1e-5)
         mean_tr = y[tr, 0].mean(0)
         a, c = pred - mean_tr, truth - mean_tr
         cos = (a * c).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(c, axis=1)

@@ -24,10 +24,12 @@ Solvers:
     ``b = ȳ − W·x̄``. λ is given *relative* to the mean eigenvalue of ``C = XcᵀXc/n``
     (``λ_abs = λ · tr(C)/ds``), so one grid (default ``1e-6 … 1e2``, one value a decade) fits
     every model's scale; the λ with the best validation R² is kept, per pair. Speed: per source
-    layer one eigendecomposition ``C = V·diag(e)·Vᵀ`` serves every λ and every target layer at once
-    (``Wᵀ = V·diag(1/(e + λ_abs))·Vᵀ·XcᵀYc/n``, the target layers concatenated as ``[N, Lt·dt]``
-    columns), so an all-pairs sweep costs a few matrix products per source layer instead of one
-    SVD per pair.
+    layer one eigendecomposition ``C = V·diag(e)·Vᵀ`` serves every λ and every target layer
+    (``Wᵀ = V·diag(1/(e + λ_abs))·P_t`` with ``P_t = Vᵀ·XcᵀYc_t/n``), and the validation error
+    of every λ comes from two small Gram matrices instead of a prediction per λ (see
+    ``_RidgeSource.validation_scores``), so an all-pairs sweep costs a few matrix products per
+    pair, about 1.7× the float64 ``XcᵀYc`` and ``W`` that any sweep returning every map must
+    compute, instead of one SVD per pair (``benchmarks/fit_bench.py``).
 
 Metrics (:data:`R2_DEFINITION`, :data:`COSINE_DEFINITION`), all computed in float64:
 R² = 1 − Σ_ij (y_ij − ŷ_ij)² / Σ_ij (y_ij − ȳ_j)², summed over the split's rows i and all output
@@ -277,7 +279,8 @@ def _fit_auto(
     fitted: dict[int, FittedMap] = {}
     for ls, targets in chosen.items():
         lam = {lt: float(best_lam[ls, lt]) for lt in targets}
-        for fm in _fit_source(data, solver, grid, ls, targets, lam, base_settings):
+        known = {lt: float(val_r2[ls, lt]) for lt in targets}
+        for fm in _fit_source(data, solver, grid, ls, targets, (lam, known), base_settings):
             extra = {
                 "auto_val_r2": [_json_float(r) for r in val_r2[:, fm.target_layer]],
                 "auto_selection": "best validation R2, ties by relative depth",
@@ -298,23 +301,34 @@ def _fit_source(
     grid: tuple[float, ...],
     ls: int,
     targets: list[int],
-    lambdas: dict[int, float] | None,
+    chosen: tuple[dict[int, float], dict[int, float]] | None,
     base_settings: dict[str, Any],
 ) -> list[FittedMap]:
-    """Every map from source block ``ls`` to ``targets``; λ from ``lambdas`` or validation."""
+    """Every map from source block ``ls`` to ``targets``.
+
+    ``chosen``: λ and validation R² per target, already known (``"auto"``'s second pass);
+    otherwise λ is picked on validation here.
+    """
     source = _make_source(data, solver, ls)
     scores: np.ndarray | None = None
-    if lambdas is None:
+    val_known: dict[int, float] = {}
+    if chosen is not None:
+        lambdas, val_known = chosen
+    else:
         if len(grid) > 1:
             scores = source.validation_scores(targets, grid)
             picks = _pick_lambda(scores)
+            val_known = {lt: float(scores[i, picks[i]]) for i, lt in enumerate(targets)}
         else:
             picks = np.zeros(len(targets), dtype=np.int64)
         lambdas = {lt: grid[int(k)] for lt, k in zip(targets, picks, strict=True)}
     out = []
     for i, lt in enumerate(targets):
         wt, bias, info = source.solve(lt, lambdas[lt])  # wt: [ds, dt] float64
-        y_va, pred_va = source.predict(wt, bias, lt, "val")
+        # the validation search already computed it (exactly, up to rounding)
+        r2_val = val_known.get(lt)
+        if r2_val is None:
+            r2_val = _r2(*source.predict(wt, bias, lt, "val"))
         y_te, pred_te = source.predict(wt, bias, lt, "test")
         settings = dict(base_settings)
         settings.update(info)
@@ -330,7 +344,7 @@ def _fit_source(
                 mse=_mse(y_te, pred_te),
                 cosine=_cosine(y_te, pred_te, data.y_mean[lt]),
                 r2_train=source.train_r2(lt, lambdas[lt]),
-                r2_val=_r2(y_va, pred_va),
+                r2_val=r2_val,
                 n_train=data.n_train,
                 n_val=data.n_val,
                 n_test=data.n_test,
@@ -364,6 +378,8 @@ class _Data:
         yv = self.y["val"]
         #: per target layer, Σ (y − ȳ_val)² over validation rows and dims
         self.sst_val = ((yv - yv.mean(0)) ** 2).sum(dim=(0, 2)) if self.n_val else None
+        #: per target layer, Σ (y − ȳ_train)² over the training and the validation rows
+        self.ss_centred = {part: (self.yc[part] ** 2).sum(dim=(0, 2)) for part in self.yc}
 
     def x(self, ls: int, part: str) -> torch.Tensor:
         return self.xs[self.idx[part], ls].to(torch.float64)
@@ -428,39 +444,38 @@ class _RidgeSource(_Source):
     def _shrink(self, lam: float) -> torch.Tensor:
         return 1.0 / (self.e + lam * self.scale)
 
-    def _projection(self, targets: list[int]) -> torch.Tensor:
-        """``P = Vᵀ·XcᵀYc/n`` for the targets' columns, ``[ds, len(targets)·dt]``."""
-        return self.z_train.T @ self.data.y_cols("train", targets, centred=True) / self.n
-
     def _proj(self, lt: int) -> torch.Tensor:
+        """``P_t = Vᵀ·XcᵀYc_t/n`` for target block ``lt``, ``[ds, dt]``."""
+        # One target at a time on purpose: the same flops as one product over every target's
+        # columns, but each result is a few MB that the allocator reuses, where [ds, Lt·dt]
+        # temporaries are fresh pages on every source layer (measured ~1.5× slower overall).
         if lt not in self._p:
-            self._p[lt] = self._projection([lt])
+            self._p[lt] = (self.z_train.T @ self.data.yc["train"][:, lt]).div_(self.n)
         return self._p[lt]
 
     def validation_scores(self, targets: list[int], grid: tuple[float, ...]) -> np.ndarray:
         # For target t with Wᵀ = V·D·P_t (D = diag(1/(e + λ_abs))) and Z = (X_val − x̄)·V:
-        #   SSE_t(λ) = ‖Yc_t‖² − 2·Σ_k d_k·(ZᵀYc_t ⊙ P_t)_k· + dᵀ·(ZᵀZ ⊙ P_t·P_tᵀ)·d,
-        # so the grid costs O(ds²) per λ once ZᵀYc and P_t·P_tᵀ are formed: λ is nearly free,
-        # where predicting the validation rows would cost n_val·ds·dt per λ and target.
-        data, dt = self.data, self.data.dt
-        p = self._projection(targets)  # [ds, T·dt]
-        for i, lt in enumerate(targets):
-            self._p[lt] = p[:, i * dt : (i + 1) * dt]
+        #   SSE_t(λ) = ‖Yc_t‖² − 2·Σ_k d_k·Σ_j (ZᵀYc_t)_kj·(P_t)_kj + dᵀ·(ZᵀZ ⊙ P_t·P_tᵀ)·d,
+        # so the grid costs O(ds²) per λ once ZᵀYc_t and P_t·P_tᵀ are formed: λ is nearly
+        # free, where predicting the validation rows would cost n_val·ds·dt per λ and target.
+        data = self.data
         z = (self.x_part["val"] - self.x_mean) @ self.v  # [n_val, ds]
-        yv = data.y_cols("val", targets, centred=True)  # [n_val, T·dt]
-        gram = z.T @ z  # [ds, ds]
-        cross = (z.T @ yv) * p  # [ds, T·dt]
+        gram = z.T @ z
         shrink = torch.stack([self._shrink(lam) for lam in grid], dim=1)  # [ds, G]
-        assert data.sst_val is not None
-        out = np.empty((len(targets), len(grid)))
+        blocks = _symmetric_blocks(z.shape[1])
+        out = torch.empty(len(targets), len(grid), dtype=torch.float64)
         for i, lt in enumerate(targets):
-            cols = slice(i * dt, (i + 1) * dt)
-            pt = p[:, cols]
-            lin = cross[:, cols].sum(1) @ shrink  # [G]
-            quad = ((gram * (pt @ pt.T)) @ shrink * shrink).sum(0)  # [G]
-            sse = (yv[:, cols] ** 2).sum() - 2.0 * lin + quad
-            out[i] = _r2_from(sse.clamp(min=0.0), data.sst_val[lt])
-        return out
+            p = self._proj(lt)
+            cross = (z.T @ data.yc["val"][:, lt]).mul_(p).sum(1)  # [ds]
+            quad = torch.zeros(len(grid), dtype=torch.float64)
+            for k, bk in enumerate(blocks):
+                for bl in blocks[k:]:
+                    h = (p[bk] @ p[bl].T).mul_(gram[bk, bl])
+                    term = ((h @ shrink[bl]) * shrink[bk]).sum(0)
+                    quad += term if bk == bl else 2.0 * term
+            out[i] = data.ss_centred["val"][lt] - 2.0 * (cross @ shrink) + quad
+        assert data.sst_val is not None
+        return _r2_from(out.clamp(min=0.0), data.sst_val[targets][:, None])
 
     def solve(
         self, lt: int, lam: float
@@ -472,8 +487,8 @@ class _RidgeSource(_Source):
     def train_r2(self, lt: int, lam: float) -> float:
         # ‖Yc − Z·D·P‖² = ‖Yc‖² − n·Σ_k (2·d_k − e_k·d_k²)·P_kj², as ZᵀZ = n·E and ZᵀYc = n·P.
         p, d = self._proj(lt), self._shrink(lam)
-        sst = float((self.data.yc["train"][:, lt] ** 2).sum())
-        sse = sst - self.n * float(((2.0 * d - self.e * d**2)[:, None] * p**2).sum())
+        sst = float(self.data.ss_centred["train"][lt])
+        sse = sst - self.n * float((2.0 * d - self.e * d**2) @ torch.einsum("kj,kj->k", p, p))
         return _r2_value(max(sse, 0.0), sst)
 
 
@@ -518,6 +533,17 @@ class _SvdSource(_Source):
         sse = float((y**2).sum()) - float((self._coords(lt) ** 2).sum())
         sst = float(((y - y.mean(0)) ** 2).sum())
         return _r2_value(max(sse, 0.0), sst)
+
+
+def _symmetric_blocks(d: int) -> list[slice]:
+    """Row blocks for a symmetric product ``P·Pᵀ`` built from its upper triangle of blocks.
+
+    Three blocks compute 6 of 9 block products (two thirds of the flops); blocks stay ≥ 128
+    rows so each product is still an efficient matrix multiply.
+    """
+    n_blocks = max(1, min(3, d // 128))
+    edges = [d * i // n_blocks for i in range(n_blocks + 1)]
+    return [slice(edges[i], edges[i + 1]) for i in range(n_blocks)]
 
 
 # -- selection ------------------------------------------------------------------------------
