@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from registry.audit import record_event
 from registry.catalog.paging import page
 from registry.db.tables import SqlEvaluation, SqlModel
+from registry.hashing import json_safe
 from registry.timeutil import as_utc, now
 from schemas.records import EvaluationRecord, Page
 
@@ -58,7 +59,7 @@ def add(
             metric=metric,
             value=float(value),
             n=n,
-            settings=settings or {},
+            settings=json_safe(settings or {}),
             created_at=stamp,
         )
         for metric, value in metrics.items()

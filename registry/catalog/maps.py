@@ -12,7 +12,7 @@ from registry.audit import record_event
 from registry.catalog.paging import page
 from registry.db.tables import SqlAffineMap, SqlModel
 from registry.errors import MapNotFound
-from registry.hashing import content_sha256
+from registry.hashing import content_sha256, json_safe
 from registry.timeutil import as_utc, now
 from schemas.records import MapRecord, Page, Registered
 
@@ -87,13 +87,13 @@ def add(
     content = {
         "oid": oid,
         "solver": solver,
-        "solver_settings": solver_settings,
+        "solver_settings": json_safe(solver_settings),
         "corpus_oid": corpus_oid,
         "n_samples": n_samples,
-        "r2": r2,
-        "mse": mse,
-        "cosine": cosine,
-        "metrics": metrics or {},
+        "r2": json_safe(r2),
+        "mse": json_safe(mse),
+        "cosine": json_safe(cosine),
+        "metrics": json_safe(metrics or {}),
     }
     existing = session.scalar(select(SqlAffineMap).filter_by(**identity))
     if existing is not None:

@@ -12,6 +12,7 @@ from registry.audit import record_event
 from registry.catalog.paging import page
 from registry.db.tables import SqlConcept, SqlConceptVersion, SqlModel, SqlVector
 from registry.errors import AlreadyExists, VectorNotFound
+from registry.hashing import json_safe
 from registry.timeutil import as_utc, now
 from schemas.records import Page, Registered, VectorRecord
 
@@ -106,7 +107,7 @@ def add(
         "origin": origin,
         "source_vector_id": source_vector_id,
         "map_ids": map_ids,
-        "settings": settings or {},
+        "settings": json_safe(settings or {}),
     }
     if existing is not None:
         if existing.oid == oid:
