@@ -32,7 +32,7 @@ def accuracy_vs_alpha(
     ax.set_xlabel("α")
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1.02)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

