@@ -185,7 +185,15 @@ def transplant(
 @click.command()
 @click.argument("concept")
 @click.option("--model", required=True, help="Target model to evaluate on.")
-@click.option("--task", type=click.Choice(["emotion"]), default="emotion", show_default=True)
+@click.option(
+    "--task", type=click.Choice(["emotion", "truthfulqa"]), default="emotion", show_default=True
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, exists=True),
+    help="truthfulqa: a CSV in TruthfulQA's format (required for that task).",
+)
+@click.option("--primer", is_flag=True, help="truthfulqa: prepend the standard QA primer.")
 @click.option(
     "--vector",
     "vector_id",
@@ -207,6 +215,8 @@ def evaluate(
     concept: str,
     model: str,
     task: str,
+    data: str | None,
+    primer: bool,
     vector_id: int | None,
     alphas: str,
     layer: int | None,
@@ -217,10 +227,12 @@ def evaluate(
     """Evaluate a concept vector on a model and record every metric.
 
     emotion: ConTrans' six-shot protocol, token and logit accuracy, on held-out scenarios.
+    truthfulqa: MC1 and MC2 by answer log-likelihood, on --data.
 
     \b
     Example:
       crx evaluate happiness --model gemma3-270m --alpha 0,0.1,0.2 --normalize --base
+      crx evaluate honesty --model gemma3-270m --task truthfulqa --data truthfulqa_dev.csv
     """
     from registry import contrans
 
@@ -233,20 +245,39 @@ def evaluate(
         vector_id = found.id
     progress = StageReporter()
     records = []
-    if with_base:
-        records += contrans.evaluate_emotion(
-            reg, name, model, vector_id=None, alphas=[], progress=progress.counter("base")
+    if task == "truthfulqa":
+        if data is None:
+            raise click.UsageError("--task truthfulqa needs --data FILE")
+        if with_base:
+            records += contrans.evaluate_truthfulqa(
+                reg, model, data, vector_id=None, primer=primer, progress=progress.counter("base")
+            )
+        records += contrans.evaluate_truthfulqa(
+            reg,
+            model,
+            data,
+            vector_id=vector_id,
+            alphas=_alphas(alphas),
+            layer=layer,
+            normalize=normalize,
+            primer=primer,
+            progress=progress.counter(f"vector {vector_id}"),
         )
-    records += contrans.evaluate_emotion(
-        reg,
-        name,
-        model,
-        vector_id=vector_id,
-        alphas=_alphas(alphas),
-        layer=layer,
-        normalize=normalize,
-        progress=progress.counter(f"vector {vector_id}"),
-    )
+    else:
+        if with_base:
+            records += contrans.evaluate_emotion(
+                reg, name, model, vector_id=None, alphas=[], progress=progress.counter("base")
+            )
+        records += contrans.evaluate_emotion(
+            reg,
+            name,
+            model,
+            vector_id=vector_id,
+            alphas=_alphas(alphas),
+            layer=layer,
+            normalize=normalize,
+            progress=progress.counter(f"vector {vector_id}"),
+        )
     progress.finish()
     if as_json:
         emit_json({"items": records})

@@ -564,3 +564,72 @@ def generate(
         ):
             texts[f"steered (vector {vector_id}, layer {steer_layer}, alpha {alpha})"] = run()
     return texts
+
+
+def evaluate_truthfulqa(
+    reg: Registry,
+    model: str,
+    data: str | Path,
+    *,
+    vector_id: int | None,
+    alphas: Sequence[float] = (),
+    layer: int | None = None,
+    normalize: bool = False,
+    primer: bool = False,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> list[EvaluationRecord]:
+    """TruthfulQA MC1/MC2 of the bare model, or of a steering vector at each α."""
+    from registry.engine import truthfulqa
+    from registry.engine.steer import steer
+
+    try:
+        raw = Path(data).read_bytes()
+        questions = truthfulqa.parse_questions(raw.decode("utf-8"), str(data))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read TruthfulQA data {data}: {exc}") from None
+    questions = questions[:limit] if limit else questions
+    record = reg.get_model(model)
+    loaded = load(reg, record)
+    dataset_oid = reg.store.put(raw)
+    settings = {"primer": primer, "n_questions": len(questions), "scoring": "sum-logprob"}
+    if vector_id is None:
+        metrics = truthfulqa.evaluate(loaded, questions, primer=primer, progress=progress)
+        return reg.record_evaluation(
+            record.name,
+            "truthfulqa",
+            metrics,
+            dataset_oid=dataset_oid,
+            n=len(questions),
+            settings=settings,
+        )
+    vector = reg.get_vector(vector_id)
+    if vector.model != record.name:
+        raise InvalidInput(f"vector {vector_id} belongs to {vector.model}, not {record.name}")
+    steer_layer = default_layer(record.n_layers) if layer is None else layer
+    array = reg.load_vector(vector_id)
+    norm = reference_norm(reg, record.name, steer_layer) if normalize else None
+    results: list[EvaluationRecord] = []
+    for alpha in alphas:
+        with steer(
+            loaded.layers,
+            array,
+            layer=steer_layer,
+            alpha=alpha,
+            normalize=normalize,
+            reference_norm=norm,
+            d_model=record.d_model,
+        ):
+            metrics = truthfulqa.evaluate(loaded, questions, primer=primer, progress=progress)
+        results += reg.record_evaluation(
+            record.name,
+            "truthfulqa",
+            metrics,
+            vector_id=vector_id,
+            dataset_oid=dataset_oid,
+            layers=[steer_layer],
+            alpha=alpha,
+            n=len(questions),
+            settings={**settings, "normalize": normalize, "reference_norm": norm},
+        )
+    return results
