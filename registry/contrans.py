@@ -127,23 +127,20 @@ def find_vector(
     estimator: str | None = None,
     token: str | None = None,
 ) -> VectorRecord | None:
+    """The newest vector of ``concept_ref`` (that exact version) on ``model`` matching filters."""
     concept = reg.get_concept(concept_ref)
-    after = None
-    while True:
-        page = reg.list_vectors(concept=concept.concept, model=model, limit=500, after=after)
-        for vector in page.items:
-            if vector.concept_version != concept.version:
-                continue
-            if origin and vector.origin != origin:
-                continue
-            if estimator and vector.estimator != estimator:
-                continue
-            if token and vector.token_position != token:
-                continue
-            return vector
-        if page.next_after is None:
-            return None
-        after = page.next_after
+    vectors = reg.list_vectors(concept=concept.concept, model=model, limit=0).items
+    for vector in reversed(vectors):
+        if vector.concept_version != concept.version:
+            continue
+        if origin and vector.origin != origin:
+            continue
+        if estimator and vector.estimator != estimator:
+            continue
+        if token and vector.token_position != token:
+            continue
+        return vector
+    return None
 
 
 # -- the calibration corpus -----------------------------------------------------------------
@@ -293,16 +290,6 @@ def fit(
 # -- transplanting --------------------------------------------------------------------------
 
 
-def _all_maps(reg: Registry, source: str, target: str) -> list[MapRecord]:
-    found, after = [], None
-    while True:
-        page = reg.list_maps(source=source, target=target, limit=1000, after=after)
-        found += page.items
-        if page.next_after is None:
-            return found
-        after = page.next_after
-
-
 def choose_maps(
     maps: Sequence[MapRecord], *, layer: int | None, solver: str | None, pairs: str | None = None
 ) -> dict[int, MapRecord]:
@@ -350,7 +337,9 @@ def transplant(
         source_vector = found
     if layer is not None and not 0 <= layer < tgt.n_layers:
         raise InvalidInput(f"layer {layer} is out of range for {tgt.name} ({tgt.n_layers} layers)")
-    chosen = choose_maps(_all_maps(reg, src.name, tgt.name), layer=layer, solver=solver)
+    chosen = choose_maps(
+        reg.list_maps(source=src.name, target=tgt.name, limit=0).items, layer=layer, solver=solver
+    )
     if not chosen:
         where = f" at layer {layer}" if layer is not None else ""
         raise NotFound(
@@ -397,26 +386,16 @@ def _recorded(
 ) -> dict[tuple[float | None, int | None, bool | None], list[EvaluationRecord]]:
     """Emotion results already recorded for this subject and dataset, by (α, layer, normalize)."""
     found: dict[tuple[float | None, int | None, bool | None], list[EvaluationRecord]] = {}
-    after = None
-    while True:
-        page = reg.list_evaluations(
-            model=model, vector_id=vector_id, task="emotion", limit=1000, after=after
-        )
-        for r in page.items:
-            if r.dataset_oid != dataset_oid or (vector_id is None and r.vector_id is not None):
-                continue
-            if vector_id is None:
-                key: tuple[float | None, int | None, bool | None] = (None, None, None)
-            else:
-                key = (
-                    r.alpha,
-                    r.layers[0] if r.layers else None,
-                    bool(r.settings.get("normalize")),
-                )
-            found.setdefault(key, []).append(r)
-        if page.next_after is None:
-            return found
-        after = page.next_after
+    recorded = reg.list_evaluations(model=model, vector_id=vector_id, task="emotion", limit=0)
+    for r in recorded.items:
+        if r.dataset_oid != dataset_oid or (vector_id is None and r.vector_id is not None):
+            continue
+        if vector_id is None:
+            key: tuple[float | None, int | None, bool | None] = (None, None, None)
+        else:
+            key = (r.alpha, r.layers[0] if r.layers else None, bool(r.settings.get("normalize")))
+        found.setdefault(key, []).append(r)
+    return found
 
 
 def evaluate_emotion(
