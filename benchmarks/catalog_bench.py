@@ -13,7 +13,7 @@ temporary folder) and on PostgreSQL (a throwaway server from ``tests.servers``),
 The schema comes from ``Registry.init()`` (alembic). Bulk rows are inserted with SQLAlchemy core
 ``executemany`` in chunks; their blob oids are fake hex strings (the store is not touched for
 bulk rows, and none of the timed reads open a blob). Registering a concept does write its pairs
-blob to a real local store. PostgreSQL is loaded with fsync off, then switched back to durable
+blob to a real local store. PostgreSQL is loaded with fsync off, then restarted with durable
 settings (fsync, synchronous_commit, full_page_writes on) before anything is timed.
 
     .venv/bin/python benchmarks/catalog_bench.py --out benchmarks/results/catalog.json
@@ -36,6 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ RUNS: dict[str, dict[str, int]] = {
     "quick": {"cli_startup": 5, "cli_show": 8, "cli_list": 8, "cli_register": 5,
               "api_show": 50, "api_list": 50, "api_register": 20},
 }  # fmt: skip
+Ref = Callable[[random.Random], str]  # draws a REF for `crx show`
+Lookup = Callable[[Registry, str], Any]  # the in-process lookup of a REF
 SHAPES = [(26, 896), (28, 1024), (32, 2048), (36, 2560)]  # (n_layers, d_model) of bulk models
 MAP_LAYERS = 25  # maps per (source, target) pair; every shape has more layers than this
 
@@ -89,12 +92,6 @@ def summary(seconds: list[float]) -> dict[str, float]:
         "min_ms": round(float(ms.min()), 3),
         "max_ms": round(float(ms.max()), 3),
     }
-
-
-def timed(action: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
 
 
 # -- bulk load ----------------------------------------------------------------------------------
@@ -304,18 +301,6 @@ def bulk_load(engine: Engine, scale: dict[str, int]) -> dict[str, Any]:
 # -- measurements -------------------------------------------------------------------------------
 
 
-def cli_timer(env: dict[str, str]) -> Callable[[list[str]], float]:
-    def run(args: list[str]) -> float:
-        start = time.perf_counter()
-        result = subprocess.run([CRX, *args], env=env, capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if result.returncode != 0:
-            raise RuntimeError(f"crx {' '.join(args)} failed: {result.stderr.strip()}")
-        return elapsed
-
-    return run
-
-
 def fresh_pairs(n: int = 8) -> list[ContrastPair]:
     tag = uuid.uuid4().hex
     return [
@@ -324,14 +309,36 @@ def fresh_pairs(n: int = 8) -> list[ContrastPair]:
     ]
 
 
-def bench_backend(
+@dataclass
+class Backend:
+    """One loaded catalogue: its URLs, the CLI's environment, an open `Registry`."""
+
+    label: str
+    database_url: str
+    store_url: str
+    env: dict[str, str]
+    registry: Registry
+    load: dict[str, Any]
+    rng: random.Random = field(default_factory=lambda: random.Random(42))
+
+    def cli(self, args: list[str]) -> float:
+        """Wall time of ``crx ARGS`` as a subprocess (Python start-up included)."""
+        start = time.perf_counter()
+        result = subprocess.run([CRX, *args], env=self.env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        if result.returncode != 0:
+            raise RuntimeError(f"crx {' '.join(args)} failed: {result.stderr.strip()}")
+        return elapsed
+
+
+def open_backend(
     label: str,
     database_url: str,
     workdir: Path,
     scale: dict[str, int],
-    runs: dict[str, int],
     prepare: Callable[[Engine], None] | None = None,
-) -> dict[str, Any]:
+) -> Backend:
+    """Create the schema, bulk-load the catalogue and get the CLI ready to be timed."""
     store_url = str(workdir / f"store-{label}")
     registry = Registry(database_url, store_url)
     registry.init()
@@ -341,7 +348,6 @@ def bench_backend(
     if prepare is not None:
         prepare(registry.engine)
     registry.close()
-
     inherited = ("CRX_", "AWS_", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(inherited)},
@@ -353,116 +359,159 @@ def bench_backend(
         "CRX_STORE_URL": store_url,
         "CRX_ACTOR": "bench@catalog",
     }
-    os.environ.update({k: env[k] for k in ("CRX_HOME", "CRX_ACTOR")})
-    cli = cli_timer(env)
-    rng = random.Random(42)
-    n_versions = scale["concepts"] * scale["versions"]
-    results: dict[str, Any] = {"load": load}
-
-    def model_ref() -> str:
-        return f"model-{rng.randint(1, scale['models']):04d}"
-
-    def concept_ref() -> str:
-        name = f"concept-{rng.randint(1, scale['concepts']):04d}"
-        # Half the lookups ask for the latest version (NAME), half for NAME@V.
-        return name if rng.random() < 0.5 else f"{name}@{rng.randint(1, scale['versions'])}"
-
-    def vector_ref() -> str:
-        return str(rng.randint(1, scale["vectors"]))
-
-    def map_ref() -> str:
-        return str(rng.randint(1, scale["maps"]))
-
-    registry = Registry(database_url, store_url)
-    registry.list_models(limit=1)  # connect and check the schema once, outside the timings
-    api_show: dict[str, Callable[[str], Any]] = {
-        "model": registry.get_model,
-        "concept": registry.get_concept,
-        "vector": lambda ref: registry.get_vector(int(ref)),
-        "map": lambda ref: registry.get_map(int(ref)),
-    }
-    refs = {"model": model_ref, "concept": concept_ref, "vector": vector_ref, "map": map_ref}
-
+    backend = Backend(label, database_url, store_url, env, Registry(database_url, store_url), load)
+    backend.registry.list_models(limit=1)  # connect and check the schema, outside the timings
     for warm_up in (["--version"], ["show", "model", "model-0001"], ["list", "vectors"]):
-        cli(warm_up)  # fills the bytecode cache and the OS page cache
-    print(f"[{label}] crx --version (start-up floor) ...", flush=True)
-    results["cli_startup"] = summary([cli(["--version"]) for _ in range(runs["cli_startup"])])
+        backend.cli(warm_up)  # fills the bytecode cache and the OS page cache
+    return backend
+
+
+def measure(
+    backends: list[Backend], workdir: Path, scale: dict[str, int], runs: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    """Time every operation, alternating between the backends run by run.
+
+    Other work on the machine then weighs on every backend alike. Each backend draws its
+    references from its own generator with the same seed, so all look up the same rows.
+    """
+    results: dict[str, dict[str, Any]] = {b.label: {"load": b.load} for b in backends}
+
+    def alternate(n: int, sample: Callable[[Backend], float]) -> dict[str, list[float]]:
+        samples: dict[str, list[float]] = {b.label: [] for b in backends}
+        for _ in range(n):
+            for backend in backends:
+                samples[backend.label].append(sample(backend))
+        return samples
+
+    def record(op: str, **modes: dict[str, list[float]]) -> None:
+        busy = round(os.getloadavg()[0], 2)  # other work on the machine while this ran
+        for backend in backends:
+            entry = results[backend.label].setdefault(op, {})
+            for mode, samples in modes.items():
+                entry[mode] = summary(samples[backend.label])
+            entry["loadavg_1m"] = busy
+
+    def timed_call(call: Callable[[], Any]) -> float:
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+
+    refs: dict[str, Ref] = {
+        "model": lambda rng: f"model-{rng.randint(1, scale['models']):04d}",
+        # Half the concept lookups ask for the latest version (NAME), half for NAME@V.
+        "concept": lambda rng: (
+            f"concept-{rng.randint(1, scale['concepts']):04d}"
+            + ("" if rng.random() < 0.5 else f"@{rng.randint(1, scale['versions'])}")
+        ),
+        "vector": lambda rng: str(rng.randint(1, scale["vectors"])),
+        "map": lambda rng: str(rng.randint(1, scale["maps"])),
+    }
+    lookups: dict[str, Lookup] = {
+        "model": lambda reg, ref: reg.get_model(ref),
+        "concept": lambda reg, ref: reg.get_concept(ref),
+        "vector": lambda reg, ref: reg.get_vector(int(ref)),
+        "map": lambda reg, ref: reg.get_map(int(ref)),
+    }
+
+    print("crx --version (start-up floor) ...", flush=True)
+    record("cli_startup", cli=alternate(runs["cli_startup"], lambda b: b.cli(["--version"])))
 
     for kind, make_ref in refs.items():
-        print(f"[{label}] show {kind} ...", flush=True)
-        lookup = api_show[kind]
-        api_refs = [make_ref() for _ in range(runs["api_show"])]
-        api = [timed(lambda ref=ref, lookup=lookup: lookup(ref)) for ref in api_refs]
-        shell = [cli(["show", kind, make_ref()]) for _ in range(runs["cli_show"])]
-        results[f"show_{kind}"] = {"cli": summary(shell), "api": summary(api)}
+        print(f"show {kind} ...", flush=True)
+        lookup = lookups[kind]
 
-    pages = {
-        "first": None,
-        "middle": scale["vectors"] // 2,
-        "last": scale["vectors"] - 100,
-    }
+        def api_show(b: Backend, make_ref: Ref = make_ref, lookup: Lookup = lookup) -> float:
+            ref = make_ref(b.rng)
+            return timed_call(lambda: lookup(b.registry, ref))
+
+        def cli_show(b: Backend, kind: str = kind, make_ref: Ref = make_ref) -> float:
+            return b.cli(["show", kind, make_ref(b.rng)])
+
+        record(
+            f"show_{kind}",
+            cli=alternate(runs["cli_show"], cli_show),
+            api=alternate(runs["api_show"], api_show),
+        )
+
+    pages = {"first": None, "middle": scale["vectors"] // 2, "last": scale["vectors"] - 100}
     for where, after in pages.items():
-        print(f"[{label}] list vectors, {where} page ...", flush=True)
-        check = registry.list_vectors(limit=100, after=after)
-        assert len(check.items) == 100, (where, len(check.items))
-        api = [
-            timed(lambda after=after: registry.list_vectors(limit=100, after=after))
-            for _ in range(runs["api_list"])
-        ]
+        print(f"list vectors, {where} page ...", flush=True)
+        for backend in backends:
+            page = backend.registry.list_vectors(limit=100, after=after)
+            assert len(page.items) == 100, (backend.label, where, len(page.items))
         args = ["list", "vectors", "--json", "--limit", "100"]
         if after is not None:
             args += ["--after", str(after)]
-        shell = [cli(args) for _ in range(runs["cli_list"])]
-        results[f"list_vectors_{where}"] = {
-            "after": after,
-            "cli": summary(shell),
-            "api": summary(api),
-        }
 
-    print(f"[{label}] list vectors --model (in-process) ...", flush=True)
-    model_refs = [model_ref() for _ in range(runs["api_list"])]
-    results["list_vectors_by_model"] = {
-        "api": summary(
-            [timed(lambda m=m: registry.list_vectors(model=m, limit=100)) for m in model_refs]
+        def api_list(b: Backend, after: int | None = after) -> float:
+            return timed_call(lambda: b.registry.list_vectors(limit=100, after=after))
+
+        record(
+            f"list_vectors_{where}",
+            cli=alternate(runs["cli_list"], lambda b, args=args: b.cli(args)),
+            api=alternate(runs["api_list"], api_list),
         )
-    }
+        for backend in backends:
+            results[backend.label][f"list_vectors_{where}"]["after"] = after
 
-    print(f"[{label}] register concept ...", flush=True)
-    api = []
-    for _ in range(runs["api_register"]):
-        name = f"concept-{rng.randint(1, scale['concepts']):04d}"
+    print("list vectors --model (in-process) ...", flush=True)
+
+    def api_by_model(b: Backend) -> float:
+        model = refs["model"](b.rng)
+        return timed_call(lambda: b.registry.list_vectors(model=model, limit=100))
+
+    record("list_vectors_by_model", api=alternate(runs["api_list"], api_by_model))
+
+    print("register concept ...", flush=True)
+
+    def api_register(b: Backend) -> float:
+        name = f"concept-{b.rng.randint(1, scale['concepts']):04d}"
         pairs = fresh_pairs()
         start = time.perf_counter()
-        outcome = registry.register_concept(name, pairs)
-        api.append(time.perf_counter() - start)
+        outcome = b.registry.register_concept(name, pairs)
+        elapsed = time.perf_counter() - start
         assert outcome.created
         assert outcome.record.version > scale["versions"]
-    shell = []
-    for i in range(runs["cli_register"]):
-        name = f"concept-{rng.randint(1, scale['concepts']):04d}"
-        pairs_file = workdir / f"pairs-{label}-{i}.json"
+        return elapsed
+
+    counter = iter(range(1_000_000))
+
+    def cli_register(b: Backend) -> float:
+        name = f"concept-{b.rng.randint(1, scale['concepts']):04d}"
+        pairs_file = workdir / f"pairs-{next(counter)}.json"
         pairs_file.write_text(
             json.dumps([{"positive": p.positive, "negative": p.negative} for p in fresh_pairs()])
         )
-        shell.append(cli(["register", "concept", name, "--pairs", str(pairs_file)]))
-    results["register_concept"] = {"cli": summary(shell), "api": summary(api)}
-    with registry.engine.connect() as connection:
-        added = connection.scalar(select(func.count()).select_from(SqlConceptVersion.__table__))
-    results["register_concept"]["concept_versions_after"] = added
-    assert added == n_versions + runs["api_register"] + runs["cli_register"]
-    registry.close()
+        return b.cli(["register", "concept", name, "--pairs", str(pairs_file)])
+
+    record(
+        "register_concept",
+        cli=alternate(runs["cli_register"], cli_register),
+        api=alternate(runs["api_register"], api_register),
+    )
+    expected = scale["concepts"] * scale["versions"] + runs["api_register"] + runs["cli_register"]
+    for backend in backends:
+        with backend.registry.engine.connect() as connection:
+            count = connection.scalar(select(func.count()).select_from(SqlConceptVersion.__table__))
+        assert count == expected, (backend.label, count, expected)
+        results[backend.label]["register_concept"]["concept_versions_after"] = count
     return results
 
 
 def durable_postgres(server: PostgresServer) -> Callable[[Engine], None]:
-    """Undo the test server's speed settings, so writes are timed as on a real server."""
+    """Restart the test server without its speed settings, so writes are timed durably.
 
-    def prepare(_engine: Engine) -> None:
-        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
-            server.execute(f"ALTER SYSTEM SET {setting} = on")
-        server.execute("SELECT pg_reload_conf()")
-        time.sleep(0.5)
-        server.execute("CHECKPOINT")
+    ``tests.servers`` starts PostgreSQL with fsync, synchronous_commit and full_page_writes off
+    on its command line, which ALTER SYSTEM cannot override; a restart without them can.
+    """
+
+    def prepare(engine: Engine) -> None:
+        engine.dispose()
+        options = f"-p {server.port} -k {server.folder} -c listen_addresses=127.0.0.1"
+        server._run(
+            "pg_ctl", "-D", str(server.folder / "data"), "-l", str(server.folder / "log"),
+            "-w", "-t", "60", "-o", options, "restart",
+        )  # fmt: skip
 
     return prepare
 
@@ -490,12 +539,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def postgres_version(server: PostgresServer) -> str:
+def postgres_settings(server: PostgresServer) -> dict[str, Any]:
     import psycopg
 
+    names = ("server_version", "fsync", "synchronous_commit", "full_page_writes")
     with psycopg.connect(server.url().replace("+psycopg", ""), autocommit=True) as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-    return str(row[0]) if row else "?"
+        values = {name: str(conn.execute(f"SHOW {name}").fetchone()[0]) for name in names}
+    return {**values, "connection": "TCP 127.0.0.1"}
 
 
 def sqlite_settings(url: str) -> dict[str, Any]:
@@ -536,9 +586,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1/10 scale and fewer runs")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only print the tables of a results file"
+    )
+    parser.add_argument(
         "--backend", choices=["sqlite", "postgres"], action="append", help="default: both"
     )
     args = parser.parse_args()
+    if args.render:
+        print(markdown(json.loads(args.render.read_text())))
+        return
     mode = "quick" if args.quick else "full"
     scale, runs = SCALES[mode], RUNS[mode]
     backends = args.backend or ["sqlite", "postgres"]
@@ -558,33 +614,36 @@ def main() -> None:
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "backends": {},
     }
+    server: PostgresServer | None = None
+    opened: list[Backend] = []
+    settings: dict[str, dict[str, Any]] = {}
     try:
         if "sqlite" in backends:
             url = f"sqlite:///{workdir / 'registry.db'}"
-            report["backends"]["sqlite"] = bench_backend("sqlite", url, workdir, scale, runs)
-            report["backends"]["sqlite"]["settings"] = sqlite_settings(url)
+            opened.append(open_backend("sqlite", url, workdir, scale))
+            settings["sqlite"] = sqlite_settings(url)
         if "postgres" in backends:
             server = PostgresServer.start()
-            try:
-                server.execute("CREATE DATABASE crx_bench")
-                result = bench_backend(
+            server.execute("CREATE DATABASE crx_bench")
+            opened.append(
+                open_backend(
                     "postgres",
                     server.url("crx_bench"),
                     workdir,
                     scale,
-                    runs,
                     prepare=durable_postgres(server),
                 )
-                result["settings"] = {
-                    "server_version": postgres_version(server),
-                    "fsync": "on",
-                    "synchronous_commit": "on",
-                    "connection": "TCP 127.0.0.1",
-                }
-                report["backends"]["postgres"] = result
-            finally:
-                server.stop()
+            )
+            settings["postgres"] = postgres_settings(server)
+            assert settings["postgres"]["fsync"] == "on", settings["postgres"]
+        report["backends"] = measure(opened, workdir, scale, runs)
+        for label, values in settings.items():
+            report["backends"][label]["settings"] = values
     finally:
+        for backend in opened:
+            backend.registry.close()
+        if server is not None:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
