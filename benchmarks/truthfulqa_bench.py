@@ -1,0 +1,93 @@
+"""Honesty transplant on TruthfulQA (dev half): base target vs transplanted vs the source model.
+
+    crx demo   # or: crx models pull both models and crx fit --source ... --target ...
+    .venv/bin/python benchmarks/truthfulqa_bench.py \
+        --data ../shared/data/truthfulqa/truthfulqa_dev.csv \
+        --facts ../shared/data/repe/facts_true_false.csv \
+        --out benchmarks/results/truthfulqa_smollm2_gemma.json
+
+The honesty concept: RepE's persona pairs over the true statements of facts_true_false.csv
+("Pretend you're an honest / untruthful person making statements about the world." + the same
+statement). Extracted on SmolLM2-135M-Instruct, transplanted into Gemma-3-270m with the fitted
+maps, steered at Gemma's block 13 with α relative to its residual norm. MC1 and MC2 by answer
+log-likelihood after "Q: ...\\nA:" (no primer). Development numbers: the dev half only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from registry import Registry, contrans
+from registry.demo import SOURCE, TARGET
+from registry.engine.truthfulqa import honesty_pairs
+
+
+def metrics(records: list) -> dict:  # type: ignore[type-arg]
+    out: dict = {}
+    for r in records:
+        out.setdefault(str(r.alpha), {})[r.metric] = r.value
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--facts", type=Path, required=True)
+    parser.add_argument("--alphas", default="0.05,0.1,0.2")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    alphas = [float(a) for a in args.alphas.split(",")]
+    started = time.monotonic()
+    reg = Registry()
+    pairs = honesty_pairs(args.facts.read_text(encoding="utf-8"))
+    ref = reg.register_concept(
+        "honesty",
+        pairs,
+        pair_construction="repe-honesty-persona:true-statements",
+        description="RepE honest vs untruthful persona over true statements",
+    ).record.ref
+    source_vector = contrans.extract(reg, ref, SOURCE).record
+    contrans.fit(reg, SOURCE, TARGET)
+    mapped = contrans.transplant(reg, ref, SOURCE, TARGET, vector_id=source_vector.id).record
+    layer = contrans.default_layer(reg.get_model(TARGET).n_layers)
+    common = {"limit": args.limit}
+    result = {
+        "concept": ref,
+        "n_pairs": len(pairs),
+        "layer": layer,
+        "alphas": alphas,
+        "source_model": metrics(
+            contrans.evaluate_truthfulqa(reg, SOURCE, args.data, vector_id=None, **common)
+        ),
+        "target_base": metrics(
+            contrans.evaluate_truthfulqa(reg, TARGET, args.data, vector_id=None, **common)
+        ),
+        "target_transplanted": metrics(
+            contrans.evaluate_truthfulqa(
+                reg,
+                TARGET,
+                args.data,
+                vector_id=mapped.id,
+                alphas=alphas,
+                layer=layer,
+                normalize=True,
+                **common,
+            )
+        ),
+    }
+    result["seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
