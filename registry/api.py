@@ -654,13 +654,18 @@ class Registry:
             for oid in unreferenced(self.store, set(required) | optional)
             if old_enough(self.store, oid, grace_seconds)
         ]
+        # A temporary file is never referenced; past the grace its writer is gone.
+        temporaries = self.store.stale_temporaries(grace_seconds)
         if not dry_run:
             for oid in candidates:
                 self.store.remove(oid)
+            for path in temporaries:
+                path.unlink(missing_ok=True)
         return GcReport(
             store=config.redact(self.location.store_url),
             unreferenced=candidates,
             deleted=not dry_run,
+            stale_temporary_files=len(temporaries),
         )
 
 

@@ -166,6 +166,7 @@ class GcReport(Record):
     store: str
     unreferenced: list[str]
     deleted: bool
+    stale_temporary_files: int = 0  # left by killed writers; removed with the blobs
 
 
 class InitReport(Record):

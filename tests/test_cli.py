@@ -65,7 +65,7 @@ RECORD_FIELDS = _readme_record_fields()
 INIT_KEYS = {"database", "store", "revision_before", "revision"}
 VERIFY_KEYS = {"store", "checked", "ok", "problems", "unreferenced"}
 PROBLEM_KEYS = {"oid", "status", "referenced_by"}
-GC_KEYS = {"store", "unreferenced", "deleted"}
+GC_KEYS = {"store", "unreferenced", "deleted", "stale_temporary_files"}
 DB_CURRENT_KEYS = {"current", "head", "up_to_date"}
 
 

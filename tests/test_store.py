@@ -304,3 +304,30 @@ def test_read_file_refuses_bad_files_with_invalid_input(tmp_path: Path) -> None:
     for path in (garbage, truncated, tmp_path / "absent.safetensors"):
         with pytest.raises(InvalidInput, match=path.name):
             tensors.read_file(path)
+
+
+def test_gc_removes_stale_temporary_files_of_killed_writers(tmp_path) -> None:
+    import os
+
+    from registry import Registry
+
+    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "store"))
+    reg.init()
+    kept = reg.store.put(b"unreferenced but young")
+    folder = tmp_path / "store" / "ab"
+    folder.mkdir()
+    stale = folder / ".tmp-xyz-abcdef12"
+    stale.write_bytes(b"half a blob")
+    os.utime(stale, (1_000_000, 1_000_000))
+    fresh = folder / ".tmp-new-abcdef12"
+    fresh.write_bytes(b"being written")
+
+    listed = reg.gc_store(dry_run=True, grace_seconds=3600)
+    assert (listed.stale_temporary_files, listed.unreferenced) == (1, [])
+    assert stale.exists()
+
+    done = reg.gc_store(dry_run=False, grace_seconds=3600)
+    assert done.stale_temporary_files == 1
+    assert not stale.exists()
+    assert fresh.exists()
+    assert reg.store.exists(kept)

@@ -17,6 +17,7 @@ import enum
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,14 @@ class ObjectStore:
             return
         except Exception as exc:
             raise self._unavailable(exc) from None
+
+    def stale_temporaries(self, older_than_seconds: float) -> list[Path]:
+        """Temporary files of local writes that never finished (a killed writer), oldest first."""
+        if not self.is_local or not Path(self.root).is_dir():
+            return []
+        cutoff = time.time() - older_than_seconds
+        found = [p for p in Path(self.root).glob("??/.tmp-*") if p.stat().st_mtime <= cutoff]
+        return sorted(found, key=lambda p: p.stat().st_mtime)
 
     def iter_oids(self) -> Iterator[str]:
         """Every oid present in the store (temporary files and strays are skipped)."""
