@@ -589,7 +589,12 @@ def test_store_gc_lists_by_default_and_deletes_only_unreferenced(populated_sqlit
     assert w.blob_path(fresh).exists()  # younger than the default grace period
 
     report = w.json("store", "gc", "--yes", "--grace", "0")
-    assert report == {"store": str(w.store), "unreferenced": [fresh], "deleted": True}
+    assert report == {
+        "store": str(w.store),
+        "unreferenced": [fresh],
+        "deleted": True,
+        "stale_temporary_files": 0,
+    }
     assert w.blob_files() == referenced
     assert w.json("store", "verify")["ok"] == 3
     assert w.json("store", "gc", "--grace", "0")["unreferenced"] == []
