@@ -416,7 +416,6 @@ def evaluate_emotion(
     from registry.engine.steer import steer
 
     record = reg.get_model(model)
-    loaded = load(reg, record)
     split = task.split_scenarios(task.load_scenarios(emotion), holdout)
     dataset_oid = reg.store.put(
         canonical_json({"task": "emotion", "emotion": emotion, "scenarios": split.test})
@@ -434,7 +433,7 @@ def evaluate_emotion(
         if (None, None, None) in done:
             return done[(None, None, None)]
         metrics = task.accuracy(
-            loaded, emotion, split.test, batch_size=batch_size, progress=progress
+            load(reg, record), emotion, split.test, batch_size=batch_size, progress=progress
         )
         return reg.record_evaluation(
             record.name,
@@ -452,6 +451,10 @@ def evaluate_emotion(
         raise InvalidInput(
             f"vector {vector_id} has no direction at layer {steer_layer} (it has {vector.layers})"
         )
+    if all((float(a), steer_layer, normalize) in done for a in alphas):
+        return [r for a in alphas for r in done[(float(a), steer_layer, normalize)]]
+    # Only now is there something to compute: load the model and measure its norm.
+    loaded = load(reg, record)
     array = reg.load_vector(vector_id)
     norm = reference_norm(reg, record.name, steer_layer) if normalize else None
     for alpha in alphas:
