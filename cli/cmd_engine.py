@@ -95,6 +95,7 @@ def extract(
     help="ridge: centred, bias, λ on validation; lstsq-svd: ConTrans'.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--force", is_flag=True, help="Fit again even if identical maps exist.")
 @json_option
 def fit(
     source: str,
@@ -103,6 +104,7 @@ def fit(
     pairs: str,
     solver: str,
     batch_size: int,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Fit affine maps source -> target on neutral text and record them with held-out metrics.
@@ -123,6 +125,7 @@ def fit(
         pairs=pairs,
         solver=solver,
         batch_size=batch_size,
+        force=force,
         progress=progress,
     )
     progress.finish()

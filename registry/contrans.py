@@ -215,6 +215,36 @@ def corpus_states(
 # -- fitting --------------------------------------------------------------------------------
 
 
+def _fitted_before(
+    reg: Registry,
+    src: ModelRecord,
+    tgt: ModelRecord,
+    wanted: list[tuple[int, int]] | str,
+    solver: str,
+    corpus_oid: str,
+) -> list[MapRecord]:
+    """The maps of an identical earlier fit, or [] if it did not happen (or only in part)."""
+    label = wanted if isinstance(wanted, str) else "explicit"
+    maps = [
+        m
+        for m in reg.list_maps(source=src.name, target=tgt.name, limit=0).items
+        if m.solver == solver
+        and m.corpus_oid == corpus_oid
+        and m.solver_settings.get("pairs") == label
+    ]
+    found = {(m.source_layer, m.target_layer): m for m in maps}
+    if wanted == "auto":
+        by_target = {m.target_layer: m for m in maps}
+        complete = len(by_target) == tgt.n_layers
+        return [by_target[t] for t in sorted(by_target)] if complete else []
+    pairs: list[tuple[int, int]] = (
+        [(a, b) for a in range(src.n_layers) for b in range(tgt.n_layers)]
+        if isinstance(wanted, str)
+        else list(wanted)
+    )
+    return [found[p] for p in pairs] if all(p in found for p in pairs) else []
+
+
 def parse_pairs(spec: str) -> list[tuple[int, int]] | str:
     """``auto`` | ``all`` | ``LS:LT,LS:LT,...``."""
     if spec in ("auto", "all"):
@@ -237,15 +267,25 @@ def fit(
     pairs: str = "auto",
     solver: str = "ridge",
     batch_size: int = 32,
+    force: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[MapRecord]:
-    """Fit and record affine maps source → target on a neutral corpus."""
+    """Fit and record affine maps source → target on a neutral corpus.
+
+    Maps already fitted with the same solver, layer-pair choice and corpus are returned as they
+    are (content addressing); ``force`` fits again.
+    """
     from registry.engine.fit import fit_pairs
 
     src, tgt = reg.get_model(source), reg.get_model(target)
     wanted = parse_pairs(pairs)
     lines, corpus_bytes = load_corpus(corpus)
     corpus_oid = reg.store.put(corpus_bytes)
+
+    if not force:
+        existing = _fitted_before(reg, src, tgt, wanted, solver, corpus_oid)
+        if existing:
+            return existing
 
     def stage(name: str) -> Progress | None:
         return None if progress is None else (lambda done, total: progress(name, done, total))

@@ -1110,3 +1110,18 @@ def test_evaluate_emotion_records_and_reuses(
         contrans.evaluate_emotion(reg, "happiness", "src", vector_id=vec.id, alphas=[1.0], layer=7)
     assert counts(reg) == before
     assert no_hooks(contrans.load(reg, "src"))
+
+
+def test_fit_again_reuses_identical_maps_unless_forced(
+    reg: Registry, model_dirs: dict[str, Path], corpus_file: Path
+) -> None:
+    reg.register_model("src", str(model_dirs["llama"]))
+    reg.register_model("tgt", str(model_dirs["gpt2"]))
+    first = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto")
+    again = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto")
+    assert [m.id for m in again] == [m.id for m in first]
+    explicit = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2")
+    assert [(m.source_layer, m.target_layer) for m in explicit] == [(1, 2)]
+    assert contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2") == explicit
+    forced = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2", force=True)
+    assert [(m.source_layer, m.target_layer) for m in forced] == [(1, 2)]
