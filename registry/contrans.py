@@ -413,6 +413,20 @@ def transplant(
 # -- steering and evaluation ----------------------------------------------------------------
 
 
+def steering_layer(reg: Registry, model: ModelRecord, vector_id: int, layer: int | None) -> int:
+    """The block to steer with vector ``vector_id`` on ``model`` (default: depth 0.75), checked:
+    the vector must belong to the model and have a direction at that block."""
+    vector = reg.get_vector(vector_id)
+    if vector.model != model.name:
+        raise InvalidInput(f"vector {vector_id} belongs to {vector.model}, not {model.name}")
+    chosen = default_layer(model.n_layers) if layer is None else layer
+    if vector.layers is not None and chosen not in vector.layers:
+        raise InvalidInput(
+            f"vector {vector_id} has no direction at layer {chosen} (it has {vector.layers})"
+        )
+    return chosen
+
+
 def reference_norm(reg: Registry, model: str, layer: int, *, n_lines: int = 64) -> float:
     """Mean residual norm of ``layer`` on the first lines of the default corpus."""
     from registry.engine.steer import residual_norm
@@ -483,14 +497,7 @@ def evaluate_emotion(
             n=len(split.test),
             settings=base_settings,
         )
-    vector = reg.get_vector(vector_id)
-    if vector.model != record.name:
-        raise InvalidInput(f"vector {vector_id} belongs to {vector.model}, not {record.name}")
-    steer_layer = default_layer(record.n_layers) if layer is None else layer
-    if vector.layers is not None and steer_layer not in vector.layers:
-        raise InvalidInput(
-            f"vector {vector_id} has no direction at layer {steer_layer} (it has {vector.layers})"
-        )
+    steer_layer = steering_layer(reg, record, vector_id, layer)
     if all((float(a), steer_layer, normalize) in done for a in alphas):
         return [r for a in alphas for r in done[(float(a), steer_layer, normalize)]]
     # Only now is there something to compute: load the model and measure its norm.
@@ -571,10 +578,7 @@ def generate(
 
     texts = {"base": run()}
     if vector_id is not None:
-        vector = reg.get_vector(vector_id)
-        if vector.model != record.name:
-            raise InvalidInput(f"vector {vector_id} belongs to {vector.model}, not {record.name}")
-        steer_layer = default_layer(record.n_layers) if layer is None else layer
+        steer_layer = steering_layer(reg, record, vector_id, layer)
         norm = reference_norm(reg, record.name, steer_layer) if normalize else None
         with steer(
             loaded.layers,
@@ -625,10 +629,7 @@ def evaluate_truthfulqa(
             n=len(questions),
             settings=settings,
         )
-    vector = reg.get_vector(vector_id)
-    if vector.model != record.name:
-        raise InvalidInput(f"vector {vector_id} belongs to {vector.model}, not {record.name}")
-    steer_layer = default_layer(record.n_layers) if layer is None else layer
+    steer_layer = steering_layer(reg, record, vector_id, layer)
     array = reg.load_vector(vector_id)
     norm = reference_norm(reg, record.name, steer_layer) if normalize else None
     results: list[EvaluationRecord] = []
