@@ -143,9 +143,9 @@ def fit(
 
 
 @click.command()
-@click.argument("concept")
-@click.option("--source", required=True, help="Model the concept vector was extracted on.")
-@click.option("--target", required=True, help="Model to transplant it into.")
+@click.argument("concept", required=False)
+@click.option("--source", help="Model the concept vector was extracted on.")
+@click.option("--target", help="Model to transplant it into.")
 @click.option("--layer", type=int, help="Only this target layer (default: every mapped layer).")
 @click.option(
     "--solver", type=click.Choice(["ridge", "lstsq-svd"]), help="Only maps of this solver."
@@ -153,24 +153,51 @@ def fit(
 @click.option(
     "--vector", "vector_id", type=int, help="Source vector id (default: the extracted one)."
 )
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False),
+    help="Carry out a plan from `crx plan -o` instead (every concept in it).",
+)
 @json_option
 def transplant(
-    concept: str,
-    source: str,
-    target: str,
+    concept: str | None,
+    source: str | None,
+    target: str | None,
     layer: int | None,
     solver: str | None,
     vector_id: int | None,
+    plan_file: str | None,
     as_json: bool,
 ) -> None:
     """Map CONCEPT[@VERSION]'s source vector into the target and register it with lineage.
 
+    With --plan, register the target vector of every route of a saved plan instead.
+
     \b
     Example:
       crx transplant happiness --source smollm2-135m-instruct --target gemma3-270m
+      crx transplant --plan plan.json
     """
     from registry import contrans
+    from registry.errors import InvalidInput
 
+    if plan_file is not None:
+        if concept or source or target or layer is not None or solver or vector_id is not None:
+            raise InvalidInput("--plan takes no CONCEPT, --source, --target or other options")
+        done = registry().execute_plan(plan_file)
+        if as_json:
+            emit_json({"items": done})
+            return
+        emit_table(
+            ["concept", "status", "vector", "layer", "alpha", "normalize", "detail"],
+            [(d.concept, d.status, d.vector_id, d.layer, d.alpha, d.normalize, d.detail)
+             for d in done],
+            "the plan has no concepts",
+        )  # fmt: skip
+        return
+    if not (concept and source and target):
+        raise InvalidInput("give CONCEPT, --source and --target (or --plan FILE)")
     result = contrans.transplant(
         registry(), concept, source, target, layer=layer, solver=solver, vector_id=vector_id
     )

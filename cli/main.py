@@ -18,6 +18,7 @@ from cli import (
     cmd_lifecycle,
     cmd_list,
     cmd_models,
+    cmd_plan,
     cmd_register,
     cmd_store,
 )
@@ -81,6 +82,7 @@ cli.add_command(cmd_engine.fit)
 cli.add_command(cmd_engine.transplant)
 cli.add_command(cmd_engine.evaluate)
 cli.add_command(cmd_engine.generate)
+cli.add_command(cmd_plan.plan)
 cli.add_command(cmd_demo.demo)
 
 

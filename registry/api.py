@@ -13,7 +13,7 @@ unreferenced blob, which ``gc`` collects; a row never points at a blob that is n
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ from registry.vector_io import (
     layer_norms,
     vector_from_tensors,
 )
+from schemas.plan import PlanExecution, TransplantPlan
 from schemas.records import (
     AuditEventRecord,
     ConceptRecord,
@@ -597,6 +598,38 @@ class Registry:
             reference_norm=norm,
             d_model=model.d_model,
         ):
+            yield
+
+    # -- the resolver ---------------------------------------------------------------------
+
+    def plan(
+        self,
+        target: str,
+        concepts: Sequence[str] = (),
+        *,
+        max_hops: int = 3,
+        min_r2: float = 0.2,
+        measure: bool = False,
+    ) -> TransplantPlan:
+        """The transplant plan for ``target``; see `registry.resolve.planner`. Reads only."""
+        from registry.resolve.planner import make_plan
+
+        return make_plan(self, target, concepts, max_hops=max_hops, min_r2=min_r2, measure=measure)
+
+    def execute_plan(self, plan: str | Path | TransplantPlan) -> list[PlanExecution]:
+        """Register the target vectors of a plan's routes (``crx transplant --plan``)."""
+        from registry.resolve.execute import execute_plan
+
+        return execute_plan(self, plan)
+
+    @contextmanager
+    def load_plan(
+        self, model: Any, plan: str | Path | TransplantPlan, *, scope: str = "all"
+    ) -> Iterator[None]:
+        """Steer a loaded target model with every concept of a plan at its layer and α."""
+        from registry.resolve.execute import steer_plan
+
+        with steer_plan(self, model, plan, scope=scope):
             yield
 
     # -- audit --------------------------------------------------------------------------

@@ -178,6 +178,26 @@ def load_corpus(path: str | Path | None) -> tuple[list[str], bytes]:
     return lines, "\n".join(lines).encode("utf-8")
 
 
+def _states_path(model: ModelRecord, corpus_oid: str) -> Path:
+    # A config does not identify weights (a fine-tune keeps its base model's config.json), so
+    # without a weights hash the key is the model's location plus its config.
+    identity = (
+        model.weights_sha256
+        or hashlib.sha256(
+            canonical_json([model.path, model.gguf_file, model.revision, model.config_sha256])
+        ).hexdigest()
+    )
+    return crx_home() / "cache" / "states" / f"{identity[:32]}-{corpus_oid[:32]}.safetensors"
+
+
+def cached_states(model: ModelRecord, corpus_oid: str) -> Any:
+    """The corpus states `corpus_states` cached for this model and corpus, or None."""
+    from safetensors.torch import load_file
+
+    cache = _states_path(model, corpus_oid)
+    return load_file(str(cache))["states"] if cache.exists() else None
+
+
 def corpus_states(
     reg: Registry,
     model: ModelRecord,
@@ -193,15 +213,7 @@ def corpus_states(
 
     from registry.engine.capture import residual_states
 
-    # A config does not identify weights (a fine-tune keeps its base model's config.json), so
-    # without a weights hash the key is the model's location plus its config.
-    identity = (
-        model.weights_sha256
-        or hashlib.sha256(
-            canonical_json([model.path, model.gguf_file, model.revision, model.config_sha256])
-        ).hexdigest()
-    )
-    cache = crx_home() / "cache" / "states" / f"{identity[:32]}-{corpus_oid[:32]}.safetensors"
+    cache = _states_path(model, corpus_oid)
     if cache.exists():
         return load_file(str(cache))["states"]
     states = residual_states(load(reg, model), lines, batch_size=batch_size, progress=progress)

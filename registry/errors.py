@@ -8,6 +8,7 @@ that identify what went wrong, so callers never format messages themselves.
     ├── InvalidInput            malformed argument, name, file or tensor
     │   ├── InvalidName
     │   ├── PairsFileError
+    │   ├── SpecError
     │   └── TensorShapeError
     ├── NotFound
     │   ├── ModelNotFound
@@ -28,6 +29,8 @@ that identify what went wrong, so callers never format messages themselves.
 
 from __future__ import annotations
 
+import os
+
 
 class CrxError(Exception):
     """Root of every error a user can cause; its message is shown as ``Error: <message>``."""
@@ -47,6 +50,21 @@ class PairsFileError(InvalidInput):
     def __init__(self, path: str, why: str) -> None:
         self.path, self.why = path, why
         super().__init__(f"cannot read contrast pairs from {path}: {why}")
+
+
+class SpecError(InvalidInput):
+    """A spec file is unreadable or invalid; the message reads ``FILE:LINE: KEY: WHY``.
+
+    ``line`` (1-based) and ``key`` (``concepts[1].extraction.method``) are None where they do
+    not apply: a missing file, a folder without spec files, a top-level problem.
+    """
+
+    def __init__(
+        self, file: str | os.PathLike[str], line: int | None, key: str | None, why: str
+    ) -> None:
+        self.file, self.line, self.key, self.why = str(file), line, key, why
+        where = self.file if line is None else f"{self.file}:{line}"
+        super().__init__(f"{where}: {key}: {why}" if key else f"{where}: {why}")
 
 
 class TensorShapeError(InvalidInput):

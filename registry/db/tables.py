@@ -116,6 +116,8 @@ class SqlAffineMap(Base):
             name="uq_affine_maps_pair_fit",
         ),
         Index("ix_affine_maps_pair", "source_model_id", "target_model_id", "target_layer"),
+        # The resolver walks maps backwards from a target (migration 0002).
+        Index("ix_affine_maps_target", "target_model_id", "source_model_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

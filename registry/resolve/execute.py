@@ -1,0 +1,179 @@
+"""Carrying out a transplant plan: register its target vectors, or steer a model with all of it.
+
+``execute_plan`` (``crx transplant --plan plan.json``) maps every route still to transplant
+through its maps (composed for a chain) and registers the target vectors with lineage; routes
+whose vector exists are reported as they are. Every route is computed and checked (maps must
+still have the oids they had when planned) before the first vector is registered, so a stale or
+broken plan registers nothing.
+
+``steer_plan`` (``Registry.load_plan``) is a context manager that applies every concept of a
+plan to a loaded target model at once, each at its own layer and α.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from registry.errors import InvalidInput
+from schemas.plan import ConceptPlan, PlanExecution, Route, TransplantPlan
+
+if TYPE_CHECKING:
+    from registry.api import Registry
+
+
+def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> TransplantPlan:
+    """A plan from a file, a dict or a plan; anything else is a clear `InvalidInput`."""
+    if isinstance(source, TransplantPlan):
+        return source
+    where = "the plan"
+    if not isinstance(source, dict):
+        where = str(source)
+        try:
+            source = json.loads(Path(source).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InvalidInput(f"plan file {where} does not exist") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"cannot read plan {where}: {exc}") from None
+    if not isinstance(source, dict) or source.get("kind") != "crx.transplant-plan":
+        raise InvalidInput(f"{where} is not a crx transplant plan (made by `crx plan -o`)")
+    if source.get("schema_version") != 1:
+        raise InvalidInput(
+            f"{where} has plan schema version {source.get('schema_version')!r}; "
+            "this crx reads version 1"
+        )
+    try:
+        return TransplantPlan.model_validate(source)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{where} is not a valid plan: {loc}: {first['msg']}") from None
+
+
+def route_vector(reg: Registry, route: Route, n_layers: int, d_model: int) -> np.ndarray:
+    """The ``[n_layers, d_model]`` target vector of a route (only its layer is non-zero)."""
+    if route.vector_id is not None:
+        return reg.load_vector(route.vector_id)
+    from registry.resolve.compose import load_route
+
+    source = reg.load_vector(route.source_vector_id)
+    weight, _bias = load_route(reg, route.hops)  # the bias cancels for a difference of states
+    out = np.zeros((n_layers, d_model), dtype=np.float32)
+    out[route.layer] = (weight @ source[route.hops[0].source_layer].astype(np.float64)).astype(
+        np.float32
+    )
+    return out
+
+
+def _check_target(reg: Registry, plan: TransplantPlan) -> Any:
+    if not plan.target.registered:
+        steps = "; ".join(s.command for s in plan.steps) or "register it"
+        raise InvalidInput(
+            f"the plan's target {plan.target.name} was not registered when it was planned: "
+            f"run {steps}, then `crx plan` again"
+        )
+    target = reg.get_model(plan.target.name)
+    if target.id != plan.target.model_id:
+        raise InvalidInput(
+            f"model {target.name} was registered again since the plan was made: "
+            "run `crx plan` again"
+        )
+    return target
+
+
+def execute_plan(reg: Registry, source: Any) -> list[PlanExecution]:
+    """Register the target vector of every route in the plan still to transplant."""
+    plan = read_plan(source)
+    target = _check_target(reg, plan)
+    pending: list[tuple[ConceptPlan, Route, np.ndarray]] = []
+    results: dict[str, PlanExecution] = {}
+    for item in plan.concepts:
+        route = item.chosen
+        if route is None:
+            results[item.concept] = PlanExecution(
+                concept=item.concept, status="skipped", detail=item.why
+            )
+        elif route.vector_id is not None:
+            reg.get_vector(route.vector_id)  # still there?
+            results[item.concept] = PlanExecution(
+                concept=item.concept,
+                status="existing",
+                vector_id=route.vector_id,
+                layer=route.layer,
+                alpha=route.alpha.alpha,
+                normalize=route.alpha.normalize,
+            )
+        else:
+            array = route_vector(reg, route, target.n_layers, target.d_model)
+            pending.append((item, route, array))
+    for item, route, array in pending:
+        map_ids = [h.map_id for h in route.hops]
+        saved = reg.save_vector(
+            item.concept,
+            target.name,
+            array,
+            origin="mapped",
+            layers=[route.layer],
+            lineage_key=f"v{route.source_vector_id}:m" + ",".join(map(str, map_ids)),
+            source_vector_id=route.source_vector_id,
+            map_ids=map_ids,
+            settings={
+                "maps": {str(route.layer): map_ids[-1]},
+                "route": route.kind,
+                "source_layers": {str(route.layer): route.hops[0].source_layer},
+                "planned_alpha": route.alpha.alpha,
+                "planned_normalize": route.alpha.normalize,
+            },
+        )
+        results[item.concept] = PlanExecution(
+            concept=item.concept,
+            status="registered" if saved.created else "existing",
+            vector_id=saved.record.id,
+            layer=route.layer,
+            alpha=route.alpha.alpha,
+            normalize=route.alpha.normalize,
+            detail=f"{route.kind} from {route.source_model}",
+        )
+    return [results[item.concept] for item in plan.concepts]
+
+
+@contextmanager
+def steer_plan(reg: Registry, model: Any, source: Any, *, scope: str = "all") -> Iterator[None]:
+    """Steer a loaded target model with every chosen route of a plan at once."""
+    from registry import contrans
+    from registry.engine.steer import steer
+
+    plan = read_plan(source)
+    if model.name != plan.target.name:
+        raise InvalidInput(f"the plan is for {plan.target.name}, not {model.name}")
+    target = _check_target(reg, plan)
+    with ExitStack() as stack:
+        for item in plan.concepts:
+            route = item.chosen
+            if route is None:
+                continue
+            array = route_vector(reg, route, target.n_layers, target.d_model)
+            norm = (
+                contrans.reference_norm(reg, target.name, route.layer)
+                if route.alpha.normalize
+                else None
+            )
+            stack.enter_context(
+                steer(
+                    model.layers,
+                    array,
+                    layer=route.layer,
+                    alpha=route.alpha.alpha,
+                    scope=scope,
+                    normalize=route.alpha.normalize,
+                    reference_norm=norm,
+                    d_model=target.d_model,
+                )
+            )
+        yield

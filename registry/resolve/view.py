@@ -1,0 +1,292 @@
+"""What the planner reads from the catalogue: small immutable facts, fetched lazily and cached.
+
+The planner walks maps backwards from a target, so it asks "which maps end in model M?" for the
+few models it actually reaches (indexed by ``ix_affine_maps_target``), and "which vectors does
+this concept version have?" for the requested concepts only. Column-only core queries, no ORM
+objects: a plan over a catalogue of 50,000 maps touches a few hundred rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from registry.db.tables import (
+    SqlAffineMap,
+    SqlAuditEvent,
+    SqlConcept,
+    SqlConceptVersion,
+    SqlEvaluation,
+    SqlModel,
+    SqlVector,
+)
+
+
+@dataclass(frozen=True)
+class ModelFact:
+    id: int
+    name: str
+    n_layers: int
+    d_model: int
+    role: str | None
+    path: str
+
+
+@dataclass(frozen=True)
+class MapFact:
+    id: int
+    oid: str
+    source_model_id: int
+    target_model_id: int
+    source_layer: int
+    target_layer: int
+    solver: str
+    r2: float | None
+
+
+@dataclass(frozen=True)
+class VectorFact:
+    id: int
+    model_id: int
+    origin: str
+    d_model: int
+    layers: tuple[int, ...] | None  # None: every layer has a direction
+    source_vector_id: int | None
+    map_ids: tuple[int, ...]
+    maps_by_layer: dict[str, int]  # a mapped vector's target layer → map id (settings["maps"])
+
+    def has_layer(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
+
+
+@dataclass(frozen=True)
+class EvaluationFact:
+    id: int
+    vector_id: int | None
+    task: str
+    dataset_oid: str | None
+    layer: int | None
+    alpha: float | None
+    normalize: bool
+    metric: str
+    value: float
+    n: int | None
+
+
+@dataclass(frozen=True)
+class ConceptFact:
+    version_id: int
+    name: str
+    version: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class CatalogView:
+    """Cached reads over one open session (the planner's only access to the database)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._models: dict[int, ModelFact] = {}
+        self._maps_into: dict[int, list[MapFact]] = {}
+
+    def last_audit_event(self) -> int:
+        return int(self.session.scalar(select(func.max(SqlAuditEvent.id))) or 0)
+
+    # -- models ---------------------------------------------------------------------------
+
+    _MODEL_COLUMNS = (
+        SqlModel.id,
+        SqlModel.name,
+        SqlModel.n_layers,
+        SqlModel.d_model,
+        SqlModel.role,
+        SqlModel.path,
+    )
+
+    def model_named(self, name: str) -> ModelFact | None:
+        row = self.session.execute(
+            select(*self._MODEL_COLUMNS).where(SqlModel.name == name)
+        ).first()
+        if row is None:
+            return None
+        fact = ModelFact(*row)
+        self._models[fact.id] = fact
+        return fact
+
+    def models(self, ids: Iterable[int]) -> dict[int, ModelFact]:
+        missing = {i for i in ids if i not in self._models}
+        if missing:
+            rows = self.session.execute(
+                select(*self._MODEL_COLUMNS).where(SqlModel.id.in_(missing))
+            ).all()
+            for row in rows:
+                self._models[row[0]] = ModelFact(*row)
+        return {i: self._models[i] for i in ids if i in self._models}
+
+    def model(self, model_id: int) -> ModelFact:
+        return self.models([model_id])[model_id]
+
+    def aligned_models(self) -> list[ModelFact]:
+        rows = self.session.execute(
+            select(*self._MODEL_COLUMNS).where(SqlModel.role == "aligned").order_by(SqlModel.id)
+        ).all()
+        return [ModelFact(*row) for row in rows]
+
+    # -- maps -----------------------------------------------------------------------------
+
+    _MAP_COLUMNS = (
+        SqlAffineMap.id,
+        SqlAffineMap.oid,
+        SqlAffineMap.source_model_id,
+        SqlAffineMap.target_model_id,
+        SqlAffineMap.source_layer,
+        SqlAffineMap.target_layer,
+        SqlAffineMap.solver,
+        SqlAffineMap.r2,
+    )
+
+    def maps_into(self, model_id: int) -> list[MapFact]:
+        if model_id not in self._maps_into:
+            rows = self.session.execute(
+                select(*self._MAP_COLUMNS).where(SqlAffineMap.target_model_id == model_id)
+            ).all()
+            self._maps_into[model_id] = [MapFact(*row) for row in rows]
+        return self._maps_into[model_id]
+
+    def maps(self, ids: Iterable[int]) -> dict[int, MapFact]:
+        wanted = set(ids)
+        if not wanted:
+            return {}
+        rows = self.session.execute(
+            select(*self._MAP_COLUMNS).where(SqlAffineMap.id.in_(wanted))
+        ).all()
+        return {row[0]: MapFact(*row) for row in rows}
+
+    # -- concepts, vectors, evaluations ---------------------------------------------------
+
+    def concept_versions(self, refs: list[tuple[str, int | None]]) -> dict[str, ConceptFact]:
+        """``(name, version or None for the latest)`` → fact, keyed by the name as asked."""
+        names = {name for name, _ in refs}
+        rows = self.session.execute(
+            select(SqlConceptVersion.id, SqlConcept.name, SqlConceptVersion.version)
+            .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
+            .where(SqlConcept.name.in_(names))
+        ).all()
+        by_name: dict[str, dict[int, ConceptFact]] = defaultdict(dict)
+        for version_id, concept_name, number in rows:
+            by_name[concept_name][number] = ConceptFact(version_id, concept_name, number)
+        found = {}
+        for name, asked in refs:
+            versions = by_name.get(name, {})
+            if not versions:
+                continue
+            chosen = versions.get(max(versions) if asked is None else asked)
+            if chosen is not None:
+                found[name if asked is None else f"{name}@{asked}"] = chosen
+        return found
+
+    def latest_versions_with_vectors(self) -> list[ConceptFact]:
+        """The newest version of every concept, where that version has at least one vector."""
+        newest = (
+            select(SqlConceptVersion.concept_id, func.max(SqlConceptVersion.version).label("v"))
+            .group_by(SqlConceptVersion.concept_id)
+            .subquery()
+        )
+        has_vector = select(SqlVector.id).where(
+            SqlVector.concept_version_id == SqlConceptVersion.id
+        )
+        rows = self.session.execute(
+            select(SqlConceptVersion.id, SqlConcept.name, SqlConceptVersion.version)
+            .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
+            .join(
+                newest,
+                (newest.c.concept_id == SqlConceptVersion.concept_id)
+                & (newest.c.v == SqlConceptVersion.version),
+            )
+            .where(has_vector.exists())
+            .order_by(SqlConcept.name)
+        ).all()
+        return [ConceptFact(*row) for row in rows]
+
+    def vectors_of(self, version_ids: Iterable[int]) -> dict[int, list[VectorFact]]:
+        wanted = set(version_ids)
+        found: dict[int, list[VectorFact]] = defaultdict(list)
+        if not wanted:
+            return found
+        rows = self.session.execute(
+            select(
+                SqlVector.concept_version_id,
+                SqlVector.id,
+                SqlVector.model_id,
+                SqlVector.origin,
+                SqlVector.d_model,
+                SqlVector.layers,
+                SqlVector.source_vector_id,
+                SqlVector.map_ids,
+                SqlVector.settings,
+            )
+            .where(SqlVector.concept_version_id.in_(wanted))
+            .order_by(SqlVector.id)
+        ).all()
+        for cv, vid, model_id, origin, d, layers, source, map_ids, settings in rows:
+            found[cv].append(
+                VectorFact(
+                    id=vid,
+                    model_id=model_id,
+                    origin=origin,
+                    d_model=d,
+                    layers=tuple(layers) if layers is not None else None,
+                    source_vector_id=source,
+                    map_ids=tuple(map_ids or ()),
+                    maps_by_layer={
+                        str(k): int(v) for k, v in ((settings or {}).get("maps") or {}).items()
+                    },
+                )
+            )
+        return found
+
+    def evaluations(self, model_id: int, vector_ids: Iterable[int]) -> list[EvaluationFact]:
+        """Evaluations on ``model_id`` of these vectors, and of the bare model."""
+        wanted = set(vector_ids)
+        condition: Any = SqlEvaluation.vector_id.is_(None)
+        if wanted:
+            condition = condition | SqlEvaluation.vector_id.in_(wanted)
+        rows = self.session.execute(
+            select(
+                SqlEvaluation.id,
+                SqlEvaluation.vector_id,
+                SqlEvaluation.task,
+                SqlEvaluation.dataset_oid,
+                SqlEvaluation.layers,
+                SqlEvaluation.alpha,
+                SqlEvaluation.settings,
+                SqlEvaluation.metric,
+                SqlEvaluation.value,
+                SqlEvaluation.n,
+            )
+            .where(SqlEvaluation.model_id == model_id, condition)
+            .order_by(SqlEvaluation.id)
+        ).all()
+        return [
+            EvaluationFact(
+                id=eid,
+                vector_id=vid,
+                task=task,
+                dataset_oid=dataset,
+                layer=layers[0] if layers else None,
+                alpha=alpha,
+                normalize=bool((settings or {}).get("normalize")),
+                metric=metric,
+                value=value,
+                n=n,
+            )
+            for eid, vid, task, dataset, layers, alpha, settings, metric, value, n in rows
+        ]

@@ -1,0 +1,377 @@
+"""The resolver: plan ranking on hand-built registries, map composition, plan JSON, execution.
+
+Registries here are real (SQLite and PostgreSQL) and hold models read from real config files,
+vectors and maps saved through the API with chosen R²; nothing is mocked. Dimensions are tiny
+so every expected number is computed by hand with numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from registry import Registry
+from registry.errors import ConceptNotFound, InvalidInput
+from registry.resolve.compose import compose, estimated_r2
+from registry.resolve.execute import read_plan, route_vector
+from schemas.plan import TransplantPlan
+
+# name → (n_layers, d_model); T's steering layer is int(0.75 * 4) = 3.
+SHAPES = {"src": (4, 8), "src2": (4, 7), "mid": (4, 6), "tgt": (4, 5)}
+
+
+def _model_dir(root: Path, name: str, n_layers: int, d_model: int) -> Path:
+    folder = root / name
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "num_hidden_layers": n_layers,
+                "hidden_size": d_model,
+                "vocab_size": 50,
+            }
+        )
+    )
+    return folder
+
+
+@pytest.fixture
+def reg(registry: Registry, tmp_path: Path, pairs_file: Path) -> Registry:
+    """Four registered models, the concept ``honesty``, a vector of it on ``src`` and ``src2``."""
+    for name, (layers, d) in SHAPES.items():
+        role = "aligned" if name.startswith("src") else "base"
+        registry.register_model(name, str(_model_dir(tmp_path, name, layers, d)), role=role)
+    registry.register_concept("honesty", pairs_file)
+    rng = np.random.default_rng(0)
+    for name in ("src", "src2"):
+        layers, d = SHAPES[name]
+        registry.save_vector(
+            "honesty", name, rng.normal(size=(layers, d)).astype(np.float32), origin="extracted"
+        )
+    return registry
+
+
+def add_map(
+    reg: Registry, source: str, target: str, ls: int, lt: int, r2: float, seed: int = 0
+) -> tuple[int, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    d_s, d_t = SHAPES[source][1], SHAPES[target][1]
+    w = rng.normal(size=(d_t, d_s)).astype(np.float32)
+    b = rng.normal(size=d_t).astype(np.float32)
+    record = reg.save_map(source, target, ls, lt, w, b, solver="ridge", r2=r2, n_samples=100)
+    return record.record.id, w, b
+
+
+def vector_of(reg: Registry, model: str) -> int:
+    return next(v.id for v in reg.list_vectors(model=model).items if v.origin == "extracted")
+
+
+# -- composition ------------------------------------------------------------------------------
+
+
+def test_compose_equals_the_direct_product() -> None:
+    rng = np.random.default_rng(1)
+    w1, b1 = rng.normal(size=(6, 8)), rng.normal(size=6)
+    w2, b2 = rng.normal(size=(5, 6)), rng.normal(size=5)
+    w3, b3 = rng.normal(size=(4, 5)), rng.normal(size=4)
+    weight, bias = compose([(w1, b1), (w2, b2), (w3, b3)])
+    np.testing.assert_allclose(weight, w3 @ w2 @ w1, rtol=1e-12)
+    np.testing.assert_allclose(bias, w3 @ (w2 @ b1 + b2) + b3, rtol=1e-12)
+    x = rng.normal(size=8)
+    np.testing.assert_allclose(weight @ x + bias, w3 @ (w2 @ (w1 @ x + b1) + b2) + b3)
+    # No bias on a hop = a zero bias.
+    weight, bias = compose([(w1, None), (w2, None)])
+    np.testing.assert_allclose(bias, np.zeros(5))
+    with pytest.raises(ValueError, match="cannot chain"):
+        compose([(w1, b1), (w3, b3)])
+    assert estimated_r2([0.9, 0.8]) == pytest.approx(0.72)
+    assert estimated_r2([0.9, None]) is None
+    assert estimated_r2([0.9, -0.1]) is None
+
+
+# -- ranking ------------------------------------------------------------------------------------
+
+
+def test_direct_beats_multi_hop_when_fits_are_equal(reg: Registry) -> None:
+    direct, _, _ = add_map(reg, "src", "tgt", 2, 3, r2=0.9)
+    first, _, _ = add_map(reg, "src", "mid", 1, 2, r2=1.0)
+    second, _, _ = add_map(reg, "mid", "tgt", 2, 3, r2=0.9)
+    plan = reg.plan("tgt", ["honesty"])
+    item = plan.concepts[0]
+    assert item.status == "to-transplant"
+    kinds = [
+        (r.kind, [h.map_id for h in r.hops]) for r in item.candidates if r.source_model == "src"
+    ]
+    # One route per source model: the search keeps the best chain, and the tie goes to fewer hops.
+    assert kinds == [("direct", [direct])]
+    assert item.chosen is not None
+    assert item.chosen.fit_r2 == pytest.approx(0.9)
+    assert item.chosen.layer == 3
+    assert item.chosen.alpha.evaluated is False
+    assert "not evaluated" in item.chosen.alpha.note
+    # The chain is chosen once the direct map is poorer than it.
+    reg.save_map(
+        "src", "tgt", 2, 3, *_weights("src", "tgt", 5), solver="lstsq-svd", r2=0.3
+    )  # another recipe, same pair: the better one (0.9) still wins
+    assert reg.plan("tgt", ["honesty"]).concepts[0].chosen.hops[0].map_id == direct  # type: ignore[union-attr]
+    del first, second
+
+
+def _weights(source: str, target: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    d_s, d_t = SHAPES[source][1], SHAPES[target][1]
+    return rng.normal(size=(d_t, d_s)).astype(np.float32), rng.normal(size=d_t).astype(np.float32)
+
+
+def test_better_fit_wins_across_sources_and_hops(reg: Registry) -> None:
+    add_map(reg, "src2", "tgt", 3, 3, r2=0.5)
+    m1, _, _ = add_map(reg, "src", "mid", 0, 1, r2=0.95)
+    m2, _, _ = add_map(reg, "mid", "tgt", 1, 3, r2=0.95)
+    plan = reg.plan("tgt", ["honesty"])
+    item = plan.concepts[0]
+    assert [r.kind for r in item.candidates] == ["multi-hop", "direct"]
+    chosen = item.chosen
+    assert chosen is not None
+    assert chosen.source_model == "src"
+    assert [h.map_id for h in chosen.hops] == [m1, m2]
+    assert chosen.fit_r2 == pytest.approx(0.95 * 0.95)
+    assert chosen.fit_r2_estimated is True
+    assert "best fit" in item.why
+    # A map under --min-r2 is refused, with the reason.
+    poor = reg.plan("tgt", ["honesty"], min_r2=0.95)
+    assert poor.concepts[0].chosen is not None  # the chain's hops are 0.95 each
+    refused = reg.plan("tgt", ["honesty"], min_r2=0.96).concepts[0]
+    assert refused.chosen is None
+    assert refused.status == "needs-steps"
+    assert any("R² 0.500, under the threshold 0.96" in r for r in refused.reasons)
+    # --max-hops 1 leaves only the direct map.
+    direct_only = reg.plan("tgt", ["honesty"], max_hops=1).concepts[0]
+    assert [r.kind for r in direct_only.candidates] == ["direct"]
+    assert any("no chain of maps from src to tgt (within 1 hops)" in r for r in direct_only.reasons)
+
+
+def test_evaluated_alpha_and_layer_are_used_and_evaluated_routes_rank_first(
+    reg: Registry,
+) -> None:
+    add_map(reg, "src", "tgt", 2, 3, r2=0.99)
+    native = reg.save_vector(
+        "honesty", "tgt", np.ones((4, 5), dtype=np.float32), origin="extracted"
+    ).record
+    reg.record_evaluation("tgt", "emotion", {"token_accuracy": 0.1, "logit_accuracy": 0.2}, n=50)
+    for alpha, acc in ((0.05, 0.3), (0.1, 0.6), (0.2, 0.6), (0.4, 0.2)):
+        reg.record_evaluation(
+            "tgt",
+            "emotion",
+            {"token_accuracy": acc, "logit_accuracy": 0.9},
+            vector_id=native.id,
+            layers=[2],
+            alpha=alpha,
+            n=50,
+            settings={"normalize": True},
+        )
+    item = reg.plan("tgt", ["honesty"]).concepts[0]
+    assert item.status == "ready"
+    chosen = item.chosen
+    assert chosen is not None
+    assert chosen.kind == "native"
+    assert chosen.vector_id == native.id
+    a = chosen.alpha
+    # 0.1 and 0.2 tie at 0.6: the gentler one wins; the layer is the evaluated one.
+    assert (a.alpha, a.normalize, a.evaluated, a.metric, a.value) == (
+        0.1,
+        True,
+        True,
+        "token_accuracy",
+        0.6,
+    )
+    assert a.base_value == 0.1
+    assert a.n == 50
+    assert a.alphas_tried == [0.05, 0.1, 0.2, 0.4]
+    assert chosen.layer == 2
+    assert [r.kind for r in item.candidates] == ["native", "direct"]
+
+
+def test_an_evaluated_transplant_beats_a_native_vector_that_scored_lower(reg: Registry) -> None:
+    add_map(reg, "src", "tgt", 2, 3, r2=0.8)
+    native = reg.save_vector(
+        "honesty", "tgt", np.ones((4, 5), dtype=np.float32), origin="extracted"
+    ).record
+    mapped = reg.transplant("honesty", "src", "tgt")
+    assert mapped.record.map_ids
+    for vid, acc in ((native.id, 0.4), (mapped.record.id, 0.7)):
+        reg.record_evaluation(
+            "tgt", "emotion", {"token_accuracy": acc}, vector_id=vid, layers=[3], alpha=0.1
+        )
+    item = reg.plan("tgt", ["honesty"]).concepts[0]
+    assert [(r.kind, r.vector_id) for r in item.candidates] == [
+        ("transplanted", mapped.record.id),
+        ("native", native.id),
+    ]
+    assert item.why.startswith("best evaluated token_accuracy: 0.700 against 0.400")
+    # The already-mapped vector stands for its direct route: no duplicate "direct" candidate.
+    assert all(r.kind != "direct" for r in item.candidates)
+
+
+def test_no_route_reasons_and_steps(reg: Registry, pairs_file: Path) -> None:
+    reg.register_concept("fairness", pairs_file, template="Q: {text}")
+    item = reg.plan("tgt", ["honesty", "fairness"]).concepts
+    honesty, fairness = item
+    assert honesty.status == "needs-steps"
+    assert honesty.chosen is None
+    assert sorted(honesty.reasons) == [
+        "no chain of maps from src to tgt (within 3 hops)",
+        "no chain of maps from src2 to tgt (within 3 hops)",
+    ]
+    assert [s.command for s in honesty.steps] == [
+        "crx fit --source src --target tgt",
+        "crx transplant honesty@1 --source src --target tgt",
+        "crx evaluate honesty@1 --model tgt --alpha 0.05,0.1,0.2,0.4 --normalize --base",
+    ]
+    assert fairness.why == "no vector of fairness@1 on any model"
+    assert fairness.steps[0].command == "crx extract fairness@1 --model src"
+    # The default concept set: the newest version of every concept with a vector.
+    assert [c.concept for c in reg.plan("tgt").concepts] == ["honesty@1"]
+    with pytest.raises(ConceptNotFound, match="nosuch"):
+        reg.plan("tgt", ["nosuch"])
+
+
+def test_unregistered_target_by_name_path_and_hub_id(reg: Registry, tmp_path: Path) -> None:
+    by_name = reg.plan("llama-70b", ["honesty"])
+    assert by_name.target.registered is False
+    assert by_name.target.name == "llama-70b"
+    assert [s.command for s in by_name.steps] == [
+        "crx register model llama-70b --path FOLDER_OR_HUB_ID"
+    ]
+    item = by_name.concepts[0]
+    assert item.status == "needs-steps"
+    assert item.why == "llama-70b is not registered yet"
+    assert item.steps[0].command == "crx fit --source src --target llama-70b"
+
+    folder = _model_dir(tmp_path, "Big-Model", 40, 64)
+    by_path = reg.plan(str(folder), ["honesty"])
+    assert (by_path.target.name, by_path.target.n_layers, by_path.target.d_model) == (
+        "big-model",
+        40,
+        64,
+    )
+    assert by_path.steps[0].command == f"crx register model big-model --path {folder}"
+
+    hub = reg.plan("meta-llama/Llama-3.1-70B", ["honesty"])
+    assert hub.steps[0].command == (
+        "crx register model llama-3.1-70b --path meta-llama/Llama-3.1-70B"
+    )
+
+
+# -- the plan document and its execution ----------------------------------------------------
+
+
+def test_plan_json_round_trip_and_refusals(reg: Registry, tmp_path: Path) -> None:
+    add_map(reg, "src", "mid", 0, 1, r2=0.9)
+    add_map(reg, "mid", "tgt", 1, 3, r2=0.9)
+    plan = reg.plan("tgt", ["honesty"])
+    path = tmp_path / "plan.json"
+    path.write_text(plan.model_dump_json(indent=2))
+    again = read_plan(path)
+    assert again == plan
+    assert TransplantPlan.model_validate_json(path.read_text()) == plan
+    raw = json.loads(path.read_text())
+    assert raw["schema_version"] == 1
+    assert raw["kind"] == "crx.transplant-plan"
+    for broken, message in (
+        ({**raw, "schema_version": 2}, "plan schema version 2"),
+        ({**raw, "kind": "other"}, "is not a crx transplant plan"),
+        ({**raw, "surprise": 1}, "surprise: Extra inputs are not permitted"),
+    ):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(InvalidInput, match=message):
+            read_plan(path)
+    path.write_text("{not json")
+    with pytest.raises(InvalidInput, match="cannot read plan"):
+        read_plan(path)
+    with pytest.raises(InvalidInput, match="does not exist"):
+        read_plan(tmp_path / "missing.json")
+
+
+def test_execute_plan_registers_the_composed_vector_with_lineage(reg: Registry) -> None:
+    m1, w1, _ = add_map(reg, "src", "mid", 0, 1, r2=0.9, seed=1)
+    m2, w2, _ = add_map(reg, "mid", "tgt", 1, 3, r2=0.9, seed=2)
+    source_id = vector_of(reg, "src")
+    plan = reg.plan("tgt", ["honesty"])
+    done = reg.execute_plan(plan)
+    assert [(d.concept, d.status, d.layer) for d in done] == [("honesty@1", "registered", 3)]
+    vector = reg.get_vector(done[0].vector_id)  # type: ignore[arg-type]
+    assert (vector.origin, vector.source_vector_id, vector.map_ids, vector.layers) == (
+        "mapped",
+        source_id,
+        [m1, m2],
+        [3],
+    )
+    expected = np.zeros((4, 5))
+    expected[3] = w2.astype(np.float64) @ w1.astype(np.float64) @ reg.load_vector(source_id)[0]
+    np.testing.assert_allclose(reg.load_vector(vector.id), expected, rtol=1e-5, atol=1e-6)
+    # Executed: the next plan finds the vector (ready), and executing again registers nothing.
+    replanned = reg.plan("tgt", ["honesty"]).concepts[0]
+    assert replanned.status == "ready"
+    assert replanned.chosen is not None
+    assert (replanned.chosen.kind, replanned.chosen.vector_id) == ("transplanted", vector.id)
+    assert [h.map_id for h in replanned.chosen.hops] == [m1, m2]
+    assert reg.execute_plan(plan)[0].status == "existing"
+
+
+def test_a_plan_whose_map_was_refitted_registers_nothing(reg: Registry) -> None:
+    m1, _, _ = add_map(reg, "src", "tgt", 2, 3, r2=0.9, seed=1)
+    add_map(reg, "src2", "tgt", 1, 3, r2=0.5, seed=2)
+    plan = reg.plan("tgt", ["honesty"])
+    before = len(reg.list_vectors(limit=0).items)
+    # Same pair and recipe, new weights: the row keeps its id, its oid changes.
+    add_map(reg, "src", "tgt", 2, 3, r2=0.91, seed=9)
+    with pytest.raises(InvalidInput, match=f"map {m1} .* was refitted after the plan was made"):
+        reg.execute_plan(plan)
+    assert len(reg.list_vectors(limit=0).items) == before
+    with pytest.raises(InvalidInput, match="plan's target llama-70b was not registered"):
+        reg.execute_plan(reg.plan("llama-70b", ["honesty"]))
+
+
+def test_route_vector_of_a_direct_route(reg: Registry) -> None:
+    _, w, _ = add_map(reg, "src", "tgt", 2, 3, r2=0.9, seed=4)
+    route = reg.plan("tgt", ["honesty"]).concepts[0].chosen
+    assert route is not None
+    got = route_vector(reg, route, 4, 5)
+    source = reg.load_vector(vector_of(reg, "src"))
+    np.testing.assert_allclose(got[3], w.astype(np.float64) @ source[2], rtol=1e-5)
+    assert not got[:3].any()
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_plan_json_output_file_and_transplant_plan(reg: Registry, tmp_path: Path) -> None:
+    add_map(reg, "src", "tgt", 2, 3, r2=0.9)
+    runner = CliRunner()
+    base = ["--db", reg.location.database_url, "--store", reg.location.store_url]
+    out = tmp_path / "plan.json"
+    result = runner.invoke(cli, [*base, "plan", "--target", "tgt", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "honesty@1: to-transplant" in result.output
+    assert "direct from src" in result.output
+    assert f"plan written to {out}" in result.output
+    as_json = runner.invoke(cli, [*base, "plan", "--target", "tgt", "--json"])
+    document = json.loads(as_json.output)
+    assert document["concepts"][0]["chosen"]["kind"] == "direct"
+    assert read_plan(out).concepts == TransplantPlan.model_validate(document).concepts
+    done = runner.invoke(cli, [*base, "transplant", "--plan", str(out), "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["items"][0]["status"] == "registered"
+    bad = runner.invoke(cli, [*base, "transplant", "honesty", "--plan", str(out)])
+    assert bad.exit_code == 1
+    assert bad.output.startswith("Error: --plan takes no CONCEPT")
+    missing = runner.invoke(cli, [*base, "transplant", "honesty"])
+    assert missing.exit_code == 1
+    assert "give CONCEPT, --source and --target" in missing.output
