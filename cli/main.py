@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from cli import (
+    cmd_declare,
     cmd_demo,
     cmd_engine,
     cmd_export,
@@ -83,6 +84,8 @@ cli.add_command(cmd_engine.transplant)
 cli.add_command(cmd_engine.evaluate)
 cli.add_command(cmd_engine.generate)
 cli.add_command(cmd_plan.plan)
+cli.add_command(cmd_declare.diff)
+cli.add_command(cmd_declare.apply)
 cli.add_command(cmd_demo.demo)
 
 

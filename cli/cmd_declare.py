@@ -1,0 +1,115 @@
+"""``crx diff`` and ``crx apply``: reconcile the registry with spec files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.context import json_option, registry
+from cli.render import emit_json
+from schemas.declare import Change
+
+SYMBOL = {"create": "+", "update": "~", "unchanged": "=", "remove": "-"}
+
+
+def _render(changes: list[Change], *, show_unchanged: bool) -> None:
+    shown = [c for c in changes if show_unchanged or c.action != "unchanged"]
+    for c in shown:
+        note = f"  ({c.note})" if c.note else ""
+        click.echo(f"{SYMBOL[c.action]} {c.action:<9} {c.key}{note}")
+        for f in c.changes:
+            click.echo(f"      {f.field}: {f.old!r} -> {f.new!r}")
+        for work in c.compute:
+            click.echo(f"      compute: {work}")
+    counts = {a: sum(1 for c in changes if c.action == a) for a in SYMBOL}
+    compute = sum(len(c.compute) for c in changes)
+    click.echo(
+        f"{counts['create']} to create, {counts['update']} to update, {counts['unchanged']} "
+        f"unchanged, {counts['remove']} not in the specs; {compute} compute steps"
+    )
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Save the diff (JSON).")
+@click.option("--prune", is_flag=True, help="Record that the saved diff deletes removals too.")
+@click.option("--all", "show_all", is_flag=True, help="List unchanged objects too.")
+@json_option
+def diff(path: str, output: str | None, prune: bool, show_all: bool, as_json: bool) -> None:
+    """Show what `crx apply PATH` would do: per object, create / update / unchanged / remove.
+
+    PATH is a spec file or a folder of them (*.yaml, *.yml). Nothing is written.
+
+    \b
+    Example:
+      crx diff specs/
+      crx diff specs/ -o plan.json && crx apply plan.json
+    """
+    from registry.declare import load_specs
+    from registry.declare.apply import make_apply_plan
+    from registry.declare.reconcile import diff as make_diff
+    from registry.errors import InvalidInput
+
+    reg = registry()
+    loaded = load_specs(path)
+    changes = make_diff(reg, loaded).changes
+    if output:
+        plan = make_apply_plan(reg, loaded, changes, prune, source=path)
+        try:
+            Path(output).write_text(plan.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
+    if as_json:
+        emit_json({"changes": changes})
+        return
+    _render(changes, show_unchanged=show_all)
+    if output:
+        click.echo(f"diff saved to {output}; `crx apply {output}` applies exactly this")
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option(
+    "--prune", is_flag=True, help="Delete models and concepts the specs no longer declare."
+)
+@json_option
+def apply(path: str, prune: bool, as_json: bool) -> None:
+    """Make the registry match the spec files: compute what is missing, write in one transaction.
+
+    PATH is a spec file, a folder of them, or a diff saved by `crx diff -o` (refused if the
+    registry or a spec file changed since). A second apply of unchanged specs does nothing.
+
+    \b
+    Example:
+      crx apply specs/
+      crx apply specs/ --prune
+      crx apply plan.json
+    """
+    from cli.progress import StageReporter
+    from registry.declare import load_specs
+    from registry.declare.apply import apply as run_apply
+    from registry.declare.apply import read_apply_plan
+    from registry.errors import InvalidInput
+
+    reg = registry()
+    saved = read_apply_plan(path)
+    if saved is not None:
+        if prune:
+            raise InvalidInput("a saved diff carries its own --prune choice (set at `crx diff`)")
+        loaded = load_specs(saved.source)
+    else:
+        loaded = load_specs(path)
+    reporter = StageReporter()
+    report = run_apply(
+        reg, loaded, prune=prune, expect=saved, stage=lambda name: reporter(name, None, None)
+    )
+    reporter.finish()
+    if as_json:
+        emit_json(report)
+        return
+    if not report.applied:
+        click.echo("nothing to do: the registry matches the specs")
+        return
+    _render(report.changes, show_unchanged=False)
+    click.echo(f"applied: {report.rows_written} rows written in one transaction")

@@ -1,0 +1,104 @@
+"""``crx apply --prune``: delete a model or concept the specs no longer declare, with what
+depends on it (vectors, vectors mapped from them, maps, evaluations), inside apply's transaction.
+
+Each deletion writes one audit event with the counts of what went with it. Blobs stay in the
+store until ``crx store gc`` finds them unreferenced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from registry.audit import record_event
+from registry.db.tables import (
+    SqlAffineMap,
+    SqlConcept,
+    SqlConceptVersion,
+    SqlEvaluation,
+    SqlModel,
+    SqlVector,
+)
+
+
+def _with_descendants(session: Session, roots: set[int], dropped_maps: set[int]) -> set[int]:
+    """``roots`` plus every vector mapped from them, or through a map that is being deleted."""
+    found = set(roots)
+    mapped = session.execute(
+        select(SqlVector.id, SqlVector.source_vector_id, SqlVector.map_ids).where(
+            SqlVector.origin == "mapped"
+        )
+    ).all()
+    changed = True
+    while changed:
+        changed = False
+        for vid, source, map_ids in mapped:
+            if vid in found:
+                continue
+            if source in found or dropped_maps.intersection(map_ids or ()):
+                found.add(vid)
+                changed = True
+    return found
+
+
+def _delete_vectors(session: Session, ids: set[int], model_id: int | None) -> tuple[int, int]:
+    """Delete vectors ``ids`` and their evaluations (and, given a model, all its evaluations)."""
+    condition: Any = SqlEvaluation.vector_id.in_(ids)
+    if model_id is not None:
+        condition = condition | (SqlEvaluation.model_id == model_id)
+    n_evaluations = session.execute(delete(SqlEvaluation).where(condition)).rowcount  # type: ignore[attr-defined]
+    if ids:
+        # Lineage points between these rows; clear it first so no row is deleted while another
+        # still references it (the foreign key is RESTRICT, checked row by row on PostgreSQL).
+        session.execute(
+            update(SqlVector).where(SqlVector.id.in_(ids)).values(source_vector_id=None)
+        )
+        session.execute(delete(SqlVector).where(SqlVector.id.in_(ids)))
+    return len(ids), int(n_evaluations or 0)
+
+
+def delete_model(session: Session, name: str) -> int:
+    model = session.scalar(select(SqlModel).where(SqlModel.name == name))
+    if model is None:
+        return 0
+    map_ids = set(
+        session.scalars(
+            select(SqlAffineMap.id).where(
+                (SqlAffineMap.source_model_id == model.id)
+                | (SqlAffineMap.target_model_id == model.id)
+            )
+        )
+    )
+    own = set(session.scalars(select(SqlVector.id).where(SqlVector.model_id == model.id)))
+    n_vectors, n_evaluations = _delete_vectors(
+        session, _with_descendants(session, own, map_ids), model.id
+    )
+    session.execute(delete(SqlAffineMap).where(SqlAffineMap.id.in_(map_ids)))
+    session.delete(model)
+    counts = {"vectors": n_vectors, "maps": len(map_ids), "evaluations": n_evaluations}
+    record_event(session, "delete", "model", model.id, name, old=counts)
+    return 1 + sum(counts.values())
+
+
+def delete_concept(session: Session, name: str) -> int:
+    concept = session.scalar(select(SqlConcept).where(SqlConcept.name == name))
+    if concept is None:
+        return 0
+    version_ids = set(
+        session.scalars(
+            select(SqlConceptVersion.id).where(SqlConceptVersion.concept_id == concept.id)
+        )
+    )
+    own = set(
+        session.scalars(select(SqlVector.id).where(SqlVector.concept_version_id.in_(version_ids)))
+    )
+    n_vectors, n_evaluations = _delete_vectors(
+        session, _with_descendants(session, own, set()), None
+    )
+    session.execute(delete(SqlConceptVersion).where(SqlConceptVersion.id.in_(version_ids)))
+    session.delete(concept)
+    counts = {"versions": len(version_ids), "vectors": n_vectors, "evaluations": n_evaluations}
+    record_event(session, "delete", "concept", concept.id, name, old=counts)
+    return 1 + sum(counts.values())

@@ -1,0 +1,609 @@
+"""``crx diff``: compare the desired catalogue (spec files) with the registry, object by object.
+
+Pure reading: nothing is stored or computed beyond hashing the files the specs name (pairs,
+corpus, TruthfulQA data) the way registration would. Each spec object becomes a `Change`:
+
+* model: create / update (path, gguf_file, revision, family, role, tags; a label left out of
+  the spec keeps the registered one) / unchanged;
+* concept: create / update (a new version when pairs, template, construction or extraction
+  differ from every registered version; a description change alone is an update too) /
+  unchanged;
+* extraction (a concept on each ``extract_on`` model), map fit, transplant, evaluation:
+  create (with the compute it needs) / unchanged when the registry already holds the result
+  of exactly that recipe (content addressing), or when everything upstream is unchanged;
+* a model or concept in the registry and not in the specs: remove, with what would go with it;
+  apply deletes it only with ``--prune``.
+
+The result also carries what `registry.declare.apply` needs to do the work (`Desired`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from registry.db.tables import (
+    SqlAffineMap,
+    SqlConcept,
+    SqlConceptVersion,
+    SqlEvaluation,
+    SqlModel,
+    SqlVector,
+)
+from registry.errors import InvalidInput
+from registry.hashing import canonical_json
+from schemas.declare import Action, Change, FieldChange
+from schemas.records import ConceptVersionRecord, ModelRecord, VectorRecord
+from schemas.spec import (
+    CatalogSpec,
+    ConceptSpec,
+    EvaluationSpec,
+    MapSpec,
+    ModelSpec,
+    TransplantSpec,
+)
+
+if TYPE_CHECKING:
+    from registry.api import Registry
+    from registry.declare.specfile import LoadedSpecs
+    from registry.pairs import ContrastPair
+
+
+@dataclass
+class DesiredModel:
+    spec: ModelSpec
+    path: str
+    family: str | None
+    role: str | None
+    tags: dict[str, Any]
+    current: ModelRecord | None
+
+
+@dataclass
+class DesiredConcept:
+    spec: ConceptSpec
+    pairs: list[ContrastPair]
+    pairs_bytes: bytes
+    extraction: dict[str, Any]
+    content_sha256: str
+    version: ConceptVersionRecord | None  # the registered version with this content, if any
+    latest: ConceptVersionRecord | None
+
+
+@dataclass
+class Desired:
+    """The specs resolved against the registry: what apply computes and writes."""
+
+    models: dict[str, DesiredModel] = field(default_factory=dict)
+    concepts: dict[str, DesiredConcept] = field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+    by_key: dict[str, Change] = field(default_factory=dict)
+
+    def add(self, change: Change) -> Change:
+        self.changes.append(change)
+        self.by_key[change.key] = change
+        return change
+
+    def pending(self, key: str) -> bool:
+        """Whether apply will (re)make the object ``key`` (so what depends on it is new too)."""
+        change = self.by_key.get(key)
+        return change is not None and change.action == "create"
+
+    def new_concept_version(self, name: str) -> bool:
+        concept = self.concepts.get(name)
+        return concept is not None and concept.version is None
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def emotion_dataset_oid(emotion: str) -> str:
+    """The oid `contrans.evaluate_emotion` stores its held-out scenarios under."""
+    from registry.engine import emotion as task
+
+    split = task.split_scenarios(task.load_scenarios(emotion))
+    document = canonical_json({"task": "emotion", "emotion": emotion, "scenarios": split.test})
+    return hashlib.sha256(document).hexdigest()
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def _desired_model(spec: ModelSpec, current: ModelRecord | None) -> DesiredModel:
+    from registry.modelinfo import _looks_local
+
+    if spec.pull is not None:
+        from registry.engine.pull import CATALOGUE, model_dir
+
+        if spec.pull not in CATALOGUE:
+            raise InvalidInput(
+                f"model {spec.name}: no packaged model {spec.pull!r} "
+                f"(see `crx models available`: {', '.join(sorted(CATALOGUE))})"
+            )
+        packaged = CATALOGUE[spec.pull]
+        return DesiredModel(
+            spec=spec,
+            path=str(model_dir(packaged.name)),
+            family=spec.family or packaged.family,
+            role=spec.role or packaged.role,
+            tags={"source": packaged.source, "gguf_sha256": packaged.sha256, **spec.tags},
+            current=current,
+        )
+    path = spec.path or ""
+    if _looks_local(path) and not path.endswith(".gguf"):
+        path = str(Path(path).expanduser().resolve())
+    return DesiredModel(spec, path, spec.family, spec.role, dict(spec.tags), current)
+
+
+def _diff_model(desired: DesiredModel, where: str | None) -> Change:
+    spec, current = desired.spec, desired.current
+    compute = []
+    if spec.pull is not None:
+        from registry.engine.pull import pulled
+
+        if not pulled(spec.pull):
+            compute.append(f"pull {spec.pull} (download, check, convert)")
+    if current is None:
+        return Change(key=spec.key, kind="model", action="create", compute=compute, where=where)
+    wanted = {
+        "path": desired.path,
+        "gguf_file": spec.gguf_file,
+        "revision": spec.revision,
+        "family": desired.family,
+        "role": desired.role,
+        "tags": desired.tags or None,
+    }
+    changes = [
+        FieldChange(field=name, old=getattr(current, name), new=value)
+        for name, value in wanted.items()
+        # A label left out keeps the registered one (as `crx register model` does); a local
+        # folder's path is compared as registration stores it.
+        if value is not None
+        and value != getattr(current, name)
+        and not (name == "gguf_file" and spec.pull is not None)
+    ]
+    action: Action = "update" if changes else "unchanged"
+    return Change(
+        key=spec.key, kind="model", action=action, changes=changes, compute=compute, where=where
+    )
+
+
+# -- concepts -------------------------------------------------------------------------------
+
+
+def _desired_concept(spec: ConceptSpec, versions: list[ConceptVersionRecord]) -> DesiredConcept:
+    from registry import pairs as pairs_module
+    from registry.api import DEFAULT_EXTRACTION
+    from registry.catalog.concepts import recipe_sha256
+
+    parsed = pairs_module.parse_pairs_file(spec.pairs)
+    data = pairs_module.canonical_bytes(parsed)
+    extraction = {
+        **DEFAULT_EXTRACTION,
+        "method": spec.extraction.method,
+        "token": spec.extraction.token,
+    }
+    content = recipe_sha256(
+        hashlib.sha256(data).hexdigest(), spec.template, spec.pair_construction, extraction
+    )
+    same = [v for v in versions if v.content_sha256 == content]
+    return DesiredConcept(
+        spec=spec,
+        pairs=parsed,
+        pairs_bytes=data,
+        extraction=extraction,
+        content_sha256=content,
+        version=same[-1] if same else None,
+        latest=versions[-1] if versions else None,
+    )
+
+
+def _diff_concept(desired: DesiredConcept, where: str | None) -> Change:
+    spec, latest = desired.spec, desired.latest
+    if latest is None:
+        return Change(
+            key=spec.key,
+            kind="concept",
+            action="create",
+            where=where,
+            note=f"version 1 ({len(desired.pairs)} pairs)",
+        )
+    description = (
+        [FieldChange(field="description", old=latest.description, new=spec.description)]
+        if spec.description != latest.description
+        else []
+    )
+    if desired.version is not None:
+        note = (
+            ""
+            if desired.version.version == latest.version
+            else f"matches version {desired.version.version}; the latest is {latest.version}"
+        )
+        action: Action = "update" if description else "unchanged"
+        return Change(
+            key=spec.key,
+            kind="concept",
+            action=action,
+            changes=description,
+            where=where,
+            note=note,
+        )
+    pairs_oid = hashlib.sha256(desired.pairs_bytes).hexdigest()
+    candidates = [
+        ("pairs_oid", latest.pairs_oid, pairs_oid),
+        ("n_pairs", latest.n_pairs, len(desired.pairs)),
+        ("template", latest.template, spec.template),
+        ("pair_construction", latest.pair_construction, spec.pair_construction),
+        ("extraction", latest.extraction, desired.extraction),
+    ]
+    changes = [FieldChange(field=f, old=o, new=n) for f, o, n in candidates if o != n]
+    return Change(
+        key=spec.key,
+        kind="concept",
+        action="update",
+        changes=changes + description,
+        where=where,
+        note=f"new version {latest.version + 1}",
+    )
+
+
+# -- the snapshot of the registry -----------------------------------------------------------
+
+
+class Snapshot:
+    """The registry rows a diff compares with, read in a handful of queries."""
+
+    def __init__(self, reg: Registry, concept_names: set[str]) -> None:
+        from registry.catalog import concepts, models, vectors
+
+        with reg._read() as session:
+            self.models = {
+                row.name: models.to_record(row) for row in session.scalars(select(SqlModel))
+            }
+            self.versions: dict[str, list[ConceptVersionRecord]] = defaultdict(list)
+            all_names = set(session.scalars(select(SqlConcept.name)))
+            self.concept_names = all_names
+            rows = session.execute(
+                select(SqlConcept, SqlConceptVersion)
+                .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
+                .where(SqlConcept.name.in_(concept_names))
+                .order_by(SqlConceptVersion.version)
+            ).all()
+            for concept, version in rows:
+                self.versions[concept.name].append(concepts.version_record(concept, version))
+            version_ids = [v.id for vs in self.versions.values() for v in vs]
+            self.vectors: list[VectorRecord] = [
+                vectors.to_record(*row)
+                for row in session.execute(
+                    vectors._joined().where(SqlVector.concept_version_id.in_(version_ids))
+                ).all()
+            ]
+
+    def vectors_on(self, version_id: int, model: str) -> list[VectorRecord]:
+        return [v for v in self.vectors if v.concept_version_id == version_id and v.model == model]
+
+
+def dependents(reg: Registry, kind: str, name: str) -> dict[str, int]:
+    """How many vectors, maps and evaluations go with a model or concept that is removed."""
+    with reg._read() as session:
+        if kind == "model":
+            model_id = session.scalar(select(SqlModel.id).where(SqlModel.name == name))
+            vector_ids = select(SqlVector.id).where(SqlVector.model_id == model_id)
+            maps = session.scalar(
+                select(func.count(SqlAffineMap.id)).where(
+                    (SqlAffineMap.source_model_id == model_id)
+                    | (SqlAffineMap.target_model_id == model_id)
+                )
+            )
+            evaluation_filter: Any = (
+                SqlEvaluation.model_id == model_id
+            ) | SqlEvaluation.vector_id.in_(vector_ids)
+        else:
+            concept_id = session.scalar(select(SqlConcept.id).where(SqlConcept.name == name))
+            version_ids = select(SqlConceptVersion.id).where(
+                SqlConceptVersion.concept_id == concept_id
+            )
+            vector_ids = select(SqlVector.id).where(SqlVector.concept_version_id.in_(version_ids))
+            maps = 0
+            evaluation_filter = SqlEvaluation.vector_id.in_(vector_ids)
+        n_vectors = session.scalar(select(func.count()).select_from(vector_ids.subquery()))
+        n_evaluations = session.scalar(
+            select(func.count(SqlEvaluation.id)).where(evaluation_filter)
+        )
+    return {
+        "vectors": int(n_vectors or 0),
+        "maps": int(maps or 0),
+        "evaluations": int(n_evaluations or 0),
+    }
+
+
+# -- the diff -------------------------------------------------------------------------------
+
+
+def diff(reg: Registry, loaded: LoadedSpecs) -> Desired:
+    """Every object of the specs (and every removal) as a `Change`, plus what apply needs."""
+    catalog: CatalogSpec = loaded.catalog
+    where = loaded.locations.get
+    snapshot = Snapshot(reg, {c.name for c in catalog.concepts} | _referenced_concepts(catalog))
+    out = Desired()
+    for spec in catalog.models:
+        desired = _desired_model(spec, snapshot.models.get(spec.name))
+        out.models[spec.name] = desired
+        out.add(_diff_model(desired, where(spec.key)))
+    for cspec in catalog.concepts:
+        dc = _desired_concept(cspec, snapshot.versions.get(cspec.name, []))
+        out.concepts[cspec.name] = dc
+        out.add(_diff_concept(dc, where(cspec.key)))
+    known_models = set(snapshot.models) | set(out.models)
+    for cspec in catalog.concepts:
+        for model in cspec.extract_on:
+            _check_model(model, known_models, where(cspec.key))
+            out.add(_diff_extraction(out, snapshot, cspec, model, where(cspec.key)))
+    for mspec in catalog.maps:
+        for model in (mspec.source, mspec.target):
+            _check_model(model, known_models, where(mspec.key))
+        out.add(_diff_map(reg, out, snapshot, mspec, where(mspec.key)))
+    for tspec in catalog.transplants:
+        for model in (tspec.source, tspec.target):
+            _check_model(model, known_models, where(tspec.key))
+        out.add(_diff_transplant(reg, out, snapshot, tspec, where(tspec.key)))
+    for espec in catalog.evaluations:
+        _check_model(espec.model, known_models, where(espec.key))
+        out.add(_diff_evaluation(reg, out, snapshot, espec, where(espec.key)))
+    for name in sorted(set(snapshot.models) - set(out.models)):
+        counts = dependents(reg, "model", name)
+        out.add(Change(key=f"model:{name}", kind="model", action="remove", note=_removal(counts)))
+    for name in sorted(snapshot.concept_names - set(out.concepts)):
+        counts = dependents(reg, "concept", name)
+        out.add(
+            Change(key=f"concept:{name}", kind="concept", action="remove", note=_removal(counts))
+        )
+    return out
+
+
+def _removal(counts: dict[str, int]) -> str:
+    with_it = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    return "not in the specs; kept unless --prune" + (
+        f" (would delete {with_it})" if with_it else ""
+    )
+
+
+def _referenced_concepts(catalog: CatalogSpec) -> set[str]:
+    from registry.names import parse_versioned
+
+    refs = [t.concept for t in catalog.transplants]
+    refs += [e.concept for e in catalog.evaluations if e.concept is not None]
+    return {parse_versioned(r)[0] for r in refs}
+
+
+def _check_model(name: str, known: set[str], where: str | None) -> None:
+    if name not in known:
+        raise InvalidInput(
+            f"{where}: model {name!r} is neither in the specs nor registered"
+            if where
+            else f"model {name!r} is neither in the specs nor registered"
+        )
+
+
+def _concept_version(
+    out: Desired, snapshot: Snapshot, ref: str, where: str | None
+) -> ConceptVersionRecord | None:
+    """The registered version a spec's concept reference means; None if apply will make it."""
+    from registry.names import parse_versioned
+
+    name, version = parse_versioned(ref)
+    registered = snapshot.versions.get(name, [])
+    if version is not None:
+        found = [v for v in registered if v.version == version]
+        if not found:
+            raise InvalidInput(f"{where}: concept {ref} is not registered")
+        return found[0]
+    if name in out.concepts:
+        return out.concepts[name].version
+    if not registered:
+        raise InvalidInput(f"{where}: concept {name!r} is neither in the specs nor registered")
+    return registered[-1]
+
+
+def _extraction_settings(out: Desired, name: str) -> tuple[str, str]:
+    from registry.contrans import ESTIMATORS
+
+    concept = out.concepts.get(name)
+    if concept is None:
+        return ESTIMATORS["mean"], "last"
+    return ESTIMATORS[concept.spec.extraction.method], concept.spec.extraction.token
+
+
+def _source_vector(
+    out: Desired, snapshot: Snapshot, version: ConceptVersionRecord | None, name: str, model: str
+) -> VectorRecord | None:
+    if version is None:
+        return None
+    estimator, token = _extraction_settings(out, name)
+    found = [
+        v
+        for v in snapshot.vectors_on(version.id, model)
+        if v.origin in ("extracted", "imported")
+        and v.estimator in (estimator, "imported")
+        and v.token_position == token
+    ]
+    return found[-1] if found else None
+
+
+def _diff_extraction(
+    out: Desired, snapshot: Snapshot, spec: ConceptSpec, model: str, where: str | None
+) -> Change:
+    key = f"extraction:{spec.name}:{model}"
+    version = out.concepts[spec.name].version
+    existing = _source_vector(out, snapshot, version, spec.name, model)
+    if existing is not None and not out.pending(f"model:{model}"):
+        return Change(
+            key=key,
+            kind="extraction",
+            action="unchanged",
+            where=where,
+            note=f"vector {existing.id}",
+        )
+    return Change(
+        key=key,
+        kind="extraction",
+        action="create",
+        where=where,
+        compute=[
+            f"extract {spec.name} on {model} ({spec.extraction.method}, "
+            f"{spec.extraction.token} token)"
+        ],
+    )
+
+
+def map_corpus(spec: MapSpec) -> tuple[list[str], bytes, str]:
+    from registry.contrans import load_corpus
+
+    lines, data = load_corpus(spec.corpus)
+    return lines, data, hashlib.sha256(data).hexdigest()
+
+
+def _diff_map(
+    reg: Registry, out: Desired, snapshot: Snapshot, spec: MapSpec, where: str | None
+) -> Change:
+    from registry.contrans import _fitted_before, parse_pairs
+
+    compute = [f"fit {spec.source} -> {spec.target} ({spec.solver}, pairs {spec.pairs})"]
+    if out.pending(f"model:{spec.source}") or out.pending(f"model:{spec.target}"):
+        return Change(key=spec.key, kind="map", action="create", compute=compute, where=where)
+    _, _, corpus_oid = map_corpus(spec)
+    src, tgt = snapshot.models[spec.source], snapshot.models[spec.target]
+    fitted = _fitted_before(reg, src, tgt, parse_pairs(spec.pairs), spec.solver, corpus_oid)
+    if fitted:
+        return Change(
+            key=spec.key, kind="map", action="unchanged", where=where, note=f"{len(fitted)} maps"
+        )
+    return Change(key=spec.key, kind="map", action="create", compute=compute, where=where)
+
+
+def _map_keys_into(out: Desired, source: str, target: str) -> list[str]:
+    return [
+        c.key
+        for c in out.changes
+        if c.kind == "map" and c.key.startswith(f"map:{source}->{target}:")
+    ]
+
+
+def _diff_transplant(
+    reg: Registry, out: Desired, snapshot: Snapshot, spec: TransplantSpec, where: str | None
+) -> Change:
+    from registry.contrans import choose_maps
+    from registry.names import parse_versioned
+
+    name = parse_versioned(spec.concept)[0]
+    compute = [f"transplant {spec.concept} {spec.source} -> {spec.target}"]
+    create = Change(key=spec.key, kind="transplant", action="create", compute=compute, where=where)
+    version = _concept_version(out, snapshot, spec.concept, where)
+    upstream = [f"extraction:{name}:{spec.source}", *_map_keys_into(out, spec.source, spec.target)]
+    if version is None or any(out.pending(k) for k in upstream):
+        return create
+    source = _source_vector(out, snapshot, version, name, spec.source)
+    if source is None:
+        raise InvalidInput(
+            f"{where}: no vector of {version.ref} on {spec.source} to transplant: add "
+            f"{spec.source} to the concept's extract_on"
+        )
+    maps = reg.list_maps(source=spec.source, target=spec.target, limit=0).items
+    chosen = choose_maps(maps, layer=spec.layer, solver=None)
+    wanted = [chosen[lt].id for lt in sorted(chosen)]
+    for v in snapshot.vectors_on(version.id, spec.target):
+        if v.origin == "mapped" and v.source_vector_id == source.id and v.map_ids == wanted:
+            return Change(
+                key=spec.key,
+                kind="transplant",
+                action="unchanged",
+                where=where,
+                note=f"vector {v.id}",
+            )
+    return create
+
+
+def transplanted_vector(
+    snapshot: Snapshot, version: ConceptVersionRecord, model: str
+) -> VectorRecord | None:
+    found = [v for v in snapshot.vectors_on(version.id, model) if v.origin == "mapped"]
+    return found[-1] if found else None
+
+
+def _diff_evaluation(
+    reg: Registry, out: Desired, snapshot: Snapshot, spec: EvaluationSpec, where: str | None
+) -> Change:
+    from registry.contrans import default_layer
+    from registry.names import parse_versioned
+
+    alphas = ", ".join(f"{a:g}" for a in spec.alphas)
+    what = "the bare model" if spec.concept is None else f"{spec.concept} ({spec.vector})"
+    compute = [
+        f"evaluate {what} on {spec.model}: {spec.task}"
+        + ("" if spec.concept is None else f", alpha {alphas}")
+    ]
+    create = Change(key=spec.key, kind="evaluation", action="create", compute=compute, where=where)
+    if out.pending(f"model:{spec.model}"):
+        return create
+    dataset = (
+        emotion_dataset_oid(spec.effective_emotion or "")
+        if spec.task == "emotion"
+        else file_sha256(spec.data or "")
+    )
+    model = snapshot.models[spec.model]
+    if spec.concept is None:
+        done = reg.list_evaluations(model=spec.model, task=spec.task, limit=0).items
+        hit = [e for e in done if e.vector_id is None and e.dataset_oid == dataset]
+        return (
+            Change(key=spec.key, kind="evaluation", action="unchanged", where=where)
+            if hit
+            else create
+        )
+    name = parse_versioned(spec.concept)[0]
+    version = _concept_version(out, snapshot, spec.concept, where)
+    if version is None:
+        return create
+    if spec.vector == "native":
+        if out.pending(f"extraction:{name}:{spec.model}"):
+            return create
+        subject = _source_vector(out, snapshot, version, name, spec.model)
+    else:
+        pending = [
+            c.key
+            for c in out.changes
+            if c.kind == "transplant"
+            and c.key.startswith(f"transplant:{spec.concept}:")
+            and c.key.endswith(f"->{spec.model}")
+            and c.action == "create"
+        ]
+        if pending:
+            return create
+        subject = transplanted_vector(snapshot, version, spec.model)
+    if subject is None:
+        raise InvalidInput(
+            f"{where}: no {spec.vector} vector of {version.ref} on {spec.model}: declare its "
+            + ("extraction (extract_on)" if spec.vector == "native" else "transplant")
+        )
+    layer = default_layer(model.n_layers) if spec.layer is None else spec.layer
+    done = reg.list_evaluations(model=spec.model, vector_id=subject.id, limit=0).items
+    have = {
+        (e.alpha, tuple(e.layers or ()), bool(e.settings.get("normalize")))
+        for e in done
+        if e.dataset_oid == dataset and e.task == spec.task
+    }
+    missing = [a for a in spec.alphas if (float(a), (layer,), spec.normalize) not in have]
+    if not missing:
+        return Change(
+            key=spec.key,
+            kind="evaluation",
+            action="unchanged",
+            where=where,
+            note=f"vector {subject.id}",
+        )
+    return create

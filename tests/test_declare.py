@@ -1,0 +1,301 @@
+"""``crx diff`` / ``crx apply`` on tiny random-weight models: classification, one transaction,
+idempotence, saved diffs refused when stale, removals only with --prune.
+
+The models are the saved tiny Llama (4 x 32) and GPT-2 (3 x 48) of `tests.test_engine`; the
+registry is a real SQLite file; every compute step runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from registry import Registry
+from registry.declare import load_specs
+from registry.declare.apply import apply
+from registry.declare.reconcile import diff
+from registry.errors import InvalidInput
+from tests.test_engine import PAIRS, corpus_file, model_dirs, reg  # noqa: F401
+
+
+def _counts(r: Registry) -> dict[str, int]:
+    return {
+        "models": len(r.list_models(limit=0).items),
+        "concepts": len(r.list_concepts(limit=0).items),
+        "vectors": len(r.list_vectors(limit=0).items),
+        "maps": len(r.list_maps(limit=0).items),
+        "evaluations": len(r.list_evaluations(limit=0).items),
+        "events": len(r.audit_events(limit=0).items),
+    }
+
+
+def _write_pairs(folder: Path, pairs: list[tuple[str, str]]) -> Path:
+    path = folder / "joy.json"
+    path.write_text(json.dumps([{"positive": p, "negative": n} for p, n in pairs]))
+    return path
+
+
+def _spec(folder: Path, dirs: dict[str, Path], corpus: Path, *, family: str = "tiny",
+          with_joy: bool = True, evaluation: bool = True) -> Path:  # fmt: skip
+    """A spec folder: two models, the concept joy, a map, a transplant and an evaluation."""
+    folder.mkdir(exist_ok=True)
+    _write_pairs(folder, [(p.positive, p.negative) for p in PAIRS])
+    models = f"""
+models:
+  - name: src
+    path: {dirs["llama"]}
+    family: {family}
+    role: aligned
+  - name: tgt
+    path: {dirs["gpt2"]}
+    role: base
+"""
+    rest = f"""
+concepts:
+  - name: joy
+    pairs: joy.json
+    template: "Scenario: {{text}}\\nThe feeling is"
+    extraction: {{batch_size: 4}}
+    extract_on: [src]
+maps:
+  - source: src
+    target: tgt
+    corpus: {corpus}
+    pairs: auto
+transplants:
+  - concept: joy
+    source: src
+    target: tgt
+"""
+    if evaluation:
+        rest += """
+evaluations:
+  - concept: joy
+    model: tgt
+    emotion: happiness
+    alphas: [0.1, 0.2]
+"""
+    (folder / "models.yaml").write_text(models)
+    (folder / "catalog.yaml").write_text(rest if with_joy else "")
+    return folder
+
+
+def test_apply_computes_everything_once_then_nothing(
+    reg: Registry,  # noqa: F811
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
+    loaded = load_specs(specs)
+    planned = diff(reg, loaded).changes
+    assert [(c.key, c.action) for c in planned] == [
+        ("model:src", "create"),
+        ("model:tgt", "create"),
+        ("concept:joy", "create"),
+        ("extraction:joy:src", "create"),
+        (f"map:src->tgt:ridge:auto:{corpus_file}", "create"),
+        ("transplant:joy:src->tgt", "create"),
+        ("evaluation:joy:tgt:emotion:transplanted:happiness", "create"),
+    ]
+    assert planned[3].compute == ["extract joy on src (mean, last token)"]
+    assert planned[0].where == f"{specs / 'models.yaml'}:3"
+    assert _counts(reg)["models"] == 0  # a diff writes nothing
+
+    report = apply(reg, loaded)
+    assert report.applied
+    after = _counts(reg)
+    # 2 models, 1 concept, the extracted + the transplanted vector, 3 maps (auto: one per
+    # target layer), 2 alphas x 2 metrics.
+    assert {k: after[k] for k in ("models", "concepts", "vectors", "maps", "evaluations")} == {
+        "models": 2, "concepts": 1, "vectors": 2, "maps": 3, "evaluations": 4,
+    }  # fmt: skip
+    mapped = next(v for v in reg.list_vectors(limit=0).items if v.origin == "mapped")
+    source = next(v for v in reg.list_vectors(limit=0).items if v.origin == "extracted")
+    assert mapped.source_vector_id == source.id
+    assert sorted(reg.get_map(m).target_layer for m in mapped.map_ids or []) == [0, 1, 2]
+    # The transplanted rows are W · v_source at each layer, with the maps registered.
+    vs, vt = reg.load_vector(source.id), reg.load_vector(mapped.id)
+    for map_id in mapped.map_ids or []:
+        m = reg.get_map(map_id)
+        w, _ = reg.load_map(map_id)
+        np.testing.assert_allclose(vt[m.target_layer], w @ vs[m.source_layer], rtol=1e-4,
+                                   atol=1e-5)  # fmt: skip
+    evaluated = reg.list_evaluations(vector_id=mapped.id, limit=0).items
+    assert sorted({e.alpha for e in evaluated}) == [0.1, 0.2]
+    assert {e.layers[0] for e in evaluated if e.layers} == {2}  # int(0.75 * 3)
+    # All rows of the apply are one transaction: consecutive audit events, one apply.
+    assert reg.get_model("src").family == "tiny"
+
+    again = diff(reg, load_specs(specs)).changes
+    assert {c.action for c in again} == {"unchanged"}
+    second = apply(reg, load_specs(specs))
+    assert not second.applied
+    assert _counts(reg) == after
+
+
+def test_update_new_version_and_field_changes(
+    reg: Registry,  # noqa: F811
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file, evaluation=False)
+    apply(reg, load_specs(specs))
+    _spec(tmp_path / "specs", model_dirs, corpus_file, family="small", evaluation=False)
+    _write_pairs(specs, [(p.positive, p.negative) for p in PAIRS[:4]])
+    changes = {c.key: c for c in diff(reg, load_specs(specs)).changes}
+    model = changes["model:src"]
+    assert model.action == "update"
+    assert [(f.field, f.old, f.new) for f in model.changes] == [("family", "tiny", "small")]
+    concept = changes["concept:joy"]
+    assert (concept.action, concept.note) == ("update", "new version 2")
+    assert {f.field: (f.old, f.new) for f in concept.changes}["n_pairs"] == (6, 4)
+    # The new version needs its own extraction and transplant; the map is unchanged.
+    assert changes["extraction:joy:src"].action == "create"
+    assert changes["transplant:joy:src->tgt"].action == "create"
+    assert changes[f"map:src->tgt:ridge:auto:{corpus_file}"].action == "unchanged"
+    apply(reg, load_specs(specs))
+    assert reg.get_concept("joy").version == 2
+    assert reg.get_model("src").family == "small"
+    assert {c.action for c in diff(reg, load_specs(specs)).changes} == {"unchanged"}
+
+
+def test_a_failed_compute_writes_nothing(
+    reg: Registry,  # noqa: F811
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file, evaluation=False)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("not,a,truthfulqa,file\n1,2,3,4\n")
+    (specs / "eval.yaml").write_text(
+        f"evaluations:\n  - model: tgt\n    task: truthfulqa\n    data: {bad}\n"
+    )
+    before = _counts(reg)
+    with pytest.raises(InvalidInput):
+        apply(reg, load_specs(specs))
+    # Models, concept, vector, maps were all computed before the evaluation failed: none landed.
+    assert _counts(reg) == before
+
+
+def test_saved_diff_applies_only_if_nothing_moved(
+    reg: Registry,  # noqa: F811
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file, with_joy=False)
+    runner = CliRunner()
+    base = ["--db", reg.location.database_url, "--store", reg.location.store_url]
+    saved = tmp_path / "plan.json"
+    result = runner.invoke(cli, [*base, "diff", str(specs), "-o", str(saved)])
+    assert result.exit_code == 0, result.output
+    assert "+ create    model:src" in result.output
+    assert "2 to create, 0 to update, 0 unchanged, 0 not in the specs" in result.output
+    # Someone registers a model in between: the saved diff is refused and nothing is written.
+    reg.register_model("other", str(model_dirs["twin"]))
+    before = _counts(reg)
+    refused = runner.invoke(cli, [*base, "apply", str(saved)])
+    assert refused.exit_code == 1
+    assert refused.output.startswith("Error: the registry changed since this diff was made")
+    assert _counts(reg) == before
+    # A fresh diff applies; then editing a spec file makes that saved diff stale too.
+    assert runner.invoke(cli, [*base, "diff", str(specs), "-o", str(saved)]).exit_code == 0
+    ok = runner.invoke(cli, [*base, "apply", str(saved)])
+    assert ok.exit_code == 0, ok.output
+    assert "rows written in one transaction" in ok.output
+    assert runner.invoke(cli, [*base, "diff", str(specs), "-o", str(saved)]).exit_code == 0
+    (specs / "models.yaml").write_text((specs / "models.yaml").read_text() + "\n# edited\n")
+    stale = runner.invoke(cli, [*base, "apply", str(saved)])
+    assert stale.exit_code == 1
+    assert "changed since this diff was made" in stale.output
+    nothing = runner.invoke(cli, [*base, "apply", str(specs)])
+    assert "nothing to do" in nothing.output
+
+
+def test_removals_are_shown_and_need_prune(
+    reg: Registry,  # noqa: F811
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
+    apply(reg, load_specs(specs))
+    (specs / "catalog.yaml").write_text("")  # joy, its map, transplant and evaluation go
+    changes = {c.key: c for c in diff(reg, load_specs(specs)).changes}
+    removal = changes["concept:joy"]
+    assert removal.action == "remove"
+    assert removal.note == (
+        "not in the specs; kept unless --prune (would delete 2 vectors, 4 evaluations)"
+    )
+    kept = apply(reg, load_specs(specs))
+    assert not kept.applied
+    assert _counts(reg)["vectors"] == 2
+    pruned = apply(reg, load_specs(specs), prune=True)
+    assert pruned.applied
+    counts = _counts(reg)
+    assert (counts["concepts"], counts["vectors"], counts["evaluations"]) == (0, 0, 0)
+    assert counts["maps"] == 3  # maps belong to the models, which stay
+    deleted = [e for e in reg.audit_events(limit=0).items if e.action == "delete"]
+    assert [(e.object_kind, e.object_ref, e.old) for e in deleted] == [
+        ("concept", "joy", {"versions": 1, "vectors": 2, "evaluations": 4})
+    ]
+    # Pruning a model takes its maps too.
+    (specs / "models.yaml").write_text(f"models:\n  - name: src\n    path: {model_dirs['llama']}\n")
+    apply(reg, load_specs(specs), prune=True)
+    assert [m.name for m in reg.list_models(limit=0).items] == ["src"]
+    assert _counts(reg)["maps"] == 0
+
+
+def test_malformed_spec_and_unknown_model_are_clear_errors(
+    reg: Registry,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    runner = CliRunner()
+    base = ["--db", reg.location.database_url, "--store", reg.location.store_url]
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("models:\n  - name: x\n    path: /nowhere\n    rolee: base\n")
+    result = runner.invoke(cli, [*base, "diff", str(spec)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {spec}:4: models[0]: unknown key 'rolee'")
+    spec.write_text("maps:\n  - source: a\n    target: b\n")
+    result = runner.invoke(cli, [*base, "apply", str(spec)])
+    assert result.exit_code == 1
+    assert f"{spec}:2: model 'a' is neither in the specs nor registered" in result.output
+    assert _counts(reg)["events"] == 0
+
+
+def test_apply_killed_during_compute_leaves_the_registry_as_it_was(
+    reg: Registry,  # noqa: F811
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
+    before = _counts(reg)
+    env = {**os.environ, "CRX_DATABASE_URL": reg.location.database_url,
+           "CRX_STORE_URL": reg.location.store_url}  # fmt: skip
+    crx = str(Path(sys.executable).with_name("crx"))
+    process = subprocess.Popen([crx, "apply", str(specs)], env=env, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    # Wait until compute has started (its first stage line), then kill it outright.
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    assert "extract joy on src" in line or "states" in line, line
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert _counts(reg) == before
+    # Re-running completes it.
+    assert apply(reg, load_specs(specs)).applied
+    assert _counts(reg)["vectors"] == 2
