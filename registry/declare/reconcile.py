@@ -37,7 +37,7 @@ from registry.db.tables import (
 )
 from registry.errors import InvalidInput
 from registry.hashing import canonical_json
-from schemas.declare import Action, Change, FieldChange
+from schemas.declare import Action, Change, FieldChange, ObjectKind
 from schemas.records import ConceptVersionRecord, ModelRecord, VectorRecord
 from schemas.spec import (
     CatalogSpec,
@@ -289,38 +289,68 @@ class Snapshot:
         return [v for v in self.vectors if v.concept_version_id == version_id and v.model == model]
 
 
-def dependents(reg: Registry, kind: str, name: str) -> dict[str, int]:
-    """How many vectors, maps and evaluations go with a model or concept that is removed."""
+def removal_counts(reg: Registry, kind: str, names: set[str]) -> dict[str, dict[str, int]]:
+    """For models or concepts about to be shown as removals: how many vectors, maps and
+    evaluations would go with each (grouped queries, whatever the number of names)."""
+    counts: dict[str, dict[str, int]] = {
+        n: {"vectors": 0, "maps": 0, "evaluations": 0} for n in names
+    }
+    if not names:
+        return counts
+
+    def add(field_name: str, rows: Any) -> None:
+        for name, n in rows:
+            if name in counts:
+                counts[name][field_name] += int(n)
+
     with reg._read() as session:
         if kind == "model":
-            model_id = session.scalar(select(SqlModel.id).where(SqlModel.name == name))
-            vector_ids = select(SqlVector.id).where(SqlVector.model_id == model_id)
-            maps = session.scalar(
-                select(func.count(SqlAffineMap.id)).where(
-                    (SqlAffineMap.source_model_id == model_id)
-                    | (SqlAffineMap.target_model_id == model_id)
+            add(
+                "vectors",
+                session.execute(
+                    select(SqlModel.name, func.count(SqlVector.id))
+                    .join(SqlVector, SqlVector.model_id == SqlModel.id)
+                    .group_by(SqlModel.name)
+                ),
+            )
+            for column in (SqlAffineMap.source_model_id, SqlAffineMap.target_model_id):
+                add(
+                    "maps",
+                    session.execute(
+                        select(SqlModel.name, func.count(SqlAffineMap.id))
+                        .join(SqlAffineMap, column == SqlModel.id)
+                        .group_by(SqlModel.name)
+                    ),
                 )
+            add(
+                "evaluations",
+                session.execute(
+                    select(SqlModel.name, func.count(SqlEvaluation.id))
+                    .join(SqlEvaluation, SqlEvaluation.model_id == SqlModel.id)
+                    .group_by(SqlModel.name)
+                ),
             )
-            evaluation_filter: Any = (
-                SqlEvaluation.model_id == model_id
-            ) | SqlEvaluation.vector_id.in_(vector_ids)
         else:
-            concept_id = session.scalar(select(SqlConcept.id).where(SqlConcept.name == name))
-            version_ids = select(SqlConceptVersion.id).where(
-                SqlConceptVersion.concept_id == concept_id
+            add(
+                "vectors",
+                session.execute(
+                    select(SqlConcept.name, func.count(SqlVector.id))
+                    .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
+                    .join(SqlVector, SqlVector.concept_version_id == SqlConceptVersion.id)
+                    .group_by(SqlConcept.name)
+                ),
             )
-            vector_ids = select(SqlVector.id).where(SqlVector.concept_version_id.in_(version_ids))
-            maps = 0
-            evaluation_filter = SqlEvaluation.vector_id.in_(vector_ids)
-        n_vectors = session.scalar(select(func.count()).select_from(vector_ids.subquery()))
-        n_evaluations = session.scalar(
-            select(func.count(SqlEvaluation.id)).where(evaluation_filter)
-        )
-    return {
-        "vectors": int(n_vectors or 0),
-        "maps": int(maps or 0),
-        "evaluations": int(n_evaluations or 0),
-    }
+            add(
+                "evaluations",
+                session.execute(
+                    select(SqlConcept.name, func.count(SqlEvaluation.id))
+                    .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
+                    .join(SqlVector, SqlVector.concept_version_id == SqlConceptVersion.id)
+                    .join(SqlEvaluation, SqlEvaluation.vector_id == SqlVector.id)
+                    .group_by(SqlConcept.name)
+                ),
+            )
+    return counts
 
 
 # -- the diff -------------------------------------------------------------------------------
@@ -356,14 +386,18 @@ def diff(reg: Registry, loaded: LoadedSpecs) -> Desired:
     for espec in catalog.evaluations:
         _check_model(espec.model, known_models, where(espec.key))
         out.add(_diff_evaluation(reg, out, snapshot, espec, where(espec.key)))
-    for name in sorted(set(snapshot.models) - set(out.models)):
-        counts = dependents(reg, "model", name)
-        out.add(Change(key=f"model:{name}", kind="model", action="remove", note=_removal(counts)))
-    for name in sorted(snapshot.concept_names - set(out.concepts)):
-        counts = dependents(reg, "concept", name)
-        out.add(
-            Change(key=f"concept:{name}", kind="concept", action="remove", note=_removal(counts))
-        )
+    removals: list[tuple[ObjectKind, set[str]]] = [
+        ("model", set(snapshot.models) - set(out.models)),
+        ("concept", snapshot.concept_names - set(out.concepts)),
+    ]
+    for kind, gone in removals:
+        counts = removal_counts(reg, kind, gone)
+        for name in sorted(gone):
+            out.add(
+                Change(
+                    key=f"{kind}:{name}", kind=kind, action="remove", note=_removal(counts[name])
+                )
+            )
     return out
 
 

@@ -1,0 +1,186 @@
+"""Resolver and diff latency at scale: ``crx plan --target`` and ``crx diff`` of unchanged specs.
+
+Catalogue (SQLite file, bulk-loaded with the rows `catalog_bench` generates): 1,000 models,
+10,000 concepts (one version each), 100,000 extracted vectors (ten models per concept),
+50,000 affine maps (each model has maps from two others at 25 layers, so chains of maps exist)
+and 40,000 evaluation rows (two α x two metrics for 10,000 vectors). Then:
+
+* ``Registry.plan(target, [3 concepts])`` on random targets (in-process; the work of
+  ``crx plan``), and the same through the CLI as a subprocess (Python start-up included);
+* ``Registry.plan(target)`` for every concept with a vector (10,000 concepts), a few runs;
+* ``crx diff`` of a spec folder declaring 1,000 objects that are all unchanged (500 of the
+  bulk models and 500 concepts registered from real pairs files), in-process and CLI.
+
+    .venv/bin/python benchmarks/plan_bench.py --out benchmarks/results/plan.json
+    .venv/bin/python benchmarks/plan_bench.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from catalog_bench import CRX, bulk_load, chunks, git_commit, machine, summary  # noqa: E402
+
+from registry import Registry  # noqa: E402
+from registry.db.tables import SqlEvaluation  # noqa: E402
+from registry.declare import load_specs  # noqa: E402
+from registry.declare.reconcile import diff  # noqa: E402
+
+SCALES = {
+    "full": {"models": 1_000, "concepts": 10_000, "versions": 1, "vectors": 100_000,
+             "maps": 50_000, "evaluated_vectors": 10_000, "spec_models": 500,
+             "spec_concepts": 500},
+    "quick": {"models": 100, "concepts": 1_000, "versions": 1, "vectors": 10_000,
+              "maps": 5_000, "evaluated_vectors": 1_000, "spec_models": 50,
+              "spec_concepts": 50},
+}  # fmt: skip
+RUNS = {"full": {"api": 200, "cli": 20, "all": 3, "diff": 10, "cli_diff": 5},
+        "quick": {"api": 30, "cli": 5, "all": 2, "diff": 3, "cli_diff": 2}}  # fmt: skip
+
+
+def evaluation_rows(scale: dict[str, int], stamp: datetime) -> Iterator[dict[str, Any]]:
+    """Two α x two metrics for the first vectors, recorded on the vector's own model."""
+    n_versions = scale["concepts"] * scale["versions"]
+    per_version = scale["vectors"] // n_versions
+    row = 0
+    rng = random.Random(3)
+    for i in range(scale["evaluated_vectors"]):
+        model_id = ((i // n_versions) * (scale["models"] // per_version) + i) % scale["models"] + 1
+        for alpha in (0.1, 0.2):
+            for metric in ("token_accuracy", "logit_accuracy"):
+                row += 1
+                yield {
+                    "id": row, "vector_id": i + 1, "model_id": model_id, "task": "emotion",
+                    "dataset_oid": None, "layers": [19], "alpha": alpha, "metric": metric,
+                    "value": round(rng.uniform(0, 1), 3), "n": 100,
+                    "settings": {"normalize": True}, "created_at": stamp,
+                }  # fmt: skip
+
+
+def write_specs(reg: Registry, folder: Path, scale: dict[str, int]) -> int:
+    """Spec files for bulk models (as registered) and real concepts; returns the object count."""
+    folder.mkdir()
+    (folder / "pairs").mkdir()
+    models = reg.list_models(limit=scale["spec_models"]).items
+    lines = ["models:"]
+    for m in models:
+        lines += [f"  - name: {m.name}", f"    path: {m.path}", f"    family: {m.family}",
+                  f"    role: {m.role}", f"    tags: {json.dumps(m.tags)}"]  # fmt: skip
+    (folder / "models.yaml").write_text("\n".join(lines) + "\n")
+    lines = ["concepts:"]
+    for i in range(scale["spec_concepts"]):
+        name = f"spec-concept-{i:04d}"
+        pairs = [{"positive": f"good thing {i} {k}", "negative": f"bad thing {i} {k}"}
+                 for k in range(8)]  # fmt: skip
+        path = folder / "pairs" / f"{name}.json"
+        path.write_text(json.dumps(pairs))
+        reg.register_concept(name, path)
+        lines += [f"  - name: {name}", f"    pairs: pairs/{name}.json"]
+    (folder / "concepts.yaml").write_text("\n".join(lines) + "\n")
+    return len(models) + scale["spec_concepts"]
+
+
+def timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1/10 scale, fewer runs")
+    parser.add_argument("--out", type=Path, help="write the JSON report here")
+    args = parser.parse_args()
+    label = "quick" if args.quick else "full"
+    scale, runs = SCALES[label], RUNS[label]
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory(prefix="crx-plan-bench-") as tmp:
+        work = Path(tmp)
+        url = f"sqlite:///{work / 'registry.db'}"
+        reg = Registry(url, str(work / "store"))
+        reg.init()
+        print(f"loading {scale} ...", flush=True)
+        load = bulk_load(reg.engine, scale)
+        stamp = datetime.now(UTC)
+        with reg.engine.begin() as connection:
+            for batch in chunks(evaluation_rows(scale, stamp)):
+                connection.execute(SqlEvaluation.__table__.insert(), batch)
+        print(f"loaded in {load['seconds']} s: {load['rows']}", flush=True)
+        n_objects = write_specs(reg, work / "specs", scale)
+
+        def target() -> str:
+            return f"model-{rng.randint(1, scale['models']):04d}"
+
+        def concepts() -> list[str]:
+            return [f"concept-{rng.randint(1, scale['concepts']):04d}" for _ in range(3)]
+
+        reg.plan(target(), concepts())  # warm: connection, schema check, imports
+        sample = reg.plan("model-0500" if label == "full" else "model-0050", concepts())
+        kinds = [c.chosen.kind if c.chosen else c.status for c in sample.concepts]
+        api = [timed(lambda: reg.plan(target(), concepts())) for _ in range(runs["api"])]
+        everything = []
+        n_planned = 0
+        for _ in range(runs["all"]):
+            start = time.perf_counter()
+            n_planned = len(reg.plan(target()).concepts)
+            everything.append(time.perf_counter() - start)
+        env = {"CRX_DATABASE_URL": url, "CRX_STORE_URL": str(work / "store"),
+               "CRX_HOME": str(work / "home"), "PATH": "/usr/bin:/bin"}  # fmt: skip
+
+        def cli(argv: list[str]) -> float:
+            start = time.perf_counter()
+            done = subprocess.run([CRX, *argv], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr)
+            return time.perf_counter() - start
+
+        cli(["--version"])
+        cli_plan = [
+            cli(["plan", "--target", target(), "--json",
+                 *[x for c in concepts() for x in ("--concept", c)]])
+            for _ in range(runs["cli"])
+        ]  # fmt: skip
+        loaded = load_specs(work / "specs")
+        actions = {c.action for c in diff(reg, loaded).changes if c.action != "remove"}
+        api_diff = [timed(lambda: diff(reg, load_specs(work / "specs")))
+                    for _ in range(runs["diff"])]  # fmt: skip
+        cli_diff = [cli(["diff", str(work / "specs")]) for _ in range(runs["cli_diff"])]
+        reg.close()
+    report = {
+        "benchmark": "plan_bench",
+        "scale": label,
+        "catalogue": {**scale, "load": load},
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "plan_3_concepts_api": summary(api),
+        "plan_3_concepts_cli": summary(cli_plan),
+        "plan_every_concept_api": {**summary(everything), "concepts_planned": n_planned},
+        "sample_plan_routes": kinds,
+        "diff_unchanged_objects": n_objects,
+        "diff_actions_seen": sorted(actions),
+        "diff_api": summary(api_diff),
+        "diff_cli": summary(cli_diff),
+        "command": "python benchmarks/plan_bench.py" + (" --quick" if args.quick else ""),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
