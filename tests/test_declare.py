@@ -299,3 +299,51 @@ def test_apply_killed_during_compute_leaves_the_registry_as_it_was(
     # Re-running completes it.
     assert apply(reg, load_specs(specs)).applied
     assert _counts(reg)["vectors"] == 2
+
+
+def test_load_plan_steers_every_concept_at_its_layer_and_alpha(
+    reg: Registry,  # noqa: F811
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from registry.contrans import load_corpus
+    from registry.engine.steer import residual_norm
+    from tests.test_engine import no_hooks, single_pass_blocks
+
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file, evaluation=False)
+    (specs / "more.yaml").write_text(
+        "concepts:\n  - name: calm\n    pairs: joy.json\n    template: 'Calm: {text}'\n"
+        "    extract_on: [src]\n"
+        "transplants:\n  - {concept: calm, source: src, target: tgt}\n"
+    )
+    apply(reg, load_specs(specs))
+    plan = reg.plan("tgt", ["joy", "calm"])
+    routes = [c.chosen for c in plan.concepts]
+    assert all(r is not None and r.kind == "transplanted" for r in routes)
+    tgt = reg.load_model("tgt")
+    text = "I feel wonderful today"
+    base = single_pass_blocks(tgt, text)
+    with reg.load_plan(tgt, plan):
+        assert not no_hooks(tgt)
+        steered = single_pass_blocks(tgt, text)
+    assert no_hooks(tgt)
+    # Both concepts steer block 2 (depth 0.75 of 3) with α 0.1 of its residual norm each; the
+    # first block that changes is 2, by exactly the sum of the two normalized additions.
+    lines, _ = load_corpus(None)
+    norm = residual_norm(tgt, lines[:64], 2)
+    expected = np.zeros(tgt.d_model)
+    for route in routes:
+        assert route is not None
+        assert (route.layer, route.alpha.alpha, route.alpha.normalize) == (2, 0.1, True)
+        row = reg.load_vector(route.vector_id or 0)[2].astype(np.float64)
+        expected += 0.1 * norm * row / np.linalg.norm(row)
+    for layer in (0, 1):
+        np.testing.assert_allclose(steered[layer].numpy(), base[layer].numpy(), atol=1e-6)
+    delta = (steered[2] - base[2]).double().numpy()
+    np.testing.assert_allclose(delta, np.broadcast_to(expected, delta.shape), rtol=1e-4, atol=1e-4)
+    with (
+        pytest.raises(InvalidInput, match="the plan is for tgt, not src"),
+        reg.load_plan(reg.load_model("src"), plan),
+    ):
+        pass

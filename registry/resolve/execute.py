@@ -153,17 +153,22 @@ def steer_plan(reg: Registry, model: Any, source: Any, *, scope: str = "all") ->
     if model.name != plan.target.name:
         raise InvalidInput(f"the plan is for {plan.target.name}, not {model.name}")
     target = _check_target(reg, plan)
+    # Every norm is measured before any hook is installed: a norm measured with the first
+    # concept's hook in place would include that concept's addition.
+    prepared = []
+    for item in plan.concepts:
+        route = item.chosen
+        if route is None:
+            continue
+        array = route_vector(reg, route, target.n_layers, target.d_model)
+        norm = (
+            contrans.reference_norm(reg, target.name, route.layer)
+            if route.alpha.normalize
+            else None
+        )
+        prepared.append((route, array, norm))
     with ExitStack() as stack:
-        for item in plan.concepts:
-            route = item.chosen
-            if route is None:
-                continue
-            array = route_vector(reg, route, target.n_layers, target.d_model)
-            norm = (
-                contrans.reference_norm(reg, target.name, route.layer)
-                if route.alpha.normalize
-                else None
-            )
+        for route, array, norm in prepared:
             stack.enter_context(
                 steer(
                     model.layers,
