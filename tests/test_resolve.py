@@ -375,3 +375,59 @@ def test_cli_plan_json_output_file_and_transplant_plan(reg: Registry, tmp_path: 
     missing = runner.invoke(cli, [*base, "transplant", "honesty"])
     assert missing.exit_code == 1
     assert "give CONCEPT, --source and --target" in missing.output
+
+
+def test_measure_composed_r2_on_cached_calibration_states(reg: Registry) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from registry.contrans import _states_path
+
+    corpus = "c0" * 32
+    rng = np.random.default_rng(5)
+    hops = []
+    for source, target, ls, lt, seed in (("src", "mid", 0, 1, 1), ("mid", "tgt", 1, 3, 2)):
+        w, b = _weights(source, target, seed)
+        reg.save_map(
+            source,
+            target,
+            ls,
+            lt,
+            w,
+            b,
+            solver="ridge",
+            r2=0.9,
+            corpus_oid=corpus,
+            solver_settings={"split": [0.8, 0.1, 0.1], "shuffle": False, "seed": 0},
+        )
+        hops.append((w.astype(np.float64), b.astype(np.float64)))
+    n = 60
+    x = rng.normal(size=(n, 4, 8))
+    y = rng.normal(size=(n, 4, 5))
+    (w1, b1), (w2, b2) = hops
+    exact = (x[:, 0] @ w1.T + b1) @ w2.T + b2
+    y[:, 3] = exact
+    for name, states in (("src", x), ("tgt", y)):
+        path = _states_path(reg.get_model(name), corpus)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"states": torch.tensor(states, dtype=torch.float32)}, str(path))
+    route = reg.plan("tgt", ["honesty"], measure=True).concepts[0].chosen
+    assert route is not None
+    assert route.kind == "multi-hop"
+    assert route.fit_r2_estimated is True
+    assert route.fit_r2 == pytest.approx(0.81)
+    assert route.fit_r2_measured == pytest.approx(1.0, abs=1e-5)
+    # Noise on the test rows (the last 10%) lowers the measured R² by a computable amount.
+    noise = rng.normal(scale=3.0, size=(n, 5))
+    y[:, 3] = exact + noise
+    save_file(
+        {"states": torch.tensor(y, dtype=torch.float32)},
+        str(_states_path(reg.get_model("tgt"), corpus)),
+    )
+    test = slice(54, 60)
+    target = y[test, 3]
+    expected = 1 - ((noise[test]) ** 2).sum() / ((target - target.mean(axis=0)) ** 2).sum()
+    measured = reg.plan("tgt", ["honesty"], measure=True).concepts[0].chosen
+    assert measured is not None
+    assert measured.fit_r2_measured == pytest.approx(expected, abs=1e-3)
+    assert reg.plan("tgt", ["honesty"]).concepts[0].chosen.fit_r2_measured is None  # type: ignore[union-attr]
