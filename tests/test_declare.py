@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,12 @@ evaluations:
 
 
 def test_apply_computes_everything_once_then_nothing(
-    reg: Registry,  # noqa: F811
+    registry: Registry,
     model_dirs: dict[str, Path],  # noqa: F811
     corpus_file: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    reg = registry  # noqa: F811 (SQLite and PostgreSQL)
     specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
     loaded = load_specs(specs)
     planned = diff(reg, loaded).changes
@@ -225,11 +227,12 @@ def test_saved_diff_applies_only_if_nothing_moved(
 
 
 def test_removals_are_shown_and_need_prune(
-    reg: Registry,  # noqa: F811
+    registry: Registry,
     model_dirs: dict[str, Path],  # noqa: F811
     corpus_file: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    reg = registry  # noqa: F811 (SQLite and PostgreSQL)
     specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
     apply(reg, load_specs(specs))
     (specs / "catalog.yaml").write_text("")  # joy, its map, transplant and evaluation go
@@ -347,3 +350,59 @@ def test_load_plan_steers_every_concept_at_its_layer_and_alpha(
         reg.load_plan(reg.load_model("src"), plan),
     ):
         pass
+
+
+@pytest.mark.slow
+def test_apply_killed_at_any_moment_is_all_or_nothing(
+    reg: Registry,  # noqa: F811
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """SIGKILL at spread-out moments of a whole `crx apply` (start-up, compute, the write):
+    every time the registry is exactly as before or exactly as after, and a re-run finishes."""
+    import shutil
+
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
+    empty = Path(reg.location.database_url.removeprefix("sqlite:///"))
+    crx = str(Path(sys.executable).with_name("crx"))
+
+    def run(db: Path, kill_after: float | None) -> Registry:
+        env = {**os.environ, "CRX_DATABASE_URL": f"sqlite:///{db}",
+               "CRX_STORE_URL": reg.location.store_url}  # fmt: skip
+        quiet = subprocess.DEVNULL
+        process = subprocess.Popen([crx, "apply", str(specs)], env=env, stdout=quiet, stderr=quiet)
+        if kill_after is None:
+            assert process.wait() == 0
+        else:
+            try:
+                process.wait(timeout=kill_after)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+        return Registry(f"sqlite:///{db}", reg.location.store_url)
+
+    before = _counts(reg)
+    full_db = tmp_path / "full.db"
+    shutil.copy(empty, full_db)
+    start = time.perf_counter()
+    finished = run(full_db, None)
+    duration = time.perf_counter() - start
+    after = _counts(finished)
+    finished.close()
+    assert after["vectors"] == 2
+    outcomes = []
+    for i, fraction in enumerate((0.3, 0.6, 0.8, 0.9, 0.97)):
+        db = tmp_path / f"killed-{i}.db"
+        shutil.copy(empty, db)
+        killed = run(db, duration * fraction)
+        state = _counts(killed)
+        assert state in (before, after), (fraction, state)
+        outcomes.append(state == after)
+        killed.close()
+        if state == before:  # re-running completes it
+            again = run(db, None)
+            assert _counts(again) == after
+            again.close()
+    # The early kills landed before the write (the late ones may have finished).
+    assert outcomes[0] is False
