@@ -11,6 +11,7 @@ transplant, evaluate). A concept with no route gets a reason per source it consi
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +25,13 @@ from registry.resolve.routes import (
     candidate_routes,
     why_chosen,
 )
-from registry.resolve.view import CatalogView, ConceptFact, ModelFact, VectorFact
+from registry.resolve.view import (
+    CatalogView,
+    ConceptFact,
+    EvaluationFact,
+    ModelFact,
+    VectorFact,
+)
 from registry.timeutil import now
 from schemas.plan import ConceptPlan, PlanStep, Route, TargetInfo, TransplantPlan
 
@@ -170,13 +177,11 @@ def _concept_plan(
     target: TargetInfo,
     search: MapSearch | None,
     measure: Registry | None,
+    evaluations: list[EvaluationFact],
 ) -> ConceptPlan:
     routes: list[Route] = []
     reasons: list[str] = []
     if search is not None:
-        evaluations = view.evaluations(
-            search.target.id, [v.id for v in vectors if v.model_id == search.target.id]
-        )
         routes, reasons = candidate_routes(view, search, vectors, evaluations)
         if measure is not None:
             routes = [_measured(measure, r) for r in routes]
@@ -238,20 +243,21 @@ def make_plan(
             wanted = view.latest_versions_with_vectors()
         vectors = view.vectors_of(c.version_id for c in wanted)
         search = None
+        by_vector: dict[int | None, list[EvaluationFact]] = defaultdict(list)
         if info.registered and info.model_id is not None:
             fact: ModelFact = view.model(info.model_id)
             search = MapSearch(view, fact, max_hops=max_hops, min_r2=min_r2)
-        plans = [
-            _concept_plan(
-                view,
-                c,
-                vectors.get(c.version_id, []),
-                info,
-                search,
-                reg if measure else None,
+            # One query for the evaluations of every vector on the target, not one per concept.
+            on_target = [v.id for vs in vectors.values() for v in vs if v.model_id == fact.id]
+            for evaluation in view.evaluations(fact.id, on_target):
+                by_vector[evaluation.vector_id].append(evaluation)
+        plans = []
+        for c in wanted:
+            own = vectors.get(c.version_id, [])
+            evaluations = by_vector[None] + [e for v in own for e in by_vector.get(v.id, [])]
+            plans.append(
+                _concept_plan(view, c, own, info, search, reg if measure else None, evaluations)
             )
-            for c in wanted
-        ]
     return TransplantPlan(
         created_at=now(),
         crx_version=_crx_version(),

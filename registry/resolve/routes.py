@@ -59,17 +59,38 @@ class MapSearch:
     _chains: dict[int, dict[tuple[int, int], Chain]] = field(default_factory=dict)
     poor: dict[int, float] = field(default_factory=dict)  # source model → best refused R²
 
+    _layers: list[int] | None = None
+    _reachable: set[int] | None = None
+    _by_model: dict[int, dict[int, list[tuple[int, Chain]]]] = field(default_factory=dict)
+
     def steering_layers(self) -> list[int]:
         """Target layers some map reaches, the one nearest depth 0.75 first."""
-        preferred = default_layer(self.target.n_layers)
-        reached = {m.target_layer for m in self.view.maps_into(self.target.id)}
-        return sorted(reached, key=lambda layer: (abs(layer - preferred), layer))
+        if self._layers is None:
+            preferred = default_layer(self.target.n_layers)
+            reached = {m.target_layer for m in self.view.maps_into(self.target.id)}
+            self._layers = sorted(reached, key=lambda layer: (abs(layer - preferred), layer))
+        return self._layers
 
     def chains(self, layer: int) -> dict[tuple[int, int], Chain]:
         """(source model, source layer) → the best chain into (target, ``layer``)."""
         if layer not in self._chains:
             self._chains[layer] = self._search(layer)
         return self._chains[layer]
+
+    def reachable(self) -> set[int]:
+        """Models with a chain of maps into the target at some steering layer."""
+        if self._reachable is None:
+            self._reachable = {m for layer in self.steering_layers() for m, _ in self.chains(layer)}
+        return self._reachable
+
+    def chains_from(self, layer: int, model_id: int) -> list[tuple[int, Chain]]:
+        """(source layer, chain) of every chain from ``model_id`` into (target, ``layer``)."""
+        if layer not in self._by_model:
+            grouped: dict[int, list[tuple[int, Chain]]] = {}
+            for (source, source_layer), chain in self.chains(layer).items():
+                grouped.setdefault(source, []).append((source_layer, chain))
+            self._by_model[layer] = grouped
+        return self._by_model[layer].get(model_id, [])
 
     def _search(self, layer: int) -> dict[tuple[int, int], Chain]:
         start = (self.target.id, layer)
@@ -218,9 +239,10 @@ def candidate_routes(
     sources = [v for v in vectors if v.model_id != target.id and v.origin in SOURCE_ORIGINS]
     source_models = view.models({v.model_id for v in sources})
     reached: set[int] = set()
-    for layer in search.steering_layers():
-        chains = search.chains(layer)
-        for vector in sources:
+    reachable = search.reachable()
+    candidates = [v for v in sources if v.model_id in reachable]
+    for layer in search.steering_layers() if candidates else []:
+        for vector in candidates:
             if vector.model_id in reached:
                 continue
             model = source_models[vector.model_id]
@@ -229,8 +251,8 @@ def candidate_routes(
                 continue
             options = [
                 (chain, source_layer)
-                for (model_id, source_layer), chain in chains.items()
-                if model_id == vector.model_id and vector.has_layer(source_layer)
+                for source_layer, chain in search.chains_from(layer, vector.model_id)
+                if vector.has_layer(source_layer)
             ]
             if not options:
                 continue

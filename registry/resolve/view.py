@@ -94,6 +94,9 @@ class CatalogView:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        # Column queries run as Core on the session's connection (same transaction): the ORM
+        # result pipeline costs more than the query for thousands of plain rows.
+        self._execute = session.connection().execute
         self._models: dict[int, ModelFact] = {}
         self._maps_into: dict[int, list[MapFact]] = {}
 
@@ -112,7 +115,7 @@ class CatalogView:
     )
 
     def model_named(self, name: str) -> ModelFact | None:
-        row = self.session.execute(
+        row = self._execute(
             select(*self._MODEL_COLUMNS).where(SqlModel.name == name)
         ).first()
         if row is None:
@@ -124,7 +127,7 @@ class CatalogView:
     def models(self, ids: Iterable[int]) -> dict[int, ModelFact]:
         missing = {i for i in ids if i not in self._models}
         if missing:
-            rows = self.session.execute(
+            rows = self._execute(
                 select(*self._MODEL_COLUMNS).where(SqlModel.id.in_(missing))
             ).all()
             for row in rows:
@@ -135,7 +138,7 @@ class CatalogView:
         return self.models([model_id])[model_id]
 
     def aligned_models(self) -> list[ModelFact]:
-        rows = self.session.execute(
+        rows = self._execute(
             select(*self._MODEL_COLUMNS).where(SqlModel.role == "aligned").order_by(SqlModel.id)
         ).all()
         return [ModelFact(*row) for row in rows]
@@ -155,7 +158,7 @@ class CatalogView:
 
     def maps_into(self, model_id: int) -> list[MapFact]:
         if model_id not in self._maps_into:
-            rows = self.session.execute(
+            rows = self._execute(
                 select(*self._MAP_COLUMNS).where(SqlAffineMap.target_model_id == model_id)
             ).all()
             self._maps_into[model_id] = [MapFact(*row) for row in rows]
@@ -165,7 +168,7 @@ class CatalogView:
         wanted = set(ids)
         if not wanted:
             return {}
-        rows = self.session.execute(
+        rows = self._execute(
             select(*self._MAP_COLUMNS).where(SqlAffineMap.id.in_(wanted))
         ).all()
         return {row[0]: MapFact(*row) for row in rows}
@@ -175,7 +178,7 @@ class CatalogView:
     def concept_versions(self, refs: list[tuple[str, int | None]]) -> dict[str, ConceptFact]:
         """``(name, version or None for the latest)`` → fact, keyed by the name as asked."""
         names = {name for name, _ in refs}
-        rows = self.session.execute(
+        rows = self._execute(
             select(SqlConceptVersion.id, SqlConcept.name, SqlConceptVersion.version)
             .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
             .where(SqlConcept.name.in_(names))
@@ -203,7 +206,7 @@ class CatalogView:
         has_vector = select(SqlVector.id).where(
             SqlVector.concept_version_id == SqlConceptVersion.id
         )
-        rows = self.session.execute(
+        rows = self._execute(
             select(SqlConceptVersion.id, SqlConcept.name, SqlConceptVersion.version)
             .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
             .join(
@@ -221,7 +224,7 @@ class CatalogView:
         found: dict[int, list[VectorFact]] = defaultdict(list)
         if not wanted:
             return found
-        rows = self.session.execute(
+        rows = self._execute(
             select(
                 SqlVector.concept_version_id,
                 SqlVector.id,
@@ -231,12 +234,23 @@ class CatalogView:
                 SqlVector.layers,
                 SqlVector.source_vector_id,
                 SqlVector.map_ids,
-                SqlVector.settings,
             )
             .where(SqlVector.concept_version_id.in_(wanted))
             .order_by(SqlVector.id)
         ).all()
-        for cv, vid, model_id, origin, d, layers, source, map_ids, settings in rows:
+        # Only a mapped vector's settings matter here (its map per layer): read just those.
+        mapped = [row[1] for row in rows if row[3] == "mapped"]
+        settings: dict[int, Any] = {}
+        for start in range(0, len(mapped), 5_000):
+            settings.update(
+                self._execute(
+                    select(SqlVector.id, SqlVector.settings).where(
+                        SqlVector.id.in_(mapped[start : start + 5_000])
+                    )
+                ).all()
+            )
+        for cv, vid, model_id, origin, d, layers, source, map_ids in rows:
+            maps = (settings.get(vid) or {}).get("maps") or {}
             found[cv].append(
                 VectorFact(
                     id=vid,
@@ -246,20 +260,30 @@ class CatalogView:
                     layers=tuple(layers) if layers is not None else None,
                     source_vector_id=source,
                     map_ids=tuple(map_ids or ()),
-                    maps_by_layer={
-                        str(k): int(v) for k, v in ((settings or {}).get("maps") or {}).items()
-                    },
+                    maps_by_layer={str(k): int(v) for k, v in maps.items()},
                 )
             )
         return found
 
     def evaluations(self, model_id: int, vector_ids: Iterable[int]) -> list[EvaluationFact]:
         """Evaluations on ``model_id`` of these vectors, and of the bare model."""
-        wanted = set(vector_ids)
+        wanted = sorted(set(vector_ids))
+        found: list[EvaluationFact] = []
+        # Chunks keep the IN list under database parameter limits; the bare model's rows come
+        # with the first chunk only.
+        for start in range(0, max(len(wanted), 1), 5_000):
+            found += self._evaluations(model_id, wanted[start : start + 5_000], start == 0)
+        return found
+
+    def _evaluations(
+        self, model_id: int, wanted: list[int], with_base: bool
+    ) -> list[EvaluationFact]:
         condition: Any = SqlEvaluation.vector_id.is_(None)
-        if wanted:
+        if not with_base:
+            condition = SqlEvaluation.vector_id.in_(wanted)
+        elif wanted:
             condition = condition | SqlEvaluation.vector_id.in_(wanted)
-        rows = self.session.execute(
+        rows = self._execute(
             select(
                 SqlEvaluation.id,
                 SqlEvaluation.vector_id,
