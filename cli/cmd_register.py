@@ -81,9 +81,17 @@ def register_model(
 )
 @click.option("--description", help="What the concept is (stored on the concept).")
 @click.option("--template", help="Prompt template with {text} where each scenario goes.")
+@click.option(
+    "--use", is_flag=True, help="Mark this version for use: `crx plan` plans it by default."
+)
 @json_option
 def register_concept(
-    name: str, pairs_file: str, description: str | None, template: str | None, as_json: bool
+    name: str,
+    pairs_file: str,
+    description: str | None,
+    template: str | None,
+    use: bool,
+    as_json: bool,
 ) -> None:
     """Register a new version of a concept from a file of contrast pairs.
 
@@ -96,6 +104,9 @@ def register_concept(
     result = registry().register_concept(
         name, pairs_file, description=description, template=template
     )
+    if use:
+        marked = registry().mark_for_use(result.record.ref)
+        result = result.model_copy(update={"record": marked.record})
     if as_json:
         emit_json(result)
         return

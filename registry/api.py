@@ -263,6 +263,11 @@ class Registry:
             )
         )
 
+    def mark_for_use(self, ref: str, use: bool = True) -> Registered[ConceptVersionRecord]:
+        """Mark ``NAME[@V]`` for use (``crx plan``'s default concepts); one version per concept."""
+        name, version = names.parse_versioned(ref)
+        return self._write(lambda s: concepts.mark_for_use(s, name, version, use))
+
     def get_concept(self, ref: str) -> ConceptVersionRecord:
         """``NAME`` (latest version) or ``NAME@V``."""
         name, version = names.parse_versioned(ref)

@@ -23,6 +23,7 @@ and line. This module only describes the shape; it never touches the registry. E
         pair_construction: explicit        # optional, default "explicit"
         extraction: {method: mean, token: last, batch_size: 32}   # optional
         extract_on: [smollm2]              # optional list of model names to extract this concept on
+        use: true                          # optional: mark this version for use (crx plan's default)
     maps:
       - source: smollm2
         target: gemma
@@ -234,6 +235,7 @@ class ConceptSpec(_Spec):
     pair_construction: NonEmpty = "explicit"
     extraction: ExtractionSpec = ExtractionSpec()  # frozen, so one shared default is safe
     extract_on: list[ModelName] = Field(default_factory=list)
+    use: bool | None = None  # mark this version for use (crx plan's default); None = leave as is
 
     @field_validator("description", mode="before")
     @classmethod

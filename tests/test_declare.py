@@ -170,6 +170,20 @@ def test_update_new_version_and_field_changes(
     assert reg.get_concept("joy").version == 2
     assert reg.get_model("src").family == "small"
     assert {c.action for c in diff(reg, load_specs(specs)).changes} == {"unchanged"}
+    # Marking the version for use is a field change of the concept, and apply makes it.
+    catalog = specs / "catalog.yaml"
+    line = "    extract_on: [src]"
+    marked = catalog.read_text().replace(line, line + "\n    use: true")
+    catalog.write_text(marked)
+    joy = {c.key: c for c in diff(reg, load_specs(specs)).changes}["concept:joy"]
+    assert (joy.action, [(f.field, f.old, f.new) for f in joy.changes]) == (
+        "update",
+        [("use", False, True)],
+    )
+    apply(reg, load_specs(specs))
+    assert reg.get_concept("joy@2").tags == {"use": True}
+    assert [c.concept for c in reg.plan("tgt").concepts] == ["joy@2"]
+    assert {c.action for c in diff(reg, load_specs(specs)).changes} == {"unchanged"}
 
 
 def test_a_failed_compute_writes_nothing(

@@ -236,8 +236,21 @@ def test_no_route_reasons_and_steps(reg: Registry, pairs_file: Path) -> None:
     ]
     assert fairness.why == "no vector of fairness@1 on any model"
     assert fairness.steps[0].command == "crx extract fairness@1 --model src"
-    # The default concept set: the newest version of every concept with a vector.
+    # The default concept set: the newest version of every concept with a vector ...
     assert [c.concept for c in reg.plan("tgt").concepts] == ["honesty@1"]
+    # ... unless versions are marked for use: then those (one version per concept).
+    assert reg.mark_for_use("fairness").created
+    assert not reg.mark_for_use("fairness@1").created  # already marked: nothing changes
+    assert [c.concept for c in reg.plan("tgt").concepts] == ["fairness@1"]
+    reg.register_concept("fairness", pairs_file, template="Q2: {text}")
+    assert reg.mark_for_use("fairness@2").created
+    assert reg.get_concept("fairness@1").tags == {"use": False}
+    assert [c.concept for c in reg.plan("tgt").concepts] == ["fairness@2"]
+    marks = [e for e in reg.audit_events(limit=0).items if e.action == "mark-for-use"]
+    assert [(e.object_ref, e.old) for e in marks] == [
+        ("fairness@1", None),
+        ("fairness@2", {"unmarked_versions": [1]}),
+    ]
     with pytest.raises(ConceptNotFound, match="nosuch"):
         reg.plan("tgt", ["nosuch"])
 

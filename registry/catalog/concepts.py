@@ -162,6 +162,43 @@ def register_version(
     return Registered[ConceptVersionRecord](record=version_record(concept, row), created=True)
 
 
+def mark_for_use(
+    session: Session, name: str, version: int | None, use: bool
+) -> Registered[ConceptVersionRecord]:
+    """Mark one version of a concept for use (``crx plan``'s default set), or unmark it.
+
+    At most one version of a concept is marked: marking one unmarks the others, in the same
+    audit event. ``created`` is False when nothing changed.
+    """
+    concept, row = find_version(session, name, version)
+    others = [
+        v
+        for v in session.scalars(
+            select(SqlConceptVersion).where(SqlConceptVersion.concept_id == concept.id)
+        )
+        if v.id != row.id and (v.tags or {}).get("use")
+    ]
+    if bool((row.tags or {}).get("use")) == use and not (use and others):
+        return Registered[ConceptVersionRecord](record=version_record(concept, row), created=False)
+    row.tags = {**(row.tags or {}), "use": use}
+    unmarked = []
+    if use:
+        for other in others:
+            other.tags = {**(other.tags or {}), "use": False}
+            unmarked.append(other.version)
+    session.flush()
+    record_event(
+        session,
+        "mark-for-use" if use else "unmark-for-use",
+        "concept_version",
+        row.id,
+        f"{name}@{row.version}",
+        old={"unmarked_versions": unmarked} if unmarked else None,
+        new={"use": use},
+    )
+    return Registered[ConceptVersionRecord](record=version_record(concept, row), created=True)
+
+
 def listing(session: Session, *, limit: int | None, after: int | None) -> Page[ConceptRecord]:
     def convert(rows: Sequence[Any]) -> list[ConceptRecord]:
         concepts = [row[0] for row in rows]

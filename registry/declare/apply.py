@@ -544,6 +544,9 @@ def _write(session: Session, work: Work, prune: bool, expect_event: int | None) 
         )
         version_ids[name] = result.record.id
         rows += 1
+        if dc.spec.use is not None:
+            version = result.record.version
+            rows += int(concepts.mark_for_use(session, name, version, dc.spec.use).created)
 
     def version_id(pv: PendingVector) -> int:
         if pv.version_ref is not None:

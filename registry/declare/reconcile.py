@@ -219,6 +219,10 @@ def _diff_concept(desired: DesiredConcept, where: str | None) -> Change:
         if spec.description != latest.description
         else []
     )
+    if desired.version is not None and spec.use is not None:
+        marked = bool(desired.version.tags.get("use"))
+        if marked != spec.use:
+            description.append(FieldChange(field="use", old=marked, new=spec.use))
     if desired.version is not None:
         note = (
             ""
@@ -243,6 +247,8 @@ def _diff_concept(desired: DesiredConcept, where: str | None) -> Change:
         ("extraction", latest.extraction, desired.extraction),
     ]
     changes = [FieldChange(field=f, old=o, new=n) for f, o, n in candidates if o != n]
+    if spec.use:
+        changes.append(FieldChange(field="use", old=bool(latest.tags.get("use")), new=True))
     return Change(
         key=spec.key,
         kind="concept",

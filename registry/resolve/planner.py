@@ -1,6 +1,7 @@
 """``crx plan --target T``: compose the transplant plan for a target from what the registry knows.
 
-For each requested concept (default: the newest version of every concept that has a vector),
+For each requested concept (default: the concept versions marked for use, else the newest
+version of every concept that has a vector),
 rank the routes into T (`registry.resolve.routes`), pick α from recorded evaluations
 (`registry.resolve.alpha`), and say why the winner won. A target that is not registered (a path,
 a hub id, or just a name such as ``llama-70b``) is not an error: the plan lists the steps, with
@@ -240,7 +241,9 @@ def make_plan(
                     raise ConceptNotFound(asked)
             wanted = [found[c] for c in concepts]
         else:
-            wanted = view.latest_versions_with_vectors()
+            # The versions marked for use; a registry that marks none plans every concept's
+            # newest version that has a vector.
+            wanted = view.marked_versions() or view.latest_versions_with_vectors()
         vectors = view.vectors_of(c.version_id for c in wanted)
         search = None
         by_vector: dict[int | None, list[EvaluationFact]] = defaultdict(list)

@@ -115,9 +115,7 @@ class CatalogView:
     )
 
     def model_named(self, name: str) -> ModelFact | None:
-        row = self._execute(
-            select(*self._MODEL_COLUMNS).where(SqlModel.name == name)
-        ).first()
+        row = self._execute(select(*self._MODEL_COLUMNS).where(SqlModel.name == name)).first()
         if row is None:
             return None
         fact = ModelFact(*row)
@@ -127,9 +125,7 @@ class CatalogView:
     def models(self, ids: Iterable[int]) -> dict[int, ModelFact]:
         missing = {i for i in ids if i not in self._models}
         if missing:
-            rows = self._execute(
-                select(*self._MODEL_COLUMNS).where(SqlModel.id.in_(missing))
-            ).all()
+            rows = self._execute(select(*self._MODEL_COLUMNS).where(SqlModel.id.in_(missing))).all()
             for row in rows:
                 self._models[row[0]] = ModelFact(*row)
         return {i: self._models[i] for i in ids if i in self._models}
@@ -168,9 +164,7 @@ class CatalogView:
         wanted = set(ids)
         if not wanted:
             return {}
-        rows = self._execute(
-            select(*self._MAP_COLUMNS).where(SqlAffineMap.id.in_(wanted))
-        ).all()
+        rows = self._execute(select(*self._MAP_COLUMNS).where(SqlAffineMap.id.in_(wanted))).all()
         return {row[0]: MapFact(*row) for row in rows}
 
     # -- concepts, vectors, evaluations ---------------------------------------------------
@@ -195,6 +189,20 @@ class CatalogView:
             if chosen is not None:
                 found[name if asked is None else f"{name}@{asked}"] = chosen
         return found
+
+    def marked_versions(self) -> list[ConceptFact]:
+        """Concept versions marked for use (``tags["use"]``), by concept name."""
+        rows = self._execute(
+            select(
+                SqlConceptVersion.id,
+                SqlConcept.name,
+                SqlConceptVersion.version,
+                SqlConceptVersion.tags,
+            )
+            .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
+            .order_by(SqlConcept.name)
+        ).all()
+        return [ConceptFact(vid, name, v) for vid, name, v, tags in rows if (tags or {}).get("use")]
 
     def latest_versions_with_vectors(self) -> list[ConceptFact]:
         """The newest version of every concept, where that version has at least one vector."""
