@@ -23,7 +23,7 @@ and line. This module only describes the shape; it never touches the registry. E
         pair_construction: explicit        # optional, default "explicit"
         extraction: {method: mean, token: last, batch_size: 32}   # optional
         extract_on: [smollm2]              # optional list of model names to extract this concept on
-        use: true                          # optional: mark this version for use (crx plan's default)
+        use: true                          # optional: mark it for use (crx plan's default)
     maps:
       - source: smollm2
         target: gemma
