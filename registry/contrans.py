@@ -270,6 +270,23 @@ def parse_pairs(spec: str) -> list[tuple[int, int]] | str:
     return pairs
 
 
+def fit_metrics(fm: Any) -> dict[str, Any]:
+    """The held-out metrics of a `FittedMap` as a map row records them."""
+    return {
+        "n_samples": fm.n_train + fm.n_val + fm.n_test,
+        "r2": fm.r2,
+        "mse": fm.mse,
+        "cosine": fm.cosine,
+        "metrics": {
+            "r2_train": fm.r2_train,
+            "r2_val": fm.r2_val,
+            "n_train": fm.n_train,
+            "n_val": fm.n_val,
+            "n_test": fm.n_test,
+        },
+    }
+
+
 def fit(
     reg: Registry,
     source: str,
@@ -323,17 +340,7 @@ def fit(
                 solver=solver,
                 solver_settings=settings,
                 corpus_oid=corpus_oid,
-                n_samples=fm.n_train + fm.n_val + fm.n_test,
-                r2=fm.r2,
-                mse=fm.mse,
-                cosine=fm.cosine,
-                metrics={
-                    "r2_train": fm.r2_train,
-                    "r2_val": fm.r2_val,
-                    "n_train": fm.n_train,
-                    "n_val": fm.n_val,
-                    "n_test": fm.n_test,
-                },
+                **fit_metrics(fm),
             ).record
         )
     return records

@@ -166,3 +166,9 @@ class BlobCorrupt(StoreError):
         super().__init__(
             f"blob {oid} is corrupt (its bytes hash to {actual}); run `crx store verify`"
         )
+
+
+def first_error(exc: Exception) -> str:
+    """``loc: message`` of the first error of a pydantic ``ValidationError``, for one line."""
+    first = exc.errors()[0]  # type: ignore[attr-defined]
+    return ".".join(str(p) for p in first["loc"]) + f": {first['msg']}"

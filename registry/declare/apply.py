@@ -40,7 +40,7 @@ from registry.declare.reconcile import (
     map_corpus,
     transplanted_vector,
 )
-from registry.errors import InvalidInput
+from registry.errors import InvalidInput, first_error
 from schemas.declare import ApplyPlan, ApplyReport, Change, SpecFileDigest
 from schemas.records import ModelRecord
 
@@ -85,9 +85,7 @@ def read_apply_plan(path: str | Path) -> ApplyPlan | None:
     try:
         return ApplyPlan.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"{file} is not a valid saved diff: {loc}: {first['msg']}") from None
+        raise InvalidInput(f"{file} is not a valid saved diff: {first_error(exc)}") from None
 
 
 def last_audit_event(reg: Registry, session: Session | None = None) -> int:
@@ -374,6 +372,11 @@ def _compute_transplants(work: Work, catalog: Any) -> None:
             out[lt] = map_vector(weight, vs[ls])
             used.append(chosen)
         source_vector = source if not isinstance(source, PendingVector) else None
+        if isinstance(source, PendingVector):
+            estimator, token = source.estimator, source.token
+        else:
+            registered_source = work.reg.get_vector(source)
+            estimator, token = registered_source.estimator, registered_source.token_position
         pinned = spec.concept if "@" in spec.concept else None
         pending = _pending_vector(
             work,
@@ -382,12 +385,8 @@ def _compute_transplants(work: Work, catalog: Any) -> None:
             spec.target,
             out,
             origin="mapped",
-            estimator=source.estimator
-            if isinstance(source, PendingVector)
-            else work.reg.get_vector(source).estimator,
-            token=source.token
-            if isinstance(source, PendingVector)
-            else work.reg.get_vector(source).token_position,
+            estimator=estimator,
+            token=token,
             layers=sorted(candidates),
             source=source,
             maps=used,
@@ -503,6 +502,7 @@ def _subject(work: Work, spec: Any) -> tuple[Any, np.ndarray]:
 
 def _write(session: Session, work: Work, prune: bool, expect_event: int | None) -> int:
     from registry.catalog import concepts, evaluations, maps, models, vectors
+    from registry.contrans import fit_metrics
     from registry.declare.prune import delete_concept, delete_model
     from registry.vector_io import layer_norms
 
@@ -607,17 +607,7 @@ def _write(session: Session, work: Work, prune: bool, expect_event: int | None) 
                 solver=pm.solver,
                 solver_settings={**fm.settings, "pairs": pm.pairs_label},
                 corpus_oid=pm.corpus_oid,
-                n_samples=fm.n_train + fm.n_val + fm.n_test,
-                r2=fm.r2,
-                mse=fm.mse,
-                cosine=fm.cosine,
-                metrics={
-                    "r2_train": fm.r2_train,
-                    "r2_val": fm.r2_val,
-                    "n_train": fm.n_train,
-                    "n_val": fm.n_val,
-                    "n_test": fm.n_test,
-                },
+                **fit_metrics(fm),
             )
             pm.row_id = result.record.id
         return pm.row_id

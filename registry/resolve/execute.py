@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from registry.errors import InvalidInput
+from registry.errors import InvalidInput, first_error
 from schemas.plan import ConceptPlan, PlanExecution, Route, TransplantPlan
 
 if TYPE_CHECKING:
@@ -51,9 +51,7 @@ def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> Transplan
     try:
         return TransplantPlan.model_validate(source)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"{where} is not a valid plan: {loc}: {first['msg']}") from None
+        raise InvalidInput(f"{where} is not a valid plan: {first_error(exc)}") from None
 
 
 def route_vector(reg: Registry, route: Route, n_layers: int, d_model: int) -> np.ndarray:
