@@ -119,7 +119,16 @@ def main() -> None:
         "--validated", action="store_true",
         help="also choose alpha on a validation half and report the other half",
     )  # fmt: skip
+    parser.add_argument(
+        "--alphas", type=lambda s: tuple(float(a) for a in s.split(",")), default=ALPHAS,
+        help="normalized alpha grid (fractions of the target layer's residual norm)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--paper-alphas", type=lambda s: tuple(float(a) for a in s.split(",")),
+        default=PAPER_ALPHAS, help="raw alpha grid of the paper's recipe column",
+    )  # fmt: skip
     args = parser.parse_args()
+    alphas, paper_alphas = args.alphas, args.paper_alphas
     started = time.monotonic()
     reg = Registry()
     source = pull_model(reg, args.source).record
@@ -143,10 +152,10 @@ def main() -> None:
         ).record  # fmt: skip
         if args.validated:
             checks.append({"emotion": e, **validated(reg, TARGET_NAME, e, {
-                "ours": (ours.id, ALPHAS, True),
-                "paper_recipe": (paper.id, ALPHAS, True),
-                "paper_recipe_raw_alpha": (paper.id, PAPER_ALPHAS, False),
-                "native": (native.id, ALPHAS, True),
+                "ours": (ours.id, alphas, True),
+                "paper_recipe": (paper.id, alphas, True),
+                "paper_recipe_raw_alpha": (paper.id, paper_alphas, False),
+                "native": (native.id, alphas, True),
             }, layer)})  # fmt: skip
             print(e, "validated", {k: v["test"]["token_accuracy"] if isinstance(v, dict)
                                    and "test" in v else v for k, v in checks[-1].items()
@@ -164,11 +173,11 @@ def main() -> None:
             None
         ]
         row = {"emotion": e, "base": base}
-        for label, vector, alphas, normalize in (
-            ("ours", ours, ALPHAS, True),
-            ("paper_recipe", paper, ALPHAS, True),
-            ("paper_recipe_raw_alpha", paper, PAPER_ALPHAS, False),
-            ("native", native, ALPHAS, True),
+        for label, vector, grid, normalize in (
+            ("ours", ours, alphas, True),
+            ("paper_recipe", paper, alphas, True),
+            ("paper_recipe_raw_alpha", paper, paper_alphas, False),
+            ("native", native, alphas, True),
         ):
             by_alpha = scores(
                 contrans.evaluate_emotion(
@@ -176,7 +185,7 @@ def main() -> None:
                     e,
                     TARGET_NAME,
                     vector_id=vector.id,
-                    alphas=alphas,
+                    alphas=grid,
                     layer=layer,
                     normalize=normalize,
                 )
@@ -207,8 +216,8 @@ def main() -> None:
         "target": TARGET_NAME,
         "layer": layer,
         "paper_pair": [source_layer, layer],
-        "alphas_normalized": list(ALPHAS),
-        "alphas_paper_raw": list(PAPER_ALPHAS),
+        "alphas_normalized": list(alphas),
+        "alphas_paper_raw": list(paper_alphas),
         "mean_best": summary,
         "token_lift_over_base": lift,
         "ours_lift_as_fraction_of_native_lift": lift["ours"] / lift["native"],

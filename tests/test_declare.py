@@ -2,7 +2,8 @@
 idempotence, saved diffs refused when stale, removals only with --prune.
 
 The models are the saved tiny Llama (4 x 32) and GPT-2 (3 x 48) of `tests.test_engine`; the
-registry is a real SQLite file; every compute step runs for real.
+registry is a real SQLite file or PostgreSQL server, with a local store or an S3 bucket (moto's
+server on loopback); every compute step runs for real.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,8 @@ from registry.declare import load_specs
 from registry.declare.apply import apply
 from registry.declare.reconcile import diff
 from registry.errors import InvalidInput
+from tests.conftest import postgres_url
+from tests.servers import MotoServer, PostgresServer
 from tests.test_engine import PAIRS, corpus_file, model_dirs, reg  # noqa: F401
 
 
@@ -293,16 +298,10 @@ def test_malformed_spec_and_unknown_model_are_clear_errors(
     assert _counts(reg)["events"] == 0
 
 
-def test_apply_killed_during_compute_leaves_the_registry_as_it_was(
-    reg: Registry,  # noqa: F811
-    model_dirs: dict[str, Path],  # noqa: F811
-    corpus_file: Path,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
-    before = _counts(reg)
-    env = {**os.environ, "CRX_DATABASE_URL": reg.location.database_url,
-           "CRX_STORE_URL": reg.location.store_url}  # fmt: skip
+def _kill_apply_during_compute(target: Registry, specs: Path) -> None:
+    """Run `crx apply` on ``target`` in a subprocess; SIGKILL it once compute has started."""
+    env = {**os.environ, "CRX_DATABASE_URL": target.location.database_url,
+           "CRX_STORE_URL": target.location.store_url}  # fmt: skip
     crx = str(Path(sys.executable).with_name("crx"))
     process = subprocess.Popen([crx, "apply", str(specs)], env=env, stderr=subprocess.PIPE,
                                text=True)  # fmt: skip
@@ -312,10 +311,54 @@ def test_apply_killed_during_compute_leaves_the_registry_as_it_was(
     assert "extract joy on src" in line or "states" in line, line
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def test_apply_killed_during_compute_leaves_the_registry_as_it_was(
+    registry: Registry,
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    reg = registry  # noqa: F811 (SQLite and PostgreSQL)
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
+    before = _counts(reg)
+    _kill_apply_during_compute(reg, specs)
     assert _counts(reg) == before
     # Re-running completes it.
     assert apply(reg, load_specs(specs)).applied
     assert _counts(reg)["vectors"] == 2
+
+
+@pytest.fixture
+def team_registry(postgres_server: PostgresServer, s3_env: MotoServer) -> Iterator[Registry]:
+    """What a team runs: PostgreSQL for the rows, an S3 bucket (moto on loopback) for blobs."""
+    r = Registry(postgres_url(postgres_server), f"s3://crx-team-{uuid.uuid4().hex[:16]}/store")
+    r.init()
+    yield r
+    r.close()
+
+
+def test_apply_on_postgres_and_s3_survives_a_kill_and_stores_every_blob(
+    team_registry: Registry,
+    model_dirs: dict[str, Path],  # noqa: F811
+    corpus_file: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    reg = team_registry  # noqa: F811
+    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
+    before = _counts(reg)
+    _kill_apply_during_compute(reg, specs)
+    assert _counts(reg) == before
+    report = apply(reg, load_specs(specs))
+    assert report.applied
+    after = _counts(reg)
+    assert (after["vectors"], after["maps"], after["evaluations"]) == (2, 3, 4)
+    # Every row's blob is in the bucket and hashes to its oid.
+    check = reg.verify_store()
+    assert check.problems == []
+    assert check.ok == check.checked >= 2 + 3 + 1  # vectors, maps, the pairs file at least
+    assert not apply(reg, load_specs(specs)).applied
+    assert _counts(reg) == after
 
 
 def test_load_plan_steers_every_concept_at_its_layer_and_alpha(
