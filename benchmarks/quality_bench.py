@@ -30,6 +30,8 @@ from registry.engine.emotion import EMOTIONS
 from registry.engine.fit import relative_depth_pair
 
 PAPER_ALPHAS = (1.0, 2.0, 5.0)
+TRANSPLANTS = ("ours", "paper_recipe", "paper_recipe_raw_alpha")
+LABELS = (*TRANSPLANTS, "native")
 
 
 def scores(records: list) -> dict:  # type: ignore[type-arg]
@@ -69,18 +71,89 @@ def validated(reg: Registry, target: str, emotion: str, vectors: dict, layer: in
             with steer(loaded.layers, array, layer=layer, alpha=alpha, normalize=normalize,
                        reference_norm=norm):  # fmt: skip
                 by_alpha[alpha] = {h: task.accuracy(loaded, emotion, halves[h]) for h in halves}
-        chosen = max(
-            alphas,
-            key=lambda a: (by_alpha[a]["val"]["token_accuracy"],
-                           by_alpha[a]["val"]["logit_accuracy"], -a),
-        )  # fmt: skip
-        out[label] = {
-            "alpha": chosen,
-            "test": by_alpha[chosen]["test"],
-            "by_alpha": by_alpha,
-            "all": {a: combine(by_alpha[a], out) for a in alphas},
-        }
+        out[label] = choose(by_alpha, out)
     return out
+
+
+def choose(by_alpha: dict, sizes: dict) -> dict:  # type: ignore[type-arg]
+    """The α with the best validation token accuracy (then logit accuracy, then the smaller α),
+    its test-half accuracy, and every α's accuracy on the whole held-out set."""
+    chosen = max(
+        by_alpha,
+        key=lambda a: (by_alpha[a]["val"]["token_accuracy"],
+                       by_alpha[a]["val"]["logit_accuracy"], -float(a)),
+    )  # fmt: skip
+    return {
+        "alpha": chosen,
+        "test": by_alpha[chosen]["test"],
+        "by_alpha": by_alpha,
+        "all": {a: combine(h, sizes) for a, h in by_alpha.items()},
+    }
+
+
+def whole_row(check: dict) -> dict:  # type: ignore[type-arg]
+    """The whole held-out set's numbers for one emotion, exactly, from its two halves."""
+    row: dict = {"emotion": check["emotion"], "base": check["base_all"]}  # type: ignore[type-arg]
+    for label in LABELS:
+        by_alpha = check[label]["all"]
+        row[label] = {"by_alpha": by_alpha, "best": best(by_alpha)}
+    return row
+
+
+def merge(paths: list[Path]) -> dict:  # type: ignore[type-arg]
+    """One validated result from several runs of the same pair with different α grids.
+
+    Evaluation is deterministic (same vectors, same scenarios, same halves), so a run with grid
+    A and a run with grid B measure exactly what one run with A ∪ B would; the α choices and
+    summaries are recomputed over the union.
+    """
+    runs = [json.loads(p.read_text()) for p in paths]
+    first = runs[0]
+    for run in runs[1:]:
+        if (run["source"], run["target"], run["layer"]) != (
+            first["source"], first["target"], first["layer"]
+        ):  # fmt: skip
+            raise SystemExit(f"cannot merge {run['source']} -> {run['target']} with the first run")
+    checks = [dict(c) for c in first["validated"]["rows"]]
+    for run in runs[1:]:
+        for check, other in zip(checks, run["validated"]["rows"], strict=True):
+            for label in LABELS:
+                by_alpha = {**check[label]["by_alpha"], **other[label]["by_alpha"]}
+                check[label] = {"by_alpha": by_alpha}
+    for check in checks:
+        for label in LABELS:
+            check[label] = choose(check[label]["by_alpha"], check)
+    alphas = sorted({float(a) for r in runs for a in r["alphas_normalized"]})
+    paper_alphas = sorted({float(a) for r in runs for a in r["alphas_paper_raw"]})
+    seconds = sum(r["seconds"] for r in runs)
+    return summarize(first, alphas, paper_alphas, [whole_row(c) for c in checks], checks, seconds)
+
+
+def summarize(pair: dict, alphas: list, paper_alphas: list, rows: list, checks: list,  # type: ignore[type-arg]
+              seconds: float) -> dict:  # type: ignore[type-arg]  # fmt: skip
+    def mean(label: str, metric: str) -> float:
+        values = [r[label][metric] if label == "base" else r[label]["best"][metric] for r in rows]
+        return sum(values) / len(values)
+
+    labels = ("base", *LABELS)
+    summary = {
+        label: {m: mean(label, m) for m in ("token_accuracy", "logit_accuracy")} for label in labels
+    }
+    lift = {k: summary[k]["token_accuracy"] - summary["base"]["token_accuracy"] for k in labels}
+    return {
+        "source": pair["source"],
+        "target": pair["target"],
+        "layer": pair["layer"],
+        "paper_pair": pair["paper_pair"],
+        "alphas_normalized": list(alphas),
+        "alphas_paper_raw": list(paper_alphas),
+        "mean_best": summary,
+        "token_lift_over_base": lift,
+        "ours_lift_as_fraction_of_native_lift": lift["ours"] / lift["native"],
+        "rows": rows,
+        "validated": validated_summary(checks) if checks else None,
+        "seconds": round(seconds, 1),
+    }
 
 
 def combine(halves: dict, sizes: dict) -> dict:  # type: ignore[type-arg]
@@ -92,20 +165,38 @@ def combine(halves: dict, sizes: dict) -> dict:  # type: ignore[type-arg]
     }
 
 
+def selected(check: dict) -> dict:  # type: ignore[type-arg]
+    """Evaluation in the loop: the transplant (map and α) with the best validation accuracy.
+
+    What `crx plan` does when several transplanted vectors of a concept are evaluated on the
+    target: among every transplanted vector and α measured here, keep the best validation token
+    accuracy (then logit accuracy, then the smaller α) and report its test half.
+    """
+    options = [
+        (h["val"]["token_accuracy"], h["val"]["logit_accuracy"], -float(a), label, a)
+        for label in TRANSPLANTS
+        for a, h in check[label]["by_alpha"].items()
+    ]
+    *_, label, alpha = max(options)
+    return {"from": label, "alpha": alpha, "test": check[label]["by_alpha"][alpha]["test"]}
+
+
 def validated_summary(checks: list) -> dict:  # type: ignore[type-arg]
-    labels = ("ours", "paper_recipe", "paper_recipe_raw_alpha", "native")
+    for c in checks:
+        c["selected"] = selected(c)
+    labels = (*TRANSPLANTS, "selected", "native")
     mean = {
         label: sum(c[label]["test"]["token_accuracy"] for c in checks) / len(checks)
         for label in labels
     }
     mean["base"] = sum(c["base"]["token_accuracy"] for c in checks) / len(checks)
     lift = {k: mean[k] - mean["base"] for k in labels}
+    fraction = {k: lift[k] / lift["native"] if lift["native"] else None for k in labels}
     return {
         "mean_test_token_accuracy": mean,
         "token_lift_over_base": lift,
-        "ours_lift_as_fraction_of_native_lift": lift["ours"] / lift["native"]
-        if lift["native"]
-        else None,
+        "ours_lift_as_fraction_of_native_lift": fraction["ours"],
+        "lift_as_fraction_of_native_lift": fraction,
         "rows": checks,
     }
 
@@ -127,7 +218,14 @@ def main() -> None:
         "--paper-alphas", type=lambda s: tuple(float(a) for a in s.split(",")),
         default=PAPER_ALPHAS, help="raw alpha grid of the paper's recipe column",
     )  # fmt: skip
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", metavar="RESULT",
+        help="combine --validated results of one pair run with different α grids (no model runs)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.merge:
+        report(merge(args.merge), args.out)
+        return
     alphas, paper_alphas = args.alphas, args.paper_alphas
     started = time.monotonic()
     reg = Registry()
@@ -161,13 +259,7 @@ def main() -> None:
                                    and "test" in v else v for k, v in checks[-1].items()
                                    if k not in ("emotion",)}, flush=True)  # fmt: skip
         if args.validated:
-            # The whole held-out set's numbers, exactly, from the two halves just measured.
-            check = checks[-1]
-            row: dict = {"emotion": e, "base": check["base_all"]}  # type: ignore[type-arg]
-            for label in ("ours", "paper_recipe", "paper_recipe_raw_alpha", "native"):
-                by_alpha = check[label]["all"]
-                row[label] = {"by_alpha": by_alpha, "best": best(by_alpha)}
-            rows.append(row)
+            rows.append(whole_row(checks[-1]))
             continue
         base = scores(contrans.evaluate_emotion(reg, e, TARGET_NAME, vector_id=None, alphas=[]))[
             None
@@ -202,29 +294,14 @@ def main() -> None:
             flush=True,
         )
 
-    def mean(label: str, metric: str) -> float:
-        values = [r[label][metric] if label == "base" else r[label]["best"][metric] for r in rows]
-        return sum(values) / len(values)
+    pair = {"source": SOURCE_NAME, "target": TARGET_NAME, "layer": layer,
+            "paper_pair": [source_layer, layer]}  # fmt: skip
+    result = summarize(pair, list(alphas), list(paper_alphas), rows, checks,
+                       time.monotonic() - started)  # fmt: skip
+    report(result, args.out)
 
-    labels = ("base", "ours", "paper_recipe", "paper_recipe_raw_alpha", "native")
-    summary = {
-        label: {m: mean(label, m) for m in ("token_accuracy", "logit_accuracy")} for label in labels
-    }
-    lift = {k: summary[k]["token_accuracy"] - summary["base"]["token_accuracy"] for k in labels}
-    result = {
-        "source": SOURCE_NAME,
-        "target": TARGET_NAME,
-        "layer": layer,
-        "paper_pair": [source_layer, layer],
-        "alphas_normalized": list(alphas),
-        "alphas_paper_raw": list(paper_alphas),
-        "mean_best": summary,
-        "token_lift_over_base": lift,
-        "ours_lift_as_fraction_of_native_lift": lift["ours"] / lift["native"],
-        "rows": rows,
-        "validated": validated_summary(checks) if checks else None,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+
+def report(result: dict, out: Path | None) -> None:  # type: ignore[type-arg]
     print(
         json.dumps(
             {
@@ -239,9 +316,9 @@ def main() -> None:
             indent=2,
         )
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,20 @@ The honesty concept: RepE's persona pairs over the true statements of facts_true
 statement). Extracted on SmolLM2-135M-Instruct, transplanted into Gemma-3-270m with the fitted
 maps, steered at Gemma's block 13 with α relative to its residual norm. MC1 and MC2 by answer
 log-likelihood after "Q: ...\\nA:" (no primer). Development numbers: the dev half only.
+
+``--validated`` splits the dev questions into two alternating halves (file order), chooses α on
+the first by MC2 (then MC1, then the smaller α) and reports the second, so the transplanted row
+is not tuned on the questions it is scored on.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,12 +42,60 @@ def metrics(records: list) -> dict:  # type: ignore[type-arg]
     return out
 
 
+def halves(data: Path, folder: Path) -> dict[str, Path]:
+    """The dev CSV split into alternating halves (validation, test), each with the header."""
+    rows = list(csv.reader(io.StringIO(data.read_text(encoding="utf-8"))))
+    header, body = rows[0], rows[1:]
+    out = {}
+    for name, part in (("val", body[0::2]), ("test", body[1::2])):
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([header, *part])
+        out[name] = folder / f"truthfulqa_{name}.csv"
+        out[name].write_text(buffer.getvalue(), encoding="utf-8")
+    return out
+
+
+def validated(reg: Registry, mapped_id: int, layer: int, data: Path, alphas: list[float]) -> dict:  # type: ignore[type-arg]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = halves(data, Path(tmp))
+        base = {h: metrics(contrans.evaluate_truthfulqa(reg, TARGET, f, vector_id=None))["None"]
+                for h, f in files.items()}  # fmt: skip
+        steered = {
+            h: metrics(
+                contrans.evaluate_truthfulqa(
+                    reg,
+                    TARGET,
+                    f,
+                    vector_id=mapped_id,
+                    alphas=alphas,
+                    layer=layer,
+                    normalize=True,
+                )
+            )
+            for h, f in files.items()
+        }
+    chosen = max(alphas, key=lambda a: (steered["val"][str(a)]["mc2"],
+                                        steered["val"][str(a)]["mc1"], -a))  # fmt: skip
+    return {
+        "split": "alternating dev questions in file order: validation = 1st, 3rd, ...",
+        "alpha_chosen_on_validation": chosen,
+        "target_base_test": base["test"],
+        "target_transplanted_test": steered["test"][str(chosen)],
+        "by_half": {"base": base, "transplanted": steered},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--facts", type=Path, required=True)
     parser.add_argument("--alphas", default="0.05,0.1,0.2")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument(
+        "--validated",
+        action="store_true",
+        help="choose alpha on one half of the questions, report the other",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     alphas = [float(a) for a in args.alphas.split(",")]
@@ -82,6 +137,8 @@ def main() -> None:
             )
         ),
     }
+    if args.validated:
+        result["validated"] = validated(reg, mapped.id, layer, args.data, alphas)
     result["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     if args.out:

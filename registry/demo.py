@@ -5,6 +5,12 @@ six emotion concepts from RepE scenarios (training half of each emotion), extrac
 and natively on the target, fit maps, transplant, evaluate base vs transplanted vs native on
 the held-out half, and write a table and the paper's figure. Every step is content-addressed,
 so a second run reuses what the first computed.
+
+Each concept is transplanted twice: with crx's default maps (ridge, source layer by validation
+R²) and with ConTrans' own recipe (SVD least squares, no bias, the pair of equal relative depth
+0.75). Neither map wins for every concept (``benchmarks/README.md``), and a better fit does not
+mean better steering, so both are evaluated: `crx plan` then routes each concept through the
+transplant whose recorded evaluation is best.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ if TYPE_CHECKING:
 SOURCE = "smollm2-135m-instruct"
 TARGET = "gemma3-270m"
 ALPHAS = (0.05, 0.1, 0.2, 0.4)
+#: The transplanted rows of the demo: label → (solver, only the steered layer?)
+TRANSPLANTS = {"transplanted": ("ridge", False), "contrans_recipe": ("lstsq-svd", True)}
+LEGEND = {
+    "transplanted": "transplanted (crx maps)",
+    "contrans_recipe": "transplanted (ConTrans recipe)",
+    "native": "native",
+}
 PAIR_CONSTRUCTION = "repe-emotions-vs-others:holdout=0.5:seed=0"
 Stage = Callable[[str, int | None, int | None], None]
 
@@ -78,6 +91,7 @@ def run(
 ) -> DemoResult:
     from registry import contrans
     from registry.engine import emotion as task
+    from registry.engine.fit import relative_depth_pair
 
     def stage(name: str) -> Callable[[int, int], None] | None:
         return None if progress is None else (lambda d, t: progress(name, d, t))
@@ -88,8 +102,11 @@ def run(
     refs = register_emotions(reg, emotions)
     contrans.fit(reg, source.name, target.name, progress=progress)
     layer = contrans.default_layer(target.n_layers)
+    paper_pair = f"{relative_depth_pair(source.n_layers, target.n_layers, layer)}:{layer}"
+    contrans.fit(reg, source.name, target.name, pairs=paper_pair, solver="lstsq-svd",
+                 progress=progress)  # fmt: skip
     result = DemoResult()
-    curves: dict[str, dict[float, list[float]]] = {"transplanted": {}, "native": {}}
+    curves: dict[str, dict[float, list[float]]] = {label: {} for label in (*TRANSPLANTS, "native")}
     bases = []
     for e in emotions:
         src_vec = contrans.extract(
@@ -98,9 +115,19 @@ def run(
         native = contrans.extract(
             reg, refs[e], target.name, progress=stage(f"extract {e} on {target.name}")
         ).record
-        mapped = contrans.transplant(
-            reg, refs[e], source.name, target.name, vector_id=src_vec.id
-        ).record
+        vectors = {
+            label: contrans.transplant(
+                reg,
+                refs[e],
+                source.name,
+                target.name,
+                vector_id=src_vec.id,
+                solver=solver,
+                layer=layer if one_layer else None,
+            ).record
+            for label, (solver, one_layer) in TRANSPLANTS.items()
+        }
+        vectors["native"] = native
         base = _metrics(
             contrans.evaluate_emotion(
                 reg,
@@ -113,7 +140,7 @@ def run(
         )
         bases.append(base[None])
         row: dict[str, Any] = {"emotion": e, "base": base[None]}
-        for label, vector in (("transplanted", mapped), ("native", native)):
+        for label, vector in vectors.items():
             scores = _metrics(
                 contrans.evaluate_emotion(
                     reg,
@@ -137,7 +164,7 @@ def run(
 
     mean_base = sum(b["token_accuracy"] for b in bases) / len(bases)
     result.plot = accuracy_vs_alpha(
-        {k: {a: sum(v) / len(v) for a, v in c.items()} for k, c in curves.items()},
+        {LEGEND[k]: {a: sum(v) / len(v) for a, v in c.items()} for k, c in curves.items()},
         base=mean_base,
         metric="token accuracy (mean of emotions)",
         title=f"{source.name} → {target.name}, layer {layer}, held-out scenarios",
