@@ -14,7 +14,8 @@ log-likelihood after "Q: ...\\nA:" (no primer). Development numbers: the dev hal
 
 ``--validated`` splits the dev questions into two alternating halves (file order), chooses α on
 the first by MC2 (then MC1, then the smaller α) and reports the second, so the transplanted row
-is not tuned on the questions it is scored on.
+is not tuned on the questions it is scored on. It measures every number on the two halves
+only, and combines the whole dev set's table from them exactly (``--limit`` does not apply).
 """
 
 from __future__ import annotations
@@ -56,32 +57,52 @@ def halves(data: Path, folder: Path) -> dict[str, Path]:
 
 
 def validated(reg: Registry, mapped_id: int, layer: int, data: Path, alphas: list[float]) -> dict:  # type: ignore[type-arg]
+    """Every number on the two halves; the whole dev set's numbers combined exactly from them
+    (MC1 and MC2 are means over questions, so a size-weighted mean of the halves is exact)."""
     with tempfile.TemporaryDirectory() as tmp:
         files = halves(data, Path(tmp))
-        base = {h: metrics(contrans.evaluate_truthfulqa(reg, TARGET, f, vector_id=None))["None"]
-                for h, f in files.items()}  # fmt: skip
+        sizes = {h: len(list(csv.reader(f.open(encoding="utf-8")))) - 1 for h, f in files.items()}
+        bare = {
+            model: {
+                h: metrics(contrans.evaluate_truthfulqa(reg, model, f, vector_id=None))["None"]
+                for h, f in files.items()
+            }
+            for model in (SOURCE, TARGET)
+        }
         steered = {
             h: metrics(
                 contrans.evaluate_truthfulqa(
-                    reg,
-                    TARGET,
-                    f,
-                    vector_id=mapped_id,
-                    alphas=alphas,
-                    layer=layer,
-                    normalize=True,
+                    reg, TARGET, f, vector_id=mapped_id, alphas=alphas, layer=layer, normalize=True
                 )
             )
             for h, f in files.items()
         }
+
+    def whole(by_half: dict) -> dict:  # type: ignore[type-arg]
+        n = sizes["val"] + sizes["test"]
+        return {m: (by_half["val"][m] * sizes["val"] + by_half["test"][m] * sizes["test"]) / n
+                for m in by_half["val"]}  # fmt: skip
+
     chosen = max(alphas, key=lambda a: (steered["val"][str(a)]["mc2"],
                                         steered["val"][str(a)]["mc1"], -a))  # fmt: skip
     return {
-        "split": "alternating dev questions in file order: validation = 1st, 3rd, ...",
-        "alpha_chosen_on_validation": chosen,
-        "target_base_test": base["test"],
-        "target_transplanted_test": steered["test"][str(chosen)],
-        "by_half": {"base": base, "transplanted": steered},
+        "whole": {
+            "source_model": {"None": whole(bare[SOURCE])},
+            "target_base": {"None": whole(bare[TARGET])},
+            "target_transplanted": {
+                str(a): whole({h: steered[h][str(a)] for h in files}) for a in alphas
+            },
+        },
+        "validated": {
+            "split": "alternating dev questions in file order: validation = 1st, 3rd, ...",
+            "n_val": sizes["val"],
+            "n_test": sizes["test"],
+            "alpha_chosen_on_validation_by_mc2": chosen,
+            "source_model_test": bare[SOURCE]["test"],
+            "target_base_test": bare[TARGET]["test"],
+            "target_transplanted_test": steered["test"][str(chosen)],
+            "by_half": {"source": bare[SOURCE], "base": bare[TARGET], "transplanted": steered},
+        },
     }
 
 
@@ -112,33 +133,25 @@ def main() -> None:
     contrans.fit(reg, SOURCE, TARGET)
     mapped = contrans.transplant(reg, ref, SOURCE, TARGET, vector_id=source_vector.id).record
     layer = contrans.default_layer(reg.get_model(TARGET).n_layers)
-    common = {"limit": args.limit}
-    result = {
-        "concept": ref,
-        "n_pairs": len(pairs),
-        "layer": layer,
-        "alphas": alphas,
-        "source_model": metrics(
-            contrans.evaluate_truthfulqa(reg, SOURCE, args.data, vector_id=None, **common)
-        ),
-        "target_base": metrics(
-            contrans.evaluate_truthfulqa(reg, TARGET, args.data, vector_id=None, **common)
-        ),
-        "target_transplanted": metrics(
-            contrans.evaluate_truthfulqa(
-                reg,
-                TARGET,
-                args.data,
-                vector_id=mapped.id,
-                alphas=alphas,
-                layer=layer,
-                normalize=True,
-                **common,
-            )
-        ),
-    }
+    result: dict = {"concept": ref, "n_pairs": len(pairs), "layer": layer, "alphas": alphas}  # type: ignore[type-arg]
     if args.validated:
-        result["validated"] = validated(reg, mapped.id, layer, args.data, alphas)
+        parts = validated(reg, mapped.id, layer, args.data, alphas)
+        result.update(parts["whole"])
+        result["validated"] = parts["validated"]
+    else:
+        common = {"limit": args.limit}
+        result["source_model"] = metrics(
+            contrans.evaluate_truthfulqa(reg, SOURCE, args.data, vector_id=None, **common)
+        )
+        result["target_base"] = metrics(
+            contrans.evaluate_truthfulqa(reg, TARGET, args.data, vector_id=None, **common)
+        )
+        result["target_transplanted"] = metrics(
+            contrans.evaluate_truthfulqa(
+                reg, TARGET, args.data, vector_id=mapped.id, alphas=alphas, layer=layer,
+                normalize=True, **common,
+            )
+        )  # fmt: skip
     result["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     if args.out:
