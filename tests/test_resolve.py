@@ -219,6 +219,35 @@ def test_an_evaluated_transplant_beats_a_native_vector_that_scored_lower(reg: Re
     assert all(r.kind != "direct" for r in item.candidates)
 
 
+def test_of_two_transplants_the_better_evaluated_beats_the_better_fit(reg: Registry) -> None:
+    """What `crx demo` sets up: one source vector mapped through crx's ridge map (good fit) and
+    through ConTrans' SVD map (poor fit), both evaluated; the plan follows the evaluations."""
+    add_map(reg, "src", "tgt", 2, 3, r2=0.9)
+    rng = np.random.default_rng(3)
+    w_svd = rng.normal(size=(5, 8)).astype(np.float32)
+    reg.save_map("src", "tgt", 1, 3, w_svd, None, solver="lstsq-svd", r2=0.1, n_samples=100)
+    ridge = reg.transplant("honesty", "src", "tgt", solver="ridge").record
+    svd = reg.transplant("honesty", "src", "tgt", solver="lstsq-svd", layer=3).record
+    assert ridge.id != svd.id
+    source = reg.load_vector(vector_of(reg, "src"))
+    np.testing.assert_allclose(reg.load_vector(svd.id)[3], w_svd @ source[1], rtol=1e-5)
+    scores = {ridge.id: (0.3, 0.5), svd.id: (0.8, 0.4)}  # alpha 0.1, alpha 0.2
+    for vid, accs in scores.items():
+        for alpha, acc in zip((0.1, 0.2), accs, strict=True):
+            metrics = {"token_accuracy": acc}
+            reg.record_evaluation("tgt", "emotion", metrics, vector_id=vid, layers=[3],
+                                  alpha=alpha, settings={"normalize": True})  # fmt: skip
+    item = reg.plan("tgt", ["honesty"]).concepts[0]
+    assert [(r.kind, r.vector_id) for r in item.candidates] == [
+        ("transplanted", svd.id),
+        ("transplanted", ridge.id),
+    ]
+    chosen = item.chosen
+    assert chosen is not None
+    assert (chosen.fit_r2, chosen.alpha.alpha, chosen.alpha.value) == (0.1, 0.1, 0.8)
+    assert item.why.startswith("best evaluated token_accuracy: 0.800 against 0.500")
+
+
 def test_no_route_reasons_and_steps(reg: Registry, pairs_file: Path) -> None:
     reg.register_concept("fairness", pairs_file, template="Q: {text}")
     item = reg.plan("tgt", ["honesty", "fairness"]).concepts
