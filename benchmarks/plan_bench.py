@@ -6,7 +6,10 @@ Catalogue (SQLite file, bulk-loaded with the rows `catalog_bench` generates): 1,
 and 40,000 evaluation rows (two α x two metrics for 10,000 vectors). Then:
 
 * ``Registry.plan(target, [3 concepts])`` on random targets (in-process; the work of
-  ``crx plan``), and the same through the CLI as a subprocess (Python start-up included);
+  ``crx plan``), and the same through the CLI as a subprocess (Python start-up included).
+  Random concepts mostly have no route into a random target (a concept has vectors on 10
+  models, a target receives chains of maps from 6 models), so the same is also timed with 3
+  concepts drawn to have one: a vector on a model whose maps reach the target in 1-3 hops;
 * ``Registry.plan(target)`` for every concept with a vector (10,000 concepts), a few runs;
 * ``crx diff`` of a spec folder declaring 1,000 objects that are all unchanged (500 of the
   bulk models and 500 concepts registered from real pairs files), in-process and CLI.
@@ -128,10 +131,28 @@ def main() -> None:
         def concepts() -> list[str]:
             return [f"concept-{rng.randint(1, scale['concepts']):04d}" for _ in range(3)]
 
+        def routed() -> tuple[str, list[str]]:
+            """A target and three concepts that each have a route into it (see the docstring)."""
+            t = rng.randint(1, scale["models"])
+            picked = []
+            for _ in range(3):
+                m = (t - 1 - rng.randint(1, 6)) % scale["models"] + 1  # maps reach t from m
+                v = (m - 1) % per_class + 1 + per_class * rng.randrange(classes)
+                picked.append(f"concept-{v:04d}")
+            return f"model-{t:04d}", picked
+
+        per_class = scale["models"] // (scale["vectors"] // scale["concepts"])
+        classes = scale["concepts"] // per_class
         reg.plan(target(), concepts())  # warm: connection, schema check, imports
         sample = reg.plan("model-0500" if label == "full" else "model-0050", concepts())
         kinds = [c.chosen.kind if c.chosen else c.status for c in sample.concepts]
         api = [timed(lambda: reg.plan(target(), concepts())) for _ in range(runs["api"])]
+        routed_kinds: dict[str, int] = {}
+        for _ in range(20):
+            for c in reg.plan(*routed()).concepts:
+                kind = c.chosen.kind if c.chosen else c.status
+                routed_kinds[kind] = routed_kinds.get(kind, 0) + 1
+        api_routed = [timed(lambda: reg.plan(*routed())) for _ in range(runs["api"])]
         everything = []
         n_planned = 0
         for _ in range(runs["all"]):
@@ -154,6 +175,11 @@ def main() -> None:
                  *[x for c in concepts() for x in ("--concept", c)]])
             for _ in range(runs["cli"])
         ]  # fmt: skip
+        cli_routed = []
+        for _ in range(runs["cli"]):
+            t, cs = routed()
+            argv = ["plan", "--target", t, "--json", *[x for c in cs for x in ("--concept", c)]]
+            cli_routed.append(cli(argv))
         loaded = load_specs(work / "specs")
         actions = {c.action for c in diff(reg, loaded).changes if c.action != "remove"}
         api_diff = [timed(lambda: diff(reg, load_specs(work / "specs")))
@@ -168,6 +194,9 @@ def main() -> None:
         "machine": machine(),
         "plan_3_concepts_api": summary(api),
         "plan_3_concepts_cli": summary(cli_plan),
+        "plan_3_routed_concepts_api": summary(api_routed),
+        "plan_3_routed_concepts_cli": summary(cli_routed),
+        "routed_sample_chosen_kinds": routed_kinds,
         "plan_every_concept_api": {**summary(everything), "concepts_planned": n_planned},
         "sample_plan_routes": kinds,
         "diff_unchanged_objects": n_objects,
