@@ -16,6 +16,12 @@ log-likelihood after "Q: ...\\nA:" (no primer). Development numbers: the dev hal
 the first by MC2 (then MC1, then the smaller α) and reports the second, so the transplanted row
 is not tuned on the questions it is scored on. It measures every number on the two halves
 only, and combines the whole dev set's table from them exactly (``--limit`` does not apply).
+
+``--random-controls RESULT`` adds a control to a ``--validated`` result: random directions
+(seeded Gaussian vectors) steered at the same block with the same normalized α as the chosen
+one, on the test half. A steering vector that only flattens the answer distribution moves MC2
+towards its chance level (the mean share of true answers, 0.445 on the dev half) whatever its
+direction; the transplant counts as honesty only where it beats these controls.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
 
 from registry import Registry, contrans
 from registry.demo import SOURCE, TARGET
@@ -106,6 +114,36 @@ def validated(reg: Registry, mapped_id: int, layer: int, data: Path, alphas: lis
     }
 
 
+def random_controls(reg: Registry, result: dict, data: Path, seeds: range) -> dict:  # type: ignore[type-arg]
+    """MC1/MC2 on the test half with random directions at the chosen block and α."""
+    from registry.engine import truthfulqa
+    from registry.engine.steer import steer
+
+    layer = result["layer"]
+    alpha = result["validated"]["alpha_chosen_on_validation_by_mc2"]
+    loaded = contrans.load(reg, TARGET)
+    norm = contrans.reference_norm(reg, TARGET, layer)
+    with tempfile.TemporaryDirectory() as tmp:
+        test = halves(data, Path(tmp))["test"]
+        questions = truthfulqa.parse_questions(test.read_text(encoding="utf-8"), str(test))
+    runs = []
+    for seed in seeds:
+        direction = np.random.default_rng(seed).standard_normal(loaded.d_model).astype(np.float32)
+        with steer(loaded.layers, direction, layer=layer, alpha=alpha, normalize=True,
+                   reference_norm=norm):  # fmt: skip
+            runs.append(truthfulqa.evaluate(loaded, questions))
+    mean = {m: sum(r[m] for r in runs) / len(runs) for m in ("mc1", "mc2")}
+    chance_mc2 = sum(len(q.correct) / (len(q.correct) + len(q.incorrect)) for q in questions)
+    return {
+        "alpha": alpha,
+        "layer": layer,
+        "seeds": list(seeds),
+        "test": runs,
+        "mean_test": mean,
+        "chance_mc2_test": chance_mc2 / len(questions),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
@@ -117,8 +155,23 @@ def main() -> None:
         action="store_true",
         help="choose alpha on one half of the questions, report the other",
     )
+    parser.add_argument(
+        "--random-controls",
+        type=Path,
+        metavar="RESULT",
+        help="add random-direction controls to a --validated RESULT file (rewritten in place)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.random_controls:
+        result = json.loads(args.random_controls.read_text())
+        started = time.monotonic()
+        controls = random_controls(Registry(), result, args.data, range(3))
+        controls["seconds"] = round(time.monotonic() - started, 1)
+        result["random_direction_controls"] = controls
+        args.random_controls.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(controls, indent=2))
+        return
     alphas = [float(a) for a in args.alphas.split(",")]
     started = time.monotonic()
     reg = Registry()
