@@ -75,14 +75,16 @@ def validated(reg: Registry, target: str, emotion: str, vectors: dict, layer: in
     return out
 
 
+def validation_rank(halves: dict, alpha: object) -> tuple[float, float, float]:  # type: ignore[type-arg]
+    """How a measured (vector, α) ranks: validation token accuracy, then logit accuracy, then
+    the smaller α."""
+    return halves["val"]["token_accuracy"], halves["val"]["logit_accuracy"], -float(alpha)  # type: ignore[arg-type]
+
+
 def choose(by_alpha: dict, sizes: dict) -> dict:  # type: ignore[type-arg]
     """The α with the best validation token accuracy (then logit accuracy, then the smaller α),
     its test-half accuracy, and every α's accuracy on the whole held-out set."""
-    chosen = max(
-        by_alpha,
-        key=lambda a: (by_alpha[a]["val"]["token_accuracy"],
-                       by_alpha[a]["val"]["logit_accuracy"], -float(a)),
-    )  # fmt: skip
+    chosen = max(by_alpha, key=lambda a: validation_rank(by_alpha[a], a))
     return {
         "alpha": chosen,
         "test": by_alpha[chosen]["test"],
@@ -172,12 +174,11 @@ def selected(check: dict) -> dict:  # type: ignore[type-arg]
     target: among every transplanted vector and α measured here, keep the best validation token
     accuracy (then logit accuracy, then the smaller α) and report its test half.
     """
-    options = [
-        (h["val"]["token_accuracy"], h["val"]["logit_accuracy"], -float(a), label, a)
-        for label in TRANSPLANTS
-        for a, h in check[label]["by_alpha"].items()
-    ]
-    *_, label, alpha = max(options)
+    options = [(label, a) for label in TRANSPLANTS for a in check[label]["by_alpha"]]
+    # full ties go to the later label, then the larger α key (the order this always used)
+    label, alpha = max(
+        options, key=lambda o: (*validation_rank(check[o[0]]["by_alpha"][o[1]], o[1]), *o)
+    )
     return {"from": label, "alpha": alpha, "test": check[label]["by_alpha"][alpha]["test"]}
 
 

@@ -95,14 +95,18 @@ evaluations:
     return folder
 
 
+@pytest.fixture
+def specs(model_dirs: dict[str, Path], corpus_file: Path, tmp_path: Path) -> Path:  # noqa: F811
+    """The default spec folder of `_spec`: two models, joy, a map, a transplant, an evaluation."""
+    return _spec(tmp_path / "specs", model_dirs, corpus_file)
+
+
 def test_apply_computes_everything_once_then_nothing(
     registry: Registry,
-    model_dirs: dict[str, Path],  # noqa: F811
     corpus_file: Path,  # noqa: F811
-    tmp_path: Path,
+    specs: Path,
 ) -> None:
     reg = registry  # noqa: F811 (SQLite and PostgreSQL)
-    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
     loaded = load_specs(specs)
     planned = diff(reg, loaded).changes
     assert [(c.key, c.action) for c in planned] == [
@@ -248,11 +252,9 @@ def test_saved_diff_applies_only_if_nothing_moved(
 def test_removals_are_shown_and_need_prune(
     registry: Registry,
     model_dirs: dict[str, Path],  # noqa: F811
-    corpus_file: Path,  # noqa: F811
-    tmp_path: Path,
+    specs: Path,
 ) -> None:
     reg = registry  # noqa: F811 (SQLite and PostgreSQL)
-    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
     apply(reg, load_specs(specs))
     (specs / "catalog.yaml").write_text("")  # joy, its map, transplant and evaluation go
     changes = {c.key: c for c in diff(reg, load_specs(specs)).changes}
@@ -315,12 +317,9 @@ def _kill_apply_during_compute(target: Registry, specs: Path) -> None:
 
 def test_apply_killed_during_compute_leaves_the_registry_as_it_was(
     registry: Registry,
-    model_dirs: dict[str, Path],  # noqa: F811
-    corpus_file: Path,  # noqa: F811
-    tmp_path: Path,
+    specs: Path,
 ) -> None:
     reg = registry  # noqa: F811 (SQLite and PostgreSQL)
-    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
     before = _counts(reg)
     _kill_apply_during_compute(reg, specs)
     assert _counts(reg) == before
@@ -340,12 +339,9 @@ def team_registry(postgres_server: PostgresServer, s3_env: MotoServer) -> Iterat
 
 def test_apply_on_postgres_and_s3_survives_a_kill_and_stores_every_blob(
     team_registry: Registry,
-    model_dirs: dict[str, Path],  # noqa: F811
-    corpus_file: Path,  # noqa: F811
-    tmp_path: Path,
+    specs: Path,
 ) -> None:
     reg = team_registry  # noqa: F811
-    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
     before = _counts(reg)
     _kill_apply_during_compute(reg, specs)
     assert _counts(reg) == before
@@ -412,15 +408,13 @@ def test_load_plan_steers_every_concept_at_its_layer_and_alpha(
 @pytest.mark.slow
 def test_apply_killed_at_any_moment_is_all_or_nothing(
     reg: Registry,  # noqa: F811
-    model_dirs: dict[str, Path],  # noqa: F811
-    corpus_file: Path,  # noqa: F811
     tmp_path: Path,
+    specs: Path,
 ) -> None:
     """SIGKILL at spread-out moments of a whole `crx apply` (start-up, compute, the write):
     every time the registry is exactly as before or exactly as after, and a re-run finishes."""
     import shutil
 
-    specs = _spec(tmp_path / "specs", model_dirs, corpus_file)
     empty = Path(reg.location.database_url.removeprefix("sqlite:///"))
     crx = str(Path(sys.executable).with_name("crx"))
 
