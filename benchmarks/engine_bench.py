@@ -5,7 +5,8 @@
 
 Needs the model pulled (`crx models pull NAME`). Measures, interleaved and repeated (medians):
 - crx extraction (`registry.engine.capture.residual_states`: backbone only, length-sorted
-  batches, last-token hooks) over the ConTrans refine prompts of one emotion (400 prompts);
+  batches, the prompts' shared first tokens run once, last-token hooks) over 400 ConTrans
+  refine prompts; also without the shared prefix (``share_prefix=False``) to show its part;
 - a plain batched forward of the whole causal LM over the same prompts (what repeng and
   steering-vectors run: logits at every position), same batch size;
 - ConTrans' loop: one prompt at a time, ``output_hidden_states=True`` (timed on a subset and
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from registry import Registry, contrans
 from registry.engine import emotion
+from registry.engine.batching import shared_prefix_length
 from registry.engine.capture import residual_states
 from registry.engine.steer import steer
 
@@ -54,9 +56,13 @@ def main() -> None:
     scenarios = [s for e in emotion.EMOTIONS for s in emotion.load_scenarios(e)]
     texts = [emotion.TEMPLATE.replace("{text}", s) for s in scenarios][: args.prompts]
     tok = loaded.tokenizer
+    encoded = tok(texts)["input_ids"]
 
     def crx_extract() -> None:
         residual_states(loaded, texts, batch_size=args.batch_size)
+
+    def crx_no_prefix() -> None:
+        residual_states(loaded, texts, batch_size=args.batch_size, share_prefix=False)
 
     def plain_forward() -> None:
         with torch.inference_mode():
@@ -72,9 +78,15 @@ def main() -> None:
                 torch.stack([h[0, -1] for h in out.hidden_states[1:]])
 
     crx_extract()  # warm-up (allocator, kernels)
-    times: dict[str, list[float]] = {"crx": [], "plain": [], "contrans_loop": []}
+    times: dict[str, list[float]] = {
+        "crx": [],
+        "crx_no_shared_prefix": [],
+        "plain": [],
+        "contrans_loop": [],
+    }
     for _ in range(args.repeats):
         times["crx"].append(timed(crx_extract))
+        times["crx_no_shared_prefix"].append(timed(crx_no_prefix))
         times["plain"].append(timed(plain_forward))
         times["contrans_loop"].append(timed(contrans_loop) * len(texts) / args.single)
 
@@ -109,6 +121,8 @@ def main() -> None:
         "prompts": len(texts),
         "batch_size": args.batch_size,
         "repeats": args.repeats,
+        "mean_prompt_tokens": sum(len(e) for e in encoded) / len(encoded),
+        "shared_prefix_tokens": shared_prefix_length(encoded),
         "machine": {
             "cpu_count": torch.get_num_threads(),
             "platform": platform.platform(),
@@ -118,6 +132,7 @@ def main() -> None:
         "prompts_per_second": {k: len(texts) / v for k, v in med.items()},
         "ratio_crx_vs_plain_forward": med["plain"] / med["crx"],
         "ratio_crx_vs_contrans_loop": med["contrans_loop"] / med["crx"],
+        "ratio_crx_vs_crx_no_shared_prefix": med["crx_no_shared_prefix"] / med["crx"],
         "generation_seconds_median": gmed,
         "tokens_per_second": {k: 32 / v for k, v in gmed.items()},
         "ratio_steered_vs_unsteered": gmed["unsteered"] / gmed["steered"],

@@ -445,6 +445,44 @@ def test_residual_states_mean_token_is_the_mean_over_tokens(llama: LoadedModel) 
             torch.testing.assert_close(states[row, layer], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+@pytest.mark.parametrize("token", ["last", "mean"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_residual_states_shared_prefix_runs_once_and_changes_nothing(
+    request: pytest.FixtureRequest, which: str, token: str, side: str
+) -> None:
+    loaded = request.getfixturevalue(which)
+    persona = "Pretend you are a careful narrator describing the world. "
+    texts = [persona + t for t in TEXTS]
+    tokens_seen: list[int] = []
+    # Tokens entering block 0 per pass: with sharing the persona runs once, not once per text.
+    handle = loaded.layers[0].register_forward_pre_hook(
+        lambda _m, args, kwargs: tokens_seen.append(
+            (args[0] if args else kwargs["hidden_states"]).shape[:2].numel()
+        ),
+        with_kwargs=True,
+    )
+    try:
+        shared = residual_states(loaded, texts, token=token, batch_size=4, padding_side=side)
+        shared_tokens = sum(tokens_seen)
+        tokens_seen.clear()
+        plain = residual_states(
+            loaded, texts, token=token, batch_size=4, padding_side=side, share_prefix=False
+        )
+        plain_tokens = sum(tokens_seen)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-4)
+    persona_tokens = len(loaded.tokenizer(persona)["input_ids"]) - 2
+    assert plain_tokens - shared_tokens >= persona_tokens * (len(texts) - 1)
+    for row in (0, 3):  # and both equal one unpadded pass of the whole text
+        blocks = single_pass_blocks(loaded, texts[row])
+        for layer in range(loaded.n_layers):
+            expected = blocks[layer][-1] if token == "last" else blocks[layer].mean(dim=0)
+            torch.testing.assert_close(shared[row, layer], expected, rtol=1e-4, atol=1e-4)
+    assert no_hooks(loaded)
+
+
 def test_residual_states_layer_subset_and_bad_input(llama: LoadedModel) -> None:
     full = residual_states(llama, TEXTS)
     subset = residual_states(llama, TEXTS, layers=[2, 0])

@@ -29,12 +29,21 @@ def _hand_logprob(loaded: LoadedModel, prompt: str, answer: str) -> float:
     return float(sum(logprobs[t - 1, ids[t]] for t in range(len(prompt_ids), len(ids))))
 
 
-def test_answer_logprobs_equal_a_hand_computation(llama: LoadedModel) -> None:  # noqa: F811
-    prompt = "Q: What is the sky?\nA:"
-    answers = ["It is blue", "It is green and wide", "Red"]
-    got = truthfulqa.answer_logprobs(llama, prompt, answers)
-    for answer, value in zip(answers, got, strict=True):
-        assert value == pytest.approx(_hand_logprob(llama, prompt, answer), abs=1e-3)
+@pytest.mark.parametrize("primer", [False, True])
+def test_answer_logprobs_equal_a_hand_computation(
+    llama: LoadedModel,  # noqa: F811
+    gpt2: LoadedModel,  # noqa: F811
+    primer: bool,
+) -> None:
+    # The answers share the prompt (and with the primer a long prefix), which runs once and is
+    # continued from its KV cache: each score must still equal one unpadded full pass.
+    prompt = (truthfulqa.QA_PRIMER if primer else "") + "Q: What is the sky?\nA:"
+    answers = ["It is blue", "It is green and wide", "Red", "It is"]
+    for loaded in (llama, gpt2):
+        got = truthfulqa.answer_logprobs(loaded, prompt, answers)
+        for answer, value in zip(answers, got, strict=True):
+            assert value == pytest.approx(_hand_logprob(loaded, prompt, answer), abs=1e-3)
+        assert len(set(got)) == len(answers)
 
 
 def test_mc1_and_mc2_follow_the_answer_scores(gpt2: LoadedModel) -> None:  # noqa: F811

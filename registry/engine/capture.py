@@ -4,6 +4,9 @@ What makes it fast and exact:
 - only the backbone runs (``model.base_model``), never the LM head: extraction needs no logits,
   and the head is ~30 % of a pass on a 49k vocabulary and more on Gemma's 262k;
 - texts are sorted by length before batching, so batches carry little padding;
+- the tokens every text starts with (a BOS, the template's opening words, a persona or system
+  turn) run once, and each batch continues from a copy of their KV cache
+  (:mod:`registry.engine.batching`): only each text's own tail goes through the model;
 - the forward stops after the deepest block asked for;
 - hooks keep only the selected token (the last non-pad one, read from the attention mask, so
   left and right padding agree) or the masked mean, never whole ``[batch, seq, d]`` outputs;
@@ -18,6 +21,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from registry.engine.batching import PADDING_SIDES, shared_prefix_length, sorted_tail_batches
 from registry.engine.layers import block_output
 from registry.engine.loading import LoadedModel
 from registry.errors import InvalidInput
@@ -30,16 +34,6 @@ class _StopForward(Exception):
     """Raised by the deepest hook: the blocks after it are not needed."""
 
 
-def last_nonpad_index(attention_mask: Any) -> Any:
-    """Index of each row's last attended token (works for left and right padding)."""
-    length = attention_mask.shape[1]
-    return length - 1 - attention_mask.flip(1).int().argmax(dim=1)
-
-
-def position_ids_from_mask(attention_mask: Any) -> Any:
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
 def residual_states(
     loaded: LoadedModel,
     texts: Sequence[str],
@@ -49,18 +43,22 @@ def residual_states(
     batch_size: int = 32,
     max_length: int | None = None,
     padding_side: str = "right",
+    share_prefix: bool = True,
     progress: Progress | None = None,
 ) -> Any:
     """States of each text at each requested block: float32 tensor ``[n_texts, n_layers, d]``.
 
     ``layers`` defaults to every block; ``token`` is ``"last"`` (the last non-pad token) or
-    ``"mean"`` (the mean over non-pad tokens). ``padding_side`` changes nothing in the result
-    beyond float tolerance (tests check that); right padding is the default.
+    ``"mean"`` (the mean over non-pad tokens, the shared prefix's included). Neither
+    ``padding_side`` nor ``share_prefix`` changes the result beyond float tolerance (tests check
+    both); right padding and a shared prefix are the defaults.
     """
     import torch
 
     if token not in TOKENS:
         raise InvalidInput(f"token must be one of {', '.join(TOKENS)}, not {token!r}")
+    if padding_side not in PADDING_SIDES:
+        raise InvalidInput(f"padding_side must be one of {', '.join(PADDING_SIDES)}")
     if not texts:
         raise InvalidInput("no texts to read states from")
     wanted = list(range(loaded.n_layers)) if layers is None else list(layers)
@@ -74,24 +72,29 @@ def residual_states(
         truncation=max_length is not None,
         max_length=max_length,
     )["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    prefix_length = shared_prefix_length(encoded) if share_prefix else 0
     deepest = max(wanted)
     slot = {layer: k for k, layer in enumerate(wanted)}
     out = torch.empty((len(texts), len(wanted), loaded.d_model), dtype=torch.float32)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    backbone = loaded.model.base_model
-    device = loaded.device
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {}  # the batch being read; none yet during the prefix's pass
+    prefix_sums: dict[int, Any] = {}  # per block, the sum of the prefix tokens' states
 
     def make_hook(layer: int) -> Callable[..., None]:
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
             hidden = block_output(output)
+            if "batch" not in state:
+                prefix_sums[layer] = hidden[0].double().sum(dim=0)
+                return
+            batch = state["batch"]
             if token == "last":
                 rows = torch.arange(hidden.shape[0], device=hidden.device)
-                picked = hidden[rows, state["index"]]
+                picked = hidden[rows, batch.last]
             else:
-                mask = state["mask"].unsqueeze(-1).to(hidden.dtype)
-                picked = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+                mask = batch.tail_mask.unsqueeze(-1).to(hidden.dtype)
+                total = (hidden * mask).double().sum(dim=1)
+                if prefix_length:
+                    total = total + prefix_sums[layer]
+                picked = total / (batch.tail_mask.sum(dim=1, keepdim=True) + prefix_length)
             out[state["rows"], slot[layer]] = picked.float().cpu()
             if layer == deepest:
                 raise _StopForward
@@ -101,30 +104,19 @@ def residual_states(
     handles = [loaded.layers[layer].register_forward_hook(make_hook(layer)) for layer in wanted]
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in rows)
-                ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for r, i in enumerate(rows):
-                    span = (
-                        slice(0, len(encoded[i]))
-                        if padding_side == "right"
-                        else slice(width - len(encoded[i]), width)
-                    )
-                    ids[r, span] = torch.tensor(encoded[i])
-                    mask[r, span] = 1
-                ids, mask = ids.to(device), mask.to(device)
-                state.update(rows=torch.tensor(rows), index=last_nonpad_index(mask), mask=mask)
+            batches = sorted_tail_batches(
+                loaded,
+                encoded,
+                prefix_length=prefix_length,
+                batch_size=batch_size,
+                padding_side=padding_side,
+            )
+            for done, (rows, batch) in enumerate(batches, start=1):
+                state.update(rows=torch.tensor(rows), batch=batch)
                 with contextlib.suppress(_StopForward):
-                    backbone(
-                        input_ids=ids,
-                        attention_mask=mask,
-                        position_ids=position_ids_from_mask(mask),
-                        use_cache=False,
-                    )
+                    loaded.model.base_model(**batch.inputs)
                 if progress is not None:
-                    progress(min(start + batch_size, len(order)), len(order))
+                    progress(min(done * batch_size, len(texts)), len(texts))
     finally:
         for handle in handles:
             handle.remove()

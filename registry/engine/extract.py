@@ -1,10 +1,11 @@
 """Concept vectors from contrast pairs: mean difference (ConTrans) or PCA (RepE).
 
-Both read the residual stream of every block in the same batched passes (`capture`), positives
-and negatives together. ``mean``: ``v[l] = mean_i(pos_i[l] - neg_i[l])``, exactly ConTrans'
-"refine" step. ``pca``: per layer, the first principal component of the pair differences
-(RepE), its sign fixed so positives project higher than their negatives on average, and scaled
-to the mean projection of the differences so its norm is comparable with ``mean``'s.
+Both read the residual stream of every block in batched passes (`capture`), the positives' and
+the negatives' each with their own shared prefix. ``mean``:
+``v[l] = mean_i(pos_i[l] - neg_i[l])``, exactly ConTrans' "refine" step. ``pca``: per layer, the
+first principal component of the pair differences (RepE), its sign fixed so positives project
+higher than their negatives on average, and scaled to the mean projection of the differences so
+its norm is comparable with ``mean``'s.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ ESTIMATOR_NAMES = {"mean": "mean_diff", "pca": "pca"}
 
 def render(template: str, text: str) -> str:
     return template.replace("{text}", text)
+
+
+def _offset(progress: Progress, done_before: int, total: int) -> Progress:
+    """``progress`` for one of several passes, counted over all of them."""
+    return lambda done, _: progress(done_before + done, total)
 
 
 def mean_difference(positive: Any, negative: Any) -> Any:
@@ -64,11 +70,23 @@ def extract_vector(
         raise InvalidInput("no contrast pairs to extract from")
     if method == "pca" and len(pairs) < 2:
         raise InvalidInput("pca needs at least 2 contrast pairs")
-    texts = [render(template, p.positive) for p in pairs] + [
-        render(template, p.negative) for p in pairs
-    ]
-    states = residual_states(loaded, texts, token=token, batch_size=batch_size, progress=progress)
-    positive, negative = states[: len(pairs)], states[len(pairs) :]
+    # Positives and negatives in separate passes: each side often shares a longer prefix (a
+    # persona sentence, say) than the two together, and the shared prefix runs only once.
+    sides = []
+    for k, side in enumerate(("positive", "negative")):
+        texts = [render(template, getattr(p, side)) for p in pairs]
+        sides.append(
+            residual_states(
+                loaded,
+                texts,
+                token=token,
+                batch_size=batch_size,
+                progress=None
+                if progress is None
+                else _offset(progress, k * len(pairs), 2 * len(pairs)),
+            )
+        )
+    positive, negative = sides
     vector = (
         mean_difference(positive, negative)
         if method == "mean"

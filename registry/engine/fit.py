@@ -329,7 +329,7 @@ def _fit_source(
         r2_val = val_known.get(lt)
         if r2_val is None:
             r2_val = _r2(*source.predict(wt, bias, lt, "val"))
-        y_te, pred_te = source.predict(wt, bias, lt, "test")
+        r2, mse, cosine = _test_metrics(*source.predict(wt, bias, lt, "test"), data.y_mean[lt])
         settings = dict(base_settings)
         settings.update(info)
         if scores is not None:
@@ -338,11 +338,11 @@ def _fit_source(
             FittedMap(
                 source_layer=ls,
                 target_layer=lt,
-                weight=wt.T.to(torch.float32).numpy().copy(),
+                weight=wt.T.to(torch.float32, memory_format=torch.contiguous_format).numpy(),
                 bias=None if bias is None else bias.to(torch.float32).numpy().copy(),
-                r2=_r2(y_te, pred_te),
-                mse=_mse(y_te, pred_te),
-                cosine=_cosine(y_te, pred_te, data.y_mean[lt]),
+                r2=r2,
+                mse=mse,
+                cosine=cosine,
                 r2_train=source.train_r2(lt, lambdas[lt]),
                 r2_val=r2_val,
                 n_train=data.n_train,
@@ -585,16 +585,18 @@ def _r2(y: torch.Tensor, pred: torch.Tensor) -> float:
     return _r2_value(float(((y - pred) ** 2).sum()), sst)
 
 
-def _mse(y: torch.Tensor, pred: torch.Tensor) -> float:
-    return float(((y - pred) ** 2).mean()) if y.shape[0] else float("nan")
-
-
-def _cosine(y: torch.Tensor, pred: torch.Tensor, centre: torch.Tensor) -> float:
+def _test_metrics(
+    y: torch.Tensor, pred: torch.Tensor, centre: torch.Tensor
+) -> tuple[float, float, float]:
+    """R², MSE and cosine (module docstring) of ``pred`` against ``y``, one residual for all."""
     if y.shape[0] == 0:
-        return float("nan")
+        return float("nan"), float("nan"), float("nan")
+    sse = float(torch.sub(y, pred).square_().sum())
+    sst = float(torch.sub(y, y.mean(0)).square_().sum())
     a, b = pred - centre, y - centre
     norms = (a.norm(dim=1) * b.norm(dim=1)).clamp(min=torch.finfo(torch.float64).tiny)
-    return float(((a * b).sum(1) / norms).mean())
+    cosine = float(((a * b).sum(1) / norms).mean())
+    return _r2_value(sse, sst), sse / y.numel(), cosine
 
 
 # -- input checks ---------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def residual_norm(loaded: Any, texts: Sequence[str], layer: int, *, batch_size: 
     """Mean L2 norm of block ``layer``'s output over the tokens of ``texts``, first token out."""
     import torch
 
-    from registry.engine.capture import position_ids_from_mask
+    from registry.engine.batching import position_ids_from_mask
 
     total, count = 0.0, 0
     captured: dict[str, Any] = {}

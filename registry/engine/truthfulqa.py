@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from registry.engine.capture import position_ids_from_mask
+from registry.engine.batching import shared_prefix_length, sorted_tail_batches
 from registry.errors import InvalidInput
 from registry.pairs import ContrastPair
 
@@ -86,37 +86,35 @@ def honesty_pairs(facts_csv: str) -> list[ContrastPair]:
 
 
 def answer_logprobs(loaded: Any, prompt: str, answers: Sequence[str]) -> list[float]:
-    """Sum of log-probabilities of each answer's tokens after ``prompt`` (one batched pass)."""
+    """Sum of log-probabilities of each answer's tokens after ``prompt`` (one batched pass).
+
+    The tokens every answer's text shares (the primer and the question) run once, and the
+    answers continue from a copy of their KV cache; the prompt's last token stays in every
+    tail, as its output predicts the answer's first token.
+    """
     import torch
 
     tokenizer = loaded.tokenizer
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     full = [tokenizer(prompt + " " + a, add_special_tokens=True)["input_ids"] for a in answers]
-    width = max(len(f) for f in full)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(full), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(full), width), dtype=torch.long)
-    for r, f in enumerate(full):
-        ids[r, : len(f)] = torch.tensor(f)
-        mask[r, : len(f)] = 1
-    device = loaded.device
+    starts = [min(len(prompt_ids), len(f) - 1) for f in full]
+    shared = min(shared_prefix_length(full), min(starts) - 1)
+    prefix_length = max(shared, 0)
+    head = loaded.model.get_output_embeddings()
+    scores = [0.0] * len(full)
     with torch.inference_mode():
-        hidden = loaded.model.base_model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=position_ids_from_mask(mask).to(device),
-            use_cache=False,
-        ).last_hidden_state
-        head = loaded.model.get_output_embeddings()
-        scores = []
-        for r, f in enumerate(full):
-            start = min(len(prompt_ids), len(f) - 1)
-            # Position t predicts token t+1: the answer tokens are f[start:], read at t-1.
-            logits = head(hidden[r, start - 1 : len(f) - 1]).float()
-            targets = torch.tensor(f[start:], device=logits.device)
-            scores.append(
-                float(torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum())
-            )
+        batches = sorted_tail_batches(
+            loaded, full, prefix_length=prefix_length, batch_size=len(full)
+        )
+        for rows, batch in batches:
+            hidden = loaded.model.base_model(**batch.inputs).last_hidden_state
+            for r, i in enumerate(rows):
+                f, start = full[i], starts[i]
+                # Position t predicts token t+1: the answer tokens are f[start:], read at t-1.
+                logits = head(hidden[r, start - 1 - prefix_length : len(f) - 1 - prefix_length])
+                targets = torch.tensor(f[start:], device=logits.device)
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                scores[i] = float(logprobs.gather(1, targets[:, None]).sum())
     return scores
 
 
@@ -131,8 +129,8 @@ def evaluate(
     mc1 = mc2 = 0.0
     for i, q in enumerate(questions):
         prompt = (QA_PRIMER if primer else "") + f"Q: {q.question}\nA:"
-        correct = answer_logprobs(loaded, prompt, q.correct)
-        incorrect = answer_logprobs(loaded, prompt, q.incorrect)
+        scores = answer_logprobs(loaded, prompt, [*q.correct, *q.incorrect])
+        correct, incorrect = scores[: len(q.correct)], scores[len(q.correct) :]
         best = correct[q.correct.index(q.best)]
         mc1 += float(best > max(incorrect))
         top = max(correct + incorrect)
