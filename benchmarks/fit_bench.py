@@ -10,7 +10,11 @@ overfits as it did on the real models (see ``../shared/design/REFERENCE_RESULTS.
 Timed, in one process on the same data:
 
 - ``crx ridge, all pairs``: ``fit_pairs(X, Y, "all")`` (one eigendecomposition per source layer,
-  every λ of the grid and every target layer from it, λ chosen on validation);
+  every λ of the grid and every target layer from it, λ chosen on validation; the per-pair
+  products in float32, the default);
+- ``crx ridge, all pairs, float64``: the same with ``precision="float64"`` (``crx fit
+  --precision float64``; the default runs the per-pair products in float32), right after it,
+  and how far the default's R² and λ choices are from it;
 - ``crx ridge, auto``: ``fit_pairs(X, Y, "auto")`` (the default of ``crx fit``);
 - ``crx lstsq-svd, all pairs``: ConTrans' solver with its SVD shared per source layer;
 - ``naive``: what a straightforward implementation of ConTrans' solver does for every pair,
@@ -35,6 +39,7 @@ thread gives steadier timings (oversubscribed OpenMP threads slow small operatio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -44,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from registry.engine.fit import fit_pairs, relative_depth_pair, split_indices
+from registry.engine.fit import FittedMap, fit_pairs, relative_depth_pair, split_indices
 
 HERE = Path(__file__).resolve().parent
 
@@ -83,6 +88,16 @@ def naive_pair(x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray) -> 
     pred = torch.from_numpy(x[te]).double() @ wt
     sst = float(((yte - yte.mean(0)) ** 2).sum())
     return 1.0 - float(((yte - pred) ** 2).sum()) / sst
+
+
+def light(maps: list[FittedMap]) -> list[FittedMap]:
+    """The maps without their weights: each sweep then starts with the same free memory.
+
+    Keeping 540 maps (~800 MB) alive made the next sweep measurably slower (fresh pages for
+    every temporary), which would favour whichever sweep runs first.
+    """
+    empty = np.empty(0, dtype=np.float32)
+    return [dataclasses.replace(m, weight=empty, bias=None) for m in maps]
 
 
 def floor_cpu_seconds(x: np.ndarray, y: np.ndarray, tr: np.ndarray, sources: range) -> float:
@@ -145,17 +160,21 @@ def main() -> None:
         naive_clock["cpu"] += time.process_time() - c0
 
     w0, c0 = time.perf_counter(), time.process_time()
-    ridge = fit_pairs(x, y, "all", progress=run_naive)
+    ridge = light(fit_pairs(x, y, "all", progress=run_naive))
     t_ridge = time.perf_counter() - w0 - naive_clock["wall"]
     c_ridge = time.process_time() - c0 - naive_clock["cpu"]
     scale = len(all_pairs) / len(sample)
     t_naive, c_naive = naive_clock["wall"] * scale, naive_clock["cpu"] * scale
 
     w0, c0 = time.perf_counter(), time.process_time()
+    ridge64 = light(fit_pairs(x, y, "all", precision="float64"))
+    t_ridge64, c_ridge64 = time.perf_counter() - w0, time.process_time() - c0
+
+    w0, c0 = time.perf_counter(), time.process_time()
     auto = fit_pairs(x, y, "auto")
     t_auto, c_auto = time.perf_counter() - w0, time.process_time() - c0
     w0, c0 = time.perf_counter(), time.process_time()
-    svd = fit_pairs(x, y, "all", solver="lstsq-svd")
+    svd = light(fit_pairs(x, y, "all", solver="lstsq-svd"))
     t_svd, c_svd = time.perf_counter() - w0, time.process_time() - c0
     c_floor = floor_cpu_seconds(x, y, tr, sources=range(0, n_src, max(1, n_src // 5)))
     c_floor *= n_src / len(range(0, n_src, max(1, n_src // 5)))
@@ -170,6 +189,7 @@ def main() -> None:
 
     seconds = {
         "ridge_all_pairs": t_ridge,
+        "ridge_all_pairs_float64": t_ridge64,
         "ridge_auto": t_auto,
         "lstsq_svd_all_pairs_shared_svd": t_svd,
         "naive_svd_per_pair_sampled": naive_clock["wall"],
@@ -177,6 +197,7 @@ def main() -> None:
     }
     cpu_seconds = {
         "ridge_all_pairs": c_ridge,
+        "ridge_all_pairs_float64": c_ridge64,
         "ridge_auto": c_auto,
         "lstsq_svd_all_pairs_shared_svd": c_svd,
         "naive_svd_per_pair_sampled": naive_clock["cpu"],
@@ -184,6 +205,14 @@ def main() -> None:
     }
     test_r2 = {
         "ridge_mean_all_pairs": mean(list(r2_ridge.values())),
+        "ridge_float64_mean_all_pairs": mean([m.r2 for m in ridge64]),
+        "ridge_float32_vs_float64_max_abs_r2_diff": max(
+            abs(a.r2 - b.r2) for a, b in zip(ridge, ridge64, strict=True)
+        ),
+        "ridge_float32_same_lambda_as_float64": sum(
+            a.settings["lambda"] == b.settings["lambda"]
+            for a, b in zip(ridge, ridge64, strict=True)
+        ),
         "lstsq_svd_mean_all_pairs": mean(list(r2_svd.values())),
         "ridge_mean_sampled_pairs": mean([r2_ridge[p] for p in sample]),
         "naive_mean_sampled_pairs": mean(list(naive_r2.values())),
@@ -215,6 +244,8 @@ def main() -> None:
         ),
         "speedup_ridge_all_vs_naive": speedup,
         "speedup_ridge_all_vs_naive_cpu_time": c_naive / c_ridge,
+        "speedup_ridge_all_float64_vs_naive": t_naive / t_ridge64,
+        "speedup_ridge_all_float64_vs_naive_cpu_time": c_naive / c_ridge64,
         "floor_cpu_seconds_xty_and_weights": c_floor,
         "speedup_ceiling_cpu_time": c_naive / c_floor,
         "floor_note": (
@@ -240,7 +271,16 @@ def main() -> None:
 
     r = test_r2
     rows = [
-        (f"crx ridge, all {len(all_pairs)} pairs", "ridge_all_pairs", r["ridge_mean_all_pairs"]),
+        (
+            f"crx ridge, all {len(all_pairs)} pairs (float32 products)",
+            "ridge_all_pairs",
+            r["ridge_mean_all_pairs"],
+        ),
+        (
+            f"crx ridge, all {len(all_pairs)} pairs, float64",
+            "ridge_all_pairs_float64",
+            r["ridge_float64_mean_all_pairs"],
+        ),
         (f"crx ridge, auto ({len(auto)} maps)", "ridge_auto", r["auto_ridge_mean"]),
         (
             "crx lstsq-svd, all pairs (shared SVD)",
@@ -263,6 +303,11 @@ def main() -> None:
         f"{r['ridge_mean_sampled_pairs']:.3f} vs naive {r['naive_mean_sampled_pairs']:.3f}; "
         f"at the relative-depth pairs ridge {r['relative_depth_pairs_ridge_mean']:.3f} vs "
         f"lstsq-svd {r['relative_depth_pairs_lstsq_svd_mean']:.3f}"
+    )
+    print(
+        f"float64: {t_naive / t_ridge64:.1f}x wall, {c_naive / c_ridge64:.1f}x cpu; the default's "
+        f"max |ΔR²| from it {r['ridge_float32_vs_float64_max_abs_r2_diff']:.1e}, same λ on "
+        f"{r['ridge_float32_same_lambda_as_float64']} of {len(all_pairs)} pairs"
     )
     print(f"wrote {args.out}")
 

@@ -94,6 +94,11 @@ def extract(
     show_default=True,
     help="ridge: centred, bias, λ on validation; lstsq-svd: ConTrans'.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "float64"]),
+    help="Dtype of the ridge sweep's per-pair products (default float32; lstsq-svd: float64).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--force", is_flag=True, help="Fit again even if identical maps exist.")
 @json_option
@@ -103,6 +108,7 @@ def fit(
     corpus: str | None,
     pairs: str,
     solver: str,
+    precision: str | None,
     batch_size: int,
     force: bool,
     as_json: bool,
@@ -113,6 +119,7 @@ def fit(
     Example:
       crx fit --source smollm2-135m-instruct --target gemma3-270m
       crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs 22:13 --solver lstsq-svd
+      crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs all --precision float64
     """
     from registry import contrans
 
@@ -124,6 +131,7 @@ def fit(
         corpus=corpus,
         pairs=pairs,
         solver=solver,
+        precision=precision,
         batch_size=batch_size,
         force=force,
         progress=progress,

@@ -234,8 +234,13 @@ def _fitted_before(
     wanted: list[tuple[int, int]] | str,
     solver: str,
     corpus_oid: str,
+    precision: str | None = None,
 ) -> list[MapRecord]:
-    """The maps of an identical earlier fit, or [] if it did not happen (or only in part)."""
+    """The maps of an identical earlier fit, or [] if it did not happen (or only in part).
+
+    ``precision`` None accepts a fit in either precision (they agree to ~1e-6); a precision
+    asked for explicitly needs maps fitted in it.
+    """
     label = wanted if isinstance(wanted, str) else "explicit"
     maps = [
         m
@@ -243,6 +248,7 @@ def _fitted_before(
         if m.solver == solver
         and m.corpus_oid == corpus_oid
         and m.solver_settings.get("pairs") == label
+        and precision in (None, m.solver_settings.get("dtype", "float64"))
     ]
     found = {(m.source_layer, m.target_layer): m for m in maps}
     if wanted == "auto":
@@ -295,24 +301,27 @@ def fit(
     corpus: str | Path | None = None,
     pairs: str = "auto",
     solver: str = "ridge",
+    precision: str | None = None,
     batch_size: int = 32,
     force: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[MapRecord]:
     """Fit and record affine maps source → target on a neutral corpus.
 
-    Maps already fitted with the same solver, layer-pair choice and corpus are returned as they
-    are (content addressing); ``force`` fits again.
+    Maps already fitted with the same solver, layer-pair choice and corpus (and precision, when
+    one is asked for) are returned as they are (content addressing); ``force`` fits again.
+    ``precision``: the ridge sweep's product dtype, float32 by default (`registry.engine.fit`).
     """
-    from registry.engine.fit import fit_pairs
+    from registry.engine.fit import fit_pairs, resolve_precision
 
+    resolved = resolve_precision(solver, precision)
     src, tgt = reg.get_model(source), reg.get_model(target)
     wanted = parse_pairs(pairs)
     lines, corpus_bytes = load_corpus(corpus)
     corpus_oid = reg.store.put(corpus_bytes)
 
     if not force:
-        existing = _fitted_before(reg, src, tgt, wanted, solver, corpus_oid)
+        existing = _fitted_before(reg, src, tgt, wanted, solver, corpus_oid, precision)
         if existing:
             return existing
 
@@ -325,7 +334,7 @@ def fit(
     y = corpus_states(
         reg, tgt, lines, corpus_oid, batch_size=batch_size, progress=stage(f"states {tgt.name}")
     )
-    fitted = fit_pairs(x, y, wanted, solver=solver, progress=stage("fit"))
+    fitted = fit_pairs(x, y, wanted, solver=solver, precision=resolved, progress=stage("fit"))
     records = []
     for fm in fitted:
         settings = {**fm.settings, "pairs": pairs if isinstance(wanted, str) else "explicit"}

@@ -776,6 +776,20 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         store="s3://crx-unreachable/store",
         env=_closed_s3_env(),
     ),
+    "float32 products with the SVD solver": lambda w: Bad(
+        [
+            "fit",
+            "--source",
+            "tiny",
+            "--target",
+            "tiny",
+            "--solver",
+            "lstsq-svd",
+            "--precision",
+            "float32",
+        ],
+        "precision float32 applies to the ridge solver only",
+    ),
     "unreachable bucket (export)": lambda w: Bad(
         ["export", "vector", "1", "-o", str(w.tmp / "v.safetensors")],
         "cannot use the store s3://crx-unreachable/store",

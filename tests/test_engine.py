@@ -1163,3 +1163,19 @@ def test_fit_again_reuses_identical_maps_unless_forced(
     assert contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2") == explicit
     forced = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2", force=True)
     assert [(m.source_layer, m.target_layer) for m in forced] == [(1, 2)]
+    # The ridge default is float32 products; asking for float64 explicitly is another fit, not
+    # served the float32 maps, while a fit that names no precision reuses either.
+    assert {m.solver_settings["dtype"] for m in first} == {"float32"}
+    exact = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto", precision="float64")
+    assert {m.id for m in exact}.isdisjoint(m.id for m in first)
+    assert {m.solver_settings["dtype"] for m in exact} == {"float64"}
+    for a, b in zip(exact, first, strict=True):
+        assert a.target_layer == b.target_layer
+        assert a.r2 == pytest.approx(b.r2, abs=1e-4)
+    again64 = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto", precision="float64")
+    assert [m.id for m in again64] == [m.id for m in exact]
+    assert len(contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto")) == len(first)
+    before = counts(reg)
+    with pytest.raises(InvalidInput, match="ridge solver only"):
+        contrans.fit(reg, "src", "tgt", corpus=corpus_file, solver="lstsq-svd", precision="float32")
+    assert counts(reg) == before

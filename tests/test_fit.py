@@ -87,7 +87,8 @@ def test_relative_depth_pair_matches_contrans() -> None:
 
 def test_ridge_recovers_known_affine_map() -> None:
     x, y, w, b = _affine_data()
-    (m,) = fit_pairs(x.astype(np.float32), y.astype(np.float32), [(0, 0)])
+    # float64 products: exact to 1e-8 (float32, the default, is checked below)
+    (m,) = fit_pairs(x.astype(np.float32), y.astype(np.float32), [(0, 0)], precision="float64")
     assert isinstance(m, FittedMap)
     assert m.weight.dtype == np.float32
     assert m.weight.shape == (7, 12)
@@ -104,6 +105,50 @@ def test_ridge_recovers_known_affine_map() -> None:
     assert m.settings["centring"] is True
     assert m.settings["lambda"] == min(DEFAULT_LAMBDAS)
     assert (m.n_train, m.n_val, m.n_test) == (320, 40, 40)
+
+
+def test_float32_precision_recovers_the_map_and_matches_float64() -> None:
+    x, y, w, _b = _affine_data(noise=0.1)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    (m32,) = fit_pairs(x, y, [(0, 0)])  # the ridge default
+    (m64,) = fit_pairs(x, y, [(0, 0)], precision="float64")
+    assert m32.settings["dtype"] == "float32"
+    assert m64.settings["dtype"] == "float64"
+    assert m32.weight.dtype == np.float32
+    assert m32.weight.flags.c_contiguous
+    np.testing.assert_allclose(m32.weight, w, atol=0.05)
+    np.testing.assert_allclose(m32.weight, m64.weight, rtol=0, atol=1e-4)
+    assert m32.bias is not None
+    assert m64.bias is not None
+    np.testing.assert_allclose(m32.bias, m64.bias, rtol=0, atol=1e-3)
+    for metric in ("r2", "r2_val", "r2_train", "cosine"):
+        assert getattr(m32, metric) == pytest.approx(getattr(m64, metric), abs=1e-5)
+    assert m32.settings["lambda"] == m64.settings["lambda"]
+
+
+def test_float32_sweep_agrees_with_float64_on_every_pair() -> None:
+    # A mean offset, as residual states have; the float32 products run on centred data.
+    x, y = _layered_data([3, 0, 5])
+    x = x + np.float32(50.0)
+    maps32 = fit_pairs(x, y, "all", precision="float32")
+    maps64 = fit_pairs(x, y, "all", precision="float64")
+    assert {m.settings["dtype"] for m in fit_pairs(x, y, [(0, 0)], solver="lstsq-svd")} == {
+        "float64"
+    }
+    assert len(maps32) == len(maps64) == 18
+    for a, b in zip(maps32, maps64, strict=True):
+        assert (a.source_layer, a.target_layer) == (b.source_layer, b.target_layer)
+        assert a.r2 == pytest.approx(b.r2, abs=1e-4)
+        assert a.settings["val_r2_by_lambda"] == pytest.approx(
+            b.settings["val_r2_by_lambda"], abs=1e-4
+        )
+        np.testing.assert_allclose(a.weight, b.weight, rtol=0, atol=1e-3)
+    auto32 = fit_pairs(x, y, "auto", precision="float32")
+    assert [m.source_layer for m in auto32] == [3, 0, 5]
+    with pytest.raises(InvalidInput, match="ridge solver only"):
+        fit_pairs(x, y, [(0, 0)], solver="lstsq-svd", precision="float32")
+    with pytest.raises(InvalidInput, match="precision must be"):
+        fit_pairs(x, y, [(0, 0)], precision="float16")
 
 
 def test_lstsq_svd_recovers_map_without_bias() -> None:
@@ -198,7 +243,8 @@ def test_fast_all_pairs_equals_a_slow_per_pair_solve() -> None:
     y = np.stack([x[:, t].astype(np.float64) @ w_true[t].T for t in range(n_tgt)], axis=1)
     y = (y + 3.0 * rng.standard_normal((n, n_tgt, dt))).astype(np.float32)
     grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-    maps = fit_pairs(x, y, "all", lambdas=grid)
+    # float64 products, so the comparison with a float64 solve per pair can be to 1e-9
+    maps = fit_pairs(x, y, "all", lambdas=grid, precision="float64")
     tr, va, _ = split_indices(n)
     chosen = set()
     for m in maps:
