@@ -7,8 +7,9 @@ continues from a copy of its KV cache: only each text's own tail goes through th
 prefix is the longest common prefix *in token space*, so the result equals full passes to float
 tolerance (tests check that for readouts and for residual states, both padding sides).
 
-Both :mod:`registry.engine.capture` (states at every block) and :mod:`registry.engine.prompts`
-(next-token readouts) batch through here.
+:mod:`registry.engine.capture` (states at every block), :mod:`registry.engine.prompts`
+(next-token readouts) and :mod:`registry.engine.truthfulqa` (answer log-likelihoods) all batch
+through :func:`sorted_tail_batches`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 PADDING_SIDES = ("right", "left")
 
 
-def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     """Length of the longest prefix every sequence starts with."""
     shortest = min(len(s) for s in sequences)
     for i in range(shortest):
@@ -39,7 +40,7 @@ def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
     """
     if len(encoded) < 2:
         return 0
-    return max(0, min(common_prefix_length(encoded), min(len(e) for e in encoded) - 1))
+    return max(0, min(_common_prefix_length(encoded), min(len(e) for e in encoded) - 1))
 
 
 def last_nonpad_index(attention_mask: Any) -> Any:
@@ -52,23 +53,23 @@ def position_ids_from_mask(attention_mask: Any) -> Any:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def cache_argument(backbone: Any) -> str:
+def _cache_argument(backbone: Any) -> str:
     """transformers 5.x names the cache ``cache``; earlier releases ``past_key_values``."""
     parameters = inspect.signature(backbone.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def returned_cache(output: Any) -> Any:
+def _returned_cache(output: Any) -> Any:
     found = getattr(output, "cache", None)
     return found if found is not None else output.past_key_values
 
 
-def run_prefix(backbone: Any, prefix: Sequence[int], device: Any) -> Any:
+def _run_prefix(backbone: Any, prefix: Sequence[int], device: Any) -> Any:
     """Run ``prefix`` once (hooks installed on the model act on it too) and return its cache."""
     import torch
 
     ids = torch.tensor([list(prefix)], device=device)
-    return returned_cache(backbone(input_ids=ids, use_cache=True))
+    return _returned_cache(backbone(input_ids=ids, use_cache=True))
 
 
 @dataclass
@@ -80,7 +81,7 @@ class TailBatch:
     last: Any  # LongTensor [batch]: index of each tail's last token in the batch's positions
 
 
-def tail_batch(
+def _tail_batch(
     backbone: Any,
     tails: Sequence[Sequence[int]],
     *,
@@ -115,7 +116,7 @@ def tail_batch(
     if cache is not None:
         batch_cache = copy.deepcopy(cache)
         batch_cache.batch_repeat_interleave(len(tails))
-        inputs[cache_argument(backbone)] = batch_cache
+        inputs[_cache_argument(backbone)] = batch_cache
     tail_mask = tail_mask.to(device)
     return TailBatch(inputs=inputs, tail_mask=tail_mask, last=last_nonpad_index(tail_mask))
 
@@ -136,14 +137,14 @@ def sorted_tail_batches(
     backbone = loaded.model.base_model
     pad_id = loaded.tokenizer.pad_token_id
     cache = (
-        run_prefix(backbone, encoded[0][:prefix_length], loaded.device) if prefix_length else None
+        _run_prefix(backbone, encoded[0][:prefix_length], loaded.device) if prefix_length else None
     )
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         yield (
             rows,
-            tail_batch(
+            _tail_batch(
                 backbone,
                 [encoded[i][prefix_length:] for i in rows],
                 prefix_length=prefix_length,

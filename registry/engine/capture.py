@@ -82,8 +82,9 @@ def residual_states(
     def make_hook(layer: int) -> Callable[..., None]:
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
             hidden = block_output(output)
-            if "batch" not in state:
-                prefix_sums[layer] = hidden[0].double().sum(dim=0)
+            if "batch" not in state:  # the shared prefix's pass: only the mean needs its states
+                if token == "mean":
+                    prefix_sums[layer] = hidden[0].double().sum(dim=0)
                 return
             batch = state["batch"]
             if token == "last":

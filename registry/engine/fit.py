@@ -632,11 +632,16 @@ def _r2_from(sse: torch.Tensor, sst: torch.Tensor) -> np.ndarray:
         return np.where(sst_np > 0.0, 1.0 - sse_np / sst_np, np.nan)
 
 
+def _sse(y: torch.Tensor, pred: torch.Tensor) -> float:
+    return float(torch.sub(y, pred).square_().sum())
+
+
+def _sst(y: torch.Tensor) -> float:
+    return float(torch.sub(y, y.mean(0)).square_().sum())
+
+
 def _r2(y: torch.Tensor, pred: torch.Tensor) -> float:
-    if y.shape[0] == 0:
-        return float("nan")
-    sst = float(((y - y.mean(0)) ** 2).sum())
-    return _r2_value(float(((y - pred) ** 2).sum()), sst)
+    return _r2_value(_sse(y, pred), _sst(y)) if y.shape[0] else float("nan")
 
 
 def _test_metrics(
@@ -645,12 +650,11 @@ def _test_metrics(
     """R², MSE and cosine (module docstring) of ``pred`` against ``y``, one residual for all."""
     if y.shape[0] == 0:
         return float("nan"), float("nan"), float("nan")
-    sse = float(torch.sub(y, pred).square_().sum())
-    sst = float(torch.sub(y, y.mean(0)).square_().sum())
+    sse = _sse(y, pred)
     a, b = pred - centre, y - centre
     norms = (a.norm(dim=1) * b.norm(dim=1)).clamp(min=torch.finfo(torch.float64).tiny)
     cosine = float(((a * b).sum(1) / norms).mean())
-    return _r2_value(sse, sst), sse / y.numel(), cosine
+    return _r2_value(sse, _sst(y)), sse / y.numel(), cosine
 
 
 # -- input checks ---------------------------------------------------------------------------
