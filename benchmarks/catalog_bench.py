@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import Engine, func, select, text  # noqa: E402
 
-from registry import Registry  # noqa: E402
-from registry.catalog.maps import fit_sha256  # noqa: E402
-from registry.db.tables import (  # noqa: E402
+from crx.registry import Registry  # noqa: E402
+from crx.registry.catalog.maps import fit_sha256  # noqa: E402
+from crx.registry.db.tables import (  # noqa: E402
     SqlAffineMap,
     SqlAuditEvent,
     SqlConcept,
@@ -58,7 +58,7 @@ from registry.db.tables import (  # noqa: E402
     SqlModel,
     SqlVector,
 )
-from registry.pairs import ContrastPair  # noqa: E402
+from crx.registry.pairs import ContrastPair  # noqa: E402
 from tests.servers import PostgresServer  # noqa: E402
 
 CRX = str(Path(sys.executable).with_name("crx"))

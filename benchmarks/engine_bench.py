@@ -4,7 +4,7 @@
         --out benchmarks/results/engine_smollm2.json
 
 Needs the model pulled (`crx models pull NAME`). Measures, interleaved and repeated (medians):
-- crx extraction (`registry.engine.capture.residual_states`: backbone only, length-sorted
+- crx extraction (`crx.registry.engine.capture.residual_states`: backbone only, length-sorted
   batches, the prompts' shared first tokens run once, last-token hooks) over 400 ConTrans
   refine prompts; also without the shared prefix (``share_prefix=False``) to show its part;
 - a plain batched forward of the whole causal LM over the same prompts (what repeng and
@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry import Registry, contrans
-from registry.engine import emotion
-from registry.engine.batching import shared_prefix_length
-from registry.engine.capture import residual_states
-from registry.engine.steer import steer
+from crx.registry import Registry, contrans
+from crx.registry.engine import emotion
+from crx.registry.engine.batching import shared_prefix_length
+from crx.registry.engine.capture import residual_states
+from crx.registry.engine.steer import steer
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]

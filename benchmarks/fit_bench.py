@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from registry.engine.fit import FittedMap, fit_pairs, relative_depth_pair, split_indices
+from crx.registry.engine.fit import FittedMap, fit_pairs, relative_depth_pair, split_indices
 
 HERE = Path(__file__).resolve().parent
 

@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from catalog_bench import CRX, bulk_load, chunks, git_commit, machine, summary  # noqa: E402
 
-from registry import Registry  # noqa: E402
-from registry.db.tables import SqlEvaluation  # noqa: E402
-from registry.declare import load_specs  # noqa: E402
-from registry.declare.reconcile import diff  # noqa: E402
+from crx.registry import Registry  # noqa: E402
+from crx.registry.db.tables import SqlEvaluation  # noqa: E402
+from crx.registry.declare import load_specs  # noqa: E402
+from crx.registry.declare.reconcile import diff  # noqa: E402
 
 SCALES = {
     "full": {"models": 1_000, "concepts": 10_000, "versions": 1, "vectors": 100_000,

@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry import Registry, contrans
-from registry.demo import ALPHAS, SOURCE, TARGET, pull_model, register_emotions
-from registry.engine.emotion import EMOTIONS
-from registry.engine.fit import relative_depth_pair
+from crx.registry import Registry, contrans
+from crx.registry.demo import ALPHAS, SOURCE, TARGET, pull_model, register_emotions
+from crx.registry.engine.emotion import EMOTIONS
+from crx.registry.engine.fit import relative_depth_pair
 
 PAPER_ALPHAS = (1.0, 2.0, 5.0)
 TRANSPLANTS = ("ours", "paper_recipe", "paper_recipe_raw_alpha")
@@ -53,8 +53,8 @@ def validated(reg: Registry, target: str, emotion: str, vectors: dict, layer: in
     best validation token accuracy (then logit accuracy, then the smaller α) is reported with
     its test accuracy. The bare model is measured on the test half.
     """
-    from registry.engine import emotion as task
-    from registry.engine.steer import steer
+    from crx.registry.engine import emotion as task
+    from crx.registry.engine.steer import steer
 
     loaded = contrans.load(reg, target)
     held_out = task.split_scenarios(task.load_scenarios(emotion)).test

@@ -37,11 +37,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry import Registry, contrans
-from registry.demo import SOURCE, TARGET, register_emotions
-from registry.engine import emotion as task
-from registry.engine.emotion import EMOTIONS
-from registry.engine.steer import steer
+from crx.registry import Registry, contrans
+from crx.registry.demo import SOURCE, TARGET, register_emotions
+from crx.registry.engine import emotion as task
+from crx.registry.engine.emotion import EMOTIONS
+from crx.registry.engine.steer import steer
 
 ALPHAS = (0.05, 0.1, 0.2, 0.4)
 #: summary rows: name → which candidates (by prefix of "vector|layers") the choice is among

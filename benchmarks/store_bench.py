@@ -47,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from registry.store import ObjectStore, tensors  # noqa: E402
+from crx.registry.store import ObjectStore, tensors  # noqa: E402
 
 MIB = 1 << 20
 SIZES_MB = [1, 4, 16, 64]

@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from registry import Registry, contrans
-from registry.demo import SOURCE, TARGET
-from registry.engine.truthfulqa import honesty_pairs
+from crx.registry import Registry, contrans
+from crx.registry.demo import SOURCE, TARGET
+from crx.registry.engine.truthfulqa import honesty_pairs
 
 
 def metrics(records: list) -> dict:  # type: ignore[type-arg]
@@ -116,8 +116,8 @@ def validated(reg: Registry, mapped_id: int, layer: int, data: Path, alphas: lis
 
 def random_controls(reg: Registry, result: dict, data: Path, seeds: range) -> dict:  # type: ignore[type-arg]
     """MC1/MC2 on the test half with random directions at the chosen block and α."""
-    from registry.engine import truthfulqa
-    from registry.engine.steer import steer
+    from crx.registry.engine import truthfulqa
+    from crx.registry.engine.steer import steer
 
     layer = result["layer"]
     alpha = result["validated"]["alpha_chosen_on_validation_by_mc2"]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from cli.context import json_option, registry
-from cli.render import emit_json
-from schemas.declare import Change
+from crx.cli.context import json_option, registry
+from crx.cli.render import emit_json
+from crx.schemas.declare import Change
 
 SYMBOL = {"create": "+", "update": "~", "unchanged": "=", "remove": "-"}
 
@@ -46,10 +46,10 @@ def diff(path: str, output: str | None, prune: bool, show_all: bool, as_json: bo
       crx diff specs/
       crx diff specs/ -o plan.json && crx apply plan.json
     """
-    from registry.declare import load_specs
-    from registry.declare.apply import make_apply_plan
-    from registry.declare.reconcile import diff as make_diff
-    from registry.errors import InvalidInput
+    from crx.registry.declare import load_specs
+    from crx.registry.declare.apply import make_apply_plan
+    from crx.registry.declare.reconcile import diff as make_diff
+    from crx.registry.errors import InvalidInput
 
     reg = registry()
     loaded = load_specs(path)
@@ -86,11 +86,11 @@ def apply(path: str, prune: bool, as_json: bool) -> None:
       crx apply specs/ --prune
       crx apply plan.json
     """
-    from cli.progress import StageReporter
-    from registry.declare import load_specs
-    from registry.declare.apply import apply as run_apply
-    from registry.declare.apply import read_apply_plan
-    from registry.errors import InvalidInput
+    from crx.cli.progress import StageReporter
+    from crx.registry.declare import load_specs
+    from crx.registry.declare.apply import apply as run_apply
+    from crx.registry.declare.apply import read_apply_plan
+    from crx.registry.errors import InvalidInput
 
     reg = registry()
     saved = read_apply_plan(path)

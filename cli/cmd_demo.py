@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from cli.context import json_option, registry
-from cli.progress import StageReporter
-from cli.render import emit_json, emit_table
+from crx.cli.context import json_option, registry
+from crx.cli.progress import StageReporter
+from crx.cli.render import emit_json, emit_table
 
 
 @click.command()
@@ -41,8 +41,8 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, as_json: bool) -> None:
       crx demo
       crx demo --emotion happiness --emotion anger
     """
-    from registry import demo as pipeline
-    from registry.config import crx_home
+    from crx.registry import demo as pipeline
+    from crx.registry.config import crx_home
 
     started = time.monotonic()
     progress = StageReporter()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from cli.context import json_option, registry
-from cli.progress import StageReporter
-from cli.render import emit_json, emit_table
+from crx.cli.context import json_option, registry
+from crx.cli.progress import StageReporter
+from crx.cli.render import emit_json, emit_table
 
 
 def _alphas(text: str) -> list[float]:
@@ -48,7 +48,7 @@ def extract(
     Example:
       crx extract happiness --model smollm2-135m-instruct
     """
-    from registry import contrans
+    from crx.registry import contrans
 
     progress = StageReporter()
     result = contrans.extract(
@@ -121,7 +121,7 @@ def fit(
       crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs 22:13 --solver lstsq-svd
       crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs all --precision float64
     """
-    from registry import contrans
+    from crx.registry import contrans
 
     progress = StageReporter()
     maps = contrans.fit(
@@ -187,8 +187,8 @@ def transplant(
       crx transplant happiness --source smollm2-135m-instruct --target gemma3-270m
       crx transplant --plan plan.json
     """
-    from registry import contrans
-    from registry.errors import InvalidInput
+    from crx.registry import contrans
+    from crx.registry.errors import InvalidInput
 
     if plan_file is not None:
         if concept or source or target or layer is not None or solver or vector_id is not None:
@@ -272,7 +272,7 @@ def evaluate(
       crx evaluate happiness --model gemma3-270m --alpha 0,0.1,0.2 --normalize --base
       crx evaluate honesty --model gemma3-270m --task truthfulqa --data truthfulqa_dev.csv
     """
-    from registry import contrans
+    from crx.registry import contrans
 
     reg = registry()
     name = reg.get_concept(concept).concept
@@ -362,7 +362,7 @@ def generate(
     Example:
       crx generate --model gemma3-270m --concept happiness --alpha 8 "Today I went to"
     """
-    from registry import contrans
+    from crx.registry import contrans
 
     reg = registry()
     if vector_id is None and concept:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.context import registry
+from crx.cli.context import registry
 
 
 @click.group()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.context import json_option, registry
-from cli.render import emit_json
+from crx.cli.context import json_option, registry
+from crx.cli.render import emit_json
 
 
 @click.command()
@@ -65,7 +65,7 @@ def current(as_json: bool) -> None:
     Example:
       crx db current
     """
-    from registry.db.migrate import HEAD_REVISION
+    from crx.registry.db.migrate import HEAD_REVISION
 
     revision = registry().current_revision()
     if as_json:

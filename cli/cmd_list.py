@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.context import after_option, json_option, limit_option, registry
-from cli.render import emit_fields, emit_json, emit_table, next_page_hint, short
+from crx.cli.context import after_option, json_option, limit_option, registry
+from crx.cli.render import emit_fields, emit_json, emit_table, next_page_hint, short
 
 
 @click.group("list")

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from cli.context import json_option, registry
-from cli.progress import StageReporter
-from cli.render import emit_json, emit_table
+from crx.cli.context import json_option, registry
+from crx.cli.progress import StageReporter
+from crx.cli.render import emit_json, emit_table
 
 
 @click.group()
@@ -26,7 +26,7 @@ def available(as_json: bool) -> None:
     Example:
       crx models available
     """
-    from registry.engine.pull import CATALOGUE, model_dir, pulled
+    from crx.registry.engine.pull import CATALOGUE, model_dir, pulled
 
     rows: list[dict[str, Any]] = []
     for spec in CATALOGUE.values():
@@ -84,8 +84,8 @@ def pull_model(name: str, keep_gguf: bool, as_json: bool) -> None:
       crx models pull smollm2-135m-instruct
       crx models pull gemma3-270m --json
     """
-    from registry.demo import pull_model as pull_and_register
-    from registry.engine.pull import get_spec, pulled
+    from crx.registry.demo import pull_model as pull_and_register
+    from crx.registry.engine.pull import get_spec, pulled
 
     spec = get_spec(name)
     already = pulled(spec) is not None

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from cli.context import json_option, registry
-from cli.render import emit_json
-from schemas.plan import ConceptPlan, Route, TransplantPlan
+from crx.cli.context import json_option, registry
+from crx.cli.render import emit_json
+from crx.schemas.plan import ConceptPlan, Route, TransplantPlan
 
 
 def _alpha(route: Route) -> str:
@@ -122,7 +122,7 @@ def plan(
         try:
             Path(output).write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
         except OSError as exc:
-            from registry.errors import InvalidInput
+            from crx.registry.errors import InvalidInput
 
             raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
     if as_json:

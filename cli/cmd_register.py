@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from cli.context import json_option, registry
-from cli.render import emit_json
+from crx.cli.context import json_option, registry
+from crx.cli.render import emit_json
 
 
 def _parse_tags(values: tuple[str, ...]) -> dict[str, Any]:

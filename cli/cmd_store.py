@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.context import json_option, registry
-from cli.render import emit_json
+from crx.cli.context import json_option, registry
+from crx.cli.render import emit_json
 
 
 @click.group()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from registry import Registry
+    from crx.registry import Registry
 
 
 class State:
@@ -19,7 +19,7 @@ class State:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            from registry import Registry
+            from crx.registry import Registry
 
             self._registry = Registry(self.database_url, self.store_url)
         return self._registry

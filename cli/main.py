@@ -6,12 +6,11 @@ click's usage errors exit 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
-from cli import (
+from crx.cli import (
     cmd_declare,
     cmd_demo,
     cmd_engine,
@@ -23,12 +22,12 @@ from cli import (
     cmd_register,
     cmd_store,
 )
-from cli.context import State
+from crx.cli.context import State
 
 
 class CrxGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        from registry.errors import CrxError
+        from crx.registry.errors import CrxError
 
         try:
             return super().invoke(ctx)
@@ -94,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,1 +1,1 @@
-"""Alembic migrations: the only source of the crx database schema (see ``registry.db.migrate``)."""
+"""Alembic migrations: the one source of the database schema (see ``crx.registry.db.migrate``)."""

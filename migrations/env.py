@@ -1,4 +1,4 @@
-"""Alembic environment for crx: runs on the connection handed over by ``registry.db.migrate``.
+"""Alembic environment for crx: runs on the connection handed over by ``crx.registry.db.migrate``.
 
 Run outside crx (``alembic -c alembic.ini upgrade head``), it connects to
 ``sqlalchemy.url`` from the ini file or ``CRX_DATABASE_URL``.
@@ -11,7 +11,7 @@ import os
 from alembic import context
 from sqlalchemy import Connection
 
-from registry.db.tables import Base
+from crx.registry.db.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -34,7 +34,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from registry.db.engine import make_engine
+    from crx.registry.db.engine import make_engine
 
     url = os.environ.get("CRX_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
     if not url:

@@ -1,9 +1,24 @@
-"""crx: a registry for concept vectors, and the ConTrans engine that transplants them.
+"""The crx library: the `Registry` facade and everything under it (see the README's layout).
 
-``from registry import Registry`` is the Python API; the ``crx`` command is a thin skin over it.
+``from crx import Registry`` is the public spelling; ``crx.registry.Registry`` is the same class.
+Both are imported on first use, so importing a submodule (``crx.registry.errors``, say) does not
+load the facade, SQLAlchemy or the catalogue.
 """
 
-from registry.api import Registry
-from registry.errors import CrxError
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crx.registry.api import Registry
+    from crx.registry.errors import CrxError
 
 __all__ = ["CrxError", "Registry"]
+
+
+def __getattr__(name: str) -> Any:
+    import crx
+
+    if name in __all__:
+        return getattr(crx, name)
+    raise AttributeError(f"module 'crx.registry' has no attribute {name!r}")

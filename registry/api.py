@@ -4,7 +4,7 @@ Every write follows one order: blobs first (content-addressed, idempotent), then
 transaction for all rows plus their audit event. A crash between the two leaves at worst an
 unreferenced blob, which ``gc`` collects; a row never points at a blob that is not stored.
 
-    from registry import Registry
+    from crx.registry import Registry
     reg = Registry()                      # $CRX_HOME/registry.db + $CRX_HOME/store
     reg.register_concept("honesty", "pairs.json")
     reg.list_concepts().items
@@ -23,19 +23,19 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from registry import config, names, pairs
-from registry.catalog import concepts, evaluations, maps, models, vectors
-from registry.catalog.paging import DEFAULT_LIMIT, page
-from registry.db import migrate
-from registry.db.engine import make_engine, transaction
-from registry.db.tables import SqlAuditEvent
-from registry.errors import CrxError, DatabaseUnavailable, InvalidInput, TensorShapeError
-from registry.maintenance import DEFAULT_GC_GRACE_SECONDS, old_enough, references, unreferenced
-from registry.maintenance import verify as verify_blobs
-from registry.modelinfo import read_model_facts
-from registry.store import ObjectStore, sha256_hex, tensors
-from registry.timeutil import as_utc
-from registry.vector_io import (
+from crx.registry import config, names, pairs
+from crx.registry.catalog import concepts, evaluations, maps, models, vectors
+from crx.registry.catalog.paging import DEFAULT_LIMIT, page
+from crx.registry.db import migrate
+from crx.registry.db.engine import make_engine, transaction
+from crx.registry.db.tables import SqlAuditEvent
+from crx.registry.errors import CrxError, DatabaseUnavailable, InvalidInput, TensorShapeError
+from crx.registry.maintenance import DEFAULT_GC_GRACE_SECONDS, old_enough, references, unreferenced
+from crx.registry.maintenance import verify as verify_blobs
+from crx.registry.modelinfo import read_model_facts
+from crx.registry.store import ObjectStore, sha256_hex, tensors
+from crx.registry.timeutil import as_utc
+from crx.registry.vector_io import (
     decode_vector,
     encode_vector,
     export_gguf,
@@ -43,8 +43,8 @@ from registry.vector_io import (
     layer_norms,
     vector_from_tensors,
 )
-from schemas.plan import PlanExecution, TransplantPlan
-from schemas.records import (
+from crx.schemas.plan import PlanExecution, TransplantPlan
+from crx.schemas.records import (
     AuditEventRecord,
     ConceptRecord,
     ConceptVersionRecord,
@@ -546,27 +546,27 @@ class Registry:
 
     def load_model(self, name: str, *, device: str | None = None) -> Any:
         """Load a registered model for hooks (`LoadedModel`), cached for this registry object."""
-        from registry import contrans
+        from crx.registry import contrans
 
         return contrans.load(self, name, device=device)
 
     def extract(self, concept_ref: str, model: str, **options: Any) -> Registered[VectorRecord]:
-        """Extract (or reuse) a concept vector on a model; see `registry.contrans.extract`."""
-        from registry import contrans
+        """Extract (or reuse) a concept vector on a model; see `crx.registry.contrans.extract`."""
+        from crx.registry import contrans
 
         return contrans.extract(self, concept_ref, model, **options)
 
     def fit(self, source: str, target: str, **options: Any) -> list[MapRecord]:
-        """Fit and record affine maps; see `registry.contrans.fit`."""
-        from registry import contrans
+        """Fit and record affine maps; see `crx.registry.contrans.fit`."""
+        from crx.registry import contrans
 
         return contrans.fit(self, source, target, **options)
 
     def transplant(
         self, concept_ref: str, source: str, target: str, **options: Any
     ) -> Registered[VectorRecord]:
-        """Map a source vector into the target; see `registry.contrans.transplant`."""
-        from registry import contrans
+        """Map a source vector into the target; see `crx.registry.contrans.transplant`."""
+        from crx.registry import contrans
 
         return contrans.transplant(self, concept_ref, source, target, **options)
 
@@ -587,8 +587,8 @@ class Registry:
         exceptions included, and the model is never mutated. ``normalize`` makes alpha relative
         to the layer's mean residual norm. ``layer`` defaults to relative depth 0.75.
         """
-        from registry import contrans
-        from registry.engine.steer import steer
+        from crx.registry import contrans
+        from crx.registry.engine.steer import steer
 
         array = self.load_vector(vector) if isinstance(vector, int) else vector
         chosen = contrans.default_layer(model.n_layers) if layer is None else layer
@@ -616,14 +616,14 @@ class Registry:
         min_r2: float = 0.2,
         measure: bool = False,
     ) -> TransplantPlan:
-        """The transplant plan for ``target``; see `registry.resolve.planner`. Reads only."""
-        from registry.resolve.planner import make_plan
+        """The transplant plan for ``target``; see `crx.registry.resolve.planner`. Reads only."""
+        from crx.registry.resolve.planner import make_plan
 
         return make_plan(self, target, concepts, max_hops=max_hops, min_r2=min_r2, measure=measure)
 
     def execute_plan(self, plan: str | Path | TransplantPlan) -> list[PlanExecution]:
         """Register the target vectors of a plan's routes (``crx transplant --plan``)."""
-        from registry.resolve.execute import execute_plan
+        from crx.registry.resolve.execute import execute_plan
 
         return execute_plan(self, plan)
 
@@ -632,7 +632,7 @@ class Registry:
         self, model: Any, plan: str | Path | TransplantPlan, *, scope: str = "all"
     ) -> Iterator[None]:
         """Steer a loaded target model with every concept of a plan at its layer and α."""
-        from registry.resolve.execute import steer_plan
+        from crx.registry.resolve.execute import steer_plan
 
         with steer_plan(self, model, plan, scope=scope):
             yield

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from registry.db.tables import SqlAuditEvent
-from registry.timeutil import now
+from crx.registry.db.tables import SqlAuditEvent
+from crx.registry.timeutil import now
 
 ENV_ACTOR = "CRX_ACTOR"
 

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from registry.config import crx_home
-from registry.errors import CrxError, InvalidInput, NotFound, VectorNotFound
-from registry.hashing import canonical_json
-from schemas.records import EvaluationRecord, MapRecord, ModelRecord, Registered, VectorRecord
+from crx.registry.config import crx_home
+from crx.registry.errors import CrxError, InvalidInput, NotFound, VectorNotFound
+from crx.registry.hashing import canonical_json
+from crx.schemas.records import EvaluationRecord, MapRecord, ModelRecord, Registered, VectorRecord
 
 if TYPE_CHECKING:
-    from registry.api import Registry
-    from registry.engine.loading import LoadedModel
+    from crx.registry.api import Registry
+    from crx.registry.engine.loading import LoadedModel
 
 Progress = Callable[[int, int], None]
 ESTIMATORS = {"mean": "mean_diff", "pca": "pca"}
@@ -39,7 +39,7 @@ def default_layer(n_layers: int) -> int:
 
 def load(reg: Registry, model: str | ModelRecord, *, device: str | None = None) -> LoadedModel:
     """Load a registered model (cached on the registry object for the rest of the session)."""
-    from registry.engine.loading import load_model
+    from crx.registry.engine.loading import load_model
 
     record = model if isinstance(model, ModelRecord) else reg.get_model(model)
     cache: dict[str, LoadedModel] = reg.__dict__.setdefault("_loaded_models", {})
@@ -76,7 +76,7 @@ def extract(
     progress: Progress | None = None,
 ) -> Registered[VectorRecord]:
     """Extract (or reuse) the concept vector of ``concept_ref`` on ``model``."""
-    from registry.engine.extract import METHODS, extract_vector
+    from crx.registry.engine.extract import METHODS, extract_vector
 
     if method not in METHODS:
         raise InvalidInput(f"method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -165,7 +165,7 @@ def load_corpus(path: str | Path | None) -> tuple[list[str], bytes]:
     if path is None:
         from importlib import resources
 
-        raw = resources.files("registry").joinpath("data", "wiki_split.txt").read_text("utf-8")
+        raw = resources.files("crx.registry").joinpath("data", "wiki_split.txt").read_text("utf-8")
         lines = contrans_corpus(raw)
     else:
         try:
@@ -211,7 +211,7 @@ def corpus_states(
     import torch
     from safetensors.torch import load_file, save_file
 
-    from registry.engine.capture import residual_states
+    from crx.registry.engine.capture import residual_states
 
     cache = _states_path(model, corpus_oid)
     if cache.exists():
@@ -310,9 +310,9 @@ def fit(
 
     Maps already fitted with the same solver, layer-pair choice and corpus (and precision, when
     one is asked for) are returned as they are (content addressing); ``force`` fits again.
-    ``precision``: the ridge sweep's product dtype, float32 by default (`registry.engine.fit`).
+    ``precision``: the ridge sweep's product dtype, float32 by default (`crx.registry.engine.fit`).
     """
-    from registry.engine.fit import fit_pairs, resolve_precision
+    from crx.registry.engine.fit import fit_pairs, resolve_precision
 
     resolved = resolve_precision(solver, precision)
     src, tgt = reg.get_model(source), reg.get_model(target)
@@ -388,7 +388,7 @@ def transplant(
     vector_id: int | None = None,
 ) -> Registered[VectorRecord]:
     """Map the source model's vector of a concept into the target with the stored maps."""
-    from registry.engine.fit import map_vector
+    from crx.registry.engine.fit import map_vector
 
     concept = reg.get_concept(concept_ref)
     src, tgt = reg.get_model(source), reg.get_model(target)
@@ -457,7 +457,7 @@ def steering_layer(reg: Registry, model: ModelRecord, vector_id: int, layer: int
 
 def reference_norm(reg: Registry, model: str, layer: int, *, n_lines: int = 64) -> float:
     """Mean residual norm of ``layer`` on the first lines of the default corpus."""
-    from registry.engine.steer import residual_norm
+    from crx.registry.engine.steer import residual_norm
 
     lines, _ = load_corpus(None)
     return residual_norm(load(reg, model), lines[:n_lines], layer)
@@ -494,8 +494,8 @@ def evaluate_emotion(
     progress: Progress | None = None,
 ) -> list[EvaluationRecord]:
     """Six-shot emotion accuracy on held-out scenarios: the bare model, or a vector at each α."""
-    from registry.engine import emotion as task
-    from registry.engine.steer import steer
+    from crx.registry.engine import emotion as task
+    from crx.registry.engine.steer import steer
 
     record = reg.get_model(model)
     split = task.split_scenarios(task.load_scenarios(emotion), holdout)
@@ -584,7 +584,7 @@ def generate(
     """Greedy continuations of ``prompt``: ``{"base": ..., "steered (...)": ...}``."""
     import torch
 
-    from registry.engine.steer import steer
+    from crx.registry.engine.steer import steer
 
     record = reg.get_model(model)
     loaded = load(reg, record)
@@ -634,8 +634,8 @@ def evaluate_truthfulqa(
     progress: Progress | None = None,
 ) -> list[EvaluationRecord]:
     """TruthfulQA MC1/MC2 of the bare model, or of a steering vector at each α."""
-    from registry.engine import truthfulqa
-    from registry.engine.steer import steer
+    from crx.registry.engine import truthfulqa
+    from crx.registry.engine.steer import steer
 
     try:
         raw = Path(data).read_bytes()

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schemas.records import ModelRecord, Registered
+from crx.schemas.records import ModelRecord, Registered
 
 if TYPE_CHECKING:
-    from registry.api import Registry
+    from crx.registry.api import Registry
 
 SOURCE = "smollm2-135m-instruct"
 TARGET = "gemma3-270m"
@@ -42,8 +42,8 @@ Stage = Callable[[str, int | None, int | None], None]
 def pull_model(
     reg: Registry, name: str, *, progress: Stage | None = None, keep_gguf: bool = False
 ) -> Registered[ModelRecord]:
-    """Pull a catalogued model (see `registry.engine.pull`) and register it."""
-    from registry.engine.pull import get_spec, pull
+    """Pull a catalogued model (see `crx.registry.engine.pull`) and register it."""
+    from crx.registry.engine.pull import get_spec, pull
 
     spec = get_spec(name)
     folder = pull(spec, progress=progress, keep_gguf=keep_gguf)
@@ -58,7 +58,7 @@ def pull_model(
 
 def register_emotions(reg: Registry, emotions: Sequence[str]) -> dict[str, str]:
     """Register each emotion concept from the training half of the RepE scenarios."""
-    from registry.engine import emotion as task
+    from crx.registry.engine import emotion as task
 
     train = {e: task.split_scenarios(task.load_scenarios(e)).train for e in task.EMOTIONS}
     refs = {}
@@ -89,9 +89,9 @@ def run(
     out_dir: Path,
     progress: Stage | None = None,
 ) -> DemoResult:
-    from registry import contrans
-    from registry.engine import emotion as task
-    from registry.engine.fit import relative_depth_pair
+    from crx.registry import contrans
+    from crx.registry.engine import emotion as task
+    from crx.registry.engine.fit import relative_depth_pair
 
     def stage(name: str) -> Callable[[int, int], None] | None:
         return None if progress is None else (lambda d, t: progress(name, d, t))
@@ -160,7 +160,7 @@ def run(
                     continue
                 curves[label].setdefault(alpha, []).append(metrics["token_accuracy"])
         result.rows.append(row)
-    from registry.plot import accuracy_vs_alpha
+    from crx.registry.plot import accuracy_vs_alpha
 
     mean_base = sum(b["token_accuracy"] for b in bases) / len(bases)
     result.plot = accuracy_vs_alpha(

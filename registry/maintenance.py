@@ -14,15 +14,15 @@ from collections import defaultdict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.db.tables import (
+from crx.registry.db.tables import (
     SqlAffineMap,
     SqlConcept,
     SqlConceptVersion,
     SqlEvaluation,
     SqlVector,
 )
-from registry.store import BlobStatus, ObjectStore
-from schemas.records import BlobProblem
+from crx.registry.store import BlobStatus, ObjectStore
+from crx.schemas.records import BlobProblem
 
 DEFAULT_GC_GRACE_SECONDS = 600
 

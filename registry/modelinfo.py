@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.errors import InvalidInput
+from crx.registry.errors import InvalidInput
 
 TOKENIZER_FILES = (
     "tokenizer.json",

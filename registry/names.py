@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from registry.errors import InvalidInput, InvalidName
+from crx.registry.errors import InvalidInput, InvalidName
 
 MAX_NAME_LENGTH = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

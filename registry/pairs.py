@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.errors import PairsFileError
+from crx.registry.errors import PairsFileError
 
 MAX_PAIRS_FILE_BYTES = 512 * 1024 * 1024
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from registry.errors import InvalidInput, TensorShapeError
-from registry.store import tensors
-from schemas.records import VectorRecord
+from crx.registry.errors import InvalidInput, TensorShapeError
+from crx.registry.store import tensors
+from crx.schemas.records import VectorRecord
 
 VECTOR_KEY = "vector"
 _LAYER_KEY = re.compile(r"^(?:direction\.|layer\.|layers\.)?(\d+)$")

@@ -1,6 +1,6 @@
 """Pydantic models: records the registry returns (and, later, spec files and plan documents)."""
 
-from schemas.records import (
+from crx.schemas.records import (
     AuditEventRecord,
     BlobProblem,
     ConceptRecord,

@@ -2,7 +2,7 @@
 evaluations), as pydantic models.
 
 A spec file is YAML; every section is optional, and a folder of spec files is merged into one
-`CatalogSpec` by ``registry.declare.specfile.load_specs``, which also gives each error its file
+`CatalogSpec` by ``crx.registry.declare.specfile.load_specs``, which also gives each error its file
 and line. This module only describes the shape; it never touches the registry. Example::
 
     version: 1                 # optional, only 1 is accepted
@@ -78,8 +78,8 @@ from pydantic import (
     model_validator,
 )
 
-from registry.errors import InvalidInput
-from registry.names import check_name, parse_versioned
+from crx.registry.errors import InvalidInput
+from crx.registry.names import check_name, parse_versioned
 
 __all__ = [
     "SECTIONS",

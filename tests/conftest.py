@@ -49,8 +49,8 @@ def postgres_server() -> Iterator[PostgresServer]:
         _unavailable(f"cannot start PostgreSQL: {exc}")
     try:
         server.execute("CREATE DATABASE crx_template")
-        from registry.db.engine import make_engine
-        from registry.db.migrate import upgrade
+        from crx.registry.db.engine import make_engine
+        from crx.registry.db.migrate import upgrade
 
         engine = make_engine(server.url("crx_template"))
         upgrade(engine)
@@ -82,8 +82,8 @@ def s3_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServ
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from registry.db.engine import make_engine
-    from registry.db.migrate import upgrade
+    from crx.registry.db.engine import make_engine
+    from crx.registry.db.migrate import upgrade
 
     path = tmp_path_factory.mktemp("template") / "registry.db"
     engine = make_engine(f"sqlite:///{path}")
@@ -135,7 +135,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def registry(db_url: str, tmp_path: Path) -> Iterator[object]:
     """A ready registry on each database kind, with a local store."""
-    from registry import Registry
+    from crx.registry import Registry
 
     reg = Registry(db_url, str(tmp_path / "store"))
     reg.init()

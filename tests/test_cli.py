@@ -29,11 +29,11 @@ import pytest
 from click.testing import CliRunner, Result
 from safetensors.numpy import load_file, save_file
 
-from cli.main import cli
-from registry import Registry
-from registry.db.engine import make_engine
-from registry.db.migrate import HEAD_REVISION
-from registry.store import ObjectStore
+from crx.cli.main import cli
+from crx.registry import Registry
+from crx.registry.db.engine import make_engine
+from crx.registry.db.migrate import HEAD_REVISION
+from crx.registry.store import ObjectStore
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

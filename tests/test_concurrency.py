@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry import Registry
-from registry.pairs import ContrastPair
-from registry.store import BlobStatus
+from crx.registry import Registry
+from crx.registry.pairs import ContrastPair
+from crx.registry.store import BlobStatus
 from tests.conftest import postgres_url, sqlite_url
 
 N_WORKERS = 4
@@ -29,8 +29,8 @@ PER_WORKER = 4
 
 WORKER = """
 import json, sys
-from registry import Registry
-from registry.pairs import ContrastPair
+from crx.registry import Registry
+from crx.registry.pairs import ContrastPair
 
 db, store, worker, per_worker = sys.argv[1:5]
 registry = Registry(db, store)
@@ -57,8 +57,8 @@ registry.close()
 KILLABLE = """
 import sys
 import numpy as np
-from registry import Registry
-from registry.pairs import ContrastPair
+from crx.registry import Registry
+from crx.registry.pairs import ContrastPair
 
 db, store, seed = sys.argv[1:4]
 registry = Registry(db, store)

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from registry import Registry
-from registry.declare import load_specs
-from registry.declare.apply import apply
-from registry.declare.reconcile import diff
-from registry.errors import InvalidInput
+from crx.cli.main import cli
+from crx.registry import Registry
+from crx.registry.declare import load_specs
+from crx.registry.declare.apply import apply
+from crx.registry.declare.reconcile import diff
+from crx.registry.errors import InvalidInput
 from tests.conftest import postgres_url
 from tests.servers import MotoServer, PostgresServer
 from tests.test_engine import PAIRS, corpus_file, model_dirs, reg  # noqa: F401
@@ -363,8 +363,8 @@ def test_load_plan_steers_every_concept_at_its_layer_and_alpha(
     corpus_file: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from registry.contrans import load_corpus
-    from registry.engine.steer import residual_norm
+    from crx.registry.contrans import load_corpus
+    from crx.registry.engine.steer import residual_norm
     from tests.test_engine import no_hooks, single_pass_blocks
 
     specs = _spec(tmp_path / "specs", model_dirs, corpus_file, evaluation=False)

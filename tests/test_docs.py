@@ -1,6 +1,6 @@
 """Every ``crx`` command documents itself: help text, an example, and a place in the README.
 
-The command tree is walked from ``cli.main.cli``, so a command added later is checked without
+The command tree is walked from ``crx.cli.main.cli``, so a command added later is checked without
 touching this file: it fails here until it has help with an ``Example`` and the README names it
 (``crx <group> <command>``, as in the "Command reference" table).
 """
@@ -15,7 +15,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from crx.cli.main import cli
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from registry import Registry, contrans
-from registry.config import crx_home
-from registry.engine.capture import residual_states
-from registry.engine.emotion import (
+from crx.registry import Registry, contrans
+from crx.registry.config import crx_home
+from crx.registry.engine.capture import residual_states
+from crx.registry.engine.emotion import (
     EMOTIONS,
     eval_prompts,
     label_token_ids,
@@ -30,19 +30,19 @@ from registry.engine.emotion import (
     six_shot_prefix,
     split_scenarios,
 )
-from registry.engine.extract import extract_vector, pca_direction
-from registry.engine.layers import KNOWN_LAYER_PATHS, block_output, find_layers
-from registry.engine.loading import LoadedModel, ModelLoadError, load_model
-from registry.engine.prompts import read_next_tokens
-from registry.engine.steer import residual_norm, steer
-from registry.errors import (
+from crx.registry.engine.extract import extract_vector, pca_direction
+from crx.registry.engine.layers import KNOWN_LAYER_PATHS, block_output, find_layers
+from crx.registry.engine.loading import LoadedModel, ModelLoadError, load_model
+from crx.registry.engine.prompts import read_next_tokens
+from crx.registry.engine.steer import residual_norm, steer
+from crx.registry.errors import (
     CrxError,
     InvalidInput,
     NotFound,
     TensorShapeError,
     VectorNotFound,
 )
-from registry.pairs import ContrastPair
+from crx.registry.pairs import ContrastPair
 
 # 48 neutral lines: the calibration corpus of the fit tests (and tokenizer training text).
 CORPUS = [

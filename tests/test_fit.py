@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from registry.engine.fit import (
+from crx.registry.engine.fit import (
     DEFAULT_LAMBDAS,
     FittedMap,
     fit_pairs,
@@ -14,7 +14,7 @@ from registry.engine.fit import (
     relative_depth_pair,
     split_indices,
 )
-from registry.errors import InvalidInput, TensorShapeError
+from crx.registry.errors import InvalidInput, TensorShapeError
 
 
 def _affine_data(

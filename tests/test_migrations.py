@@ -17,12 +17,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-import migrations
-from registry import Registry
-from registry.db import migrate
-from registry.db.engine import make_engine
-from registry.db.tables import Base
-from registry.errors import (
+from crx import migrations
+from crx.registry import Registry
+from crx.registry.db import migrate
+from crx.registry.db.engine import make_engine
+from crx.registry.db.tables import Base
+from crx.registry.errors import (
     DatabaseNotInitialised,
     DatabaseUnavailable,
     SchemaOutOfDate,
@@ -135,7 +135,7 @@ def test_downgrade_to_base_and_back_up(blank_db_url: str) -> None:
 
 
 def _pair() -> object:
-    from registry.pairs import ContrastPair
+    from crx.registry.pairs import ContrastPair
 
     return ContrastPair("a kind word", "a cruel word")
 

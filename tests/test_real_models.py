@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from registry import Registry
+from crx.registry import Registry
 
 EMOTION = "sadness"
 SOURCE, TARGET = "smollm2-135m-instruct", "gemma3-270m"
@@ -28,7 +28,7 @@ def real_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_transplanted_vector_moves_target_emotion_accuracy(
     real_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from registry import contrans, demo
+    from crx.registry import contrans, demo
 
     monkeypatch.setenv("CRX_HOME", str(real_home))
     reg = Registry()

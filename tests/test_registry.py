@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from registry import Registry
-from registry.errors import (
+from crx.registry import Registry
+from crx.registry.errors import (
     AlreadyExists,
     BlobCorrupt,
     BlobMissing,
@@ -31,8 +31,8 @@ from registry.errors import (
     TensorShapeError,
     VectorNotFound,
 )
-from registry.modelinfo import tokenizer_sha256
-from registry.pairs import ContrastPair
+from crx.registry.modelinfo import tokenizer_sha256
+from crx.registry.pairs import ContrastPair
 from tests.servers import free_port
 
 N_LAYERS, D_MODEL = 4, 32  # tiny_model_dir's shape

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from registry import Registry
-from registry.errors import ConceptNotFound, InvalidInput
-from registry.resolve.compose import compose, estimated_r2
-from registry.resolve.execute import read_plan, route_vector
-from schemas.plan import TransplantPlan
+from crx.cli.main import cli
+from crx.registry import Registry
+from crx.registry.errors import ConceptNotFound, InvalidInput
+from crx.registry.resolve.compose import compose, estimated_r2
+from crx.registry.resolve.execute import read_plan, route_vector
+from crx.schemas.plan import TransplantPlan
 
 # name → (n_layers, d_model); T's steering layer is int(0.75 * 4) = 3.
 SHAPES = {"src": (4, 8), "src2": (4, 7), "mid": (4, 6), "tgt": (4, 5)}
@@ -423,7 +423,7 @@ def test_measure_composed_r2_on_cached_calibration_states(reg: Registry) -> None
     import torch
     from safetensors.torch import save_file
 
-    from registry.contrans import _states_path
+    from crx.registry.contrans import _states_path
 
     corpus = "c0" * 32
     rng = np.random.default_rng(5)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from registry import Registry
-from registry.store import ObjectStore
+from crx.registry import Registry
+from crx.registry.store import ObjectStore
 
 
 def test_registry_roundtrip_on_each_database(

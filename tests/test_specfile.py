@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.declare import LoadedSpecs, load_specs
-from registry.errors import InvalidInput, SpecError
-from schemas.spec import (
+from crx.registry.declare import LoadedSpecs, load_specs
+from crx.registry.errors import InvalidInput, SpecError
+from crx.schemas.spec import (
     CatalogSpec,
     ConceptSpec,
     EvaluationSpec,

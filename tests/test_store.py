@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry.errors import BlobCorrupt, BlobMissing, InvalidInput, StoreUnavailable
-from registry.store import BlobStatus, ObjectStore, sha256_hex, tensors
+from crx.registry.errors import BlobCorrupt, BlobMissing, InvalidInput, StoreUnavailable
+from crx.registry.store import BlobStatus, ObjectStore, sha256_hex, tensors
 from tests.servers import free_port
 
 
@@ -309,7 +309,7 @@ def test_read_file_refuses_bad_files_with_invalid_input(tmp_path: Path) -> None:
 def test_gc_removes_stale_temporary_files_of_killed_writers(tmp_path) -> None:
     import os
 
-    from registry import Registry
+    from crx.registry import Registry
 
     reg = Registry(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "store"))
     reg.init()

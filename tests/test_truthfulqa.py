@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from registry.engine import truthfulqa
-from registry.engine.loading import LoadedModel
-from registry.errors import InvalidInput
+from crx.registry.engine import truthfulqa
+from crx.registry.engine.loading import LoadedModel
+from crx.registry.errors import InvalidInput
 from tests.test_engine import gpt2, llama, model_dirs  # noqa: F401  (session fixtures)
 
 CSV = (

@@ -16,13 +16,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.audit import record_event
-from registry.catalog.paging import page
-from registry.db.tables import SqlConcept, SqlConceptVersion
-from registry.errors import ConceptNotFound
-from registry.hashing import content_sha256
-from registry.timeutil import as_utc, now
-from schemas.records import ConceptRecord, ConceptVersionRecord, Page, Registered
+from crx.registry.audit import record_event
+from crx.registry.catalog.paging import page
+from crx.registry.db.tables import SqlConcept, SqlConceptVersion
+from crx.registry.errors import ConceptNotFound
+from crx.registry.hashing import content_sha256
+from crx.registry.timeutil import as_utc, now
+from crx.schemas.records import ConceptRecord, ConceptVersionRecord, Page, Registered
 
 
 def version_record(concept: SqlConcept, row: SqlConceptVersion) -> ConceptVersionRecord:

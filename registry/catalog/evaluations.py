@@ -8,12 +8,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.audit import record_event
-from registry.catalog.paging import page
-from registry.db.tables import SqlEvaluation, SqlModel
-from registry.hashing import json_safe
-from registry.timeutil import as_utc, now
-from schemas.records import EvaluationRecord, Page
+from crx.registry.audit import record_event
+from crx.registry.catalog.paging import page
+from crx.registry.db.tables import SqlEvaluation, SqlModel
+from crx.registry.hashing import json_safe
+from crx.registry.timeutil import as_utc, now
+from crx.schemas.records import EvaluationRecord, Page
 
 
 def to_record(row: SqlEvaluation, model: str) -> EvaluationRecord:

@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, aliased
 
-from registry.audit import record_event
-from registry.catalog.paging import page
-from registry.db.tables import SqlAffineMap, SqlModel
-from registry.errors import MapNotFound
-from registry.hashing import content_sha256, json_safe
-from registry.timeutil import as_utc, now
-from schemas.records import MapRecord, Page, Registered
+from crx.registry.audit import record_event
+from crx.registry.catalog.paging import page
+from crx.registry.db.tables import SqlAffineMap, SqlModel
+from crx.registry.errors import MapNotFound
+from crx.registry.hashing import content_sha256, json_safe
+from crx.registry.timeutil import as_utc, now
+from crx.schemas.records import MapRecord, Page, Registered
 
 _Source = aliased(SqlModel)
 _Target = aliased(SqlModel)

@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.audit import record_event
-from registry.catalog.paging import page
-from registry.db.tables import SqlAffineMap, SqlModel, SqlVector
-from registry.errors import InvalidInput, ModelNotFound
-from registry.modelinfo import ModelFacts
-from registry.timeutil import as_utc, now
-from schemas.records import ModelRecord, Page, Registered
+from crx.registry.audit import record_event
+from crx.registry.catalog.paging import page
+from crx.registry.db.tables import SqlAffineMap, SqlModel, SqlVector
+from crx.registry.errors import InvalidInput, ModelNotFound
+from crx.registry.modelinfo import ModelFacts
+from crx.registry.timeutil import as_utc, now
+from crx.schemas.records import ModelRecord, Page, Registered
 
 ROLES = ("aligned", "base")
 _FACT_FIELDS = (

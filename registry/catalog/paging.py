@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from schemas.records import Page
+from crx.schemas.records import Page
 
 T = TypeVar("T")
 DEFAULT_LIMIT = 100

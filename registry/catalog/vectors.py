@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from registry.audit import record_event
-from registry.catalog.paging import page
-from registry.db.tables import SqlConcept, SqlConceptVersion, SqlModel, SqlVector
-from registry.errors import AlreadyExists, VectorNotFound
-from registry.hashing import json_safe
-from registry.timeutil import as_utc, now
-from schemas.records import Page, Registered, VectorRecord
+from crx.registry.audit import record_event
+from crx.registry.catalog.paging import page
+from crx.registry.db.tables import SqlConcept, SqlConceptVersion, SqlModel, SqlVector
+from crx.registry.errors import AlreadyExists, VectorNotFound
+from crx.registry.hashing import json_safe
+from crx.registry.timeutil import as_utc, now
+from crx.schemas.records import Page, Registered, VectorRecord
 
 ORIGINS = ("extracted", "imported", "mapped")
 

@@ -20,8 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
-from registry.config import redact
-from registry.errors import DatabaseUnavailable
+from crx.registry.config import redact
+from crx.registry.errors import DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from registry.config import redact
-from registry.errors import DatabaseNotInitialised, SchemaOutOfDate, UnknownSchemaRevision
+from crx.registry.config import redact
+from crx.registry.errors import DatabaseNotInitialised, SchemaOutOfDate, UnknownSchemaRevision
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -28,7 +28,7 @@ HEAD_REVISION = "0002"
 def _alembic_config(engine: Engine) -> Config:
     from alembic.config import Config
 
-    import migrations
+    from crx import migrations
 
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))

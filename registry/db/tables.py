@@ -2,7 +2,7 @@
 
 These classes mirror the schema that the alembic migrations in ``migrations/versions`` create;
 the migrations are the only source of the schema (nothing here is ever ``create_all``-ed at run
-time), and a test checks that the two agree. ORM rows never leave a session: `registry.records`
+time), and a test checks that the two agree. ORM rows never leave a session: `crx.registry.records`
 turns them into `schemas` records.
 """
 

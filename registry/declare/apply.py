@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.declare.reconcile import (
+from crx.registry.declare.reconcile import (
     Desired,
     diff,
     emotion_dataset_oid,
@@ -40,14 +40,14 @@ from registry.declare.reconcile import (
     map_corpus,
     transplanted_vector,
 )
-from registry.errors import InvalidInput, first_error
-from schemas.declare import ApplyPlan, ApplyReport, Change, SpecFileDigest
-from schemas.records import ModelRecord
+from crx.registry.errors import InvalidInput, first_error
+from crx.schemas.declare import ApplyPlan, ApplyReport, Change, SpecFileDigest
+from crx.schemas.records import ModelRecord
 
 if TYPE_CHECKING:
-    from registry.api import Registry
-    from registry.declare.specfile import LoadedSpecs
-    from registry.engine.fit import FittedMap
+    from crx.registry.api import Registry
+    from crx.registry.declare.specfile import LoadedSpecs
+    from crx.registry.engine.fit import FittedMap
 
 Stage = Callable[[str], None]
 
@@ -89,7 +89,7 @@ def read_apply_plan(path: str | Path) -> ApplyPlan | None:
 
 
 def last_audit_event(reg: Registry, session: Session | None = None) -> int:
-    from registry.db.tables import SqlAuditEvent
+    from crx.registry.db.tables import SqlAuditEvent
 
     if session is not None:
         return int(session.scalar(select(func.max(SqlAuditEvent.id))) or 0)
@@ -179,15 +179,15 @@ def _model_record(work: Work, name: str) -> ModelRecord:
 
 
 def _compute_models(work: Work) -> None:
-    from registry.modelinfo import read_model_facts
-    from registry.timeutil import now
+    from crx.registry.modelinfo import read_model_facts
+    from crx.registry.timeutil import now
 
     for name, dm in work.desired.models.items():
         change = work.desired.by_key[dm.spec.key]
         if change.action == "unchanged" and not change.compute:
             continue
         if dm.spec.pull is not None:
-            from registry.engine.pull import get_spec, pull
+            from crx.registry.engine.pull import get_spec, pull
 
             work.stage(f"pull {dm.spec.pull}")
             pull(get_spec(dm.spec.pull))
@@ -219,14 +219,14 @@ def _compute_models(work: Work) -> None:
 
 
 def _load(work: Work, name: str) -> Any:
-    from registry import contrans
+    from crx.registry import contrans
 
     return contrans.load(work.reg, _model_record(work, name))
 
 
 def _compute_extractions(work: Work) -> None:
-    from registry.contrans import ESTIMATORS
-    from registry.engine.extract import extract_vector
+    from crx.registry.contrans import ESTIMATORS
+    from crx.registry.engine.extract import extract_vector
 
     for name, dc in work.desired.concepts.items():
         if dc.version is None:
@@ -266,7 +266,7 @@ def _compute_extractions(work: Work) -> None:
 def _pending_vector(
     work: Work, concept: str, ref: str | None, model: str, array: np.ndarray, **kw: Any
 ) -> PendingVector:
-    from registry.vector_io import encode_vector
+    from crx.registry.vector_io import encode_vector
 
     array = np.ascontiguousarray(array, dtype=np.float32)
     oid = work.reg.store.put(encode_vector(array))
@@ -274,9 +274,9 @@ def _pending_vector(
 
 
 def _compute_fits(work: Work, catalog: Any) -> None:
-    from registry import contrans
-    from registry.engine.fit import fit_pairs
-    from registry.store import tensors
+    from crx.registry import contrans
+    from crx.registry.engine.fit import fit_pairs
+    from crx.registry.store import tensors
 
     for spec in catalog.maps:
         if not work.desired.pending(spec.key):
@@ -309,7 +309,7 @@ def _compute_fits(work: Work, catalog: Any) -> None:
 
 def _source_array(work: Work, concept: str, version: Any, model: str) -> tuple[Any, np.ndarray]:
     """(PendingVector or registered vector id, array) of a concept's vector on ``model``."""
-    from registry.contrans import find_vector
+    from crx.registry.contrans import find_vector
 
     if (concept, model) in work.extracted:
         pending = work.extracted[(concept, model)]
@@ -322,7 +322,7 @@ def _source_array(work: Work, concept: str, version: Any, model: str) -> tuple[A
 
 
 def _registered_version(work: Work, ref: str) -> Any:
-    from registry.names import parse_versioned
+    from crx.registry.names import parse_versioned
 
     name, version = parse_versioned(ref)
     if version is None and name in work.desired.concepts:
@@ -331,9 +331,9 @@ def _registered_version(work: Work, ref: str) -> Any:
 
 
 def _compute_transplants(work: Work, catalog: Any) -> None:
-    from registry.contrans import choose_maps
-    from registry.engine.fit import map_vector
-    from registry.names import parse_versioned
+    from crx.registry.contrans import choose_maps
+    from crx.registry.engine.fit import map_vector
+    from crx.registry.names import parse_versioned
 
     for spec in catalog.transplants:
         if not work.desired.pending(spec.key):
@@ -396,10 +396,10 @@ def _compute_transplants(work: Work, catalog: Any) -> None:
 
 
 def _compute_evaluations(work: Work, catalog: Any) -> None:
-    from registry import contrans
-    from registry.engine import emotion as emotion_task
-    from registry.engine import truthfulqa
-    from registry.engine.steer import residual_norm, steer
+    from crx.registry import contrans
+    from crx.registry.engine import emotion as emotion_task
+    from crx.registry.engine import truthfulqa
+    from crx.registry.engine.steer import residual_norm, steer
 
     for spec in catalog.evaluations:
         if not work.desired.pending(spec.key):
@@ -478,7 +478,7 @@ def _compute_evaluations(work: Work, catalog: Any) -> None:
 
 
 def _subject(work: Work, spec: Any) -> tuple[Any, np.ndarray]:
-    from registry.names import parse_versioned
+    from crx.registry.names import parse_versioned
 
     name = parse_versioned(spec.concept)[0]
     if spec.vector == "native":
@@ -486,7 +486,7 @@ def _subject(work: Work, spec: Any) -> tuple[Any, np.ndarray]:
     for (concept, target), pending in work.mapped.items():
         if target == spec.model and parse_versioned(concept)[0] == name:
             return pending, pending.array
-    from registry.declare.reconcile import Snapshot
+    from crx.registry.declare.reconcile import Snapshot
 
     version = _registered_version(work, spec.concept)
     found = (
@@ -501,10 +501,10 @@ def _subject(work: Work, spec: Any) -> tuple[Any, np.ndarray]:
 
 
 def _write(session: Session, work: Work, prune: bool, expect_event: int | None) -> int:
-    from registry.catalog import concepts, evaluations, maps, models, vectors
-    from registry.contrans import fit_metrics
-    from registry.declare.prune import delete_concept, delete_model
-    from registry.vector_io import layer_norms
+    from crx.registry.catalog import concepts, evaluations, maps, models, vectors
+    from crx.registry.contrans import fit_metrics
+    from crx.registry.declare.prune import delete_concept, delete_model
+    from crx.registry.vector_io import layer_norms
 
     if expect_event is not None and last_audit_event(work.reg, session) != expect_event:
         raise InvalidInput("the registry changed while apply computed: run `crx diff -o` again")
@@ -550,7 +550,7 @@ def _write(session: Session, work: Work, prune: bool, expect_event: int | None) 
 
     def version_id(pv: PendingVector) -> int:
         if pv.version_ref is not None:
-            from registry.names import parse_versioned
+            from crx.registry.names import parse_versioned
 
             found = concepts.find_version(session, *parse_versioned(pv.version_ref))
             return int(found[1].id)

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from registry.audit import record_event
-from registry.db.tables import (
+from crx.registry.audit import record_event
+from crx.registry.db.tables import (
     SqlAffineMap,
     SqlConcept,
     SqlConceptVersion,

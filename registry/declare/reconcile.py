@@ -14,7 +14,7 @@ corpus, TruthfulQA data) the way registration would. Each spec object becomes a 
 * a model or concept in the registry and not in the specs: remove, with what would go with it;
   apply deletes it only with ``--prune``.
 
-The result also carries what `registry.declare.apply` needs to do the work (`Desired`).
+The result also carries what `crx.registry.declare.apply` needs to do the work (`Desired`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from registry.db.tables import (
+from crx.registry.db.tables import (
     SqlAffineMap,
     SqlConcept,
     SqlConceptVersion,
@@ -35,11 +35,11 @@ from registry.db.tables import (
     SqlModel,
     SqlVector,
 )
-from registry.errors import InvalidInput
-from registry.hashing import canonical_json
-from schemas.declare import Action, Change, FieldChange, ObjectKind
-from schemas.records import ConceptVersionRecord, ModelRecord, VectorRecord
-from schemas.spec import (
+from crx.registry.errors import InvalidInput
+from crx.registry.hashing import canonical_json
+from crx.schemas.declare import Action, Change, FieldChange, ObjectKind
+from crx.schemas.records import ConceptVersionRecord, ModelRecord, VectorRecord
+from crx.schemas.spec import (
     CatalogSpec,
     ConceptSpec,
     EvaluationSpec,
@@ -49,9 +49,9 @@ from schemas.spec import (
 )
 
 if TYPE_CHECKING:
-    from registry.api import Registry
-    from registry.declare.specfile import LoadedSpecs
-    from registry.pairs import ContrastPair
+    from crx.registry.api import Registry
+    from crx.registry.declare.specfile import LoadedSpecs
+    from crx.registry.pairs import ContrastPair
 
 
 @dataclass
@@ -105,7 +105,7 @@ def file_sha256(path: str | Path) -> str:
 
 def emotion_dataset_oid(emotion: str) -> str:
     """The oid `contrans.evaluate_emotion` stores its held-out scenarios under."""
-    from registry.engine import emotion as task
+    from crx.registry.engine import emotion as task
 
     split = task.split_scenarios(task.load_scenarios(emotion))
     document = canonical_json({"task": "emotion", "emotion": emotion, "scenarios": split.test})
@@ -116,10 +116,10 @@ def emotion_dataset_oid(emotion: str) -> str:
 
 
 def _desired_model(spec: ModelSpec, current: ModelRecord | None) -> DesiredModel:
-    from registry.modelinfo import _looks_local
+    from crx.registry.modelinfo import _looks_local
 
     if spec.pull is not None:
-        from registry.engine.pull import CATALOGUE, model_dir
+        from crx.registry.engine.pull import CATALOGUE, model_dir
 
         if spec.pull not in CATALOGUE:
             raise InvalidInput(
@@ -145,7 +145,7 @@ def _diff_model(desired: DesiredModel, where: str | None) -> Change:
     spec, current = desired.spec, desired.current
     compute = []
     if spec.pull is not None:
-        from registry.engine.pull import pulled
+        from crx.registry.engine.pull import pulled
 
         if not pulled(spec.pull):
             compute.append(f"pull {spec.pull} (download, check, convert)")
@@ -178,9 +178,9 @@ def _diff_model(desired: DesiredModel, where: str | None) -> Change:
 
 
 def _desired_concept(spec: ConceptSpec, versions: list[ConceptVersionRecord]) -> DesiredConcept:
-    from registry import pairs as pairs_module
-    from registry.api import DEFAULT_EXTRACTION
-    from registry.catalog.concepts import recipe_sha256
+    from crx.registry import pairs as pairs_module
+    from crx.registry.api import DEFAULT_EXTRACTION
+    from crx.registry.catalog.concepts import recipe_sha256
 
     parsed = pairs_module.parse_pairs_file(spec.pairs)
     data = pairs_module.canonical_bytes(parsed)
@@ -266,7 +266,7 @@ class Snapshot:
     """The registry rows a diff compares with, read in a handful of queries."""
 
     def __init__(self, reg: Registry, concept_names: set[str]) -> None:
-        from registry.catalog import concepts, models, vectors
+        from crx.registry.catalog import concepts, models, vectors
 
         with reg._read() as session:
             self.models = {
@@ -415,7 +415,7 @@ def _removal(counts: dict[str, int]) -> str:
 
 
 def _referenced_concepts(catalog: CatalogSpec) -> set[str]:
-    from registry.names import parse_versioned
+    from crx.registry.names import parse_versioned
 
     refs = [t.concept for t in catalog.transplants]
     refs += [e.concept for e in catalog.evaluations if e.concept is not None]
@@ -435,7 +435,7 @@ def _concept_version(
     out: Desired, snapshot: Snapshot, ref: str, where: str | None
 ) -> ConceptVersionRecord | None:
     """The registered version a spec's concept reference means; None if apply will make it."""
-    from registry.names import parse_versioned
+    from crx.registry.names import parse_versioned
 
     name, version = parse_versioned(ref)
     registered = snapshot.versions.get(name, [])
@@ -452,7 +452,7 @@ def _concept_version(
 
 
 def _extraction_settings(out: Desired, name: str) -> tuple[str, str]:
-    from registry.contrans import ESTIMATORS
+    from crx.registry.contrans import ESTIMATORS
 
     concept = out.concepts.get(name)
     if concept is None:
@@ -503,7 +503,7 @@ def _diff_extraction(
 
 
 def map_corpus(spec: MapSpec) -> tuple[list[str], bytes, str]:
-    from registry.contrans import load_corpus
+    from crx.registry.contrans import load_corpus
 
     lines, data = load_corpus(spec.corpus)
     return lines, data, hashlib.sha256(data).hexdigest()
@@ -512,7 +512,7 @@ def map_corpus(spec: MapSpec) -> tuple[list[str], bytes, str]:
 def _diff_map(
     reg: Registry, out: Desired, snapshot: Snapshot, spec: MapSpec, where: str | None
 ) -> Change:
-    from registry.contrans import _fitted_before, parse_pairs
+    from crx.registry.contrans import _fitted_before, parse_pairs
 
     compute = [f"fit {spec.source} -> {spec.target} ({spec.solver}, pairs {spec.pairs})"]
     if out.pending(f"model:{spec.source}") or out.pending(f"model:{spec.target}"):
@@ -538,8 +538,8 @@ def _map_keys_into(out: Desired, source: str, target: str) -> list[str]:
 def _diff_transplant(
     reg: Registry, out: Desired, snapshot: Snapshot, spec: TransplantSpec, where: str | None
 ) -> Change:
-    from registry.contrans import choose_maps
-    from registry.names import parse_versioned
+    from crx.registry.contrans import choose_maps
+    from crx.registry.names import parse_versioned
 
     name = parse_versioned(spec.concept)[0]
     compute = [f"transplant {spec.concept} {spec.source} -> {spec.target}"]
@@ -579,8 +579,8 @@ def transplanted_vector(
 def _diff_evaluation(
     reg: Registry, out: Desired, snapshot: Snapshot, spec: EvaluationSpec, where: str | None
 ) -> Change:
-    from registry.contrans import default_layer
-    from registry.names import parse_versioned
+    from crx.registry.contrans import default_layer
+    from crx.registry.names import parse_versioned
 
     alphas = ", ".join(f"{a:g}" for a in spec.alphas)
     what = "the bare model" if spec.concept is None else f"{spec.concept} ({spec.vector})"

@@ -1,7 +1,7 @@
 """Reading spec files: YAML → `CatalogSpec`, with every error located at its file and line.
 
 `load_specs` takes one YAML file or a folder of them (``*.yaml`` and ``*.yml``, recursively, in
-path order), validates each file against `schemas.spec.SpecFile` and merges them. It checks
+path order), validates each file against `crx.schemas.spec.SpecFile` and merges them. It checks
 syntax, shape and that the named files exist; whether the models and concepts a map, transplant
 or evaluation names exist (in the specs or in the registry) is for the caller to decide.
 
@@ -31,8 +31,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from registry.errors import SpecError
-from schemas.spec import SECTIONS, CatalogSpec, SpecFile
+from crx.registry.errors import SpecError
+from crx.schemas.spec import SECTIONS, CatalogSpec, SpecFile
 
 __all__ = ["LoadedSpecs", "find_spec_files", "load_specs"]
 

@@ -7,8 +7,8 @@ continues from a copy of its KV cache: only each text's own tail goes through th
 prefix is the longest common prefix *in token space*, so the result equals full passes to float
 tolerance (tests check that for readouts and for residual states, both padding sides).
 
-:mod:`registry.engine.capture` (states at every block), :mod:`registry.engine.prompts`
-(next-token readouts) and :mod:`registry.engine.truthfulqa` (answer log-likelihoods) all batch
+:mod:`crx.registry.engine.capture` (states at every block), :mod:`crx.registry.engine.prompts`
+(next-token readouts) and :mod:`crx.registry.engine.truthfulqa` (answer log-likelihoods) all batch
 through :func:`sorted_tail_batches`.
 """
 

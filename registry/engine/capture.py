@@ -6,7 +6,7 @@ What makes it fast and exact:
 - texts are sorted by length before batching, so batches carry little padding;
 - the tokens every text starts with (a BOS, the template's opening words, a persona or system
   turn) run once, and each batch continues from a copy of their KV cache
-  (:mod:`registry.engine.batching`): only each text's own tail goes through the model;
+  (:mod:`crx.registry.engine.batching`): only each text's own tail goes through the model;
 - the forward stops after the deepest block asked for;
 - hooks keep only the selected token (the last non-pad one, read from the attention mask, so
   left and right padding agree) or the masked mean, never whole ``[batch, seq, d]`` outputs;
@@ -21,10 +21,10 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from registry.engine.batching import PADDING_SIDES, shared_prefix_length, sorted_tail_batches
-from registry.engine.layers import block_output
-from registry.engine.loading import LoadedModel
-from registry.errors import InvalidInput
+from crx.registry.engine.batching import PADDING_SIDES, shared_prefix_length, sorted_tail_batches
+from crx.registry.engine.layers import block_output
+from crx.registry.engine.loading import LoadedModel
+from crx.registry.errors import InvalidInput
 
 TOKENS = ("last", "mean")
 Progress = Callable[[int, int], None]

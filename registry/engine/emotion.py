@@ -22,8 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from registry.errors import InvalidInput
-from registry.pairs import ContrastPair
+from crx.registry.errors import InvalidInput
+from crx.registry.pairs import ContrastPair
 
 EMOTIONS = ("happiness", "sadness", "anger", "fear", "disgust", "surprise")
 TEMPLATE = "Scenario: {text}\nThe emotion of the above scenario is"
@@ -31,7 +31,7 @@ HOLDOUT_FRACTION = 0.5
 
 
 def _data(name: str) -> str:
-    return resources.files("registry").joinpath("data", name).read_text(encoding="utf-8")
+    return resources.files("crx.registry").joinpath("data", name).read_text(encoding="utf-8")
 
 
 def six_shot_prefix() -> str:
@@ -106,7 +106,7 @@ def accuracy(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Token and logit accuracy of answering ``emotion`` on ``scenarios`` (hooks as installed)."""
-    from registry.engine.prompts import read_next_tokens
+    from crx.registry.engine.prompts import read_next_tokens
 
     ids = label_token_ids(loaded.tokenizer)
     target = EMOTIONS.index(emotion)

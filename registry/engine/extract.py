@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from registry.engine.capture import Progress, residual_states
-from registry.engine.loading import LoadedModel
-from registry.errors import InvalidInput
-from registry.pairs import ContrastPair
+from crx.registry.engine.capture import Progress, residual_states
+from crx.registry.engine.loading import LoadedModel
+from crx.registry.errors import InvalidInput
+from crx.registry.pairs import ContrastPair
 
 METHODS = ("mean", "pca")
 ESTIMATOR_NAMES = {"mean": "mean_diff", "pca": "pca"}

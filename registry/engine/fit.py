@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from registry.errors import InvalidInput, TensorShapeError
+from crx.registry.errors import InvalidInput, TensorShapeError
 
 SOLVERS: tuple[str, ...] = ("ridge", "lstsq-svd")
 PRECISIONS: tuple[str, ...] = ("float64", "float32")

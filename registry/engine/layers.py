@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.errors import InvalidInput
+from crx.registry.errors import InvalidInput
 
 # Llama, Mistral, Qwen2, Gemma (1-3 text), Phi-3, OLMo...: model.layers; Gemma-3 multimodal:
 # model.language_model.layers; GPT-2, GPT-J, Falcon, Bloom: transformer.h; Pythia: gpt_neox.layers;

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.config import crx_home
-from registry.engine.layers import find_layers
-from registry.errors import CrxError
+from crx.registry.config import crx_home
+from crx.registry.engine.layers import find_layers
+from crx.registry.errors import CrxError
 
 
 class ModelLoadError(CrxError):
@@ -56,7 +56,7 @@ def _first_line(exc: BaseException) -> str:
 
 def convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> Path:
     """Dequantise a GGUF model once into a safetensors folder (written aside, then renamed)."""
-    from registry.engine.pull import convert_gguf as load_gguf
+    from crx.registry.engine.pull import convert_gguf as load_gguf
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=out_dir.parent))

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from registry.engine.batching import shared_prefix_length, sorted_tail_batches
-from registry.engine.loading import LoadedModel
+from crx.registry.engine.batching import shared_prefix_length, sorted_tail_batches
+from crx.registry.engine.loading import LoadedModel
 
 
 @dataclass

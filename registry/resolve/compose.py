@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from registry.api import Registry
-    from schemas.plan import MapHop
+    from crx.registry.api import Registry
+    from crx.schemas.plan import MapHop
 
 
 def compose(
@@ -49,7 +49,7 @@ def estimated_r2(hop_r2: Sequence[float | None]) -> float | None:
 
 def load_route(reg: Registry, hops: Sequence[MapHop]) -> tuple[np.ndarray, np.ndarray]:
     """The composed ``(W, b)`` of a planned route, refusing maps refitted since planning."""
-    from registry.errors import InvalidInput
+    from crx.registry.errors import InvalidInput
 
     loaded = []
     for hop in hops:
@@ -69,8 +69,8 @@ def measured_r2(reg: Registry, hops: Sequence[MapHop]) -> float | None:
     Uses the corpus and the test split of the last hop's fit, and the states `crx fit` cached
     for the route's two ends; nothing is loaded or run when they are not both on this machine.
     """
-    from registry.contrans import cached_states
-    from registry.engine.fit import split_indices
+    from crx.registry.contrans import cached_states
+    from crx.registry.engine.fit import split_indices
 
     first, last = reg.get_map(hops[0].map_id), reg.get_map(hops[-1].map_id)
     if last.corpus_oid is None:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from registry.errors import InvalidInput, first_error
-from schemas.plan import ConceptPlan, PlanExecution, Route, TransplantPlan
+from crx.registry.errors import InvalidInput, first_error
+from crx.schemas.plan import ConceptPlan, PlanExecution, Route, TransplantPlan
 
 if TYPE_CHECKING:
-    from registry.api import Registry
+    from crx.registry.api import Registry
 
 
 def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> TransplantPlan:
@@ -58,7 +58,7 @@ def route_vector(reg: Registry, route: Route, n_layers: int, d_model: int) -> np
     """The ``[n_layers, d_model]`` target vector of a route (only its layer is non-zero)."""
     if route.vector_id is not None:
         return reg.load_vector(route.vector_id)
-    from registry.resolve.compose import load_route
+    from crx.registry.resolve.compose import load_route
 
     source = reg.load_vector(route.source_vector_id)
     weight, _bias = load_route(reg, route.hops)  # the bias cancels for a difference of states
@@ -144,8 +144,8 @@ def execute_plan(reg: Registry, source: Any) -> list[PlanExecution]:
 @contextmanager
 def steer_plan(reg: Registry, model: Any, source: Any, *, scope: str = "all") -> Iterator[None]:
     """Steer a loaded target model with every chosen route of a plan at once."""
-    from registry import contrans
-    from registry.engine.steer import steer
+    from crx.registry import contrans
+    from crx.registry.engine.steer import steer
 
     plan = read_plan(source)
     if model.name != plan.target.name:

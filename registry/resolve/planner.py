@@ -2,8 +2,8 @@
 
 For each requested concept (default: the concept versions marked for use, else the newest
 version of every concept that has a vector),
-rank the routes into T (`registry.resolve.routes`), pick α from recorded evaluations
-(`registry.resolve.alpha`), and say why the winner won. A target that is not registered (a path,
+rank the routes into T (`crx.registry.resolve.routes`), pick α from recorded evaluations
+(`crx.registry.resolve.alpha`), and say why the winner won. A target that is not registered (a path,
 a hub id, or just a name such as ``llama-70b``) is not an error: the plan lists the steps, with
 exact commands, that would make routes (register or pull T, fit a map from the best source,
 transplant, evaluate). A concept with no route gets a reason per source it considered.
@@ -18,26 +18,26 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry import names
-from registry.resolve.routes import (
+from crx.registry import names
+from crx.registry.resolve.routes import (
     DEFAULT_MAX_HOPS,
     DEFAULT_MIN_R2,
     MapSearch,
     candidate_routes,
     why_chosen,
 )
-from registry.resolve.view import (
+from crx.registry.resolve.view import (
     CatalogView,
     ConceptFact,
     EvaluationFact,
     ModelFact,
     VectorFact,
 )
-from registry.timeutil import now
-from schemas.plan import ConceptPlan, PlanStep, Route, TargetInfo, TransplantPlan
+from crx.registry.timeutil import now
+from crx.schemas.plan import ConceptPlan, PlanStep, Route, TargetInfo, TransplantPlan
 
 if TYPE_CHECKING:
-    from registry.api import Registry
+    from crx.registry.api import Registry
 
 EVALUATE_ALPHAS = "0.05,0.1,0.2,0.4"
 
@@ -70,7 +70,7 @@ def _resolve_target(view: CatalogView, target: str) -> tuple[TargetInfo, list[Pl
             ),
             [],
         )
-    from registry.engine.pull import CATALOGUE
+    from crx.registry.engine.pull import CATALOGUE
 
     if target in CATALOGUE:
         step = PlanStep(
@@ -81,7 +81,7 @@ def _resolve_target(view: CatalogView, target: str) -> tuple[TargetInfo, list[Pl
         return TargetInfo(name=target, registered=False), [step]
     local = Path(target).expanduser()
     if local.exists():
-        from registry.modelinfo import read_model_facts
+        from crx.registry.modelinfo import read_model_facts
 
         facts = read_model_facts(str(local))
         name = _model_name_for(target)
@@ -209,7 +209,7 @@ def _concept_plan(
 def _measured(reg: Registry, route: Route) -> Route:
     if route.kind != "multi-hop":
         return route
-    from registry.resolve.compose import measured_r2
+    from crx.registry.resolve.compose import measured_r2
 
     value = measured_r2(reg, route.hops)
     return route if value is None else route.model_copy(update={"fit_r2_measured": value})
@@ -225,7 +225,7 @@ def make_plan(
     measure: bool = False,
 ) -> TransplantPlan:
     """The transplant plan for ``target`` (see the module docstring). Reads only."""
-    from registry.errors import ConceptNotFound, InvalidInput
+    from crx.registry.errors import ConceptNotFound, InvalidInput
 
     if max_hops < 1:
         raise InvalidInput("--max-hops must be at least 1")

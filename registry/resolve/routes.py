@@ -25,11 +25,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from registry.contrans import default_layer
-from registry.resolve.alpha import best_alpha, default_alpha
-from registry.resolve.compose import estimated_r2
-from registry.resolve.view import CatalogView, EvaluationFact, MapFact, ModelFact, VectorFact
-from schemas.plan import MapHop, Route
+from crx.registry.contrans import default_layer
+from crx.registry.resolve.alpha import best_alpha, default_alpha
+from crx.registry.resolve.compose import estimated_r2
+from crx.registry.resolve.view import CatalogView, EvaluationFact, MapFact, ModelFact, VectorFact
+from crx.schemas.plan import MapHop, Route
 
 DEFAULT_MAX_HOPS = 3
 DEFAULT_MIN_R2 = 0.2

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.db.tables import (
+from crx.registry.db.tables import (
     SqlAffineMap,
     SqlAuditEvent,
     SqlConcept,

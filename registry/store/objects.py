@@ -24,8 +24,8 @@ from typing import Any
 
 import fsspec
 
-from registry.config import redact
-from registry.errors import BlobCorrupt, BlobMissing, StoreUnavailable
+from crx.registry.config import redact
+from crx.registry.errors import BlobCorrupt, BlobMissing, StoreUnavailable
 
 OID_LENGTH = 64
 _HEX = frozenset("0123456789abcdef")

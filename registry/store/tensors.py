@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load, save
 
-from registry.errors import InvalidInput
+from crx.registry.errors import InvalidInput
 
 FLOAT_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 
