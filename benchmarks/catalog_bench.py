@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import Engine, func, select, text  # noqa: E402
 
-from crx.registry import Registry  # noqa: E402
+from crx import Registry  # noqa: E402
 from crx.registry.catalog.maps import fit_sha256  # noqa: E402
 from crx.registry.db.tables import (  # noqa: E402
     SqlAffineMap,
@@ -343,10 +343,10 @@ def open_backend(
     registry = Registry(database_url, store_url)
     registry.init()
     print(f"[{label}] loading {scale} ...", flush=True)
-    load = bulk_load(registry.engine, scale)
+    load = bulk_load(registry.db.sql_engine, scale)
     print(f"[{label}] loaded in {load['seconds']} s: {load['rows']}", flush=True)
     if prepare is not None:
-        prepare(registry.engine)
+        prepare(registry.db.sql_engine)
     registry.close()
     inherited = ("CRX_", "AWS_", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
     env = {
@@ -491,7 +491,7 @@ def measure(
     )
     expected = scale["concepts"] * scale["versions"] + runs["api_register"] + runs["cli_register"]
     for backend in backends:
-        with backend.registry.engine.connect() as connection:
+        with backend.registry.db.sql_engine.connect() as connection:
             count = connection.scalar(select(func.count()).select_from(SqlConceptVersion.__table__))
         assert count == expected, (backend.label, count, expected)
         results[backend.label]["register_concept"]["concept_versions_after"] = count
@@ -550,7 +550,7 @@ def postgres_settings(server: PostgresServer) -> dict[str, Any]:
 
 def sqlite_settings(url: str) -> dict[str, Any]:
     registry = Registry(url, None)
-    with registry.engine.connect() as connection:
+    with registry.db.sql_engine.connect() as connection:
         settings = {
             "sqlite_version": connection.exec_driver_sql("select sqlite_version()").scalar(),
             "journal_mode": connection.exec_driver_sql("PRAGMA journal_mode").scalar(),

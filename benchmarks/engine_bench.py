@@ -28,11 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crx.registry import Registry, contrans
+from crx import Registry
 from crx.registry.engine import emotion
 from crx.registry.engine.batching import shared_prefix_length
 from crx.registry.engine.capture import residual_states
 from crx.registry.engine.steer import steer
+from crx.registry.workflows.evaluate import default_layer
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]
@@ -52,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     reg = Registry()
-    loaded = contrans.load(reg, args.model)
+    loaded = reg.load_model(args.model)
     scenarios = [s for e in emotion.EMOTIONS for s in emotion.load_scenarios(e)]
     texts = [emotion.TEMPLATE.replace("{text}", s) for s in scenarios][: args.prompts]
     tok = loaded.tokenizer
@@ -90,7 +91,7 @@ def main() -> None:
         times["plain"].append(timed(plain_forward))
         times["contrans_loop"].append(timed(contrans_loop) * len(texts) / args.single)
 
-    layer = contrans.default_layer(loaded.n_layers)
+    layer = default_layer(loaded.n_layers)
     vector = torch.randn(loaded.n_layers, loaded.d_model)
     prompt = tok("Today I went to the market and", return_tensors="pt")
 

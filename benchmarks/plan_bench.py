@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from catalog_bench import CRX, bulk_load, chunks, git_commit, machine, summary  # noqa: E402
 
-from crx.registry import Registry  # noqa: E402
+from crx import Registry  # noqa: E402
 from crx.registry.db.tables import SqlEvaluation  # noqa: E402
 from crx.registry.declare import load_specs  # noqa: E402
 from crx.registry.declare.reconcile import diff  # noqa: E402
@@ -117,9 +117,9 @@ def main() -> None:
         reg = Registry(url, str(work / "store"))
         reg.init()
         print(f"loading {scale} ...", flush=True)
-        load = bulk_load(reg.engine, scale)
+        load = bulk_load(reg.db.sql_engine, scale)
         stamp = datetime.now(UTC)
-        with reg.engine.begin() as connection:
+        with reg.db.sql_engine.begin() as connection:
             for batch in chunks(evaluation_rows(scale, stamp)):
                 connection.execute(SqlEvaluation.__table__.insert(), batch)
         print(f"loaded in {load['seconds']} s: {load['rows']}", flush=True)

@@ -24,10 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crx.registry import Registry, contrans
-from crx.registry.demo import ALPHAS, SOURCE, TARGET, pull_model, register_emotions
+from crx import Registry
 from crx.registry.engine.emotion import EMOTIONS
 from crx.registry.engine.fit import relative_depth_pair
+from crx.registry.workflows.demo import ALPHAS, SOURCE, TARGET, register_emotions
+from crx.registry.workflows.evaluate import default_layer, reference_norm
 
 PAPER_ALPHAS = (1.0, 2.0, 5.0)
 TRANSPLANTS = ("ours", "paper_recipe", "paper_recipe_raw_alpha")
@@ -56,7 +57,7 @@ def validated(reg: Registry, target: str, emotion: str, vectors: dict, layer: in
     from crx.registry.engine import emotion as task
     from crx.registry.engine.steer import steer
 
-    loaded = contrans.load(reg, target)
+    loaded = reg.load_model(target)
     held_out = task.split_scenarios(task.load_scenarios(emotion)).test
     halves = {"val": held_out[0::2], "test": held_out[1::2]}
     out: dict = {"n_val": len(halves["val"]), "n_test": len(halves["test"])}  # type: ignore[type-arg]
@@ -65,7 +66,7 @@ def validated(reg: Registry, target: str, emotion: str, vectors: dict, layer: in
     out["base_all"] = combine(base, out)
     for label, (vector_id, alphas, normalize) in vectors.items():
         array = reg.load_vector(vector_id)
-        norm = contrans.reference_norm(reg, target, layer) if normalize else None
+        norm = reference_norm(reg.load_model(target), layer) if normalize else None
         by_alpha = {}
         for alpha in alphas:
             with steer(loaded.layers, array, layer=layer, alpha=alpha, normalize=normalize,
@@ -230,25 +231,23 @@ def main() -> None:
     alphas, paper_alphas = args.alphas, args.paper_alphas
     started = time.monotonic()
     reg = Registry()
-    source = pull_model(reg, args.source).record
-    target = pull_model(reg, args.target).record
+    source = reg.pull_model(args.source).registered.record
+    target = reg.pull_model(args.target).registered.record
     SOURCE_NAME, TARGET_NAME = source.name, target.name
-    layer = contrans.default_layer(target.n_layers)
+    layer = default_layer(target.n_layers)
     source_layer = relative_depth_pair(source.n_layers, target.n_layers, layer)
-    refs = register_emotions(reg, EMOTIONS)
-    contrans.fit(reg, SOURCE_NAME, TARGET_NAME)  # ours (reused when the demo ran)
-    contrans.fit(reg, SOURCE_NAME, TARGET_NAME, pairs=f"{source_layer}:{layer}",
-                 solver="lstsq-svd")  # fmt: skip
+    refs = register_emotions(reg.catalog, EMOTIONS)
+    reg.fit(SOURCE_NAME, TARGET_NAME)  # ours (reused when the demo ran)
+    reg.fit(SOURCE_NAME, TARGET_NAME, pairs=f"{source_layer}:{layer}", solver="lstsq-svd")
     rows = []
     checks = []
     for e in EMOTIONS:
-        src = contrans.extract(reg, refs[e], SOURCE_NAME).record
-        native = contrans.extract(reg, refs[e], TARGET_NAME).record
-        ours = contrans.transplant(reg, refs[e], SOURCE_NAME, TARGET_NAME, vector_id=src.id).record
-        paper = contrans.transplant(
-            reg, refs[e], SOURCE_NAME, TARGET_NAME, vector_id=src.id, layer=layer,
-            solver="lstsq-svd",
-        ).record  # fmt: skip
+        src = reg.extract(refs[e], SOURCE_NAME).record
+        native = reg.extract(refs[e], TARGET_NAME).record
+        ours = reg.transplant(refs[e], SOURCE_NAME, TARGET_NAME, vector_id=src.id).record
+        paper = reg.transplant(
+            refs[e], SOURCE_NAME, TARGET_NAME, vector_id=src.id, layer=layer, solver="lstsq-svd"
+        ).record
         if args.validated:
             checks.append({"emotion": e, **validated(reg, TARGET_NAME, e, {
                 "ours": (ours.id, alphas, True),
@@ -262,9 +261,7 @@ def main() -> None:
         if args.validated:
             rows.append(whole_row(checks[-1]))
             continue
-        base = scores(contrans.evaluate_emotion(reg, e, TARGET_NAME, vector_id=None, alphas=[]))[
-            None
-        ]
+        base = scores(reg.evaluate_emotion(e, TARGET_NAME, vector_id=None, alphas=[]))[None]
         row = {"emotion": e, "base": base}
         for label, vector, grid, normalize in (
             ("ours", ours, alphas, True),
@@ -273,8 +270,7 @@ def main() -> None:
             ("native", native, alphas, True),
         ):
             by_alpha = scores(
-                contrans.evaluate_emotion(
-                    reg,
+                reg.evaluate_emotion(
                     e,
                     TARGET_NAME,
                     vector_id=vector.id,

@@ -37,11 +37,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crx.registry import Registry, contrans
-from crx.registry.demo import SOURCE, TARGET, register_emotions
+from crx import Registry
 from crx.registry.engine import emotion as task
 from crx.registry.engine.emotion import EMOTIONS
 from crx.registry.engine.steer import steer
+from crx.registry.workflows.demo import SOURCE, TARGET, register_emotions
+from crx.registry.workflows.evaluate import default_layer, reference_norm
 
 ALPHAS = (0.05, 0.1, 0.2, 0.4)
 #: summary rows: name → which candidates (by prefix of "vector|layers") the choice is among
@@ -61,25 +62,25 @@ CHOICES = {
 
 def measure(reg: Registry) -> dict[str, Any]:
     source, target = reg.get_model(SOURCE), reg.get_model(TARGET)
-    layer = contrans.default_layer(target.n_layers)
+    layer = default_layer(target.n_layers)
     layer_sets = {
         "13": [layer],
         "4L": list(range(layer - 2, layer + 2)),
         "7L": list(range(layer - 4, layer + 3)),
     }
-    refs = register_emotions(reg, EMOTIONS)
-    loaded = contrans.load(reg, TARGET)
-    norms = {n: contrans.reference_norm(reg, TARGET, n) for n in range(target.n_layers)}
+    refs = register_emotions(reg.catalog, EMOTIONS)
+    loaded = reg.load_model(TARGET)
+    norms = {n: reference_norm(reg.load_model(TARGET), n) for n in range(target.n_layers)}
     out: dict[str, Any] = {}
     for e in EMOTIONS:
-        src = contrans.extract(reg, refs[e], source.name).record
-        ours = contrans.transplant(reg, refs[e], source.name, target.name, vector_id=src.id)
-        paper = contrans.transplant(reg, refs[e], source.name, target.name, vector_id=src.id,
+        src = reg.extract(refs[e], source.name).record
+        ours = reg.transplant(refs[e], source.name, target.name, vector_id=src.id)
+        paper = reg.transplant(refs[e], source.name, target.name, vector_id=src.id,
                                     layer=layer, solver="lstsq-svd")  # fmt: skip
         vectors = {
             "ours": reg.load_vector(ours.record.id),
             "paper": reg.load_vector(paper.record.id),
-            "native": reg.load_vector(contrans.extract(reg, refs[e], target.name).record.id),
+            "native": reg.load_vector(reg.extract(refs[e], target.name).record.id),
         }
         blend = np.zeros_like(vectors["ours"])
         for name in ("ours", "paper"):

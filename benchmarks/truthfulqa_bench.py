@@ -39,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from crx.registry import Registry, contrans
-from crx.registry.demo import SOURCE, TARGET
+from crx import Registry
 from crx.registry.engine.truthfulqa import honesty_pairs
+from crx.registry.workflows.demo import SOURCE, TARGET
+from crx.registry.workflows.evaluate import default_layer, reference_norm
 
 
 def metrics(records: list) -> dict:  # type: ignore[type-arg]
@@ -72,15 +73,15 @@ def validated(reg: Registry, mapped_id: int, layer: int, data: Path, alphas: lis
         sizes = {h: len(list(csv.reader(f.open(encoding="utf-8")))) - 1 for h, f in files.items()}
         bare = {
             model: {
-                h: metrics(contrans.evaluate_truthfulqa(reg, model, f, vector_id=None))["None"]
+                h: metrics(reg.evaluate_truthfulqa(model, f, vector_id=None))["None"]
                 for h, f in files.items()
             }
             for model in (SOURCE, TARGET)
         }
         steered = {
             h: metrics(
-                contrans.evaluate_truthfulqa(
-                    reg, TARGET, f, vector_id=mapped_id, alphas=alphas, layer=layer, normalize=True
+                reg.evaluate_truthfulqa(
+                    TARGET, f, vector_id=mapped_id, alphas=alphas, layer=layer, normalize=True
                 )
             )
             for h, f in files.items()
@@ -121,8 +122,8 @@ def random_controls(reg: Registry, result: dict, data: Path, seeds: range) -> di
 
     layer = result["layer"]
     alpha = result["validated"]["alpha_chosen_on_validation_by_mc2"]
-    loaded = contrans.load(reg, TARGET)
-    norm = contrans.reference_norm(reg, TARGET, layer)
+    loaded = reg.load_model(TARGET)
+    norm = reference_norm(reg.load_model(TARGET), layer)
     with tempfile.TemporaryDirectory() as tmp:
         test = halves(data, Path(tmp))["test"]
         questions = truthfulqa.parse_questions(test.read_text(encoding="utf-8"), str(test))
@@ -182,10 +183,10 @@ def main() -> None:
         pair_construction="repe-honesty-persona:true-statements",
         description="RepE honest vs untruthful persona over true statements",
     ).record.ref
-    source_vector = contrans.extract(reg, ref, SOURCE).record
-    contrans.fit(reg, SOURCE, TARGET)
-    mapped = contrans.transplant(reg, ref, SOURCE, TARGET, vector_id=source_vector.id).record
-    layer = contrans.default_layer(reg.get_model(TARGET).n_layers)
+    source_vector = reg.extract(ref, SOURCE).record
+    reg.fit(SOURCE, TARGET)
+    mapped = reg.transplant(ref, SOURCE, TARGET, vector_id=source_vector.id).record
+    layer = default_layer(reg.get_model(TARGET).n_layers)
     result: dict = {"concept": ref, "n_pairs": len(pairs), "layer": layer, "alphas": alphas}  # type: ignore[type-arg]
     if args.validated:
         parts = validated(reg, mapped.id, layer, args.data, alphas)
@@ -194,16 +195,14 @@ def main() -> None:
     else:
         common = {"limit": args.limit}
         result["source_model"] = metrics(
-            contrans.evaluate_truthfulqa(reg, SOURCE, args.data, vector_id=None, **common)
+            reg.evaluate_truthfulqa(SOURCE, args.data, vector_id=None, **common)
         )
         result["target_base"] = metrics(
-            contrans.evaluate_truthfulqa(reg, TARGET, args.data, vector_id=None, **common)
+            reg.evaluate_truthfulqa(TARGET, args.data, vector_id=None, **common)
         )
         result["target_transplanted"] = metrics(
-            contrans.evaluate_truthfulqa(
-                reg, TARGET, args.data, vector_id=mapped.id, alphas=alphas, layer=layer,
-                normalize=True, **common,
-            )
+            reg.evaluate_truthfulqa(TARGET, args.data, vector_id=mapped.id, alphas=alphas,
+                                    layer=layer, normalize=True, **common)
         )  # fmt: skip
     result["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from crx.cli.context import json_option, registry
@@ -46,20 +44,8 @@ def diff(path: str, output: str | None, prune: bool, show_all: bool, as_json: bo
       crx diff specs/
       crx diff specs/ -o plan.json && crx apply plan.json
     """
-    from crx.registry.declare import load_specs
-    from crx.registry.declare.apply import make_apply_plan
-    from crx.registry.declare.reconcile import diff as make_diff
-    from crx.registry.errors import InvalidInput
-
     reg = registry()
-    loaded = load_specs(path)
-    changes = make_diff(reg, loaded).changes
-    if output:
-        plan = make_apply_plan(reg, loaded, changes, prune, source=path)
-        try:
-            Path(output).write_text(plan.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
+    changes = reg.save_diff(path, output, prune=prune) if output else reg.diff(path)
     if as_json:
         emit_json({"changes": changes})
         return
@@ -87,23 +73,9 @@ def apply(path: str, prune: bool, as_json: bool) -> None:
       crx apply plan.json
     """
     from crx.cli.progress import StageReporter
-    from crx.registry.declare import load_specs
-    from crx.registry.declare.apply import apply as run_apply
-    from crx.registry.declare.apply import read_apply_plan
-    from crx.registry.errors import InvalidInput
 
-    reg = registry()
-    saved = read_apply_plan(path)
-    if saved is not None:
-        if prune:
-            raise InvalidInput("a saved diff carries its own --prune choice (set at `crx diff`)")
-        loaded = load_specs(saved.source)
-    else:
-        loaded = load_specs(path)
     reporter = StageReporter()
-    report = run_apply(
-        reg, loaded, prune=prune, expect=saved, stage=lambda name: reporter(name, None, None)
-    )
+    report = registry().apply(path, prune=prune, stage=lambda name: reporter(name, None, None))
     reporter.finish()
     if as_json:
         emit_json(report)

@@ -41,22 +41,18 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, as_json: bool) -> None:
       crx demo
       crx demo --emotion happiness --emotion anger
     """
-    from crx.registry import demo as pipeline
-    from crx.registry.config import crx_home
-
     started = time.monotonic()
     progress = StageReporter()
-    result = pipeline.run(
-        registry(),
+    result = registry().demo(
         emotions=list(emotions) or None,
-        out_dir=Path(out_dir) if out_dir else crx_home() / "demo",
+        out_dir=Path(out_dir) if out_dir else None,
         progress=progress,
     )
     progress.finish()
     if as_json:
         emit_json({"rows": result.rows, "plot": str(result.plot)})
         return
-    labels = ("base", *pipeline.TRANSPLANTS, "native")
+    labels = ("base", *result.transplants, "native")
     rows = []
     for row in result.rows:
         cells = [row[k] if k == "base" else row[k]["best"] for k in labels]

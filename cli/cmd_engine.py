@@ -48,11 +48,8 @@ def extract(
     Example:
       crx extract happiness --model smollm2-135m-instruct
     """
-    from crx.registry import contrans
-
     progress = StageReporter()
-    result = contrans.extract(
-        registry(),
+    result = registry().extract(
         concept,
         model,
         method=method,
@@ -121,11 +118,8 @@ def fit(
       crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs 22:13 --solver lstsq-svd
       crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs all --precision float64
     """
-    from crx.registry import contrans
-
     progress = StageReporter()
-    maps = contrans.fit(
-        registry(),
+    maps = registry().fit(
         source,
         target,
         corpus=corpus,
@@ -187,7 +181,6 @@ def transplant(
       crx transplant happiness --source smollm2-135m-instruct --target gemma3-270m
       crx transplant --plan plan.json
     """
-    from crx.registry import contrans
     from crx.registry.errors import InvalidInput
 
     if plan_file is not None:
@@ -206,8 +199,8 @@ def transplant(
         return
     if not (concept and source and target):
         raise InvalidInput("give CONCEPT, --source and --target (or --plan FILE)")
-    result = contrans.transplant(
-        registry(), concept, source, target, layer=layer, solver=solver, vector_id=vector_id
+    result = registry().transplant(
+        concept, source, target, layer=layer, solver=solver, vector_id=vector_id
     )
     if as_json:
         emit_json(result)
@@ -272,50 +265,20 @@ def evaluate(
       crx evaluate happiness --model gemma3-270m --alpha 0,0.1,0.2 --normalize --base
       crx evaluate honesty --model gemma3-270m --task truthfulqa --data truthfulqa_dev.csv
     """
-    from crx.registry import contrans
-
-    reg = registry()
-    name = reg.get_concept(concept).concept
-    if vector_id is None:
-        found = contrans.find_vector(reg, concept, model)
-        if found is None:
-            raise click.UsageError(f"no vector of {concept} on {model}: extract or transplant one")
-        vector_id = found.id
     progress = StageReporter()
-    records = []
-    if task == "truthfulqa":
-        if data is None:
-            raise click.UsageError("--task truthfulqa needs --data FILE")
-        if with_base:
-            records += contrans.evaluate_truthfulqa(
-                reg, model, data, vector_id=None, primer=primer, progress=progress.counter("base")
-            )
-        records += contrans.evaluate_truthfulqa(
-            reg,
-            model,
-            data,
-            vector_id=vector_id,
-            alphas=_alphas(alphas),
-            layer=layer,
-            normalize=normalize,
-            primer=primer,
-            progress=progress.counter(f"vector {vector_id}"),
-        )
-    else:
-        if with_base:
-            records += contrans.evaluate_emotion(
-                reg, name, model, vector_id=None, alphas=[], progress=progress.counter("base")
-            )
-        records += contrans.evaluate_emotion(
-            reg,
-            name,
-            model,
-            vector_id=vector_id,
-            alphas=_alphas(alphas),
-            layer=layer,
-            normalize=normalize,
-            progress=progress.counter(f"vector {vector_id}"),
-        )
+    records = registry().evaluate(
+        concept,
+        model,
+        task=task,
+        data=data,
+        primer=primer,
+        vector_id=vector_id,
+        alphas=_alphas(alphas),
+        layer=layer,
+        normalize=normalize,
+        with_base=with_base,
+        progress=progress,
+    )
     progress.finish()
     if as_json:
         emit_json({"items": records})
@@ -362,18 +325,10 @@ def generate(
     Example:
       crx generate --model gemma3-270m --concept happiness --alpha 8 "Today I went to"
     """
-    from crx.registry import contrans
-
-    reg = registry()
-    if vector_id is None and concept:
-        found = contrans.find_vector(reg, concept, model)
-        if found is None:
-            raise click.UsageError(f"no vector of {concept} on {model}")
-        vector_id = found.id
-    texts = contrans.generate(
-        reg,
+    texts = registry().generate(
         model,
         prompt,
+        concept=concept,
         vector_id=vector_id,
         alpha=alpha,
         layer=layer,

@@ -65,15 +65,11 @@ def current(as_json: bool) -> None:
     Example:
       crx db current
     """
-    from crx.registry.db.migrate import HEAD_REVISION
-
-    revision = registry().current_revision()
+    status = registry().schema_status()
     if as_json:
-        emit_json(
-            {"current": revision, "head": HEAD_REVISION, "up_to_date": revision == HEAD_REVISION}
-        )
+        emit_json(status)
         return
-    note = "up to date" if revision == HEAD_REVISION else "run `crx db upgrade`"
-    if revision is None:
+    note = "up to date" if status.up_to_date else "run `crx db upgrade`"
+    if status.current is None:
         note = "not initialised: run `crx init`"
-    click.echo(f"current {revision or '-'}  head {HEAD_REVISION}  ({note})")
+    click.echo(f"current {status.current or '-'}  head {status.head}  ({note})")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import click
 
 from crx.cli.context import json_option, registry
@@ -26,26 +23,7 @@ def available(as_json: bool) -> None:
     Example:
       crx models available
     """
-    from crx.registry.engine.pull import CATALOGUE, model_dir, pulled
-
-    rows: list[dict[str, Any]] = []
-    for spec in CATALOGUE.values():
-        rows.append(
-            {
-                "name": spec.name,
-                "title": spec.title,
-                "family": spec.family,
-                "role": spec.role,
-                "n_layers": spec.n_layers,
-                "d_model": spec.d_model,
-                "gguf_size": spec.size,
-                "gguf_sha256": spec.sha256,
-                "source": spec.source,
-                "licence": spec.licence,
-                "pulled": pulled(spec) is not None,
-                "path": str(model_dir(spec.name)),
-            }
-        )
+    rows = registry().available_models()
     if as_json:
         emit_json(rows)
         return
@@ -84,33 +62,27 @@ def pull_model(name: str, keep_gguf: bool, as_json: bool) -> None:
       crx models pull smollm2-135m-instruct
       crx models pull gemma3-270m --json
     """
-    from crx.registry.demo import pull_model as pull_and_register
-    from crx.registry.engine.pull import get_spec, pulled
-
-    spec = get_spec(name)
-    already = pulled(spec) is not None
-    started = time.monotonic()
-    result = pull_and_register(registry(), spec.name, progress=StageReporter(), keep_gguf=keep_gguf)
+    pulled = registry().pull_model(name, progress=StageReporter(), keep_gguf=keep_gguf)
+    result = pulled.registered
     folder = result.record.path
-    seconds = time.monotonic() - started
     if as_json:
         emit_json(
             {
-                "name": spec.name,
+                "name": result.record.name,
                 "path": str(folder),
-                "pulled": not already,
-                "seconds": round(seconds, 1),
-                "gguf_sha256": spec.sha256,
-                "source": spec.source,
+                "pulled": pulled.downloaded,
+                "seconds": round(pulled.seconds, 1),
+                "gguf_sha256": pulled.gguf_sha256,
+                "source": pulled.source,
                 "registered": result.created,
                 "model": result.record,
             }
         )
         return
     m = result.record
-    verb = "already pulled" if already else f"pulled in {seconds:.0f} s"
+    verb = f"pulled in {pulled.seconds:.0f} s" if pulled.downloaded else "already pulled"
     registered = "registered" if result.created else "registration up to date"
     click.echo(
-        f"{spec.name}: {verb} to {folder} ({m.model_type}, {m.n_layers} layers, "
+        f"{m.name}: {verb} to {folder} ({m.model_type}, {m.n_layers} layers, "
         f"d_model {m.d_model}); {registered}"
     )

@@ -34,7 +34,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from crx.registry.db.engine import make_engine
+    from crx.registry.db.connection import make_engine
 
     url = os.environ.get("CRX_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
     if not url:

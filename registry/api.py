@@ -1,10 +1,13 @@
-"""`Registry`: the Python API of crx, a facade over the catalogue (SQL) and the blob store.
+"""`Registry`: the Python API of crx, the facade the CLI (and any other skin) calls.
 
-Every write follows one order: blobs first (content-addressed, idempotent), then one database
-transaction for all rows plus their audit event. A crash between the two leaves at worst an
-unreferenced blob, which ``gc`` collects; a row never points at a blob that is not stored.
+It composes the layers below and is the only object that knows them all: a `Database` and an
+`ObjectStore` make a `Catalog` (rows and blobs, `crx.registry.catalog.service`), a `Workspace`
+adds the models loaded on it (`crx.registry.workflows`), and the planner (`crx.registry.resolve`)
+and spec apply (`crx.registry.declare`) work on those. Nothing below receives or imports the
+facade. Every write follows one order: blobs first (content-addressed, idempotent), then one
+database transaction for all rows plus their audit event.
 
-    from crx.registry import Registry
+    from crx import Registry
     reg = Registry()                      # $CRX_HOME/registry.db + $CRX_HOME/store
     reg.register_concept("honesty", "pairs.json")
     reg.list_concepts().items
@@ -12,37 +15,21 @@ unreferenced blob, which ``gc`` collects; a row never points at a blob that is n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 
-from crx.registry import config, names, pairs
-from crx.registry.catalog import concepts, evaluations, maps, models, vectors
-from crx.registry.catalog.paging import DEFAULT_LIMIT, page
-from crx.registry.db import migrate
-from crx.registry.db.engine import make_engine, transaction
-from crx.registry.db.tables import SqlAuditEvent
-from crx.registry.errors import CrxError, DatabaseUnavailable, InvalidInput, TensorShapeError
-from crx.registry.maintenance import DEFAULT_GC_GRACE_SECONDS, old_enough, references, unreferenced
-from crx.registry.maintenance import verify as verify_blobs
-from crx.registry.modelinfo import read_model_facts
-from crx.registry.store import ObjectStore, sha256_hex, tensors
-from crx.registry.timeutil import as_utc
-from crx.registry.vector_io import (
-    decode_vector,
-    encode_vector,
-    export_gguf,
-    export_safetensors,
-    layer_norms,
-    vector_from_tensors,
-)
+from crx.registry import config, pairs
+from crx.registry.catalog.paging import DEFAULT_LIMIT
+from crx.registry.catalog.service import DEFAULT_HOOK_POINT, Catalog
+from crx.registry.db.session import Database
+from crx.registry.maintenance import DEFAULT_GC_GRACE_SECONDS
+from crx.registry.store import ObjectStore
+from crx.registry.workflows.workspace import Workspace
+from crx.schemas.declare import ApplyReport, Change
 from crx.schemas.plan import PlanExecution, TransplantPlan
 from crx.schemas.records import (
     AuditEventRecord,
@@ -55,16 +42,19 @@ from crx.schemas.records import (
     ModelRecord,
     Page,
     Registered,
+    SchemaStatus,
     VectorRecord,
     VerifyReport,
 )
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from crx.registry.engine.loading import LoadedModel
+    from crx.registry.workflows.demo import DemoResult
+    from crx.registry.workflows.pull import PullResult
 
-DEFAULT_TEMPLATE = "{text}"
-DEFAULT_HOOK_POINT = "resid_post"
-DEFAULT_EXTRACTION: dict[str, Any] = {"method": "mean", "token": "last", "hook_point": "resid_post"}
-_WRITE_ATTEMPTS = 20
+Stage = Callable[[str], None]
+StagedProgress = Callable[[str, int, int], None]
+PullProgress = Callable[[str, int | None, int | None], None]
 
 
 class Registry:
@@ -78,15 +68,17 @@ class Registry:
 
     def __init__(self, database_url: str | None = None, store_url: str | None = None) -> None:
         self.location = config.resolve(database_url, store_url)
-        self._engine: Engine | None = None
-        self._store: ObjectStore | None = None
-        self._schema_checked = False
+        self.store = ObjectStore(self.location.store_url)
+        self.db = Database(
+            self.location.database_url,
+            embedded=self.location.database_is_default,
+            on_create=self.store.create,
+        )
+        self.catalog = Catalog(self.db, self.store)
+        self.workspace = Workspace(self.catalog)
 
     def __repr__(self) -> str:
-        return (
-            f"Registry(database={config.redact(self.location.database_url)!r}, "
-            f"store={config.redact(self.location.store_url)!r})"
-        )
+        return f"Registry(database={self.db.display_url!r}, store={self.store.display_url!r})"
 
     def __enter__(self) -> Registry:
         return self
@@ -95,101 +87,29 @@ class Registry:
         self.close()
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        self.db.close()
 
-    # -- plumbing -----------------------------------------------------------------------
+    def current_revision(self) -> str | None:
+        return self.db.current_revision()
 
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            if self.location.database_is_default:
-                config.crx_home().mkdir(parents=True, exist_ok=True)
-            self._engine = make_engine(self.location.database_url)
-        return self._engine
+    def schema_status(self) -> SchemaStatus:
+        """The database's schema revision and the one this crx expects (``crx db current``)."""
+        from crx.registry.db.migrate import HEAD_REVISION
 
-    @property
-    def store(self) -> ObjectStore:
-        if self._store is None:
-            self._store = ObjectStore(self.location.store_url)
-        return self._store
+        current = self.db.current_revision()
+        return SchemaStatus(
+            current=current, head=HEAD_REVISION, up_to_date=current == HEAD_REVISION
+        )
 
-    def _db_url(self) -> str:
-        return config.redact(self.location.database_url)
-
-    @contextmanager
-    def _connected(self) -> Iterator[None]:
-        """Turn a lost or unreachable database into `DatabaseUnavailable`."""
-        try:
-            yield
-        except (OperationalError, InterfaceError) as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise DatabaseUnavailable(self._db_url(), reason) from None
-
-    def _ensure_schema(self) -> None:
-        if self._schema_checked:
-            return
-        with self._connected():
-            if self.location.database_is_default and not migrate.has_any_table(self.engine):
-                self.init()
-            migrate.check_schema(self.engine)
-        self._schema_checked = True
-
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        self._ensure_schema()
-        with self._connected(), transaction(self.engine, write=False) as session:
-            yield session
-
-    def _write(self, operation: Callable[[Session], T]) -> T:
-        """Run ``operation`` in one write transaction, retrying on a uniqueness race."""
-        self._ensure_schema()
-        for attempt in range(_WRITE_ATTEMPTS):
-            try:
-                with self._connected(), transaction(self.engine, write=True) as session:
-                    return operation(session)
-            except IntegrityError:
-                if attempt == _WRITE_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.005 * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    # -- lifecycle ----------------------------------------------------------------------
+    # -- the catalogue (rows and blobs) ---------------------------------------------------
 
     def init(self) -> InitReport:
         """Create or upgrade the database to the newest schema and create the store."""
-        with self._connected():
-            before = migrate.current_revision(self.engine)
-            if before != migrate.HEAD_REVISION:
-                migrate.upgrade(self.engine)
-        self.store.create()
-        self._schema_checked = True
-        return InitReport(
-            database=self._db_url(),
-            store=config.redact(self.location.store_url),
-            revision_before=before,
-            revision=migrate.HEAD_REVISION,
-        )
+        return self.catalog.init()
 
     def upgrade(self) -> InitReport:
         """Upgrade the database schema to head (the store is left as it is)."""
-        with self._connected():
-            before = migrate.current_revision(self.engine)
-            migrate.upgrade(self.engine)
-        self._schema_checked = True
-        return InitReport(
-            database=self._db_url(),
-            store=config.redact(self.location.store_url),
-            revision_before=before,
-            revision=migrate.HEAD_REVISION,
-        )
-
-    def current_revision(self) -> str | None:
-        with self._connected():
-            return migrate.current_revision(self.engine)
-
-    # -- models -------------------------------------------------------------------------
+        return self.catalog.upgrade()
 
     def register_model(
         self,
@@ -203,28 +123,17 @@ class Registry:
         tags: dict[str, Any] | None = None,
     ) -> Registered[ModelRecord]:
         """Register (or update) a model from its config; weights are never loaded."""
-        names.check_name("model", name)
-        if role is not None and role not in models.ROLES:
-            raise InvalidInput(f"role must be one of {', '.join(models.ROLES)}, not {role!r}")
-        self._ensure_schema()
-        facts = read_model_facts(path, gguf_file, revision)
-        return self._write(
-            lambda s: models.register(
-                s, name, facts, revision=revision, family=family, role=role, tags=dict(tags or {})
-            )
+        return self.catalog.register_model(
+            name, path, gguf_file=gguf_file, revision=revision, family=family, role=role, tags=tags
         )
 
     def get_model(self, ref: str | int) -> ModelRecord:
-        with self._read() as session:
-            return models.to_record(models.find(session, ref))
+        return self.catalog.get_model(ref)
 
     def list_models(
         self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
     ) -> Page[ModelRecord]:
-        with self._read() as session:
-            return models.listing(session, limit=limit, after=after)
-
-    # -- concepts -----------------------------------------------------------------------
+        return self.catalog.list_models(limit=limit, after=after)
 
     def register_concept(
         self,
@@ -237,59 +146,34 @@ class Registry:
         extraction: dict[str, Any] | None = None,
     ) -> Registered[ConceptVersionRecord]:
         """Register a version of a concept from a pairs file (or pairs); identical = no-op."""
-        names.check_name("concept", name)
-        template = DEFAULT_TEMPLATE if template is None else template
-        if "{text}" not in template:
-            raise InvalidInput("the template must contain {text}, where each scenario goes")
-        if isinstance(pairs_source, list):
-            parsed = pairs_source
-            if not parsed:
-                raise InvalidInput("no contrast pairs given")
-        else:
-            parsed = pairs.parse_pairs_file(pairs_source)
-        self._ensure_schema()
-        pairs_oid = self.store.put(pairs.canonical_bytes(parsed))
-        recipe = {**DEFAULT_EXTRACTION, **(extraction or {})}
-        return self._write(
-            lambda s: concepts.register_version(
-                s,
-                name,
-                description=description,
-                pairs_oid=pairs_oid,
-                n_pairs=len(parsed),
-                template=template,
-                pair_construction=pair_construction,
-                extraction=recipe,
-            )
+        return self.catalog.register_concept(
+            name,
+            pairs_source,
+            description=description,
+            template=template,
+            pair_construction=pair_construction,
+            extraction=extraction,
         )
 
     def mark_for_use(self, ref: str, use: bool = True) -> Registered[ConceptVersionRecord]:
         """Mark ``NAME[@V]`` for use (``crx plan``'s default concepts); one version per concept."""
-        name, version = names.parse_versioned(ref)
-        return self._write(lambda s: concepts.mark_for_use(s, name, version, use))
+        return self.catalog.mark_for_use(ref, use)
 
     def get_concept(self, ref: str) -> ConceptVersionRecord:
         """``NAME`` (latest version) or ``NAME@V``."""
-        name, version = names.parse_versioned(ref)
-        with self._read() as session:
-            return concepts.version_record(*concepts.find_version(session, name, version))
+        return self.catalog.get_concept(ref)
 
     def concept_versions(self, name: str) -> list[ConceptVersionRecord]:
-        with self._read() as session:
-            return concepts.versions_of(session, name)
+        return self.catalog.concept_versions(name)
 
     def list_concepts(
         self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
     ) -> Page[ConceptRecord]:
-        with self._read() as session:
-            return concepts.listing(session, limit=limit, after=after)
+        return self.catalog.list_concepts(limit=limit, after=after)
 
-    def load_pairs(self, ref: str) -> list[pairs.ContrastPair]:
+    def load_pairs(self, ref: str | ConceptVersionRecord) -> list[pairs.ContrastPair]:
         """The contrast pairs a concept version was registered with, exactly."""
-        record = self.get_concept(ref)
-        return pairs.from_canonical_bytes(self.store.get(record.pairs_oid))
-
-    # -- vectors ------------------------------------------------------------------------
+        return self.catalog.load_pairs(ref)
 
     def register_vector(
         self,
@@ -303,29 +187,20 @@ class Registry:
         replace: bool = False,
     ) -> Registered[VectorRecord]:
         """Import a vector computed elsewhere from a ``.safetensors`` file."""
-        concept = self.get_concept(concept_ref)
-        target = self.get_model(model)
-        named = tensors.read_file(file)
-        array, layers, source_dtype = vector_from_tensors(
-            named, target.n_layers, target.d_model, str(file)
-        )
-        return self.save_vector(
-            concept.ref,
-            target.name,
-            array,
-            layers=layers,
-            origin="imported",
+        return self.catalog.register_vector(
+            concept_ref,
+            model,
+            file,
             hook_point=hook_point,
             token_position=token_position,
             estimator=estimator,
-            settings={"file": Path(file).name, "source_dtype": source_dtype},
             replace=replace,
         )
 
     def save_vector(
         self,
-        concept_ref: str,
-        model: str,
+        concept_ref: str | ConceptVersionRecord,
+        model: str | ModelRecord,
         array: np.ndarray,
         *,
         origin: str,
@@ -339,54 +214,46 @@ class Registry:
         settings: dict[str, Any] | None = None,
         replace: bool = False,
     ) -> Registered[VectorRecord]:
-        """Store a ``[n_layers, d_model]`` array as a vector of ``concept_ref`` on ``model``."""
-        concept = self.get_concept(concept_ref)
-        target = self.get_model(model)
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if tuple(array.shape) != (target.n_layers, target.d_model):
-            raise TensorShapeError(
-                f"a vector for {target.name}", list(array.shape), [target.n_layers, target.d_model]
-            )
-        data = encode_vector(array)
-        identity: dict[str, Any] = {
-            "concept_version_id": concept.id,
-            "model_id": target.id,
-            "hook_point": hook_point,
-            "token_position": token_position,
-            "estimator": estimator,
-            "lineage_key": lineage_key,
-        }
-        # Refuse a conflicting vector before its blob is stored (`add` checks again, race-free).
-        with self._read() as session:
-            vectors.check_conflict(
-                session, identity=identity, oid=sha256_hex(data), replace=replace
-            )
-        oid = self.store.put(data)
-        return self._write(
-            lambda s: vectors.add(
-                s,
-                **identity,
-                oid=oid,
-                n_layers=target.n_layers,
-                d_model=target.d_model,
-                dtype="float32",
-                layers=layers,
-                layer_norms=layer_norms(array),
-                origin=origin,
-                source_vector_id=source_vector_id,
-                map_ids=map_ids,
-                settings=settings,
-                replace=replace,
-            )
+        """Store a ``[n_layers, d_model]`` array as a vector of ``concept_ref`` on ``model``.
+
+        A caller that already holds the records passes them, and nothing is looked up again.
+        """
+        return self.catalog.save_vector(
+            concept_ref,
+            model,
+            array,
+            origin=origin,
+            hook_point=hook_point,
+            token_position=token_position,
+            estimator=estimator,
+            layers=layers,
+            lineage_key=lineage_key,
+            source_vector_id=source_vector_id,
+            map_ids=map_ids,
+            settings=settings,
+            replace=replace,
+        )
+
+    def find_vector(
+        self,
+        concept_ref: str | ConceptVersionRecord,
+        model: str | ModelRecord,
+        *,
+        origin: str | None = None,
+        estimator: str | None = None,
+        token: str | None = None,
+    ) -> VectorRecord | None:
+        """The newest vector of that exact concept version on ``model`` matching the filters."""
+        return self.catalog.find_vector(
+            concept_ref, model, origin=origin, estimator=estimator, token=token
         )
 
     def get_vector(self, vector_id: int) -> VectorRecord:
-        with self._read() as session:
-            return vectors.get(session, vector_id)
+        return self.catalog.get_vector(vector_id)
 
     def load_vector(self, vector_id: int) -> np.ndarray:
         """The ``[n_layers, d_model]`` float32 array of a vector (verified against its oid)."""
-        return decode_vector(self.store.get(self.get_vector(vector_id).oid))
+        return self.catalog.load_vector(vector_id)
 
     def list_vectors(
         self,
@@ -396,34 +263,16 @@ class Registry:
         limit: int | None = DEFAULT_LIMIT,
         after: int | None = None,
     ) -> Page[VectorRecord]:
-        with self._read() as session:
-            return vectors.listing(session, limit=limit, after=after, concept=concept, model=model)
+        return self.catalog.list_vectors(concept=concept, model=model, limit=limit, after=after)
 
     def export_vector(self, vector_id: int, fmt: str, out: str | Path) -> Path:
         """Write a vector as ``safetensors`` or a llama.cpp ``gguf`` control vector."""
-        out = Path(out)
-        record = self.get_vector(vector_id)
-        array = self.load_vector(vector_id)
-        if not out.parent.is_dir():
-            raise InvalidInput(f"folder {out.parent} does not exist")
-        try:
-            if fmt == "safetensors":
-                export_safetensors(record, array, out)
-            elif fmt == "gguf":
-                hint = self.get_model(record.model_id).model_type or record.model
-                export_gguf(record, array, hint, out)
-            else:
-                raise InvalidInput(f"unknown export format {fmt!r} (safetensors or gguf)")
-        except OSError as exc:
-            raise InvalidInput(f"cannot write {out}: {exc.strerror or exc}") from None
-        return out
-
-    # -- maps ---------------------------------------------------------------------------
+        return self.catalog.export_vector(vector_id, fmt, out)
 
     def save_map(
         self,
-        source: str,
-        target: str,
+        source: str | ModelRecord,
+        target: str | ModelRecord,
         source_layer: int,
         target_layer: int,
         weight: np.ndarray,
@@ -439,46 +288,28 @@ class Registry:
         metrics: dict[str, Any] | None = None,
     ) -> Registered[MapRecord]:
         """Store a fitted map ``target ≈ W · source + b`` for one layer pair."""
-        src, tgt = self.get_model(source), self.get_model(target)
-        for model, layer in ((src, source_layer), (tgt, target_layer)):
-            if not 0 <= layer < model.n_layers:
-                raise InvalidInput(
-                    f"layer {layer} is out of range for {model.name} ({model.n_layers} layers)"
-                )
-        if tuple(weight.shape) != (tgt.d_model, src.d_model):
-            raise TensorShapeError("the map's W", list(weight.shape), [tgt.d_model, src.d_model])
-        named = {"W": np.ascontiguousarray(weight, dtype=np.float32)}
-        if bias is not None:
-            if tuple(bias.shape) != (tgt.d_model,):
-                raise TensorShapeError("the map's b", list(bias.shape), [tgt.d_model])
-            named["b"] = np.ascontiguousarray(bias, dtype=np.float32)
-        oid = self.store.put(tensors.encode(named))
-        return self._write(
-            lambda s: maps.add(
-                s,
-                source_model_id=src.id,
-                target_model_id=tgt.id,
-                source_layer=source_layer,
-                target_layer=target_layer,
-                oid=oid,
-                solver=solver,
-                solver_settings=dict(solver_settings or {}),
-                corpus_oid=corpus_oid,
-                n_samples=n_samples,
-                r2=r2,
-                mse=mse,
-                cosine=cosine,
-                metrics=metrics,
-            )
+        return self.catalog.save_map(
+            source,
+            target,
+            source_layer,
+            target_layer,
+            weight,
+            bias,
+            solver=solver,
+            solver_settings=solver_settings,
+            corpus_oid=corpus_oid,
+            n_samples=n_samples,
+            r2=r2,
+            mse=mse,
+            cosine=cosine,
+            metrics=metrics,
         )
 
     def get_map(self, map_id: int) -> MapRecord:
-        with self._read() as session:
-            return maps.get(session, map_id)
+        return self.catalog.get_map(map_id)
 
     def load_map(self, map_id: int) -> tuple[np.ndarray, np.ndarray | None]:
-        named = tensors.decode(self.store.get(self.get_map(map_id).oid))
-        return named["W"], named.get("b")
+        return self.catalog.load_map(map_id)
 
     def list_maps(
         self,
@@ -488,10 +319,7 @@ class Registry:
         limit: int | None = DEFAULT_LIMIT,
         after: int | None = None,
     ) -> Page[MapRecord]:
-        with self._read() as session:
-            return maps.listing(session, limit=limit, after=after, source=source, target=target)
-
-    # -- evaluations --------------------------------------------------------------------
+        return self.catalog.list_maps(source=source, target=target, limit=limit, after=after)
 
     def record_evaluation(
         self,
@@ -507,26 +335,17 @@ class Registry:
         settings: dict[str, Any] | None = None,
     ) -> list[EvaluationRecord]:
         """Record the metrics of one evaluation of a vector (or the bare model) on ``model``."""
-        if not metrics:
-            raise InvalidInput("an evaluation needs at least one metric")
-        if vector_id is not None:
-            self.get_vector(vector_id)
-
-        def write(session: Session) -> list[EvaluationRecord]:
-            return evaluations.add(
-                session,
-                model=models.find(session, model),
-                task=task,
-                metrics=metrics,
-                vector_id=vector_id,
-                dataset_oid=dataset_oid,
-                layers=layers,
-                alpha=alpha,
-                n=n,
-                settings=settings,
-            )
-
-        return self._write(write)
+        return self.catalog.record_evaluation(
+            model,
+            task,
+            metrics,
+            vector_id=vector_id,
+            dataset_oid=dataset_oid,
+            layers=layers,
+            alpha=alpha,
+            n=n,
+            settings=settings,
+        )
 
     def list_evaluations(
         self,
@@ -537,38 +356,77 @@ class Registry:
         limit: int | None = DEFAULT_LIMIT,
         after: int | None = None,
     ) -> Page[EvaluationRecord]:
-        with self._read() as session:
-            return evaluations.listing(
-                session, limit=limit, after=after, model=model, vector_id=vector_id, task=task
-            )
+        return self.catalog.list_evaluations(
+            model=model, vector_id=vector_id, task=task, limit=limit, after=after
+        )
 
-    # -- the ConTrans engine (torch; imported on first use) -------------------------------
+    def audit_events(
+        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
+    ) -> Page[AuditEventRecord]:
+        return self.catalog.audit_events(limit=limit, after=after)
 
-    def load_model(self, name: str, *, device: str | None = None) -> Any:
+    def verify_store(self) -> VerifyReport:
+        """Re-hash every referenced blob; report missing or corrupt ones with their rows."""
+        return self.catalog.verify_store()
+
+    def gc_store(
+        self, *, dry_run: bool = True, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS
+    ) -> GcReport:
+        """List (``dry_run``) or delete unreferenced blobs older than ``grace_seconds``."""
+        return self.catalog.gc_store(dry_run=dry_run, grace_seconds=grace_seconds)
+
+    # -- the ConTrans steps (torch; imported on first use) --------------------------------
+
+    def load_model(self, name: str, *, device: str | None = None) -> LoadedModel:
         """Load a registered model for hooks (`LoadedModel`), cached for this registry object."""
-        from crx.registry import contrans
-
-        return contrans.load(self, name, device=device)
+        return self.workspace.load(name, device=device)
 
     def extract(self, concept_ref: str, model: str, **options: Any) -> Registered[VectorRecord]:
-        """Extract (or reuse) a concept vector on a model; see `crx.registry.contrans.extract`."""
-        from crx.registry import contrans
+        """Extract (or reuse) a concept vector on a model; see `crx.registry.workflows.extract`."""
+        from crx.registry.workflows.extract import extract
 
-        return contrans.extract(self, concept_ref, model, **options)
+        return extract(self.workspace, concept_ref, model, **options)
 
     def fit(self, source: str, target: str, **options: Any) -> list[MapRecord]:
-        """Fit and record affine maps; see `crx.registry.contrans.fit`."""
-        from crx.registry import contrans
+        """Fit and record affine maps; see `crx.registry.workflows.fit`."""
+        from crx.registry.workflows.fit import fit
 
-        return contrans.fit(self, source, target, **options)
+        return fit(self.workspace, source, target, **options)
 
     def transplant(
         self, concept_ref: str, source: str, target: str, **options: Any
     ) -> Registered[VectorRecord]:
-        """Map a source vector into the target; see `crx.registry.contrans.transplant`."""
-        from crx.registry import contrans
+        """Map a source vector into the target; see `crx.registry.workflows.transplant`."""
+        from crx.registry.workflows.transplant import transplant
 
-        return contrans.transplant(self, concept_ref, source, target, **options)
+        return transplant(self.workspace, concept_ref, source, target, **options)
+
+    def evaluate(self, concept_ref: str, model: str, **options: Any) -> list[EvaluationRecord]:
+        """Evaluate a concept's vector on a model (``crx evaluate``); see
+        `crx.registry.workflows.evaluate.evaluate` for the options (task, data, alphas...)."""
+        from crx.registry.workflows.evaluate import evaluate
+
+        return evaluate(self.workspace, concept_ref, model, **options)
+
+    def evaluate_emotion(self, emotion: str, model: str, **options: Any) -> list[EvaluationRecord]:
+        """Six-shot emotion accuracy of the bare model (``vector_id=None``) or a vector."""
+        from crx.registry.workflows.evaluate import evaluate_emotion
+
+        return evaluate_emotion(self.workspace, emotion, model, **options)
+
+    def evaluate_truthfulqa(
+        self, model: str, data: str | Path, **options: Any
+    ) -> list[EvaluationRecord]:
+        """TruthfulQA MC1/MC2 of the bare model (``vector_id=None``) or a vector at each α."""
+        from crx.registry.workflows.evaluate import evaluate_truthfulqa
+
+        return evaluate_truthfulqa(self.workspace, model, data, **options)
+
+    def generate(self, model: str, prompt: str, **options: Any) -> dict[str, str]:
+        """Base and steered greedy continuations; see `crx.registry.workflows.generate`."""
+        from crx.registry.workflows.generate import generate
+
+        return generate(self.workspace, model, prompt, **options)
 
     @contextmanager
     def steer(
@@ -587,12 +445,12 @@ class Registry:
         exceptions included, and the model is never mutated. ``normalize`` makes alpha relative
         to the layer's mean residual norm. ``layer`` defaults to relative depth 0.75.
         """
-        from crx.registry import contrans
         from crx.registry.engine.steer import steer
+        from crx.registry.workflows.evaluate import default_layer, reference_norm
 
         array = self.load_vector(vector) if isinstance(vector, int) else vector
-        chosen = contrans.default_layer(model.n_layers) if layer is None else layer
-        norm = contrans.reference_norm(self, model.name, chosen) if normalize else None
+        chosen = default_layer(model.n_layers) if layer is None else layer
+        norm = reference_norm(model, chosen) if normalize else None
         with steer(
             model.layers,
             array,
@@ -604,6 +462,34 @@ class Registry:
             d_model=model.d_model,
         ):
             yield
+
+    def available_models(self) -> list[dict[str, Any]]:
+        """The real models crx can pull (``crx models available``), and whether each is here."""
+        from crx.registry.workflows.pull import available
+
+        return available()
+
+    def pull_model(
+        self, name: str, *, progress: PullProgress | None = None, keep_gguf: bool = False
+    ) -> PullResult:
+        """Download, check, convert once and register a model crx knows (``crx models pull``)."""
+        from crx.registry.workflows.pull import pull_model
+
+        return pull_model(self.catalog, name, progress=progress, keep_gguf=keep_gguf)
+
+    def demo(
+        self,
+        *,
+        emotions: Sequence[str] | None = None,
+        out_dir: Path | None = None,
+        progress: PullProgress | None = None,
+    ) -> DemoResult:
+        """``crx demo``: six emotions SmolLM2 → Gemma-3, both maps, evaluated; see
+        `crx.registry.workflows.demo`. ``out_dir`` defaults to ``$CRX_HOME/demo``."""
+        from crx.registry.workflows.demo import run
+
+        out = out_dir if out_dir is not None else config.crx_home() / "demo"
+        return run(self.workspace, emotions=emotions, out_dir=out, progress=progress)
 
     # -- the resolver ---------------------------------------------------------------------
 
@@ -619,13 +505,15 @@ class Registry:
         """The transplant plan for ``target``; see `crx.registry.resolve.planner`. Reads only."""
         from crx.registry.resolve.planner import make_plan
 
-        return make_plan(self, target, concepts, max_hops=max_hops, min_r2=min_r2, measure=measure)
+        return make_plan(
+            self.catalog, target, concepts, max_hops=max_hops, min_r2=min_r2, measure=measure
+        )
 
     def execute_plan(self, plan: str | Path | TransplantPlan) -> list[PlanExecution]:
         """Register the target vectors of a plan's routes (``crx transplant --plan``)."""
         from crx.registry.resolve.execute import execute_plan
 
-        return execute_plan(self, plan)
+        return execute_plan(self.catalog, plan)
 
     @contextmanager
     def load_plan(
@@ -634,77 +522,29 @@ class Registry:
         """Steer a loaded target model with every concept of a plan at its layer and α."""
         from crx.registry.resolve.execute import steer_plan
 
-        with steer_plan(self, model, plan, scope=scope):
+        with steer_plan(self.catalog, model, plan, scope=scope):
             yield
 
-    # -- audit --------------------------------------------------------------------------
+    # -- spec files -----------------------------------------------------------------------
 
-    def audit_events(
-        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
-    ) -> Page[AuditEventRecord]:
-        def convert(rows: Any) -> list[AuditEventRecord]:
-            return [
-                AuditEventRecord(
-                    id=e.id,
-                    at=as_utc(e.at),
-                    actor=e.actor,
-                    action=e.action,
-                    object_kind=e.object_kind,
-                    object_id=e.object_id,
-                    object_ref=e.object_ref,
-                    old=e.old,
-                    new=e.new,
-                )
-                for (e,) in rows
-            ]
+    def diff(self, path: str | Path) -> list[Change]:
+        """What ``apply`` would do to make the registry match the spec files at ``path``."""
+        from crx.registry.declare import load_specs
+        from crx.registry.declare.reconcile import diff
 
-        with self._read() as session:
-            return page(
-                session, select(SqlAuditEvent), SqlAuditEvent.id, convert, limit=limit, after=after
-            )
+        return diff(self.catalog, load_specs(path)).changes
 
-    # -- store maintenance --------------------------------------------------------------
+    def save_diff(self, path: str | Path, out: str | Path, *, prune: bool = False) -> list[Change]:
+        """`diff`, saved to ``out`` for a later ``apply(out)`` that refuses if anything moved."""
+        from crx.registry.declare.saved import save_diff
 
-    def verify_store(self) -> VerifyReport:
-        """Re-hash every referenced blob; report missing or corrupt ones with their rows."""
-        with self._read() as session:
-            required, optional = references(session)
-        self.store.check_reachable()
-        problems = verify_blobs(self.store, required)
-        extra = unreferenced(self.store, set(required) | optional)
-        return VerifyReport(
-            store=config.redact(self.location.store_url),
-            checked=len(required),
-            ok=len(required) - len(problems),
-            problems=problems,
-            unreferenced=len(extra),
-        )
+        return save_diff(self.catalog, path, out, prune=prune)
 
-    def gc_store(
-        self, *, dry_run: bool = True, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS
-    ) -> GcReport:
-        """List (``dry_run``) or delete unreferenced blobs older than ``grace_seconds``."""
-        with self._read() as session:
-            required, optional = references(session)
-        self.store.check_reachable()
-        candidates = [
-            oid
-            for oid in unreferenced(self.store, set(required) | optional)
-            if old_enough(self.store, oid, grace_seconds)
-        ]
-        # A temporary file is never referenced; past the grace its writer is gone.
-        temporaries = self.store.stale_temporaries(grace_seconds)
-        if not dry_run:
-            for oid in candidates:
-                self.store.remove(oid)
-            for path in temporaries:
-                path.unlink(missing_ok=True)
-        return GcReport(
-            store=config.redact(self.location.store_url),
-            unreferenced=candidates,
-            deleted=not dry_run,
-            stale_temporary_files=len(temporaries),
-        )
+    def apply(
+        self, path: str | Path, *, prune: bool = False, stage: Stage | None = None
+    ) -> ApplyReport:
+        """Make the registry match the spec files at ``path`` (or a diff saved by `save_diff`):
+        compute what is missing, then write every row in one transaction."""
+        from crx.registry.declare.apply import apply_path
 
-
-__all__ = ["CrxError", "Registry"]
+        return apply_path(self.workspace, path, prune=prune, stage=stage)

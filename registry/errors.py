@@ -42,8 +42,10 @@ class InvalidInput(CrxError):
 
 class InvalidName(InvalidInput):
     def __init__(self, kind: str, name: str, why: str) -> None:
+        from crx.schemas.names import invalid_name_message
+
         self.kind, self.name, self.why = kind, name, why
-        super().__init__(f"invalid {kind} name {name!r}: {why}")
+        super().__init__(invalid_name_message(kind, name, why))
 
 
 class PairsFileError(InvalidInput):
@@ -96,10 +98,35 @@ class VectorNotFound(NotFound):
         super().__init__(f"no vector {ref!r} in the registry (see `crx list vectors`)")
 
 
+class NoVectorOn(VectorNotFound):
+    """A concept version has no vector (of the kind asked for) on a model yet."""
+
+    def __init__(self, concept_ref: str, model: str) -> None:
+        self.concept_ref, self.model = concept_ref, model
+        NotFound.__init__(
+            self,
+            f"no vector of {concept_ref} on {model} in the registry "
+            f"(run `crx extract {concept_ref} --model {model}`)",
+        )
+
+
 class MapNotFound(NotFound):
     def __init__(self, ref: str) -> None:
         self.ref = ref
         super().__init__(f"no map {ref!r} in the registry (see `crx list maps`)")
+
+
+class NoMapBetween(MapNotFound):
+    """No fitted map leads from one model to another (at a layer, when one is asked for)."""
+
+    def __init__(self, source: str, target: str, layer: int | None = None) -> None:
+        self.source, self.target, self.layer = source, target, layer
+        where = f" at layer {layer}" if layer is not None else ""
+        NotFound.__init__(
+            self,
+            f"no map from {source} to {target}{where} "
+            f"(run `crx fit --source {source} --target {target}`)",
+        )
 
 
 class BlobMissing(NotFound):

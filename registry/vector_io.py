@@ -118,3 +118,17 @@ def decode_vector(data: bytes) -> np.ndarray:
 
 def encode_vector(array: np.ndarray) -> bytes:
     return tensors.encode({VECTOR_KEY: array})
+
+
+def encode_map(weight: np.ndarray, bias: np.ndarray | None) -> bytes:
+    """The stored bytes of an affine map ``y ≈ W·x + b``: float32 ``"W"`` and, if any, ``"b"``."""
+    named = {"W": np.ascontiguousarray(weight, dtype=np.float32)}
+    if bias is not None:
+        named["b"] = np.ascontiguousarray(bias, dtype=np.float32)
+    return tensors.encode(named)
+
+
+def decode_map(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(W, b or None)`` of a map stored by `encode_map`."""
+    named = tensors.decode(data)
+    return named["W"], named.get("b")

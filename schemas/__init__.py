@@ -12,6 +12,7 @@ from crx.schemas.records import (
     ModelRecord,
     Page,
     Registered,
+    SchemaStatus,
     VectorRecord,
     VerifyReport,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "ModelRecord",
     "Page",
     "Registered",
+    "SchemaStatus",
     "VectorRecord",
     "VerifyReport",
 ]

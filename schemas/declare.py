@@ -3,7 +3,7 @@
 A `Change` is one object of the catalogue (a model, a concept, an extraction, a map fit, a
 transplant or an evaluation) with its action and, for an update, the fields that change.
 ``compute`` names the work apply would run for it (pull, extract, fit, transplant, evaluate).
-An `ApplyPlan` is a diff saved with ``crx diff -o``: ``crx apply plan.json`` refuses it when the
+A `SavedDiff` is a diff saved with ``crx diff -o``: ``crx apply plan.json`` refuses it when the
 registry (its last audit event) or a spec file (its sha256) moved since.
 """
 
@@ -43,7 +43,9 @@ class SpecFileDigest(_Document):
     sha256: str
 
 
-class ApplyPlan(_Document):
+class SavedDiff(_Document):
+    """A diff saved by ``crx diff -o`` (its kind keeps the name it was first written under)."""
+
     schema_version: Literal[1] = 1
     kind: Literal["crx.apply-plan"] = "crx.apply-plan"
     created_at: datetime

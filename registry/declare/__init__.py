@@ -1,7 +1,11 @@
 """Declarative catalogues: spec files that describe models, concepts, maps, transplants and
-evaluations, read into `crx.schemas.spec.CatalogSpec` objects.
+evaluations, and the reconciliation that makes the registry match them.
 
-This package only reads and validates spec files (`load_specs`); it never writes the registry.
+- `specfile`: read and validate spec files into `crx.schemas.spec.CatalogSpec` (`load_specs`);
+- `reconcile`: ``crx diff``, a pure function of the specs and one snapshot of the registry;
+- `saved`: diffs saved with ``crx diff -o`` and the freshness checks before applying one;
+- `compute`, `write`, `apply`: ``crx apply``, computing first, then one write transaction;
+- `prune`: what ``--prune`` deletes with a model or a concept.
 """
 
 from crx.registry.declare.specfile import LoadedSpecs, find_spec_files, load_specs

@@ -14,7 +14,9 @@ corpus, TruthfulQA data) the way registration would. Each spec object becomes a 
 * a model or concept in the registry and not in the specs: remove, with what would go with it;
   apply deletes it only with ``--prune``.
 
-The result also carries what `crx.registry.declare.apply` needs to do the work (`Desired`).
+The diff is a pure function of the spec files and one `Snapshot` of the registry, read in a
+single read transaction (so every comparison sees the same registry). The result also carries
+what `crx.registry.declare.apply` needs to do the work (`Desired`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from crx.registry.db.tables import (
     SqlAffineMap,
@@ -36,9 +39,14 @@ from crx.registry.db.tables import (
     SqlVector,
 )
 from crx.registry.errors import InvalidInput
-from crx.registry.hashing import canonical_json
 from crx.schemas.declare import Action, Change, FieldChange, ObjectKind
-from crx.schemas.records import ConceptVersionRecord, ModelRecord, VectorRecord
+from crx.schemas.records import (
+    ConceptVersionRecord,
+    EvaluationRecord,
+    MapRecord,
+    ModelRecord,
+    VectorRecord,
+)
 from crx.schemas.spec import (
     CatalogSpec,
     ConceptSpec,
@@ -49,7 +57,7 @@ from crx.schemas.spec import (
 )
 
 if TYPE_CHECKING:
-    from crx.registry.api import Registry
+    from crx.registry.catalog.service import Catalog
     from crx.registry.declare.specfile import LoadedSpecs
     from crx.registry.pairs import ContrastPair
 
@@ -79,6 +87,7 @@ class DesiredConcept:
 class Desired:
     """The specs resolved against the registry: what apply computes and writes."""
 
+    snapshot: Snapshot
     models: dict[str, DesiredModel] = field(default_factory=dict)
     concepts: dict[str, DesiredConcept] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
@@ -104,12 +113,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def emotion_dataset_oid(emotion: str) -> str:
-    """The oid `contrans.evaluate_emotion` stores its held-out scenarios under."""
-    from crx.registry.engine import emotion as task
+    """The oid the emotion protocol stores its held-out scenarios under."""
+    from crx.registry.workflows.evaluate import emotion_protocol
 
-    split = task.split_scenarios(task.load_scenarios(emotion))
-    document = canonical_json({"task": "emotion", "emotion": emotion, "scenarios": split.test})
-    return hashlib.sha256(document).hexdigest()
+    return emotion_protocol(emotion).dataset_oid
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -179,8 +186,8 @@ def _diff_model(desired: DesiredModel, where: str | None) -> Change:
 
 def _desired_concept(spec: ConceptSpec, versions: list[ConceptVersionRecord]) -> DesiredConcept:
     from crx.registry import pairs as pairs_module
-    from crx.registry.api import DEFAULT_EXTRACTION
     from crx.registry.catalog.concepts import recipe_sha256
+    from crx.registry.catalog.service import DEFAULT_EXTRACTION
 
     parsed = pairs_module.parse_pairs_file(spec.pairs)
     data = pairs_module.canonical_bytes(parsed)
@@ -263,39 +270,58 @@ def _diff_concept(desired: DesiredConcept, where: str | None) -> Change:
 
 
 class Snapshot:
-    """The registry rows a diff compares with, read in a handful of queries."""
+    """The registry rows a diff compares with, read in one read transaction."""
 
-    def __init__(self, reg: Registry, concept_names: set[str]) -> None:
-        from crx.registry.catalog import concepts, models, vectors
+    def __init__(self, session: Session, concept_names: set[str], eval_models: set[str]) -> None:
+        from crx.registry.catalog import concepts, evaluations, maps, models, vectors
 
-        with reg._read() as session:
-            self.models = {
-                row.name: models.to_record(row) for row in session.scalars(select(SqlModel))
-            }
-            self.versions: dict[str, list[ConceptVersionRecord]] = defaultdict(list)
-            all_names = set(session.scalars(select(SqlConcept.name)))
-            self.concept_names = all_names
-            rows = session.execute(
-                select(SqlConcept, SqlConceptVersion)
-                .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
-                .where(SqlConcept.name.in_(concept_names))
-                .order_by(SqlConceptVersion.version)
+        self.models = {row.name: models.to_record(row) for row in session.scalars(select(SqlModel))}
+        self.versions: dict[str, list[ConceptVersionRecord]] = defaultdict(list)
+        self.concept_names = set(session.scalars(select(SqlConcept.name)))
+        rows = session.execute(
+            select(SqlConcept, SqlConceptVersion)
+            .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
+            .where(SqlConcept.name.in_(concept_names))
+            .order_by(SqlConceptVersion.version)
+        ).all()
+        for concept, version in rows:
+            self.versions[concept.name].append(concepts.version_record(concept, version))
+        version_ids = [v.id for vs in self.versions.values() for v in vs]
+        self.vectors: list[VectorRecord] = [
+            vectors.to_record(*row)
+            for row in session.execute(
+                vectors._joined().where(SqlVector.concept_version_id.in_(version_ids))
             ).all()
-            for concept, version in rows:
-                self.versions[concept.name].append(concepts.version_record(concept, version))
-            version_ids = [v.id for vs in self.versions.values() for v in vs]
-            self.vectors: list[VectorRecord] = [
-                vectors.to_record(*row)
-                for row in session.execute(
-                    vectors._joined().where(SqlVector.concept_version_id.in_(version_ids))
-                ).all()
-            ]
+        ]
+        self.maps: list[MapRecord] = maps.listing(session, limit=None, after=None).items
+        self.evaluations: list[EvaluationRecord] = [
+            e
+            for model in sorted(eval_models & set(self.models))
+            for e in evaluations.listing(session, limit=None, after=None, model=model).items
+        ]
+        self.removals = {
+            "model": removal_counts(session, "model", set(self.models)),
+            "concept": removal_counts(session, "concept", self.concept_names),
+        }
+
+    @classmethod
+    def read(cls, catalog: Catalog, spec: CatalogSpec) -> Snapshot:
+        """The snapshot a diff of ``spec`` needs, from one read transaction."""
+        names = {c.name for c in spec.concepts} | _referenced_concepts(spec)
+        with catalog.db.read() as session:
+            return cls(session, names, {e.model for e in spec.evaluations})
 
     def vectors_on(self, version_id: int, model: str) -> list[VectorRecord]:
         return [v for v in self.vectors if v.concept_version_id == version_id and v.model == model]
 
+    def maps_between(self, source: str, target: str) -> list[MapRecord]:
+        return [m for m in self.maps if m.source_model == source and m.target_model == target]
 
-def removal_counts(reg: Registry, kind: str, names: set[str]) -> dict[str, dict[str, int]]:
+    def evaluations_on(self, model: str) -> list[EvaluationRecord]:
+        return [e for e in self.evaluations if e.model == model]
+
+
+def removal_counts(session: Session, kind: str, names: set[str]) -> dict[str, dict[str, int]]:
     """For models or concepts about to be shown as removals: how many vectors, maps and
     evaluations would go with each (grouped queries, whatever the number of names)."""
     counts: dict[str, dict[str, int]] = {
@@ -309,65 +335,68 @@ def removal_counts(reg: Registry, kind: str, names: set[str]) -> dict[str, dict[
             if name in counts:
                 counts[name][field_name] += int(n)
 
-    with reg._read() as session:
-        if kind == "model":
+    if kind == "model":
+        add(
+            "vectors",
+            session.execute(
+                select(SqlModel.name, func.count(SqlVector.id))
+                .join(SqlVector, SqlVector.model_id == SqlModel.id)
+                .group_by(SqlModel.name)
+            ),
+        )
+        for column in (SqlAffineMap.source_model_id, SqlAffineMap.target_model_id):
             add(
-                "vectors",
+                "maps",
                 session.execute(
-                    select(SqlModel.name, func.count(SqlVector.id))
-                    .join(SqlVector, SqlVector.model_id == SqlModel.id)
+                    select(SqlModel.name, func.count(SqlAffineMap.id))
+                    .join(SqlAffineMap, column == SqlModel.id)
                     .group_by(SqlModel.name)
                 ),
             )
-            for column in (SqlAffineMap.source_model_id, SqlAffineMap.target_model_id):
-                add(
-                    "maps",
-                    session.execute(
-                        select(SqlModel.name, func.count(SqlAffineMap.id))
-                        .join(SqlAffineMap, column == SqlModel.id)
-                        .group_by(SqlModel.name)
-                    ),
-                )
-            add(
-                "evaluations",
-                session.execute(
-                    select(SqlModel.name, func.count(SqlEvaluation.id))
-                    .join(SqlEvaluation, SqlEvaluation.model_id == SqlModel.id)
-                    .group_by(SqlModel.name)
-                ),
-            )
-        else:
-            add(
-                "vectors",
-                session.execute(
-                    select(SqlConcept.name, func.count(SqlVector.id))
-                    .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
-                    .join(SqlVector, SqlVector.concept_version_id == SqlConceptVersion.id)
-                    .group_by(SqlConcept.name)
-                ),
-            )
-            add(
-                "evaluations",
-                session.execute(
-                    select(SqlConcept.name, func.count(SqlEvaluation.id))
-                    .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
-                    .join(SqlVector, SqlVector.concept_version_id == SqlConceptVersion.id)
-                    .join(SqlEvaluation, SqlEvaluation.vector_id == SqlVector.id)
-                    .group_by(SqlConcept.name)
-                ),
-            )
+        add(
+            "evaluations",
+            session.execute(
+                select(SqlModel.name, func.count(SqlEvaluation.id))
+                .join(SqlEvaluation, SqlEvaluation.model_id == SqlModel.id)
+                .group_by(SqlModel.name)
+            ),
+        )
+    else:
+        add(
+            "vectors",
+            session.execute(
+                select(SqlConcept.name, func.count(SqlVector.id))
+                .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
+                .join(SqlVector, SqlVector.concept_version_id == SqlConceptVersion.id)
+                .group_by(SqlConcept.name)
+            ),
+        )
+        add(
+            "evaluations",
+            session.execute(
+                select(SqlConcept.name, func.count(SqlEvaluation.id))
+                .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
+                .join(SqlVector, SqlVector.concept_version_id == SqlConceptVersion.id)
+                .join(SqlEvaluation, SqlEvaluation.vector_id == SqlVector.id)
+                .group_by(SqlConcept.name)
+            ),
+        )
     return counts
 
 
 # -- the diff -------------------------------------------------------------------------------
 
 
-def diff(reg: Registry, loaded: LoadedSpecs) -> Desired:
+def diff(catalog: Catalog, loaded: LoadedSpecs) -> Desired:
     """Every object of the specs (and every removal) as a `Change`, plus what apply needs."""
+    return diff_snapshot(Snapshot.read(catalog, loaded.catalog), loaded)
+
+
+def diff_snapshot(snapshot: Snapshot, loaded: LoadedSpecs) -> Desired:
+    """`diff` as a pure function of the specs and one snapshot of the registry."""
     catalog: CatalogSpec = loaded.catalog
     where = loaded.locations.get
-    snapshot = Snapshot(reg, {c.name for c in catalog.concepts} | _referenced_concepts(catalog))
-    out = Desired()
+    out = Desired(snapshot)
     for spec in catalog.models:
         desired = _desired_model(spec, snapshot.models.get(spec.name))
         out.models[spec.name] = desired
@@ -384,20 +413,20 @@ def diff(reg: Registry, loaded: LoadedSpecs) -> Desired:
     for mspec in catalog.maps:
         for model in (mspec.source, mspec.target):
             _check_model(model, known_models, where(mspec.key))
-        out.add(_diff_map(reg, out, snapshot, mspec, where(mspec.key)))
+        out.add(_diff_map(out, snapshot, mspec, where(mspec.key)))
     for tspec in catalog.transplants:
         for model in (tspec.source, tspec.target):
             _check_model(model, known_models, where(tspec.key))
-        out.add(_diff_transplant(reg, out, snapshot, tspec, where(tspec.key)))
+        out.add(_diff_transplant(out, snapshot, tspec, where(tspec.key)))
     for espec in catalog.evaluations:
         _check_model(espec.model, known_models, where(espec.key))
-        out.add(_diff_evaluation(reg, out, snapshot, espec, where(espec.key)))
+        out.add(_diff_evaluation(out, snapshot, espec, where(espec.key)))
     removals: list[tuple[ObjectKind, set[str]]] = [
         ("model", set(snapshot.models) - set(out.models)),
         ("concept", snapshot.concept_names - set(out.concepts)),
     ]
     for kind, gone in removals:
-        counts = removal_counts(reg, kind, gone)
+        counts = snapshot.removals[kind]
         for name in sorted(gone):
             out.add(
                 Change(
@@ -452,7 +481,7 @@ def _concept_version(
 
 
 def _extraction_settings(out: Desired, name: str) -> tuple[str, str]:
-    from crx.registry.contrans import ESTIMATORS
+    from crx.registry.workflows.extract import ESTIMATORS
 
     concept = out.concepts.get(name)
     if concept is None:
@@ -503,23 +532,22 @@ def _diff_extraction(
 
 
 def map_corpus(spec: MapSpec) -> tuple[list[str], bytes, str]:
-    from crx.registry.contrans import load_corpus
+    from crx.registry.workflows.corpus import load_corpus
 
     lines, data = load_corpus(spec.corpus)
     return lines, data, hashlib.sha256(data).hexdigest()
 
 
-def _diff_map(
-    reg: Registry, out: Desired, snapshot: Snapshot, spec: MapSpec, where: str | None
-) -> Change:
-    from crx.registry.contrans import _fitted_before, parse_pairs
+def _diff_map(out: Desired, snapshot: Snapshot, spec: MapSpec, where: str | None) -> Change:
+    from crx.registry.workflows.fit import fitted_before, parse_pairs
 
     compute = [f"fit {spec.source} -> {spec.target} ({spec.solver}, pairs {spec.pairs})"]
     if out.pending(f"model:{spec.source}") or out.pending(f"model:{spec.target}"):
         return Change(key=spec.key, kind="map", action="create", compute=compute, where=where)
     _, _, corpus_oid = map_corpus(spec)
     src, tgt = snapshot.models[spec.source], snapshot.models[spec.target]
-    fitted = _fitted_before(reg, src, tgt, parse_pairs(spec.pairs), spec.solver, corpus_oid)
+    registered = snapshot.maps_between(spec.source, spec.target)
+    fitted = fitted_before(registered, src, tgt, parse_pairs(spec.pairs), spec.solver, corpus_oid)
     if fitted:
         return Change(
             key=spec.key, kind="map", action="unchanged", where=where, note=f"{len(fitted)} maps"
@@ -536,10 +564,10 @@ def _map_keys_into(out: Desired, source: str, target: str) -> list[str]:
 
 
 def _diff_transplant(
-    reg: Registry, out: Desired, snapshot: Snapshot, spec: TransplantSpec, where: str | None
+    out: Desired, snapshot: Snapshot, spec: TransplantSpec, where: str | None
 ) -> Change:
-    from crx.registry.contrans import choose_maps
     from crx.registry.names import parse_versioned
+    from crx.registry.workflows.transplant import choose_maps
 
     name = parse_versioned(spec.concept)[0]
     compute = [f"transplant {spec.concept} {spec.source} -> {spec.target}"]
@@ -554,7 +582,7 @@ def _diff_transplant(
             f"{where}: no vector of {version.ref} on {spec.source} to transplant: add "
             f"{spec.source} to the concept's extract_on"
         )
-    maps = reg.list_maps(source=spec.source, target=spec.target, limit=0).items
+    maps = snapshot.maps_between(spec.source, spec.target)
     chosen = choose_maps(maps, layer=spec.layer, solver=None)
     wanted = [chosen[lt].id for lt in sorted(chosen)]
     for v in snapshot.vectors_on(version.id, spec.target):
@@ -577,10 +605,10 @@ def transplanted_vector(
 
 
 def _diff_evaluation(
-    reg: Registry, out: Desired, snapshot: Snapshot, spec: EvaluationSpec, where: str | None
+    out: Desired, snapshot: Snapshot, spec: EvaluationSpec, where: str | None
 ) -> Change:
-    from crx.registry.contrans import default_layer
     from crx.registry.names import parse_versioned
+    from crx.registry.workflows.evaluate import default_layer
 
     alphas = ", ".join(f"{a:g}" for a in spec.alphas)
     what = "the bare model" if spec.concept is None else f"{spec.concept} ({spec.vector})"
@@ -598,8 +626,12 @@ def _diff_evaluation(
     )
     model = snapshot.models[spec.model]
     if spec.concept is None:
-        done = reg.list_evaluations(model=spec.model, task=spec.task, limit=0).items
-        hit = [e for e in done if e.vector_id is None and e.dataset_oid == dataset]
+        done = snapshot.evaluations_on(spec.model)
+        hit = [
+            e
+            for e in done
+            if e.task == spec.task and e.vector_id is None and e.dataset_oid == dataset
+        ]
         return (
             Change(key=spec.key, kind="evaluation", action="unchanged", where=where)
             if hit
@@ -631,7 +663,7 @@ def _diff_evaluation(
             + ("extraction (extract_on)" if spec.vector == "native" else "transplant")
         )
     layer = default_layer(model.n_layers) if spec.layer is None else spec.layer
-    done = reg.list_evaluations(model=spec.model, vector_id=subject.id, limit=0).items
+    done = [e for e in snapshot.evaluations_on(spec.model) if e.vector_id == subject.id]
     have = {
         (e.alpha, tuple(e.layers or ()), bool(e.settings.get("normalize")))
         for e in done

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from crx.registry.api import Registry
+    from crx.registry.catalog.service import Catalog
     from crx.schemas.plan import MapHop
 
 
@@ -47,36 +47,36 @@ def estimated_r2(hop_r2: Sequence[float | None]) -> float | None:
     return product
 
 
-def load_route(reg: Registry, hops: Sequence[MapHop]) -> tuple[np.ndarray, np.ndarray]:
+def load_route(catalog: Catalog, hops: Sequence[MapHop]) -> tuple[np.ndarray, np.ndarray]:
     """The composed ``(W, b)`` of a planned route, refusing maps refitted since planning."""
     from crx.registry.errors import InvalidInput
 
     loaded = []
     for hop in hops:
-        record = reg.get_map(hop.map_id)
+        record = catalog.get_map(hop.map_id)
         if record.oid != hop.oid:
             raise InvalidInput(
                 f"map {hop.map_id} ({hop.source_model} → {hop.target_model}) was refitted "
                 "after the plan was made: run `crx plan` again"
             )
-        loaded.append(reg.load_map(hop.map_id))
+        loaded.append(catalog.load_map(hop.map_id))
     return compose(loaded)
 
 
-def measured_r2(reg: Registry, hops: Sequence[MapHop]) -> float | None:
+def measured_r2(catalog: Catalog, hops: Sequence[MapHop]) -> float | None:
     """Held-out R² of the composed route on cached calibration states, or None if not cached.
 
     Uses the corpus and the test split of the last hop's fit, and the states `crx fit` cached
     for the route's two ends; nothing is loaded or run when they are not both on this machine.
     """
-    from crx.registry.contrans import cached_states
     from crx.registry.engine.fit import split_indices
+    from crx.registry.workflows.corpus import cached_states
 
-    first, last = reg.get_map(hops[0].map_id), reg.get_map(hops[-1].map_id)
+    first, last = catalog.get_map(hops[0].map_id), catalog.get_map(hops[-1].map_id)
     if last.corpus_oid is None:
         return None
-    source = cached_states(reg.get_model(first.source_model), last.corpus_oid)
-    target = cached_states(reg.get_model(last.target_model), last.corpus_oid)
+    source = cached_states(catalog.get_model(first.source_model), last.corpus_oid)
+    target = cached_states(catalog.get_model(last.target_model), last.corpus_oid)
     if source is None or target is None or source.shape[0] != target.shape[0]:
         return None
     settings = last.solver_settings
@@ -88,7 +88,7 @@ def measured_r2(reg: Registry, hops: Sequence[MapHop]) -> float | None:
     )
     if len(test) < 2:
         return None
-    weight, bias = load_route(reg, hops)
+    weight, bias = load_route(catalog, hops)
     x = source[test, hops[0].source_layer].double().numpy()
     y = target[test, hops[-1].target_layer].double().numpy()
     predicted = x @ weight.T + bias

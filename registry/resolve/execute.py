@@ -22,10 +22,11 @@ import numpy as np
 from pydantic import ValidationError
 
 from crx.registry.errors import InvalidInput, first_error
+from crx.registry.workflows.transplant import lineage_key
 from crx.schemas.plan import ConceptPlan, PlanExecution, Route, TransplantPlan
 
 if TYPE_CHECKING:
-    from crx.registry.api import Registry
+    from crx.registry.catalog.service import Catalog
 
 
 def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> TransplantPlan:
@@ -54,29 +55,28 @@ def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> Transplan
         raise InvalidInput(f"{where} is not a valid plan: {first_error(exc)}") from None
 
 
-def route_vector(reg: Registry, route: Route, n_layers: int, d_model: int) -> np.ndarray:
+def route_vector(catalog: Catalog, route: Route, n_layers: int, d_model: int) -> np.ndarray:
     """The ``[n_layers, d_model]`` target vector of a route (only its layer is non-zero)."""
     if route.vector_id is not None:
-        return reg.load_vector(route.vector_id)
+        return catalog.load_vector(route.vector_id)
     from crx.registry.resolve.compose import load_route
+    from crx.registry.workflows.transplant import map_layers
 
-    source = reg.load_vector(route.source_vector_id)
-    weight, _bias = load_route(reg, route.hops)  # the bias cancels for a difference of states
-    out = np.zeros((n_layers, d_model), dtype=np.float32)
-    out[route.layer] = (weight @ source[route.hops[0].source_layer].astype(np.float64)).astype(
-        np.float32
+    source = catalog.load_vector(route.source_vector_id)
+    weight, _bias = load_route(catalog, route.hops)  # the bias cancels for a difference of states
+    return map_layers(
+        source, {route.layer: (weight, route.hops[0].source_layer)}, n_layers, d_model
     )
-    return out
 
 
-def _check_target(reg: Registry, plan: TransplantPlan) -> Any:
+def _check_target(catalog: Catalog, plan: TransplantPlan) -> Any:
     if not plan.target.registered:
         steps = "; ".join(s.command for s in plan.steps) or "register it"
         raise InvalidInput(
             f"the plan's target {plan.target.name} was not registered when it was planned: "
             f"run {steps}, then `crx plan` again"
         )
-    target = reg.get_model(plan.target.name)
+    target = catalog.get_model(plan.target.name)
     if target.id != plan.target.model_id:
         raise InvalidInput(
             f"model {target.name} was registered again since the plan was made: "
@@ -85,10 +85,10 @@ def _check_target(reg: Registry, plan: TransplantPlan) -> Any:
     return target
 
 
-def execute_plan(reg: Registry, source: Any) -> list[PlanExecution]:
+def execute_plan(catalog: Catalog, source: Any) -> list[PlanExecution]:
     """Register the target vector of every route in the plan still to transplant."""
     plan = read_plan(source)
-    target = _check_target(reg, plan)
+    target = _check_target(catalog, plan)
     pending: list[tuple[ConceptPlan, Route, np.ndarray]] = []
     results: dict[str, PlanExecution] = {}
     for item in plan.concepts:
@@ -98,7 +98,7 @@ def execute_plan(reg: Registry, source: Any) -> list[PlanExecution]:
                 concept=item.concept, status="skipped", detail=item.why
             )
         elif route.vector_id is not None:
-            reg.get_vector(route.vector_id)  # still there?
+            catalog.get_vector(route.vector_id)  # still there?
             results[item.concept] = PlanExecution(
                 concept=item.concept,
                 status="existing",
@@ -108,17 +108,17 @@ def execute_plan(reg: Registry, source: Any) -> list[PlanExecution]:
                 normalize=route.alpha.normalize,
             )
         else:
-            array = route_vector(reg, route, target.n_layers, target.d_model)
+            array = route_vector(catalog, route, target.n_layers, target.d_model)
             pending.append((item, route, array))
     for item, route, array in pending:
         map_ids = [h.map_id for h in route.hops]
-        saved = reg.save_vector(
+        saved = catalog.save_vector(
             item.concept,
             target.name,
             array,
             origin="mapped",
             layers=[route.layer],
-            lineage_key=f"v{route.source_vector_id}:m" + ",".join(map(str, map_ids)),
+            lineage_key=lineage_key(route.source_vector_id, map_ids),
             source_vector_id=route.source_vector_id,
             map_ids=map_ids,
             settings={
@@ -142,15 +142,15 @@ def execute_plan(reg: Registry, source: Any) -> list[PlanExecution]:
 
 
 @contextmanager
-def steer_plan(reg: Registry, model: Any, source: Any, *, scope: str = "all") -> Iterator[None]:
+def steer_plan(catalog: Catalog, model: Any, source: Any, *, scope: str = "all") -> Iterator[None]:
     """Steer a loaded target model with every chosen route of a plan at once."""
-    from crx.registry import contrans
     from crx.registry.engine.steer import steer
+    from crx.registry.workflows.evaluate import reference_norm
 
     plan = read_plan(source)
     if model.name != plan.target.name:
         raise InvalidInput(f"the plan is for {plan.target.name}, not {model.name}")
-    target = _check_target(reg, plan)
+    target = _check_target(catalog, plan)
     # Every norm is measured before any hook is installed: a norm measured with the first
     # concept's hook in place would include that concept's addition.
     prepared = []
@@ -158,12 +158,8 @@ def steer_plan(reg: Registry, model: Any, source: Any, *, scope: str = "all") ->
         route = item.chosen
         if route is None:
             continue
-        array = route_vector(reg, route, target.n_layers, target.d_model)
-        norm = (
-            contrans.reference_norm(reg, target.name, route.layer)
-            if route.alpha.normalize
-            else None
-        )
+        array = route_vector(catalog, route, target.n_layers, target.d_model)
+        norm = reference_norm(model, route.layer) if route.alpha.normalize else None
         prepared.append((route, array, norm))
     with ExitStack() as stack:
         for route, array, norm in prepared:

@@ -37,7 +37,7 @@ from crx.registry.timeutil import now
 from crx.schemas.plan import ConceptPlan, PlanStep, Route, TargetInfo, TransplantPlan
 
 if TYPE_CHECKING:
-    from crx.registry.api import Registry
+    from crx.registry.catalog.service import Catalog
 
 EVALUATE_ALPHAS = "0.05,0.1,0.2,0.4"
 
@@ -177,7 +177,7 @@ def _concept_plan(
     vectors: list[VectorFact],
     target: TargetInfo,
     search: MapSearch | None,
-    measure: Registry | None,
+    measure: Catalog | None,
     evaluations: list[EvaluationFact],
 ) -> ConceptPlan:
     routes: list[Route] = []
@@ -206,17 +206,17 @@ def _concept_plan(
     )
 
 
-def _measured(reg: Registry, route: Route) -> Route:
+def _measured(catalog: Catalog, route: Route) -> Route:
     if route.kind != "multi-hop":
         return route
     from crx.registry.resolve.compose import measured_r2
 
-    value = measured_r2(reg, route.hops)
+    value = measured_r2(catalog, route.hops)
     return route if value is None else route.model_copy(update={"fit_r2_measured": value})
 
 
 def make_plan(
-    reg: Registry,
+    catalog: Catalog,
     target: str,
     concepts: Sequence[str] = (),
     *,
@@ -229,7 +229,7 @@ def make_plan(
 
     if max_hops < 1:
         raise InvalidInput("--max-hops must be at least 1")
-    with reg._read() as session:
+    with catalog.db.read() as session:
         view = CatalogView(session)
         last_event = view.last_audit_event()
         info, target_steps = _resolve_target(view, target)
@@ -259,12 +259,12 @@ def make_plan(
             own = vectors.get(c.version_id, [])
             evaluations = by_vector[None] + [e for v in own for e in by_vector.get(v.id, [])]
             plans.append(
-                _concept_plan(view, c, own, info, search, reg if measure else None, evaluations)
+                _concept_plan(view, c, own, info, search, catalog if measure else None, evaluations)
             )
     return TransplantPlan(
         created_at=now(),
         crx_version=_crx_version(),
-        registry=reg._db_url(),
+        registry=catalog.db.display_url,
         last_audit_event=last_event,
         target=info,
         concepts=plans,

@@ -25,10 +25,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from crx.registry.contrans import default_layer
 from crx.registry.resolve.alpha import best_alpha, default_alpha
 from crx.registry.resolve.compose import estimated_r2
 from crx.registry.resolve.view import CatalogView, EvaluationFact, MapFact, ModelFact, VectorFact
+from crx.registry.workflows.evaluate import default_layer
 from crx.schemas.plan import MapHop, Route
 
 DEFAULT_MAX_HOPS = 3

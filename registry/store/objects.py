@@ -76,6 +76,7 @@ class ObjectStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.display_url = redact(url)  # safe to show: any password replaced
         self.fs, self.root, self.is_local = _filesystem(url)
 
     def __repr__(self) -> str:

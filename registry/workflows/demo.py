@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crx.schemas.records import ModelRecord, Registered
+from crx.registry.workflows import evaluate, extract, fit, transplant
+from crx.registry.workflows.pull import pull_model
 
 if TYPE_CHECKING:
-    from crx.registry.api import Registry
+    from crx.registry.catalog.service import Catalog
+    from crx.registry.workflows.workspace import Workspace
 
 SOURCE = "smollm2-135m-instruct"
 TARGET = "gemma3-270m"
@@ -39,24 +41,7 @@ PAIR_CONSTRUCTION = "repe-emotions-vs-others:holdout=0.5:seed=0"
 Stage = Callable[[str, int | None, int | None], None]
 
 
-def pull_model(
-    reg: Registry, name: str, *, progress: Stage | None = None, keep_gguf: bool = False
-) -> Registered[ModelRecord]:
-    """Pull a catalogued model (see `crx.registry.engine.pull`) and register it."""
-    from crx.registry.engine.pull import get_spec, pull
-
-    spec = get_spec(name)
-    folder = pull(spec, progress=progress, keep_gguf=keep_gguf)
-    return reg.register_model(
-        spec.name,
-        str(folder),
-        family=spec.family,
-        role=spec.role,
-        tags={"source": spec.source, "gguf_sha256": spec.sha256},
-    )
-
-
-def register_emotions(reg: Registry, emotions: Sequence[str]) -> dict[str, str]:
+def register_emotions(catalog: Catalog, emotions: Sequence[str]) -> dict[str, str]:
     """Register each emotion concept from the training half of the RepE scenarios."""
     from crx.registry.engine import emotion as task
 
@@ -64,7 +49,7 @@ def register_emotions(reg: Registry, emotions: Sequence[str]) -> dict[str, str]:
     refs = {}
     for e in emotions:
         pairs = task.build_pairs(e, train)
-        result = reg.register_concept(
+        result = catalog.register_concept(
             e,
             pairs,
             template=task.TEMPLATE,
@@ -79,17 +64,17 @@ def register_emotions(reg: Registry, emotions: Sequence[str]) -> dict[str, str]:
 class DemoResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     plot: Path | None = None
+    transplants: tuple[str, ...] = tuple(TRANSPLANTS)  # the transplanted columns, in order
 
 
 def run(
-    reg: Registry,
+    ws: Workspace,
     *,
     emotions: Sequence[str] | None = None,
     alphas: Sequence[float] = ALPHAS,
     out_dir: Path,
     progress: Stage | None = None,
 ) -> DemoResult:
-    from crx.registry import contrans
     from crx.registry.engine import emotion as task
     from crx.registry.engine.fit import relative_depth_pair
 
@@ -97,27 +82,27 @@ def run(
         return None if progress is None else (lambda d, t: progress(name, d, t))
 
     emotions = list(emotions or task.EMOTIONS)
-    source = pull_model(reg, SOURCE, progress=progress).record
-    target = pull_model(reg, TARGET, progress=progress).record
-    refs = register_emotions(reg, emotions)
-    contrans.fit(reg, source.name, target.name, progress=progress)
-    layer = contrans.default_layer(target.n_layers)
+    source = pull_model(ws.catalog, SOURCE, progress=progress).registered.record
+    target = pull_model(ws.catalog, TARGET, progress=progress).registered.record
+    refs = register_emotions(ws.catalog, emotions)
+    fit.fit(ws, source.name, target.name, progress=progress)
+    layer = evaluate.default_layer(target.n_layers)
     paper_pair = f"{relative_depth_pair(source.n_layers, target.n_layers, layer)}:{layer}"
-    contrans.fit(reg, source.name, target.name, pairs=paper_pair, solver="lstsq-svd",
+    fit.fit(ws, source.name, target.name, pairs=paper_pair, solver="lstsq-svd",
                  progress=progress)  # fmt: skip
     result = DemoResult()
     curves: dict[str, dict[float, list[float]]] = {label: {} for label in (*TRANSPLANTS, "native")}
     bases = []
     for e in emotions:
-        src_vec = contrans.extract(
-            reg, refs[e], source.name, progress=stage(f"extract {e} on {source.name}")
+        src_vec = extract.extract(
+            ws, refs[e], source.name, progress=stage(f"extract {e} on {source.name}")
         ).record
-        native = contrans.extract(
-            reg, refs[e], target.name, progress=stage(f"extract {e} on {target.name}")
+        native = extract.extract(
+            ws, refs[e], target.name, progress=stage(f"extract {e} on {target.name}")
         ).record
         vectors = {
-            label: contrans.transplant(
-                reg,
+            label: transplant.transplant(
+                ws,
                 refs[e],
                 source.name,
                 target.name,
@@ -129,8 +114,8 @@ def run(
         }
         vectors["native"] = native
         base = _metrics(
-            contrans.evaluate_emotion(
-                reg,
+            evaluate.evaluate_emotion(
+                ws,
                 e,
                 target.name,
                 vector_id=None,
@@ -142,8 +127,8 @@ def run(
         row: dict[str, Any] = {"emotion": e, "base": base[None]}
         for label, vector in vectors.items():
             scores = _metrics(
-                contrans.evaluate_emotion(
-                    reg,
+                evaluate.evaluate_emotion(
+                    ws,
                     e,
                     target.name,
                     vector_id=vector.id,

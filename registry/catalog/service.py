@@ -1,0 +1,543 @@
+"""`Catalog`: the registry's rows and blobs, as every layer below the `Registry` facade uses them.
+
+A `Catalog` composes a `Database` (sessions, schema guard, retries) with the content-addressed
+`ObjectStore`. Each method is one consistent operation that keeps the registry's promise:
+blobs first (content-addressed, idempotent), then one database transaction for the rows plus
+their audit event, so a crash between the two leaves at worst an unreferenced blob, never a row
+pointing at a blob that is not stored. It never loads a model or computes a tensor: that is
+`crx.registry.workflows`, which takes a `Catalog` (never the facade).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from crx.registry import names, pairs
+from crx.registry.catalog import concepts, evaluations, maps, models, vectors
+from crx.registry.catalog.paging import DEFAULT_LIMIT, page
+from crx.registry.db import migrate
+from crx.registry.db.session import Database
+from crx.registry.db.tables import SqlAuditEvent
+from crx.registry.errors import InvalidInput, TensorShapeError
+from crx.registry.maintenance import DEFAULT_GC_GRACE_SECONDS, old_enough, references, unreferenced
+from crx.registry.maintenance import verify as verify_blobs
+from crx.registry.modelinfo import read_model_facts
+from crx.registry.store import ObjectStore, sha256_hex, tensors
+from crx.registry.timeutil import as_utc
+from crx.registry.vector_io import (
+    decode_map,
+    decode_vector,
+    encode_map,
+    encode_vector,
+    export_gguf,
+    export_safetensors,
+    layer_norms,
+    vector_from_tensors,
+)
+from crx.schemas.records import (
+    AuditEventRecord,
+    ConceptRecord,
+    ConceptVersionRecord,
+    EvaluationRecord,
+    GcReport,
+    InitReport,
+    MapRecord,
+    ModelRecord,
+    Page,
+    Registered,
+    VectorRecord,
+    VerifyReport,
+)
+
+DEFAULT_TEMPLATE = "{text}"
+DEFAULT_HOOK_POINT = "resid_post"
+DEFAULT_EXTRACTION: dict[str, Any] = {"method": "mean", "token": "last", "hook_point": "resid_post"}
+
+
+class Catalog:
+    """A database (`Database`) and a blob store (`ObjectStore`) and what needs both.
+
+    Every method is one consistent operation: blobs are put first, then rows and their audit
+    event are written in one transaction. It never loads a model or computes a tensor.
+    """
+
+    def __init__(self, db: Database, store: ObjectStore) -> None:
+        self.db = db
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"Catalog(database={self.db.display_url!r}, store={self.store.display_url!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def init(self) -> InitReport:
+        """Create or upgrade the database to the newest schema and create the store."""
+        before = self.db.upgrade(only_if_behind=True)
+        self.store.create()
+        return self._schema_report(before)
+
+    def upgrade(self) -> InitReport:
+        """Upgrade the database schema to head (the store is left as it is)."""
+        return self._schema_report(self.db.upgrade())
+
+    def _schema_report(self, before: str | None) -> InitReport:
+        return InitReport(
+            database=self.db.display_url,
+            store=self.store.display_url,
+            revision_before=before,
+            revision=migrate.HEAD_REVISION,
+        )
+
+    # -- models -------------------------------------------------------------------------
+
+    def register_model(
+        self,
+        name: str,
+        path: str,
+        *,
+        gguf_file: str | None = None,
+        revision: str | None = None,
+        family: str | None = None,
+        role: str | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> Registered[ModelRecord]:
+        """Register (or update) a model from its config; weights are never loaded."""
+        names.check_name("model", name)
+        if role is not None and role not in models.ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(models.ROLES)}, not {role!r}")
+        self.db.ensure_schema()
+        facts = read_model_facts(path, gguf_file, revision)
+        return self.db.write(
+            lambda s: models.register(
+                s, name, facts, revision=revision, family=family, role=role, tags=dict(tags or {})
+            )
+        )
+
+    def get_model(self, ref: str | int) -> ModelRecord:
+        with self.db.read() as session:
+            return models.to_record(models.find(session, ref))
+
+    def list_models(
+        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
+    ) -> Page[ModelRecord]:
+        with self.db.read() as session:
+            return models.listing(session, limit=limit, after=after)
+
+    # -- concepts -----------------------------------------------------------------------
+
+    def register_concept(
+        self,
+        name: str,
+        pairs_source: str | Path | list[pairs.ContrastPair],
+        *,
+        description: str | None = None,
+        template: str | None = None,
+        pair_construction: str = "explicit",
+        extraction: dict[str, Any] | None = None,
+    ) -> Registered[ConceptVersionRecord]:
+        """Register a version of a concept from a pairs file (or pairs); identical = no-op."""
+        names.check_name("concept", name)
+        template = DEFAULT_TEMPLATE if template is None else template
+        if "{text}" not in template:
+            raise InvalidInput("the template must contain {text}, where each scenario goes")
+        if isinstance(pairs_source, list):
+            parsed = pairs_source
+            if not parsed:
+                raise InvalidInput("no contrast pairs given")
+        else:
+            parsed = pairs.parse_pairs_file(pairs_source)
+        self.db.ensure_schema()
+        pairs_oid = self.store.put(pairs.canonical_bytes(parsed))
+        recipe = {**DEFAULT_EXTRACTION, **(extraction or {})}
+        return self.db.write(
+            lambda s: concepts.register_version(
+                s,
+                name,
+                description=description,
+                pairs_oid=pairs_oid,
+                n_pairs=len(parsed),
+                template=template,
+                pair_construction=pair_construction,
+                extraction=recipe,
+            )
+        )
+
+    def mark_for_use(self, ref: str, use: bool = True) -> Registered[ConceptVersionRecord]:
+        """Mark ``NAME[@V]`` for use (``crx plan``'s default concepts); one version per concept."""
+        name, version = names.parse_versioned(ref)
+        return self.db.write(lambda s: concepts.mark_for_use(s, name, version, use))
+
+    def get_concept(self, ref: str) -> ConceptVersionRecord:
+        """``NAME`` (latest version) or ``NAME@V``."""
+        name, version = names.parse_versioned(ref)
+        with self.db.read() as session:
+            return concepts.version_record(*concepts.find_version(session, name, version))
+
+    def concept_versions(self, name: str) -> list[ConceptVersionRecord]:
+        with self.db.read() as session:
+            return concepts.versions_of(session, name)
+
+    def list_concepts(
+        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
+    ) -> Page[ConceptRecord]:
+        with self.db.read() as session:
+            return concepts.listing(session, limit=limit, after=after)
+
+    def load_pairs(self, ref: str | ConceptVersionRecord) -> list[pairs.ContrastPair]:
+        """The contrast pairs a concept version was registered with, exactly."""
+        record = self._concept(ref)
+        return pairs.from_canonical_bytes(self.store.get(record.pairs_oid))
+
+    # -- vectors ------------------------------------------------------------------------
+
+    def register_vector(
+        self,
+        concept_ref: str,
+        model: str,
+        file: str | Path,
+        *,
+        hook_point: str = DEFAULT_HOOK_POINT,
+        token_position: str = "last",
+        estimator: str = "imported",
+        replace: bool = False,
+    ) -> Registered[VectorRecord]:
+        """Import a vector computed elsewhere from a ``.safetensors`` file."""
+        concept = self.get_concept(concept_ref)
+        target = self.get_model(model)
+        named = tensors.read_file(file)
+        array, layers, source_dtype = vector_from_tensors(
+            named, target.n_layers, target.d_model, str(file)
+        )
+        return self.save_vector(
+            concept.ref,
+            target.name,
+            array,
+            layers=layers,
+            origin="imported",
+            hook_point=hook_point,
+            token_position=token_position,
+            estimator=estimator,
+            settings={"file": Path(file).name, "source_dtype": source_dtype},
+            replace=replace,
+        )
+
+    def save_vector(
+        self,
+        concept_ref: str | ConceptVersionRecord,
+        model: str | ModelRecord,
+        array: np.ndarray,
+        *,
+        origin: str,
+        hook_point: str = DEFAULT_HOOK_POINT,
+        token_position: str = "last",
+        estimator: str = "mean_diff",
+        layers: list[int] | None = None,
+        lineage_key: str = "",
+        source_vector_id: int | None = None,
+        map_ids: list[int] | None = None,
+        settings: dict[str, Any] | None = None,
+        replace: bool = False,
+    ) -> Registered[VectorRecord]:
+        """Store a ``[n_layers, d_model]`` array as a vector of ``concept_ref`` on ``model``.
+
+        A caller that already holds the records passes them, and nothing is looked up again.
+        """
+        concept = self._concept(concept_ref)
+        target = self._model(model)
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if tuple(array.shape) != (target.n_layers, target.d_model):
+            raise TensorShapeError(
+                f"a vector for {target.name}", list(array.shape), [target.n_layers, target.d_model]
+            )
+        data = encode_vector(array)
+        identity: dict[str, Any] = {
+            "concept_version_id": concept.id,
+            "model_id": target.id,
+            "hook_point": hook_point,
+            "token_position": token_position,
+            "estimator": estimator,
+            "lineage_key": lineage_key,
+        }
+        # Refuse a conflicting vector before its blob is stored (`add` checks again, race-free).
+        with self.db.read() as session:
+            vectors.check_conflict(
+                session, identity=identity, oid=sha256_hex(data), replace=replace
+            )
+        oid = self.store.put(data)
+        return self.db.write(
+            lambda s: vectors.add(
+                s,
+                **identity,
+                oid=oid,
+                n_layers=target.n_layers,
+                d_model=target.d_model,
+                dtype="float32",
+                layers=layers,
+                layer_norms=layer_norms(array),
+                origin=origin,
+                source_vector_id=source_vector_id,
+                map_ids=map_ids,
+                settings=settings,
+                replace=replace,
+            )
+        )
+
+    def find_vector(
+        self,
+        concept_ref: str | ConceptVersionRecord,
+        model: str | ModelRecord,
+        *,
+        origin: str | None = None,
+        estimator: str | None = None,
+        token: str | None = None,
+    ) -> VectorRecord | None:
+        """The newest vector of that exact concept version on ``model`` matching the filters."""
+        concept = self._concept(concept_ref)
+        target = self._model(model)
+        with self.db.read() as session:
+            return vectors.newest(
+                session,
+                concept_version_id=concept.id,
+                model_id=target.id,
+                origin=origin,
+                estimator=estimator,
+                token_position=token,
+            )
+
+    def _concept(self, ref: str | ConceptVersionRecord) -> ConceptVersionRecord:
+        return ref if isinstance(ref, ConceptVersionRecord) else self.get_concept(ref)
+
+    def _model(self, ref: str | ModelRecord) -> ModelRecord:
+        return ref if isinstance(ref, ModelRecord) else self.get_model(ref)
+
+    def get_vector(self, vector_id: int) -> VectorRecord:
+        with self.db.read() as session:
+            return vectors.get(session, vector_id)
+
+    def load_vector(self, vector_id: int) -> np.ndarray:
+        """The ``[n_layers, d_model]`` float32 array of a vector (verified against its oid)."""
+        return decode_vector(self.store.get(self.get_vector(vector_id).oid))
+
+    def list_vectors(
+        self,
+        *,
+        concept: str | None = None,
+        model: str | None = None,
+        limit: int | None = DEFAULT_LIMIT,
+        after: int | None = None,
+    ) -> Page[VectorRecord]:
+        with self.db.read() as session:
+            return vectors.listing(session, limit=limit, after=after, concept=concept, model=model)
+
+    def export_vector(self, vector_id: int, fmt: str, out: str | Path) -> Path:
+        """Write a vector as ``safetensors`` or a llama.cpp ``gguf`` control vector."""
+        out = Path(out)
+        record = self.get_vector(vector_id)
+        array = self.load_vector(vector_id)
+        if not out.parent.is_dir():
+            raise InvalidInput(f"folder {out.parent} does not exist")
+        try:
+            if fmt == "safetensors":
+                export_safetensors(record, array, out)
+            elif fmt == "gguf":
+                hint = self.get_model(record.model_id).model_type or record.model
+                export_gguf(record, array, hint, out)
+            else:
+                raise InvalidInput(f"unknown export format {fmt!r} (safetensors or gguf)")
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {out}: {exc.strerror or exc}") from None
+        return out
+
+    # -- maps ---------------------------------------------------------------------------
+
+    def save_map(
+        self,
+        source: str | ModelRecord,
+        target: str | ModelRecord,
+        source_layer: int,
+        target_layer: int,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        *,
+        solver: str,
+        solver_settings: dict[str, Any] | None = None,
+        corpus_oid: str | None = None,
+        n_samples: int | None = None,
+        r2: float | None = None,
+        mse: float | None = None,
+        cosine: float | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Registered[MapRecord]:
+        """Store a fitted map ``target ≈ W · source + b`` for one layer pair."""
+        src, tgt = self._model(source), self._model(target)
+        for model, layer in ((src, source_layer), (tgt, target_layer)):
+            if not 0 <= layer < model.n_layers:
+                raise InvalidInput(
+                    f"layer {layer} is out of range for {model.name} ({model.n_layers} layers)"
+                )
+        if tuple(weight.shape) != (tgt.d_model, src.d_model):
+            raise TensorShapeError("the map's W", list(weight.shape), [tgt.d_model, src.d_model])
+        if bias is not None and tuple(bias.shape) != (tgt.d_model,):
+            raise TensorShapeError("the map's b", list(bias.shape), [tgt.d_model])
+        oid = self.store.put(encode_map(weight, bias))
+        return self.db.write(
+            lambda s: maps.add(
+                s,
+                source_model_id=src.id,
+                target_model_id=tgt.id,
+                source_layer=source_layer,
+                target_layer=target_layer,
+                oid=oid,
+                solver=solver,
+                solver_settings=dict(solver_settings or {}),
+                corpus_oid=corpus_oid,
+                n_samples=n_samples,
+                r2=r2,
+                mse=mse,
+                cosine=cosine,
+                metrics=metrics,
+            )
+        )
+
+    def get_map(self, map_id: int) -> MapRecord:
+        with self.db.read() as session:
+            return maps.get(session, map_id)
+
+    def load_map(self, map_id: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return decode_map(self.store.get(self.get_map(map_id).oid))
+
+    def list_maps(
+        self,
+        *,
+        source: str | None = None,
+        target: str | None = None,
+        limit: int | None = DEFAULT_LIMIT,
+        after: int | None = None,
+    ) -> Page[MapRecord]:
+        with self.db.read() as session:
+            return maps.listing(session, limit=limit, after=after, source=source, target=target)
+
+    # -- evaluations --------------------------------------------------------------------
+
+    def record_evaluation(
+        self,
+        model: str,
+        task: str,
+        metrics: dict[str, float],
+        *,
+        vector_id: int | None = None,
+        dataset_oid: str | None = None,
+        layers: list[int] | None = None,
+        alpha: float | None = None,
+        n: int | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> list[EvaluationRecord]:
+        """Record the metrics of one evaluation of a vector (or the bare model) on ``model``."""
+        if not metrics:
+            raise InvalidInput("an evaluation needs at least one metric")
+        if vector_id is not None:
+            self.get_vector(vector_id)
+
+        def write(session: Session) -> list[EvaluationRecord]:
+            return evaluations.add(
+                session,
+                model=models.find(session, model),
+                task=task,
+                metrics=metrics,
+                vector_id=vector_id,
+                dataset_oid=dataset_oid,
+                layers=layers,
+                alpha=alpha,
+                n=n,
+                settings=settings,
+            )
+
+        return self.db.write(write)
+
+    def list_evaluations(
+        self,
+        *,
+        model: str | None = None,
+        vector_id: int | None = None,
+        task: str | None = None,
+        limit: int | None = DEFAULT_LIMIT,
+        after: int | None = None,
+    ) -> Page[EvaluationRecord]:
+        with self.db.read() as session:
+            return evaluations.listing(
+                session, limit=limit, after=after, model=model, vector_id=vector_id, task=task
+            )
+
+    # -- audit --------------------------------------------------------------------------
+
+    def audit_events(
+        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
+    ) -> Page[AuditEventRecord]:
+        def convert(rows: Any) -> list[AuditEventRecord]:
+            return [
+                AuditEventRecord(
+                    id=e.id,
+                    at=as_utc(e.at),
+                    actor=e.actor,
+                    action=e.action,
+                    object_kind=e.object_kind,
+                    object_id=e.object_id,
+                    object_ref=e.object_ref,
+                    old=e.old,
+                    new=e.new,
+                )
+                for (e,) in rows
+            ]
+
+        with self.db.read() as session:
+            return page(
+                session, select(SqlAuditEvent), SqlAuditEvent.id, convert, limit=limit, after=after
+            )
+
+    # -- store maintenance --------------------------------------------------------------
+
+    def verify_store(self) -> VerifyReport:
+        """Re-hash every referenced blob; report missing or corrupt ones with their rows."""
+        with self.db.read() as session:
+            required, optional = references(session)
+        self.store.check_reachable()
+        problems = verify_blobs(self.store, required)
+        extra = unreferenced(self.store, set(required) | optional)
+        return VerifyReport(
+            store=self.store.display_url,
+            checked=len(required),
+            ok=len(required) - len(problems),
+            problems=problems,
+            unreferenced=len(extra),
+        )
+
+    def gc_store(
+        self, *, dry_run: bool = True, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS
+    ) -> GcReport:
+        """List (``dry_run``) or delete unreferenced blobs older than ``grace_seconds``."""
+        with self.db.read() as session:
+            required, optional = references(session)
+        self.store.check_reachable()
+        candidates = [
+            oid
+            for oid in unreferenced(self.store, set(required) | optional)
+            if old_enough(self.store, oid, grace_seconds)
+        ]
+        # A temporary file is never referenced; past the grace its writer is gone.
+        temporaries = self.store.stale_temporaries(grace_seconds)
+        if not dry_run:
+            for oid in candidates:
+                self.store.remove(oid)
+            for path in temporaries:
+                path.unlink(missing_ok=True)
+        return GcReport(
+            store=self.store.display_url,
+            unreferenced=candidates,
+            deleted=not dry_run,
+            stale_temporary_files=len(temporaries),
+        )

@@ -1,0 +1,130 @@
+"""`Database`: one registry database, and the only way the library opens a transaction on it.
+
+It owns what every caller of the database needs and none should write again, as MLflow's
+``SqlAlchemyStore`` does: the SQLAlchemy engine (created on first use), the schema guard (a
+database at another revision refuses work with a message to upgrade; the embedded default
+migrates itself on first use), read and write transactions (a write retries on a uniqueness
+race, such as two writers taking the same next version number), and the translation of a lost
+or unreachable server into `DatabaseUnavailable` with the URL's password redacted.
+
+Layers below the `Registry` facade (workflows, the planner, spec apply) take a `Database`
+instead of the facade.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from crx.registry.config import crx_home, redact
+from crx.registry.db import migrate
+from crx.registry.db.connection import make_engine, transaction
+from crx.registry.errors import DatabaseUnavailable
+
+T = TypeVar("T")
+
+# A uniqueness race is retried this many times, with a short growing pause between tries.
+WRITE_ATTEMPTS = 20
+
+
+class Database:
+    """The database at ``url``; ``embedded`` marks crx's default SQLite file under CRX_HOME.
+
+    Nothing is connected until first use. ``display_url`` is the URL with its password
+    replaced, safe for messages, reports and plan documents. ``on_create`` runs once after the
+    schema guard migrated an empty embedded database (the facade creates its store there).
+    """
+
+    def __init__(
+        self, url: str, *, embedded: bool = False, on_create: Callable[[], None] | None = None
+    ) -> None:
+        self._url = url
+        self.embedded = embedded
+        self._on_create = on_create
+        self.display_url = redact(url)
+        self._sql_engine: Engine | None = None
+        self._schema_checked = False
+
+    def __repr__(self) -> str:
+        return f"Database({self.display_url!r})"
+
+    @property
+    def sql_engine(self) -> Engine:
+        """SQLAlchemy's engine for this database (created on first use)."""
+        if self._sql_engine is None:
+            if self.embedded:
+                crx_home().mkdir(parents=True, exist_ok=True)
+            self._sql_engine = make_engine(self._url)
+        return self._sql_engine
+
+    def close(self) -> None:
+        if self._sql_engine is not None:
+            self._sql_engine.dispose()
+            self._sql_engine = None
+
+    @contextmanager
+    def connected(self) -> Iterator[None]:
+        """Turn a lost or unreachable database into `DatabaseUnavailable`."""
+        try:
+            yield
+        except (OperationalError, InterfaceError) as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise DatabaseUnavailable(self.display_url, reason) from None
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def current_revision(self) -> str | None:
+        with self.connected():
+            return migrate.current_revision(self.sql_engine)
+
+    def upgrade(self, *, only_if_behind: bool = False) -> str | None:
+        """Migrate to the newest schema; returns the revision the database was at before."""
+        with self.connected():
+            before = migrate.current_revision(self.sql_engine)
+            if not (only_if_behind and before == migrate.HEAD_REVISION):
+                migrate.upgrade(self.sql_engine)
+        self._schema_checked = True
+        return before
+
+    def ensure_schema(self) -> None:
+        """Check the schema once per object; an empty embedded database is migrated first."""
+        if self._schema_checked:
+            return
+        with self.connected():
+            if self.embedded and not migrate.has_any_table(self.sql_engine):
+                migrate.upgrade(self.sql_engine)
+                if self._on_create is not None:
+                    self._on_create()
+            migrate.check_schema(self.sql_engine)
+        self._schema_checked = True
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (a consistent snapshot on PostgreSQL and SQLite WAL)."""
+        self.ensure_schema()
+        with self.connected(), transaction(self.sql_engine, write=False) as session:
+            yield session
+
+    def write(self, operation: Callable[[Session], T]) -> T:
+        """Run ``operation`` in one write transaction, again from the start on a uniqueness race.
+
+        ``operation`` may run more than once, so it must not keep state from a rolled-back try.
+        """
+        self.ensure_schema()
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self.connected(), transaction(self.sql_engine, write=True) as session:
+                    return operation(session)
+            except IntegrityError:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")

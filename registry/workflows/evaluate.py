@@ -1,0 +1,373 @@
+"""Evaluation: a vector steering a model (or the bare model), scored and recorded.
+
+The one home of the evaluation protocol, for ``crx evaluate``, ``crx apply``, ``crx diff`` and
+``Registry.steer``/``load_plan``:
+
+- `default_layer` / `steering_layer`: which block is steered, and the checks on it;
+- `reference_norm`: what α is relative to with ``normalize`` (the layer's mean residual norm
+  on the first 64 lines of the default corpus, first token left out);
+- `emotion_protocol`: ConTrans' six-shot emotion task on the held-out half of the scenarios,
+  its dataset document (and so its oid) and settings; `truthfulqa_protocol` likewise;
+- `steered_settings`: what an evaluation row of a steered model records on top;
+- `score_alphas`: the model steered at each α and measured;
+- `evaluate`: the whole step on a registry, task dispatch included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crx.registry.errors import InvalidInput, NoVectorOn
+from crx.registry.hashing import canonical_json
+from crx.registry.workflows.corpus import load_corpus
+from crx.schemas.records import EvaluationRecord, ModelRecord, VectorRecord
+
+if TYPE_CHECKING:
+    from crx.registry.engine.loading import LoadedModel
+    from crx.registry.workflows.workspace import Workspace
+
+Progress = Callable[[int, int], None]
+StagedProgress = Callable[[str, int, int], None]
+Measure = Callable[[], dict[str, float]]
+DEFAULT_LAYER_DEPTH = 0.75
+NORM_LINES = 64
+TASKS = ("emotion", "truthfulqa")
+
+
+def default_layer(n_layers: int) -> int:
+    """The block at relative depth 0.75 (ConTrans' choice; 13 of 18, 22 of 30, 24 of 32)."""
+    return min(n_layers - 1, int(DEFAULT_LAYER_DEPTH * n_layers))
+
+
+def steering_layer(vector: VectorRecord, model: ModelRecord, layer: int | None) -> int:
+    """The block to steer ``model`` with ``vector`` at (default: depth 0.75), checked: the
+    vector must belong to the model and have a direction at that block."""
+    if vector.model != model.name:
+        raise InvalidInput(f"vector {vector.id} belongs to {vector.model}, not {model.name}")
+    chosen = default_layer(model.n_layers) if layer is None else layer
+    if vector.layers is not None and chosen not in vector.layers:
+        raise InvalidInput(
+            f"vector {vector.id} has no direction at layer {chosen} (it has {vector.layers})"
+        )
+    return chosen
+
+
+def reference_norm(loaded: LoadedModel, layer: int) -> float:
+    """Mean residual norm of ``layer`` on the first lines of the default corpus."""
+    from crx.registry.engine.steer import residual_norm
+
+    lines, _ = load_corpus(None)
+    return residual_norm(loaded, lines[:NORM_LINES], layer)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One task's data as an evaluation row records it, and how to score a loaded model."""
+
+    task: str
+    document: bytes  # the exact bytes the dataset oid is the sha256 of
+    settings: dict[str, Any]
+    n: int
+    score: Callable[[LoadedModel, Progress | None], dict[str, float]]
+
+    @property
+    def dataset_oid(self) -> str:
+        return hashlib.sha256(self.document).hexdigest()
+
+
+def emotion_protocol(emotion: str, *, holdout: float = 0.5, batch_size: int = 16) -> Protocol:
+    """ConTrans' six-shot emotion accuracy on the held-out ``holdout`` share of the scenarios."""
+    from crx.registry.engine import emotion as task
+
+    test = task.split_scenarios(task.load_scenarios(emotion), holdout).test
+    return Protocol(
+        task="emotion",
+        document=canonical_json({"task": "emotion", "emotion": emotion, "scenarios": test}),
+        settings={
+            "emotion": emotion,
+            "holdout": holdout,
+            "split": "sha256-sorted",
+            "protocol": "contrans-6shot",
+            "n_test": len(test),
+        },
+        n=len(test),
+        score=lambda loaded, progress: task.accuracy(
+            loaded, emotion, test, batch_size=batch_size, progress=progress
+        ),
+    )
+
+
+def truthfulqa_protocol(
+    data: str | Path, *, primer: bool = False, limit: int | None = None
+) -> Protocol:
+    """MC1/MC2 by answer log-likelihood on a TruthfulQA-format CSV (its bytes are the dataset)."""
+    from crx.registry.engine import truthfulqa
+
+    try:
+        raw = Path(data).read_bytes()
+        questions = truthfulqa.parse_questions(raw.decode("utf-8"), str(data))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read TruthfulQA data {data}: {exc}") from None
+    questions = questions[:limit] if limit else questions
+    return Protocol(
+        task="truthfulqa",
+        document=raw,
+        settings={"primer": primer, "n_questions": len(questions), "scoring": "sum-logprob"},
+        n=len(questions),
+        score=lambda loaded, progress: truthfulqa.evaluate(
+            loaded, questions, primer=primer, progress=progress
+        ),
+    )
+
+
+def steered_settings(
+    protocol: Protocol, *, normalize: bool, norm: float | None, scope: str | None = "all"
+) -> dict[str, Any]:
+    """The settings an evaluation row of a steered model records."""
+    extra: dict[str, Any] = {"normalize": normalize, "reference_norm": norm}
+    if scope is not None:
+        extra["scope"] = scope
+    return {**protocol.settings, **extra}
+
+
+def score_alphas(
+    loaded: LoadedModel,
+    array: np.ndarray,
+    protocol: Protocol,
+    *,
+    layer: int,
+    alphas: Sequence[float],
+    normalize: bool,
+    norm: float | None,
+    progress: Progress | None = None,
+) -> list[tuple[float, dict[str, float]]]:
+    """``(α, metrics)`` of ``loaded`` steered with ``array`` at ``layer``, for each α."""
+    from crx.registry.engine.steer import steer
+
+    results = []
+    for alpha in alphas:
+        with steer(
+            loaded.layers,
+            array,
+            layer=layer,
+            alpha=alpha,
+            normalize=normalize,
+            reference_norm=norm,
+            d_model=loaded.d_model,
+        ):
+            results.append((float(alpha), protocol.score(loaded, progress)))
+    return results
+
+
+def _recorded(
+    ws: Workspace, model: str, vector_id: int | None, protocol: Protocol
+) -> dict[tuple[float | None, int | None, bool | None], list[EvaluationRecord]]:
+    """Results already recorded for this subject and dataset, by (α, layer, normalize)."""
+    found: dict[tuple[float | None, int | None, bool | None], list[EvaluationRecord]] = {}
+    recorded = ws.catalog.list_evaluations(
+        model=model, vector_id=vector_id, task=protocol.task, limit=0
+    )
+    for r in recorded.items:
+        if r.dataset_oid != protocol.dataset_oid or (vector_id is None and r.vector_id is not None):
+            continue
+        if vector_id is None:
+            key: tuple[float | None, int | None, bool | None] = (None, None, None)
+        else:
+            key = (r.alpha, r.layers[0] if r.layers else None, bool(r.settings.get("normalize")))
+        found.setdefault(key, []).append(r)
+    return found
+
+
+def evaluate_protocol(
+    ws: Workspace,
+    protocol: Protocol,
+    model: str | ModelRecord,
+    *,
+    vector_id: int | None,
+    alphas: Sequence[float] = (),
+    layer: int | None = None,
+    normalize: bool = False,
+    reuse: bool = True,
+    scope: str | None = "all",
+    progress: Progress | None = None,
+) -> list[EvaluationRecord]:
+    """The bare model (``vector_id`` None) or a vector at each α, scored and recorded.
+
+    With ``reuse``, results recorded before for the same subject, dataset, α, layer and
+    ``normalize`` are returned instead of computed again.
+    """
+    catalog = ws.catalog
+    record = model if isinstance(model, ModelRecord) else catalog.get_model(model)
+    catalog.store.put(protocol.document)
+    done = _recorded(ws, record.name, vector_id, protocol) if reuse else {}
+    if vector_id is None:
+        if (None, None, None) in done:
+            return done[(None, None, None)]
+        metrics = protocol.score(ws.load(record), progress)
+        return catalog.record_evaluation(
+            record.name,
+            protocol.task,
+            metrics,
+            dataset_oid=protocol.dataset_oid,
+            n=protocol.n,
+            settings=protocol.settings,
+        )
+    steer_layer = steering_layer(catalog.get_vector(vector_id), record, layer)
+    todo = [a for a in alphas if (float(a), steer_layer, normalize) not in done]
+    computed: dict[float, dict[str, float]] = {}
+    norm = None
+    if todo:
+        # Only now is there something to compute: load the model and measure its norm.
+        loaded = ws.load(record)
+        norm = reference_norm(loaded, steer_layer) if normalize else None
+        array = catalog.load_vector(vector_id)
+        computed = dict(
+            score_alphas(
+                loaded,
+                array,
+                protocol,
+                layer=steer_layer,
+                alphas=todo,
+                normalize=normalize,
+                norm=norm,
+                progress=progress,
+            )
+        )
+    results: list[EvaluationRecord] = []
+    for alpha in alphas:
+        key = (float(alpha), steer_layer, normalize)
+        if key in done:
+            results += done[key]
+            continue
+        results += catalog.record_evaluation(
+            record.name,
+            protocol.task,
+            computed[float(alpha)],
+            vector_id=vector_id,
+            dataset_oid=protocol.dataset_oid,
+            layers=[steer_layer],
+            alpha=alpha,
+            n=protocol.n,
+            settings=steered_settings(protocol, normalize=normalize, norm=norm, scope=scope),
+        )
+    return results
+
+
+def evaluate(
+    ws: Workspace,
+    concept_ref: str,
+    model: str,
+    *,
+    task: str = "emotion",
+    data: str | Path | None = None,
+    primer: bool = False,
+    vector_id: int | None = None,
+    alphas: Sequence[float] = (0, 1, 2, 4, 8),
+    layer: int | None = None,
+    normalize: bool = False,
+    with_base: bool = False,
+    progress: StagedProgress | None = None,
+) -> list[EvaluationRecord]:
+    """``crx evaluate``: a concept's vector on ``model`` (default: its newest vector there) at
+    each α, and with ``with_base`` the bare model first, on ``task``."""
+    catalog = ws.catalog
+    concept = catalog.get_concept(concept_ref)
+    record = catalog.get_model(model)
+    if task not in TASKS:
+        raise InvalidInput(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    if task == "truthfulqa":
+        if data is None:
+            raise InvalidInput("--task truthfulqa needs --data FILE")
+        protocol = truthfulqa_protocol(data, primer=primer)
+    else:
+        protocol = emotion_protocol(concept.concept)
+    if vector_id is None:
+        found = catalog.find_vector(concept, record)
+        if found is None:
+            raise NoVectorOn(concept.ref, record.name)
+        vector_id = found.id
+
+    def stage(name: str) -> Progress | None:
+        return None if progress is None else (lambda done, total: progress(name, done, total))
+
+    # TruthfulQA rows were never reused (their data file is the user's), and carry no scope.
+    reuse = task == "emotion"
+    scope = "all" if task == "emotion" else None
+    records: list[EvaluationRecord] = []
+    if with_base:
+        records += evaluate_protocol(
+            ws, protocol, record, vector_id=None, reuse=reuse, progress=stage("base")
+        )
+    records += evaluate_protocol(
+        ws,
+        protocol,
+        record,
+        vector_id=vector_id,
+        alphas=alphas,
+        layer=layer,
+        normalize=normalize,
+        reuse=reuse,
+        scope=scope,
+        progress=stage(f"vector {vector_id}"),
+    )
+    return records
+
+
+def evaluate_emotion(
+    ws: Workspace,
+    emotion: str,
+    model: str | ModelRecord,
+    *,
+    vector_id: int | None,
+    alphas: Sequence[float] = (),
+    layer: int | None = None,
+    normalize: bool = False,
+    holdout: float = 0.5,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[EvaluationRecord]:
+    """Six-shot emotion accuracy on held-out scenarios: the bare model, or a vector at each α."""
+    return evaluate_protocol(
+        ws,
+        emotion_protocol(emotion, holdout=holdout, batch_size=batch_size),
+        model,
+        vector_id=vector_id,
+        alphas=alphas,
+        layer=layer,
+        normalize=normalize,
+        progress=progress,
+    )
+
+
+def evaluate_truthfulqa(
+    ws: Workspace,
+    model: str | ModelRecord,
+    data: str | Path,
+    *,
+    vector_id: int | None,
+    alphas: Sequence[float] = (),
+    layer: int | None = None,
+    normalize: bool = False,
+    primer: bool = False,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> list[EvaluationRecord]:
+    """TruthfulQA MC1/MC2 of the bare model, or of a steering vector at each α."""
+    return evaluate_protocol(
+        ws,
+        truthfulqa_protocol(data, primer=primer, limit=limit),
+        model,
+        vector_id=vector_id,
+        alphas=alphas,
+        layer=layer,
+        normalize=normalize,
+        reuse=False,
+        scope=None,
+        progress=progress,
+    )

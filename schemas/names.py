@@ -1,0 +1,53 @@
+"""The rules for user-chosen names and ``NAME@VERSION`` references, as plain functions.
+
+They live here, beside the spec-file models that validate names, so that `crx.schemas` needs
+nothing from the library; `crx.registry.names` raises crx's own errors from the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_NAME_LENGTH = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a registry name, or None if it can.
+
+    Names end up in file names, URLs and ``NAME@V`` references, so ``/``, ``\\``, ``..``, ``@``,
+    control characters and surrounding whitespace are refused.
+    """
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"it is longer than {MAX_NAME_LENGTH} characters"
+    if _CONTROL.search(name):
+        return "it contains a control character"
+    if "/" in name or "\\" in name:
+        return "it contains a path separator"
+    if ".." in name:
+        return "it contains '..'"
+    if "@" in name:
+        return "'@' separates a name from its version"
+    if name != name.strip():
+        return "it starts or ends with whitespace"
+    return None
+
+
+def invalid_name_message(kind: str, name: str, why: str) -> str:
+    return f"invalid {kind} name {name!r}: {why}"
+
+
+def split_versioned(ref: str) -> tuple[str, int | None]:
+    """Split ``NAME`` or ``NAME@V`` into the name and the version (None = latest).
+
+    Raises ``ValueError`` (with the message users see) for a version that is not a positive
+    integer.
+    """
+    name, sep, version = ref.partition("@")
+    if not sep:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise ValueError(f"invalid version in {ref!r}: expected NAME@N with N a positive integer")
+    return name, int(version)
