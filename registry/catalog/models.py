@@ -12,7 +12,7 @@ from crx.registry.audit import record_event
 from crx.registry.catalog.paging import page
 from crx.registry.db.tables import SqlAffineMap, SqlModel, SqlVector
 from crx.registry.errors import InvalidInput, ModelNotFound
-from crx.registry.modelinfo import ModelFacts
+from crx.registry.models.facts import ModelFacts
 from crx.registry.timeutil import as_utc, now
 from crx.schemas.records import ModelRecord, Page, Registered
 

@@ -26,7 +26,7 @@ from crx.registry.db.tables import SqlAuditEvent
 from crx.registry.errors import InvalidInput, TensorShapeError
 from crx.registry.maintenance import DEFAULT_GC_GRACE_SECONDS, old_enough, references, unreferenced
 from crx.registry.maintenance import verify as verify_blobs
-from crx.registry.modelinfo import read_model_facts
+from crx.registry.models.facts import read_model_facts
 from crx.registry.store import ObjectStore, sha256_hex, tensors
 from crx.registry.timeutil import as_utc
 from crx.registry.vector_io import (

@@ -106,7 +106,7 @@ def compute_all(work: Work, specs: CatalogSpec) -> None:
 
 
 def _compute_models(work: Work) -> None:
-    from crx.registry.modelinfo import read_model_facts
+    from crx.registry.models.facts import read_model_facts
     from crx.registry.timeutil import now
 
     for name, dm in work.desired.models.items():
@@ -114,7 +114,7 @@ def _compute_models(work: Work) -> None:
         if change.action == "unchanged" and not change.compute:
             continue
         if dm.spec.pull is not None:
-            from crx.registry.engine.pull import get_spec, pull
+            from crx.registry.models.pull import get_spec, pull
 
             work.stage(f"pull {dm.spec.pull}")
             pull(get_spec(dm.spec.pull))

@@ -123,10 +123,10 @@ def emotion_dataset_oid(emotion: str) -> str:
 
 
 def _desired_model(spec: ModelSpec, current: ModelRecord | None) -> DesiredModel:
-    from crx.registry.modelinfo import _looks_local
+    from crx.registry.models.facts import _looks_local
 
     if spec.pull is not None:
-        from crx.registry.engine.pull import CATALOGUE, model_dir
+        from crx.registry.models.catalogue import CATALOGUE, model_dir
 
         if spec.pull not in CATALOGUE:
             raise InvalidInput(
@@ -152,7 +152,7 @@ def _diff_model(desired: DesiredModel, where: str | None) -> Change:
     spec, current = desired.spec, desired.current
     compute = []
     if spec.pull is not None:
-        from crx.registry.engine.pull import pulled
+        from crx.registry.models.catalogue import pulled
 
         if not pulled(spec.pull):
             compute.append(f"pull {spec.pull} (download, check, convert)")

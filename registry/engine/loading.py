@@ -56,7 +56,7 @@ def _first_line(exc: BaseException) -> str:
 
 def convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> Path:
     """Dequantise a GGUF model once into a safetensors folder (written aside, then renamed)."""
-    from crx.registry.engine.pull import convert_gguf as load_gguf
+    from crx.registry.models.pull import convert_gguf as load_gguf
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=out_dir.parent))

