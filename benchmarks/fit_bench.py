@@ -26,7 +26,7 @@ Timed, in one process on the same data:
 Wall and CPU seconds are both recorded; with ``--threads 1`` CPU time is the cost of the work
 itself, whatever else the machine runs.
 
-Held-out R² is on the 200 test rows (definition in ``registry/engine/fit.py``).
+Held-out R² is on the 200 test rows (definition in ``registry/engine/fit/metrics.py``).
 
 Reproduce (writes ``benchmarks/results/fit.json``):
 

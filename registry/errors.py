@@ -15,16 +15,26 @@ that identify what went wrong, so callers never format messages themselves.
     │   ├── ConceptNotFound
     │   ├── VectorNotFound
     │   ├── MapNotFound
-    │   └── BlobMissing
+    │   ├── BlobMissing
+    │   └── UnknownModel        not in the pull catalogue                   (engine/pull.py)
     ├── AlreadyExists
     ├── DatabaseError
     │   ├── DatabaseUnavailable
     │   ├── DatabaseNotInitialised
     │   ├── SchemaOutOfDate
     │   └── UnknownSchemaRevision
-    └── StoreError
-        ├── StoreUnavailable
-        └── BlobCorrupt
+    ├── StoreError
+    │   ├── StoreUnavailable
+    │   └── BlobCorrupt
+    ├── ModelLoadError          a model that will not load                  (engine/loading.py)
+    └── PullError               a model not fetched, checked or converted   (engine/pull.py)
+        ├── DownloadFailed                                                  (engine/pull.py)
+        └── ChecksumMismatch                                                (engine/pull.py)
+
+A class defined outside this module names its file (relative to ``registry/``, or to the
+repository root outside it) and stays beside the code that raises it. ``tests/test_errors.py``
+imports every module of ``crx.registry``, ``crx.schemas`` and ``crx.cli`` and checks that this
+tree draws every subclass, under its real parent and with its file, and nothing else.
 """
 
 from __future__ import annotations
