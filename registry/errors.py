@@ -14,9 +14,11 @@ that identify what went wrong, so callers never format messages themselves.
     │   ├── ModelNotFound
     │   ├── ConceptNotFound
     │   ├── VectorNotFound
+    │   │   └── NoVectorOn      a concept version has no vector on a model yet
     │   ├── MapNotFound
+    │   │   └── NoMapBetween    no fitted map from one model to another
     │   ├── BlobMissing
-    │   └── UnknownModel        not in the pull catalogue                   (engine/pull.py)
+    │   └── UnknownModel        not in the pull catalogue
     ├── AlreadyExists
     ├── DatabaseError
     │   ├── DatabaseUnavailable
@@ -27,9 +29,9 @@ that identify what went wrong, so callers never format messages themselves.
     │   ├── StoreUnavailable
     │   └── BlobCorrupt
     ├── ModelLoadError          a model that will not load                  (engine/loading.py)
-    └── PullError               a model not fetched, checked or converted   (engine/pull.py)
-        ├── DownloadFailed                                                  (engine/pull.py)
-        └── ChecksumMismatch                                                (engine/pull.py)
+    └── PullError               a model not fetched, checked or converted
+        ├── DownloadFailed
+        └── ChecksumMismatch
 
 A class defined outside this module names its file (relative to ``registry/``, or to the
 repository root outside it) and stays beside the code that raises it. ``tests/test_errors.py``
