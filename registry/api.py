@@ -26,8 +26,8 @@ from crx.registry import config, pairs
 from crx.registry.catalog.paging import DEFAULT_LIMIT
 from crx.registry.catalog.service import DEFAULT_HOOK_POINT, Catalog
 from crx.registry.db.session import Database
-from crx.registry.maintenance import DEFAULT_GC_GRACE_SECONDS
 from crx.registry.store import ObjectStore
+from crx.registry.store.maintenance import DEFAULT_GC_GRACE_SECONDS
 from crx.registry.workflows.workspace import Workspace
 from crx.schemas.declare import ApplyReport, Change
 from crx.schemas.plan import PlanExecution, TransplantPlan

@@ -20,25 +20,23 @@ from sqlalchemy.orm import Session
 from crx.registry import names, pairs
 from crx.registry.catalog import concepts, evaluations, maps, models, vectors
 from crx.registry.catalog.paging import DEFAULT_LIMIT, page
+from crx.registry.catalog.references import references
+from crx.registry.catalog.vectors import layer_norms
 from crx.registry.db import migrate
 from crx.registry.db.session import Database
 from crx.registry.db.tables import SqlAuditEvent
 from crx.registry.errors import InvalidInput, TensorShapeError
-from crx.registry.maintenance import DEFAULT_GC_GRACE_SECONDS, old_enough, references, unreferenced
-from crx.registry.maintenance import verify as verify_blobs
+from crx.registry.interop import export_gguf, export_safetensors, vector_from_tensors
 from crx.registry.models.facts import read_model_facts
 from crx.registry.store import ObjectStore, sha256_hex, tensors
-from crx.registry.timeutil import as_utc
-from crx.registry.vector_io import (
-    decode_map,
-    decode_vector,
-    encode_map,
-    encode_vector,
-    export_gguf,
-    export_safetensors,
-    layer_norms,
-    vector_from_tensors,
+from crx.registry.store.maintenance import (
+    DEFAULT_GC_GRACE_SECONDS,
+    old_enough,
+    unreferenced,
 )
+from crx.registry.store.maintenance import verify as verify_blobs
+from crx.registry.store.tensors import decode_map, decode_vector, encode_map, encode_vector
+from crx.registry.timeutil import as_utc
 from crx.schemas.records import (
     AuditEventRecord,
     ConceptRecord,

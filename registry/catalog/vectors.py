@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,11 @@ from crx.registry.timeutil import as_utc, now
 from crx.schemas.records import Page, Registered, VectorRecord
 
 ORIGINS = ("extracted", "imported", "mapped")
+
+
+def layer_norms(array: np.ndarray) -> list[float]:
+    """The L2 norm of each layer's row, as a vector row records them."""
+    return [float(x) for x in np.linalg.norm(array.astype(np.float64), axis=1)]
 
 
 def _joined() -> Select:

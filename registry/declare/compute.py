@@ -148,7 +148,7 @@ def _compute_models(work: Work) -> None:
 def _pending_vector(
     work: Work, concept: str, ref: str | None, model: str, array: np.ndarray, **kw: Any
 ) -> PendingVector:
-    from crx.registry.vector_io import encode_vector
+    from crx.registry.store.tensors import encode_vector
 
     array = np.ascontiguousarray(array, dtype=np.float32)
     oid = work.ws.catalog.store.put(encode_vector(array))
@@ -192,7 +192,7 @@ def _compute_extractions(work: Work) -> None:
 
 
 def _compute_fits(work: Work, specs: CatalogSpec) -> None:
-    from crx.registry.vector_io import encode_map
+    from crx.registry.store.tensors import encode_map
 
     store = work.ws.catalog.store
     for spec in specs.maps:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from crx.registry.catalog import concepts, evaluations, maps, models, vectors
+from crx.registry.catalog.vectors import layer_norms
 from crx.registry.declare.compute import PendingMap, PendingVector, Work
 from crx.registry.declare.prune import delete_concept, delete_model
 from crx.registry.declare.saved import last_audit_event
 from crx.registry.errors import InvalidInput
 from crx.registry.names import parse_versioned
-from crx.registry.vector_io import layer_norms
 from crx.registry.workflows.fit import fitted_row
 from crx.registry.workflows.transplant import lineage_key
 

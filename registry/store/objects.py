@@ -136,6 +136,19 @@ class ObjectStore:
         except Exception as exc:
             raise self._unavailable(exc) from None
 
+    def age_seconds(self, oid: str) -> float | None:
+        """Seconds since blob ``oid`` was written; None when it is gone, infinity when the
+        backend records no time for it."""
+        try:
+            info = self.fs.info(self.path(oid))
+        except FileNotFoundError:
+            return None
+        modified = info.get("mtime") or info.get("LastModified") or info.get("created")
+        if modified is None:
+            return float("inf")
+        stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+        return time.time() - stamp
+
     def put(self, data: bytes) -> str:
         """Store ``data`` and return its oid; a blob already present is not written again."""
         oid = sha256_hex(data)

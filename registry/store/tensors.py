@@ -1,5 +1,9 @@
 """Tensors as bytes: safetensors with no header metadata, so equal tensors give equal oids.
 
+The stored formats: a vector is one float32 ``[n_layers, d_model]`` tensor under ``"vector"``
+(row ``i`` is the direction added at the output of decoder block ``i``); an affine map is
+float32 ``"W"`` and, when it has one, ``"b"``.
+
 safetensors does not write ``__metadata__`` in a stable key order (safetensors issue #584), so
 crx writes none and keeps metadata in SQL. Tensors are numpy arrays here: the registry reads
 and writes blobs without importing torch; the engine converts at its edge.
@@ -17,6 +21,7 @@ from safetensors.numpy import load, save
 from crx.registry.errors import InvalidInput
 
 FLOAT_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
+VECTOR_KEY = "vector"
 
 
 def encode(tensors: dict[str, np.ndarray]) -> bytes:
@@ -26,6 +31,28 @@ def encode(tensors: dict[str, np.ndarray]) -> bytes:
 
 def decode(data: bytes) -> dict[str, np.ndarray]:
     return load(data)
+
+
+def encode_vector(array: np.ndarray) -> bytes:
+    return encode({VECTOR_KEY: array})
+
+
+def decode_vector(data: bytes) -> np.ndarray:
+    return decode(data)[VECTOR_KEY]
+
+
+def encode_map(weight: np.ndarray, bias: np.ndarray | None) -> bytes:
+    """The stored bytes of an affine map ``y ≈ W·x + b``: float32 ``"W"`` and, if any, ``"b"``."""
+    named = {"W": np.ascontiguousarray(weight, dtype=np.float32)}
+    if bias is not None:
+        named["b"] = np.ascontiguousarray(bias, dtype=np.float32)
+    return encode(named)
+
+
+def decode_map(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(W, b or None)`` of a map stored by `encode_map`."""
+    named = decode(data)
+    return named["W"], named.get("b")
 
 
 def read_file(path: str | Path) -> dict[str, np.ndarray]:

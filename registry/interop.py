@@ -1,4 +1,4 @@
-"""Vectors in and out: shape checks for imported tensors, and exports for other tools.
+"""Vectors from and for other tools: shape checks for imported tensors, and exports.
 
 A stored vector is one float32 ``[n_layers, d_model]`` array, row ``i`` being the direction
 added at the output of decoder block ``i`` (0-based). Exports:
@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from crx.registry.errors import InvalidInput, TensorShapeError
-from crx.registry.store import tensors
+from crx.registry.store.tensors import VECTOR_KEY
 from crx.schemas.records import VectorRecord
 
-VECTOR_KEY = "vector"
 _LAYER_KEY = re.compile(r"^(?:direction\.|layer\.|layers\.)?(\d+)$")
 
 
@@ -71,10 +70,6 @@ def _as_float32(array: np.ndarray, where: str) -> np.ndarray:
     return converted
 
 
-def layer_norms(array: np.ndarray) -> list[float]:
-    return [float(x) for x in np.linalg.norm(array.astype(np.float64), axis=1)]
-
-
 def export_safetensors(vector: VectorRecord, array: np.ndarray, out: Path) -> None:
     metadata = {
         "crx.vector_id": str(vector.id),
@@ -110,25 +105,3 @@ def export_gguf(vector: VectorRecord, array: np.ndarray, model_hint: str, out: P
     writer.write_tensors_to_file()
     writer.close()
     return len(layers)
-
-
-def decode_vector(data: bytes) -> np.ndarray:
-    return tensors.decode(data)[VECTOR_KEY]
-
-
-def encode_vector(array: np.ndarray) -> bytes:
-    return tensors.encode({VECTOR_KEY: array})
-
-
-def encode_map(weight: np.ndarray, bias: np.ndarray | None) -> bytes:
-    """The stored bytes of an affine map ``y ≈ W·x + b``: float32 ``"W"`` and, if any, ``"b"``."""
-    named = {"W": np.ascontiguousarray(weight, dtype=np.float32)}
-    if bias is not None:
-        named["b"] = np.ascontiguousarray(bias, dtype=np.float32)
-    return tensors.encode(named)
-
-
-def decode_map(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(W, b or None)`` of a map stored by `encode_map`."""
-    named = tensors.decode(data)
-    return named["W"], named.get("b")
