@@ -2,7 +2,8 @@
 evaluations, and the reconciliation that makes the registry match them.
 
 - `specfile`: read and validate spec files into `crx.schemas.spec.CatalogSpec` (`load_specs`);
-- `reconcile`: ``crx diff``, a pure function of the specs and one snapshot of the registry;
+- `snapshot`, `reconcile`: ``crx diff``, a pure function of the specs and one `Snapshot` of
+  the registry read in one transaction;
 - `saved`: diffs saved with ``crx diff -o`` and the freshness checks before applying one;
 - `compute`, `write`, `apply`: ``crx apply``, computing first, then one write transaction;
 - `prune`: what ``--prune`` deletes with a model or a concept.
