@@ -42,7 +42,7 @@ def diff(path: str, output: str | None, prune: bool, show_all: bool, as_json: bo
     \b
     Example:
       crx diff specs/
-      crx diff specs/ -o plan.json && crx apply plan.json
+      crx diff specs/ -o diff.json && crx apply diff.json
     """
     reg = registry()
     changes = reg.save_diff(path, output, prune=prune) if output else reg.diff(path)
@@ -70,7 +70,7 @@ def apply(path: str, prune: bool, as_json: bool) -> None:
     Example:
       crx apply specs/
       crx apply specs/ --prune
-      crx apply plan.json
+      crx apply diff.json
     """
     from crx.cli.progress import StageReporter
 

@@ -1,4 +1,4 @@
-"""Pydantic models: records the registry returns (and, later, spec files and plan documents)."""
+"""Pydantic models: the records the registry returns, spec files, plans, saved diffs, name rules."""
 
 from crx.schemas.records import (
     AuditEventRecord,

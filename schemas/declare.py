@@ -3,7 +3,7 @@
 A `Change` is one object of the catalogue (a model, a concept, an extraction, a map fit, a
 transplant or an evaluation) with its action and, for an update, the fields that change.
 ``compute`` names the work apply would run for it (pull, extract, fit, transplant, evaluate).
-A `SavedDiff` is a diff saved with ``crx diff -o``: ``crx apply plan.json`` refuses it when the
+A `SavedDiff` is a diff saved with ``crx diff -o``: ``crx apply diff.json`` refuses it when the
 registry (its last audit event) or a spec file (its sha256) moved since.
 """
 
