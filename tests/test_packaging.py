@@ -33,8 +33,18 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
     )
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(work / "dist"), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(work / "dist"),
+            str(source),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -93,8 +103,13 @@ def _user_folder(tmp_path: Path, pairs_file: Path) -> Path:
 
 def _run_script(folder: Path, env: dict[str, str]) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "script.py", f"sqlite:///{folder / 'r.db'}", str(folder / "store")]
-        + ["pairs.json"],
+        [
+            sys.executable,
+            "script.py",
+            f"sqlite:///{folder / 'r.db'}",
+            str(folder / "store"),
+            "pairs.json",
+        ],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -121,8 +136,17 @@ def test_installed_wheel_runs_the_api_and_the_command(
     """The wheel alone (its migrations and data included) serves the API and ``python -m crx``."""
     site = tmp_path / "site"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site)]
-        + [str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
