@@ -4,23 +4,27 @@ The servers start once per test session. Outside CI, a backend whose server cann
 skipped with the reason; in CI (``CI=true``) that is an error, so CI never passes by skipping.
 Each test gets its own database (a copy of a migrated template, as mlflow's tests do) and its
 own store root (``memory://`` is global to the process, so roots must differ).
+
+This file holds fixtures and hooks only. Shared fixtures of one subject live in the plugin
+modules named in ``pytest_plugins`` (with the plain helpers that go with them); other plain
+helpers are in ``tests/databases.py`` and ``tests/servers.py``.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.databases import postgres_url, sqlite_url
 from tests.servers import MotoServer, PostgresServer
 
+pytest_plugins = ["tests.tiny_models", "tests.cli_world", "tests.registry_world"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-_counter = itertools.count()
 
 
 def _unavailable(reason: str) -> None:
@@ -90,18 +94,6 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     upgrade(engine)
     engine.dispose()
     return path
-
-
-def sqlite_url(tmp_path: Path, template: Path) -> str:
-    path = tmp_path / "registry.db"
-    shutil.copy(template, path)
-    return f"sqlite:///{path}"
-
-
-def postgres_url(server: PostgresServer) -> str:
-    name = f"crx_test_{os.getpid()}_{next(_counter)}"
-    server.execute(f"CREATE DATABASE {name} TEMPLATE crx_template")
-    return server.url(name)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -22,7 +22,7 @@ import pytest
 from crx.registry import Registry
 from crx.registry.pairs import ContrastPair
 from crx.registry.store import BlobStatus
-from tests.conftest import postgres_url, sqlite_url
+from tests.databases import postgres_url, sqlite_url
 
 N_WORKERS = 4
 PER_WORKER = 4

@@ -1,7 +1,7 @@
 """``crx diff`` / ``crx apply`` on tiny random-weight models: classification, one transaction,
 idempotence, saved diffs refused when stale, removals only with --prune.
 
-The models are the saved tiny Llama (4 x 32) and GPT-2 (3 x 48) of `tests.test_engine`; the
+The models are the saved tiny Llama (4 x 32) and GPT-2 (3 x 48) of `tests.tiny_models`; the
 registry is a real SQLite file or PostgreSQL server, with a local store or an S3 bucket (moto's
 server on loopback); every compute step runs for real.
 """
@@ -28,9 +28,9 @@ from crx.registry.declare import load_specs
 from crx.registry.declare.apply import apply
 from crx.registry.declare.reconcile import diff
 from crx.registry.errors import InvalidInput
-from tests.conftest import postgres_url
+from tests.databases import postgres_url
 from tests.servers import MotoServer, PostgresServer
-from tests.test_engine import PAIRS, corpus_file, model_dirs, reg  # noqa: F401
+from tests.tiny_models import PAIRS
 
 
 def _counts(r: Registry) -> dict[str, int]:
@@ -96,17 +96,17 @@ evaluations:
 
 
 @pytest.fixture
-def specs(model_dirs: dict[str, Path], corpus_file: Path, tmp_path: Path) -> Path:  # noqa: F811
+def specs(model_dirs: dict[str, Path], corpus_file: Path, tmp_path: Path) -> Path:
     """The default spec folder of `_spec`: two models, joy, a map, a transplant, an evaluation."""
     return _spec(tmp_path / "specs", model_dirs, corpus_file)
 
 
 def test_apply_computes_everything_once_then_nothing(
     registry: Registry,
-    corpus_file: Path,  # noqa: F811
+    corpus_file: Path,
     specs: Path,
 ) -> None:
-    reg = registry  # noqa: F811 (SQLite and PostgreSQL)
+    reg = registry  # SQLite and PostgreSQL
     loaded = load_specs(specs)
     planned = diff(reg, loaded).changes
     assert [(c.key, c.action) for c in planned] == [
@@ -155,9 +155,9 @@ def test_apply_computes_everything_once_then_nothing(
 
 
 def test_update_new_version_and_field_changes(
-    reg: Registry,  # noqa: F811
-    model_dirs: dict[str, Path],  # noqa: F811
-    corpus_file: Path,  # noqa: F811
+    reg: Registry,
+    model_dirs: dict[str, Path],
+    corpus_file: Path,
     tmp_path: Path,
 ) -> None:
     specs = _spec(tmp_path / "specs", model_dirs, corpus_file, evaluation=False)
@@ -196,9 +196,9 @@ def test_update_new_version_and_field_changes(
 
 
 def test_a_failed_compute_writes_nothing(
-    reg: Registry,  # noqa: F811
-    model_dirs: dict[str, Path],  # noqa: F811
-    corpus_file: Path,  # noqa: F811
+    reg: Registry,
+    model_dirs: dict[str, Path],
+    corpus_file: Path,
     tmp_path: Path,
 ) -> None:
     specs = _spec(tmp_path / "specs", model_dirs, corpus_file, evaluation=False)
@@ -215,9 +215,9 @@ def test_a_failed_compute_writes_nothing(
 
 
 def test_saved_diff_applies_only_if_nothing_moved(
-    reg: Registry,  # noqa: F811
-    model_dirs: dict[str, Path],  # noqa: F811
-    corpus_file: Path,  # noqa: F811
+    reg: Registry,
+    model_dirs: dict[str, Path],
+    corpus_file: Path,
     tmp_path: Path,
 ) -> None:
     specs = _spec(tmp_path / "specs", model_dirs, corpus_file, with_joy=False)
@@ -251,10 +251,10 @@ def test_saved_diff_applies_only_if_nothing_moved(
 
 def test_removals_are_shown_and_need_prune(
     registry: Registry,
-    model_dirs: dict[str, Path],  # noqa: F811
+    model_dirs: dict[str, Path],
     specs: Path,
 ) -> None:
-    reg = registry  # noqa: F811 (SQLite and PostgreSQL)
+    reg = registry  # SQLite and PostgreSQL
     apply(reg, load_specs(specs))
     (specs / "catalog.yaml").write_text("")  # joy, its map, transplant and evaluation go
     changes = {c.key: c for c in diff(reg, load_specs(specs)).changes}
@@ -283,7 +283,7 @@ def test_removals_are_shown_and_need_prune(
 
 
 def test_malformed_spec_and_unknown_model_are_clear_errors(
-    reg: Registry,  # noqa: F811
+    reg: Registry,
     tmp_path: Path,
 ) -> None:
     runner = CliRunner()
@@ -319,7 +319,7 @@ def test_apply_killed_during_compute_leaves_the_registry_as_it_was(
     registry: Registry,
     specs: Path,
 ) -> None:
-    reg = registry  # noqa: F811 (SQLite and PostgreSQL)
+    reg = registry  # SQLite and PostgreSQL
     before = _counts(reg)
     _kill_apply_during_compute(reg, specs)
     assert _counts(reg) == before
@@ -341,7 +341,7 @@ def test_apply_on_postgres_and_s3_survives_a_kill_and_stores_every_blob(
     team_registry: Registry,
     specs: Path,
 ) -> None:
-    reg = team_registry  # noqa: F811
+    reg = team_registry
     before = _counts(reg)
     _kill_apply_during_compute(reg, specs)
     assert _counts(reg) == before
@@ -358,14 +358,14 @@ def test_apply_on_postgres_and_s3_survives_a_kill_and_stores_every_blob(
 
 
 def test_load_plan_steers_every_concept_at_its_layer_and_alpha(
-    reg: Registry,  # noqa: F811
-    model_dirs: dict[str, Path],  # noqa: F811
-    corpus_file: Path,  # noqa: F811
+    reg: Registry,
+    model_dirs: dict[str, Path],
+    corpus_file: Path,
     tmp_path: Path,
 ) -> None:
     from crx.registry.contrans import load_corpus
     from crx.registry.engine.steer import residual_norm
-    from tests.test_engine import no_hooks, single_pass_blocks
+    from tests.tiny_models import no_hooks, single_pass_blocks
 
     specs = _spec(tmp_path / "specs", model_dirs, corpus_file, evaluation=False)
     (specs / "more.yaml").write_text(
@@ -407,7 +407,7 @@ def test_load_plan_steers_every_concept_at_its_layer_and_alpha(
 
 @pytest.mark.slow
 def test_apply_killed_at_any_moment_is_all_or_nothing(
-    reg: Registry,  # noqa: F811
+    reg: Registry,
     tmp_path: Path,
     specs: Path,
 ) -> None:

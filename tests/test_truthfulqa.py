@@ -10,7 +10,6 @@ import torch
 from crx.registry.engine import truthfulqa
 from crx.registry.engine.loading import LoadedModel
 from crx.registry.errors import InvalidInput
-from tests.test_engine import gpt2, llama, model_dirs  # noqa: F401  (session fixtures)
 
 CSV = (
     "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
@@ -31,8 +30,8 @@ def _hand_logprob(loaded: LoadedModel, prompt: str, answer: str) -> float:
 
 @pytest.mark.parametrize("primer", [False, True])
 def test_answer_logprobs_equal_a_hand_computation(
-    llama: LoadedModel,  # noqa: F811
-    gpt2: LoadedModel,  # noqa: F811
+    llama: LoadedModel,
+    gpt2: LoadedModel,
     primer: bool,
 ) -> None:
     # The answers share the prompt (and with the primer a long prefix), which runs once and is
@@ -46,7 +45,7 @@ def test_answer_logprobs_equal_a_hand_computation(
         assert len(set(got)) == len(answers)
 
 
-def test_mc1_and_mc2_follow_the_answer_scores(gpt2: LoadedModel) -> None:  # noqa: F811
+def test_mc1_and_mc2_follow_the_answer_scores(gpt2: LoadedModel) -> None:
     questions = truthfulqa.parse_questions(CSV)
     assert [q.best for q in questions] == ["It is blue", "Sometimes"]
     result = truthfulqa.evaluate(gpt2, questions)

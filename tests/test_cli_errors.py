@@ -1,0 +1,409 @@
+"""The CLI's error contract, from the README's "Command reference":
+
+- a mistake the user can fix prints exactly one line ``Error: ...`` on stderr, exits 1, shows no
+  traceback, and leaves the registry as it was (every listing, the audit trail and the set of
+  files in the store are compared before and after);
+- an out-of-date database is refused until upgraded, a corrupt or missing blob fails loads
+  naming its oid;
+- a usage error exits 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import Result
+
+from crx.registry.db.engine import make_engine
+from crx.registry.db.migrate import HEAD_REVISION
+from tests.cli_world import D_MODEL, N_LAYERS, World, _closed_postgres, tiny_array
+from tests.servers import free_port
+
+# -- the error contract ---------------------------------------------------------------------
+
+
+def user_error(result: Result, *, stdout_empty: bool = True) -> str:
+    """Assert the README's error contract; return the one ``Error: ...`` line."""
+    assert isinstance(result.exception, SystemExit), (
+        f"not a clean exit: {result.exception!r}\n{result.output}"
+    )
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
+    assert lines[0].startswith("Error: "), lines
+    if stdout_empty:
+        assert result.stdout == ""
+    return lines[0]
+
+
+def usage_error(result: Result) -> str:
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "Error: " in result.stderr
+    return result.stderr
+
+
+def snapshot(world: World) -> dict:
+    """Everything a failed command must leave as it was: listings, audit trail, store files.
+
+    The listings are exactly what ``crx list KIND --json --limit 0`` prints (the CLI dumps these
+    pages with ``model_dump(mode="json")``), read through one connection to keep this quick.
+    """
+    with world.registry() as reg:
+        pages = {
+            "models": reg.list_models(limit=0),
+            "concepts": reg.list_concepts(limit=0),
+            "vectors": reg.list_vectors(limit=0),
+            "maps": reg.list_maps(limit=0),
+            "evaluations": reg.list_evaluations(limit=0),
+            "audit": reg.audit_events(limit=0),
+        }
+    lists = {kind: page.model_dump(mode="json") for kind, page in pages.items()}
+    return {
+        "lists": lists,
+        "audit_count": len(lists["audit"]["items"]),
+        "blob_files": world.blob_files(),
+    }
+
+
+# -- bad input: one line, exit 1, nothing changed -------------------------------------------
+
+
+@dataclass
+class Bad:
+    args: list[str]
+    expect: str
+    db: str | None = None
+    store: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _register_vector(w: World, path: Path, concept: str = "joy@1", model: str = "tiny") -> Bad:
+    return Bad(["register", "vector", concept, "--model", model, "--file", str(path)], "")
+
+
+def _vector(w: World, named: dict[str, np.ndarray], expect: str) -> Bad:
+    bad = _register_vector(w, w.tensors(named))
+    bad.expect = expect
+    return bad
+
+
+def _pairs(w: World, name: str, content: bytes | str, expect: str) -> Bad:
+    return Bad(["register", "concept", "joy", "--pairs", str(w.file(name, content))], expect)
+
+
+def _good_vector(w: World) -> str:
+    return str(w.tensors({"v": tiny_array(7)}))
+
+
+def _nan() -> np.ndarray:
+    array = tiny_array()
+    array[2, 5] = np.nan
+    return array
+
+
+BAD_INPUT: dict[str, Callable[[World], Bad]] = {
+    "unknown model (register vector)": lambda w: Bad(
+        ["register", "vector", "joy@1", "--model", "nope", "--file", _good_vector(w)],
+        "no model 'nope' in the registry",
+    ),
+    "unknown model (show)": lambda w: Bad(["show", "model", "nope"], "no model 'nope'"),
+    "unknown concept (register vector)": lambda w: Bad(
+        ["register", "vector", "sadness", "--model", "tiny", "--file", _good_vector(w)],
+        "no concept 'sadness'",
+    ),
+    "unknown concept (show)": lambda w: Bad(["show", "concept", "sadness"], "no concept 'sadness'"),
+    "unknown concept version (show)": lambda w: Bad(["show", "concept", "joy@9"], "'joy@9'"),
+    "unknown concept version (register vector)": lambda w: Bad(
+        ["register", "vector", "joy@9", "--model", "tiny", "--file", _good_vector(w)], "'joy@9'"
+    ),
+    "malformed concept version": lambda w: Bad(["show", "concept", "joy@x"], "invalid version"),
+    "unknown vector (show)": lambda w: Bad(["show", "vector", "99"], "no vector '99'"),
+    "unknown vector (export)": lambda w: Bad(
+        ["export", "vector", "99", "-o", str(w.tmp / "out.safetensors")], "no vector '99'"
+    ),
+    "unknown map": lambda w: Bad(["show", "map", "99"], "no map '99'"),
+    "malformed JSON pairs": lambda w: _pairs(
+        w, "p.json", '[{"positive": "a", "negative": ', "invalid JSON"
+    ),
+    "malformed JSONL pairs": lambda w: _pairs(
+        w, "p.jsonl", '{"positive": "a", "negative": "b"}\n{"positive": \n', "line 2"
+    ),
+    "pairs JSON of the wrong type": lambda w: _pairs(w, "p.json", '"text"', "expected a JSON"),
+    "empty pairs list": lambda w: _pairs(w, "p.json", "[]", "holds no pairs"),
+    "empty pairs file": lambda w: _pairs(w, "p.jsonl", "", "holds no pairs"),
+    "pairs file does not exist": lambda w: Bad(
+        ["register", "concept", "joy", "--pairs", str(w.tmp / "missing.json")],
+        "No such file or directory",
+    ),
+    "pairs file is a directory": lambda w: Bad(
+        ["register", "concept", "joy", "--pairs", str(w.tmp)], "directory"
+    ),
+    "pairs file not UTF-8": lambda w: _pairs(
+        w, "p.json", b'[{"positive": "\xff\xfe", "negative": "x"}]', "not UTF-8"
+    ),
+    "CSV without the columns": lambda w: _pairs(
+        w, "p.csv", "good,bad\nhappy,sad\n", "CSV needs columns positive,negative"
+    ),
+    "pair with empty negative": lambda w: _pairs(
+        w,
+        "p.json",
+        '[{"positive": "a", "negative": "b"}, {"positive": "c", "negative": ""}]',
+        "pair 2 has no negative text",
+    ),
+    "pos and neg of different lengths": lambda w: _pairs(
+        w, "p.json", '{"pos": ["a", "b"], "neg": ["c"]}', "2 positives but 1 negatives"
+    ),
+    "template without {text}": lambda w: Bad(
+        ["register", "concept", "joy", "--pairs", str(w.pairs), "--template", "no slot"],
+        "{text}",
+    ),
+    "vector of the wrong shape": lambda w: _vector(
+        w, {"v": np.ones((3, D_MODEL), np.float32)}, "shape [3, 32], expected [4, 32]"
+    ),
+    "vector of the wrong width": lambda w: _vector(
+        w, {"direction.1": np.ones(D_MODEL + 1, np.float32)}, "shape [33], expected [32]"
+    ),
+    "vector layer out of range": lambda w: _vector(
+        w, {"direction.9": np.ones(D_MODEL, np.float32)}, "layer 9 is out of range"
+    ),
+    "vector of int dtype": lambda w: _vector(
+        w, {"v": np.ones((N_LAYERS, D_MODEL), np.int32)}, "floating-point"
+    ),
+    "vector with NaN": lambda w: _vector(w, {"v": _nan()}, "NaN"),
+    "vector with inf": lambda w: _vector(
+        w, {"v": np.full((N_LAYERS, D_MODEL), np.inf, np.float32)}, "infinite"
+    ),
+    "vector file not safetensors": lambda w: Bad(
+        _register_vector(w, w.file("v.safetensors", b"GGUF this is not safetensors")).args,
+        "not a valid safetensors file",
+    ),
+    "vector file does not exist": lambda w: Bad(
+        _register_vector(w, w.tmp / "missing.safetensors").args, "cannot read"
+    ),
+    "vector file is a directory": lambda w: Bad(_register_vector(w, w.tmp).args, "directory"),
+    "vector with different values, no --replace": lambda w: Bad(
+        [*_register_vector(w, w.tensors({"v": tiny_array(3)})).args, "--estimator", "mean_diff"],
+        "already exists; pass replace (CLI: --replace)",
+    ),
+    "model name with '/'": lambda w: Bad(
+        ["register", "model", "org/tiny", "--path", str(w.model_dir)], "path separator"
+    ),
+    "concept name with '../'": lambda w: Bad(
+        ["register", "concept", "../evil", "--pairs", str(w.pairs)], "path separator"
+    ),
+    "concept name with '..'": lambda w: Bad(
+        ["register", "concept", "a..b", "--pairs", str(w.pairs)], "'..'"
+    ),
+    "concept name with a control character": lambda w: Bad(
+        ["register", "concept", "joy\x1b[31m", "--pairs", str(w.pairs)], "control character"
+    ),
+    "model name with a newline": lambda w: Bad(
+        ["register", "model", "tiny\nb", "--path", str(w.model_dir)], "control character"
+    ),
+    "model re-registered with another shape while in use": lambda w: Bad(
+        ["register", "model", "tiny", "--path", str(w.tmp / "tiny-b")], "register the new one"
+    ),
+    "model folder does not exist": lambda w: Bad(
+        ["register", "model", "ghost", "--path", str(w.tmp / "no-such-model")], "does not exist"
+    ),
+    "model folder without config": lambda w: Bad(
+        ["register", "model", "ghost", "--path", str(w.tmp)], "no config.json"
+    ),
+    "export into a missing folder": lambda w: Bad(
+        ["export", "vector", "1", "-o", str(w.tmp / "no" / "v.gguf")], "does not exist"
+    ),
+    "unreachable PostgreSQL (list)": lambda w: Bad(
+        ["list", "models"], "cannot open the database", db=_closed_postgres()
+    ),
+    "unreachable PostgreSQL (register)": lambda w: Bad(
+        ["register", "concept", "joy2", "--pairs", str(w.pairs)],
+        "cannot open the database postgresql://crx:***@127.0.0.1",
+        db=_closed_postgres(),
+    ),
+    "SQLite in a missing folder": lambda w: Bad(
+        ["register", "concept", "joy2", "--pairs", str(w.pairs)],
+        "does not exist",
+        db=f"sqlite:///{w.tmp / 'no-such-folder' / 'registry.db'}",
+    ),
+    "unreachable bucket (register)": lambda w: Bad(
+        ["register", "concept", "joy2", "--pairs", str(w.pairs)],
+        "cannot use the store s3://crx-unreachable/store",
+        store="s3://crx-unreachable/store",
+        env=_closed_s3_env(),
+    ),
+    "unreachable bucket (verify)": lambda w: Bad(
+        ["store", "verify"],
+        "cannot use the store s3://crx-unreachable/store",
+        store="s3://crx-unreachable/store",
+        env=_closed_s3_env(),
+    ),
+    "float32 products with the SVD solver": lambda w: Bad(
+        [
+            "fit",
+            "--source",
+            "tiny",
+            "--target",
+            "tiny",
+            "--solver",
+            "lstsq-svd",
+            "--precision",
+            "float32",
+        ],
+        "precision float32 applies to the ridge solver only",
+    ),
+    "unreachable bucket (export)": lambda w: Bad(
+        ["export", "vector", "1", "-o", str(w.tmp / "v.safetensors")],
+        "cannot use the store s3://crx-unreachable/store",
+        store="s3://crx-unreachable/store",
+        env=_closed_s3_env(),
+    ),
+}
+
+
+def _closed_s3_env() -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        # botocore and s3fs retry a refused connection for ~15-50 s by default
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_RETRY_MODE": "standard",
+    }
+
+
+# Cases that read or write catalogue rows run on both databases; the rest fail on the input
+# alone, before any row is read, and run on SQLite.
+DB_CASES = {
+    "unknown model (register vector)",
+    "unknown model (show)",
+    "unknown concept (register vector)",
+    "unknown concept (show)",
+    "unknown concept version (show)",
+    "unknown concept version (register vector)",
+    "unknown vector (export)",
+    "unknown map",
+    "vector with different values, no --replace",
+    "model re-registered with another shape while in use",
+    "export into a missing folder",
+}
+
+
+def _check_bad_input(world: World, case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = BAD_INPUT[case](world)
+    monkeypatch.delenv("CRX_S3_ENDPOINT_URL", raising=False)
+    before = snapshot(world)
+    for key, value in bad.env.items():
+        monkeypatch.setenv(key, value)
+    line = user_error(world.run(*bad.args, db=bad.db, store=bad.store))
+    assert bad.expect in line
+    assert "s3cret" not in line
+    assert snapshot(world) == before
+
+
+@pytest.mark.parametrize("case", [case for case in BAD_INPUT if case not in DB_CASES])
+def test_bad_input_is_one_error_line_and_changes_nothing(
+    populated_sqlite: World, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _check_bad_input(populated_sqlite, case, monkeypatch)
+
+
+@pytest.mark.parametrize("case", sorted(DB_CASES))
+def test_bad_input_on_each_database(
+    populated: World, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _check_bad_input(populated, case, monkeypatch)
+
+
+def test_out_of_date_database_is_refused_until_upgraded(populated: World) -> None:
+    w = populated
+    before = snapshot(w)
+    engine = make_engine(w.db)
+
+    def set_revision(revision: str) -> None:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"UPDATE alembic_version SET version_num = '{revision}'")
+
+    set_revision("0000")
+    try:
+        for args in (
+            ["list", "models"],
+            ["show", "model", "tiny"],
+            ["register", "concept", "joy2", "--pairs", str(w.pairs)],
+            ["register", "model", "tiny2", "--path", str(w.model_dir)],
+            ["export", "vector", "1", "-o", str(w.tmp / "v.safetensors")],
+            ["store", "verify"],
+            ["store", "gc", "--yes", "--grace", "0"],
+        ):
+            line = user_error(w.run(*args))
+            assert "schema revision 0000" in line, args
+            assert "back up the database, then run `crx db upgrade`" in line, args
+        assert w.json("db", "current") == {
+            "current": "0000",
+            "head": HEAD_REVISION,
+            "up_to_date": False,
+        }
+        assert "run `crx db upgrade`" in w.ok("db", "current").stdout
+        assert not (w.tmp / "v.safetensors").exists()
+    finally:
+        set_revision(HEAD_REVISION)
+        engine.dispose()
+    assert snapshot(w) == before
+
+
+def test_corrupt_or_missing_blob_fails_loads_naming_the_oid(populated_sqlite: World) -> None:
+    w = populated_sqlite
+    oid, vector_id = w.facts["vector_oid"], str(w.facts["vector_id"])
+    path = w.blob_path(oid)
+    path.chmod(0o644)
+    path.write_bytes(b"not the bytes that were stored")
+    before = snapshot(w)
+    # the record is metadata: show still works
+    assert w.json("show", "vector", vector_id)["oid"] == oid
+    for fmt in ("safetensors", "gguf"):
+        out = w.tmp / f"v.{fmt}"
+        line = user_error(w.run("export", "vector", vector_id, "--format", fmt, "-o", str(out)))
+        assert f"blob {oid} is corrupt" in line
+        assert "crx store verify" in line
+        assert not out.exists()
+    map_blob = w.blob_path(w.facts["map_oid"])
+    map_blob.chmod(0o644)
+    map_blob.unlink()
+    before = snapshot(w)
+    path.unlink()
+    line = user_error(w.run("export", "vector", vector_id, "-o", str(w.tmp / "v.safetensors")))
+    assert f"blob {oid} is missing" in line
+    gone = str(path.relative_to(w.store))
+    assert snapshot(w) == {**before, "blob_files": before["blob_files"] - {gone}}
+
+
+# -- usage errors exit 2 --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["register", "concept", "joy"],  # missing --pairs
+        ["register", "vector", "joy", "--file", "v.safetensors"],  # missing --model
+        ["register", "model", "tiny", "--path", "x", "--role", "chief"],
+        ["register", "model", "tiny", "--path", "x", "--tag", "novalue"],
+        ["list", "modelz"],
+        ["frobnicate"],
+        ["show", "vector", "abc"],
+        ["list", "models", "--limit", "-1"],
+        ["export", "vector", "1", "--format", "onnx", "-o", "x"],
+        ["export", "vector", "1"],  # missing -o
+        ["store", "gc", "--grace", "-5"],
+    ],
+)
+def test_usage_errors_exit_2(sqlite_world: World, args: list[str]) -> None:
+    before = sqlite_world.blob_files()
+    usage_error(sqlite_world.run(*args))
+    assert sqlite_world.blob_files() == before
