@@ -53,7 +53,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         _unavailable(f"cannot start PostgreSQL: {exc}")
     try:
         server.execute("CREATE DATABASE crx_template")
-        from crx.registry.db.engine import make_engine
+        from crx.registry.db.connection import make_engine
         from crx.registry.db.migrate import upgrade
 
         engine = make_engine(server.url("crx_template"))
@@ -86,7 +86,7 @@ def s3_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServ
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from crx.registry.db.engine import make_engine
+    from crx.registry.db.connection import make_engine
     from crx.registry.db.migrate import upgrade
 
     path = tmp_path_factory.mktemp("template") / "registry.db"

@@ -21,10 +21,16 @@ from sqlalchemy.orm import Session
 
 from crx.registry import Registry
 from crx.registry.catalog import concepts, evaluations, maps, models, paging, vectors
-from crx.registry.db.engine import make_engine, transaction
+from crx.registry.db.connection import make_engine, transaction
 from crx.registry.db.tables import SqlAuditEvent, SqlModel
-from crx.registry.errors import AlreadyExists, ConceptNotFound, MapNotFound, VectorNotFound
-from crx.registry.modelinfo import ModelFacts
+from crx.registry.errors import (
+    AlreadyExists,
+    ConceptNotFound,
+    InvalidInput,
+    MapNotFound,
+    VectorNotFound,
+)
+from crx.registry.models.facts import ModelFacts
 from crx.schemas.records import ConceptVersionRecord, MapRecord, Registered, VectorRecord
 from tests.databases import sqlite_url
 from tests.registry_world import _events, _model_folder, _pairs, _snapshot, _vector
@@ -365,7 +371,7 @@ def test_catalog_vectors_same_identity_needs_the_same_blob_or_replace(
         other = _add_vector(session, version_id, model_id, "v1", estimator="pca")
         assert other.created
         assert other.record.id != first.record.id
-        with pytest.raises(ValueError, match="origin"):
+        with pytest.raises(InvalidInput, match="origin must be one of"):
             _add_vector(session, version_id, model_id, "v3", estimator="x", origin="guessed")
         with pytest.raises(VectorNotFound):
             vectors.get(session, other.record.id + 1)

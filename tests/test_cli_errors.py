@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import Result
 
-from crx.registry.db.engine import make_engine
+from crx.registry.db.connection import make_engine
 from crx.registry.db.migrate import HEAD_REVISION
 from tests.cli_world import D_MODEL, N_LAYERS, World, _closed_postgres, tiny_array
 from tests.servers import free_port

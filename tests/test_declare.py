@@ -108,7 +108,7 @@ def test_apply_computes_everything_once_then_nothing(
 ) -> None:
     reg = registry  # SQLite and PostgreSQL
     loaded = load_specs(specs)
-    planned = diff(reg, loaded).changes
+    planned = diff(reg.catalog, loaded).changes
     assert [(c.key, c.action) for c in planned] == [
         ("model:src", "create"),
         ("model:tgt", "create"),
@@ -122,7 +122,7 @@ def test_apply_computes_everything_once_then_nothing(
     assert planned[0].where == f"{specs / 'models.yaml'}:3"
     assert _counts(reg)["models"] == 0  # a diff writes nothing
 
-    report = apply(reg, loaded)
+    report = apply(reg.workspace, loaded)
     assert report.applied
     after = _counts(reg)
     # 2 models, 1 concept, the extracted + the transplanted vector, 3 maps (auto: one per
@@ -147,9 +147,9 @@ def test_apply_computes_everything_once_then_nothing(
     # All rows of the apply are one transaction: consecutive audit events, one apply.
     assert reg.get_model("src").family == "tiny"
 
-    again = diff(reg, load_specs(specs)).changes
+    again = diff(reg.catalog, load_specs(specs)).changes
     assert {c.action for c in again} == {"unchanged"}
-    second = apply(reg, load_specs(specs))
+    second = apply(reg.workspace, load_specs(specs))
     assert not second.applied
     assert _counts(reg) == after
 
@@ -161,10 +161,10 @@ def test_update_new_version_and_field_changes(
     tmp_path: Path,
 ) -> None:
     specs = _spec(tmp_path / "specs", model_dirs, corpus_file, evaluation=False)
-    apply(reg, load_specs(specs))
+    apply(reg.workspace, load_specs(specs))
     _spec(tmp_path / "specs", model_dirs, corpus_file, family="small", evaluation=False)
     _write_pairs(specs, [(p.positive, p.negative) for p in PAIRS[:4]])
-    changes = {c.key: c for c in diff(reg, load_specs(specs)).changes}
+    changes = {c.key: c for c in diff(reg.catalog, load_specs(specs)).changes}
     model = changes["model:src"]
     assert model.action == "update"
     assert [(f.field, f.old, f.new) for f in model.changes] == [("family", "tiny", "small")]
@@ -175,24 +175,24 @@ def test_update_new_version_and_field_changes(
     assert changes["extraction:joy:src"].action == "create"
     assert changes["transplant:joy:src->tgt"].action == "create"
     assert changes[f"map:src->tgt:ridge:auto:{corpus_file}"].action == "unchanged"
-    apply(reg, load_specs(specs))
+    apply(reg.workspace, load_specs(specs))
     assert reg.get_concept("joy").version == 2
     assert reg.get_model("src").family == "small"
-    assert {c.action for c in diff(reg, load_specs(specs)).changes} == {"unchanged"}
+    assert {c.action for c in diff(reg.catalog, load_specs(specs)).changes} == {"unchanged"}
     # Marking the version for use is a field change of the concept, and apply makes it.
     catalog = specs / "catalog.yaml"
     line = "    extract_on: [src]"
     marked = catalog.read_text().replace(line, line + "\n    use: true")
     catalog.write_text(marked)
-    joy = {c.key: c for c in diff(reg, load_specs(specs)).changes}["concept:joy"]
+    joy = {c.key: c for c in diff(reg.catalog, load_specs(specs)).changes}["concept:joy"]
     assert (joy.action, [(f.field, f.old, f.new) for f in joy.changes]) == (
         "update",
         [("use", False, True)],
     )
-    apply(reg, load_specs(specs))
+    apply(reg.workspace, load_specs(specs))
     assert reg.get_concept("joy@2").tags == {"use": True}
     assert [c.concept for c in reg.plan("tgt").concepts] == ["joy@2"]
-    assert {c.action for c in diff(reg, load_specs(specs)).changes} == {"unchanged"}
+    assert {c.action for c in diff(reg.catalog, load_specs(specs)).changes} == {"unchanged"}
 
 
 def test_a_failed_compute_writes_nothing(
@@ -209,7 +209,7 @@ def test_a_failed_compute_writes_nothing(
     )
     before = _counts(reg)
     with pytest.raises(InvalidInput):
-        apply(reg, load_specs(specs))
+        apply(reg.workspace, load_specs(specs))
     # Models, concept, vector, maps were all computed before the evaluation failed: none landed.
     assert _counts(reg) == before
 
@@ -255,18 +255,18 @@ def test_removals_are_shown_and_need_prune(
     specs: Path,
 ) -> None:
     reg = registry  # SQLite and PostgreSQL
-    apply(reg, load_specs(specs))
+    apply(reg.workspace, load_specs(specs))
     (specs / "catalog.yaml").write_text("")  # joy, its map, transplant and evaluation go
-    changes = {c.key: c for c in diff(reg, load_specs(specs)).changes}
+    changes = {c.key: c for c in diff(reg.catalog, load_specs(specs)).changes}
     removal = changes["concept:joy"]
     assert removal.action == "remove"
     assert removal.note == (
         "not in the specs; kept unless --prune (would delete 2 vectors, 4 evaluations)"
     )
-    kept = apply(reg, load_specs(specs))
+    kept = apply(reg.workspace, load_specs(specs))
     assert not kept.applied
     assert _counts(reg)["vectors"] == 2
-    pruned = apply(reg, load_specs(specs), prune=True)
+    pruned = apply(reg.workspace, load_specs(specs), prune=True)
     assert pruned.applied
     counts = _counts(reg)
     assert (counts["concepts"], counts["vectors"], counts["evaluations"]) == (0, 0, 0)
@@ -277,7 +277,7 @@ def test_removals_are_shown_and_need_prune(
     ]
     # Pruning a model takes its maps too.
     (specs / "models.yaml").write_text(f"models:\n  - name: src\n    path: {model_dirs['llama']}\n")
-    apply(reg, load_specs(specs), prune=True)
+    apply(reg.workspace, load_specs(specs), prune=True)
     assert [m.name for m in reg.list_models(limit=0).items] == ["src"]
     assert _counts(reg)["maps"] == 0
 
@@ -324,7 +324,7 @@ def test_apply_killed_during_compute_leaves_the_registry_as_it_was(
     _kill_apply_during_compute(reg, specs)
     assert _counts(reg) == before
     # Re-running completes it.
-    assert apply(reg, load_specs(specs)).applied
+    assert apply(reg.workspace, load_specs(specs)).applied
     assert _counts(reg)["vectors"] == 2
 
 
@@ -345,7 +345,7 @@ def test_apply_on_postgres_and_s3_survives_a_kill_and_stores_every_blob(
     before = _counts(reg)
     _kill_apply_during_compute(reg, specs)
     assert _counts(reg) == before
-    report = apply(reg, load_specs(specs))
+    report = apply(reg.workspace, load_specs(specs))
     assert report.applied
     after = _counts(reg)
     assert (after["vectors"], after["maps"], after["evaluations"]) == (2, 3, 4)
@@ -353,7 +353,7 @@ def test_apply_on_postgres_and_s3_survives_a_kill_and_stores_every_blob(
     check = reg.verify_store()
     assert check.problems == []
     assert check.ok == check.checked >= 2 + 3 + 1  # vectors, maps, the pairs file at least
-    assert not apply(reg, load_specs(specs)).applied
+    assert not apply(reg.workspace, load_specs(specs)).applied
     assert _counts(reg) == after
 
 
@@ -363,8 +363,8 @@ def test_load_plan_steers_every_concept_at_its_layer_and_alpha(
     corpus_file: Path,
     tmp_path: Path,
 ) -> None:
-    from crx.registry.contrans import load_corpus
     from crx.registry.engine.steer import residual_norm
+    from crx.registry.workflows.corpus import load_corpus
     from tests.tiny_models import no_hooks, single_pass_blocks
 
     specs = _spec(tmp_path / "specs", model_dirs, corpus_file, evaluation=False)
@@ -373,7 +373,7 @@ def test_load_plan_steers_every_concept_at_its_layer_and_alpha(
         "    extract_on: [src]\n"
         "transplants:\n  - {concept: calm, source: src, target: tgt}\n"
     )
-    apply(reg, load_specs(specs))
+    apply(reg.workspace, load_specs(specs))
     plan = reg.plan("tgt", ["joy", "calm"])
     routes = [c.chosen for c in plan.concepts]
     assert all(r is not None and r.kind == "transplanted" for r in routes)

@@ -1,7 +1,7 @@
 """registry.errors: the `CrxError` tree drawn in its docstring is every subclass in the codebase.
 
 Every module of ``crx.registry``, ``crx.schemas`` and ``crx.cli`` is imported (so classes defined
-beside the code that raises them, such as ``engine/pull.py``'s, are seen), then each subclass
+beside the code that raises them, such as ``models/pull.py``'s, are seen), then each subclass
 found through ``__subclasses__`` must stand in the drawn tree under its real parent, with its
 file named when it is not ``registry/errors.py``; and the tree names nothing that does not exist.
 """
@@ -72,7 +72,7 @@ def _drawn_tree() -> dict[str, tuple[str | None, str]]:
 
 
 def _source_file(cls: type) -> str:
-    """The class's file relative to the repository root, e.g. ``registry/engine/pull.py``."""
+    """The class's file relative to the repository root, e.g. ``registry/models/pull.py``."""
     path = Path(inspect.getfile(cls)).resolve()
     return path.relative_to(Path(crx.__file__).resolve().parent).as_posix()
 

@@ -20,7 +20,7 @@ from sqlalchemy import inspect, text
 from crx import migrations
 from crx.registry import Registry
 from crx.registry.db import migrate
-from crx.registry.db.engine import make_engine
+from crx.registry.db.connection import make_engine
 from crx.registry.db.tables import Base
 from crx.registry.errors import (
     DatabaseNotInitialised,

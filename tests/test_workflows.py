@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from crx.registry import Registry, contrans
+from crx import Registry
 from crx.registry.config import crx_home
 from crx.registry.engine.capture import residual_states
 from crx.registry.engine.emotion import (
@@ -31,6 +31,8 @@ from crx.registry.engine.loading import LoadedModel, ModelLoadError
 from crx.registry.engine.prompts import read_next_tokens
 from crx.registry.engine.steer import steer
 from crx.registry.errors import InvalidInput, NotFound, TensorShapeError, VectorNotFound
+from crx.registry.workflows.corpus import corpus_states, load_corpus
+from crx.registry.workflows.evaluate import default_layer, reference_norm
 from tests.tiny_models import CORPUS, PAIRS, TEXTS, forward, no_hooks, open_steer, recording
 
 
@@ -57,7 +59,7 @@ def test_contrans_extract_fit_transplant(
     assert (src.n_layers, src.d_model, tgt.n_layers, tgt.d_model) == (4, 32, 3, 48)
 
     # extract: computed once, then reused.
-    first = contrans.extract(reg, "joy", "src", batch_size=4)
+    first = reg.extract("joy", "src", batch_size=4)
     assert first.created
     vec = first.record
     assert (vec.origin, vec.estimator, vec.token_position) == ("extracted", "mean_diff", "last")
@@ -66,19 +68,19 @@ def test_contrans_extract_fit_transplant(
     expected = extract_vector(llama, PAIRS, template="Scenario: {text}\nThe feeling is")
     np.testing.assert_allclose(source, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(vec.layer_norms, np.linalg.norm(source, axis=1), rtol=1e-5)
-    again = contrans.extract(reg, "joy", "src", batch_size=4)
+    again = reg.extract("joy", "src", batch_size=4)
     assert not again.created
     assert again.record.id == vec.id
     assert counts(reg)[1] == 1
 
     # fit: every pair, the best source layer per target layer, one explicit pair.
-    all_maps = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="all")
+    all_maps = reg.fit("src", "tgt", corpus=corpus_file, pairs="all")
     assert sorted((m.source_layer, m.target_layer) for m in all_maps) == [
         (ls, lt) for ls in range(4) for lt in range(3)
     ]
-    auto = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto")
+    auto = reg.fit("src", "tgt", corpus=corpus_file, pairs="auto")
     assert [m.target_layer for m in auto] == [0, 1, 2]
-    explicit = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2")
+    explicit = reg.fit("src", "tgt", corpus=corpus_file, pairs="1:2")
     assert [(m.source_layer, m.target_layer) for m in explicit] == [(1, 2)]
     for m in all_maps + auto + explicit:
         assert (m.source_model, m.target_model, m.solver, m.n_samples) == (
@@ -101,11 +103,11 @@ def test_contrans_extract_fit_transplant(
     }
     # A second fit reuses the cached corpus states (one file per model) and the same rows.
     assert len(list((crx_home() / "cache" / "states").glob("*.safetensors"))) == 2
-    contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2")
+    reg.fit("src", "tgt", corpus=corpus_file, pairs="1:2")
     assert counts(reg)[2] == 16
 
     # transplant: per target layer, the best map (by held-out R²) applied to the source row.
-    mapped = contrans.transplant(reg, "joy", "src", "tgt")
+    mapped = reg.transplant("joy", "src", "tgt")
     assert mapped.created
     record = mapped.record
     assert (record.origin, record.model, record.layers) == ("mapped", "tgt", [0, 1, 2])
@@ -122,10 +124,10 @@ def test_contrans_extract_fit_transplant(
         weight, _ = reg.load_map(chosen.id)
         by_hand = weight.astype(np.float64) @ source[chosen.source_layer].astype(np.float64)
         np.testing.assert_allclose(out[lt], by_hand, rtol=1e-5, atol=1e-6)
-    assert not contrans.transplant(reg, "joy", "src", "tgt").created
+    assert not reg.transplant("joy", "src", "tgt").created
 
     # One target layer: that row only, the others zero.
-    single = contrans.transplant(reg, "joy", "src", "tgt", layer=2).record
+    single = reg.transplant("joy", "src", "tgt", layer=2).record
     assert single.layers == [2]
     assert single.map_ids == [record.map_ids[2]]
     single_out = reg.load_vector(single.id)
@@ -133,8 +135,8 @@ def test_contrans_extract_fit_transplant(
     assert not single_out[:2].any()
 
     # The transplanted vector steers the target; alpha 0 changes nothing.
-    texts = contrans.generate(
-        reg, "tgt", "the cat sat", vector_id=record.id, alpha=0.0, layer=2, max_new_tokens=5
+    texts = reg.generate(
+        "tgt", "the cat sat", vector_id=record.id, alpha=0.0, layer=2, max_new_tokens=5
     )
     base_text, steered_text = texts.values()
     assert steered_text == base_text
@@ -149,7 +151,7 @@ def test_registry_steer_with_a_vector_id(reg: Registry, model_dirs: dict[str, Pa
     batch = model.tokenizer(TEXTS[:3], return_tensors="pt", padding=True)
     with recording(model.layers) as plain, torch.inference_mode():
         model.model(**batch)
-    layer = contrans.default_layer(model.n_layers)  # relative depth 0.75: block 3 of 4
+    layer = default_layer(model.n_layers)  # relative depth 0.75: block 3 of 4
     assert layer == 3
     with (
         reg.steer(model, vec.id, alpha=2.0),
@@ -164,7 +166,7 @@ def test_registry_steer_with_a_vector_id(reg: Registry, model_dirs: dict[str, Pa
     torch.testing.assert_close(diff, expected, rtol=0, atol=1e-5)
 
     # normalize: alpha relative to the block's mean residual norm on the default corpus.
-    reference = contrans.reference_norm(reg, "src", 1)
+    reference = reference_norm(reg.load_model("src"), 1)
     with (
         reg.steer(model, vec.id, layer=1, alpha=0.25, normalize=True),
         recording(model.layers, [1]) as scaled,
@@ -203,15 +205,15 @@ def test_corpus_states_are_cached_per_model_not_per_config(
     reg.register_model("b", str(model_dirs["twin"]))
     a, b = reg.get_model("a"), reg.get_model("b")
     assert a.config_sha256 == b.config_sha256
-    lines, raw = contrans.load_corpus(corpus_file)
+    lines, raw = load_corpus(corpus_file)
     oid = reg.store.put(raw)
-    states_a = contrans.corpus_states(reg, a, lines, oid)
-    states_b = contrans.corpus_states(reg, b, lines, oid)
-    fresh_b = residual_states(contrans.load(reg, b), lines)
+    states_a = corpus_states(reg.workspace, a, lines, oid)
+    states_b = corpus_states(reg.workspace, b, lines, oid)
+    fresh_b = residual_states(reg.load_model(b), lines)
     torch.testing.assert_close(states_b, fresh_b, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(states_a, states_b, atol=1e-2)
     # Cached: a second call reads the file, with the same numbers.
-    assert torch.equal(contrans.corpus_states(reg, b, lines, oid), states_b)
+    assert torch.equal(corpus_states(reg.workspace, b, lines, oid), states_b)
 
 
 def test_contrans_bad_input_registers_nothing(
@@ -225,26 +227,26 @@ def test_contrans_bad_input_registers_nothing(
     reg.register_model("other", str(model_dirs["twin"]))
     # Nothing extracted yet: transplanting says so.
     with pytest.raises(VectorNotFound, match="crx extract"):
-        contrans.transplant(reg, "joy", "src", "tgt")
-    vec = contrans.extract(reg, "joy", "src").record
-    other_vec = contrans.extract(reg, "joy", "other").record
-    contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2")
+        reg.transplant("joy", "src", "tgt")
+    vec = reg.extract("joy", "src").record
+    other_vec = reg.extract("joy", "other").record
+    reg.fit("src", "tgt", corpus=corpus_file, pairs="1:2")
     before = counts(reg)
 
     # No map between these models (the only maps are src → tgt).
     with pytest.raises(NotFound, match="no map from src to other"):
-        contrans.transplant(reg, "joy", "src", "other")
+        reg.transplant("joy", "src", "other")
     with pytest.raises(NotFound, match="no map from other to tgt"):
-        contrans.transplant(reg, "joy", "other", "tgt")
+        reg.transplant("joy", "other", "tgt")
     # No map at that target layer, or a layer out of range.
     with pytest.raises(NotFound, match="at layer 0"):
-        contrans.transplant(reg, "joy", "src", "tgt", layer=0)
+        reg.transplant("joy", "src", "tgt", layer=0)
     for layer in (3, -1):
         with pytest.raises(InvalidInput, match="out of range"):
-            contrans.transplant(reg, "joy", "src", "tgt", layer=layer)
+            reg.transplant("joy", "src", "tgt", layer=layer)
     # A source vector that is not the source model's.
     with pytest.raises(InvalidInput, match="is not a vector of joy"):
-        contrans.transplant(reg, "joy", "src", "tgt", vector_id=other_vec.id)
+        reg.transplant("joy", "src", "tgt", vector_id=other_vec.id)
     # A map of the wrong shape for these models.
     with pytest.raises(TensorShapeError):
         reg.save_map("src", "tgt", 0, 0, np.zeros((32, 48), np.float32), None, solver="ridge")
@@ -253,15 +255,15 @@ def test_contrans_bad_input_registers_nothing(
     # Fit: layer pairs out of range or malformed, a corpus too small or missing.
     for spec in ("4:0", "0:3", "x", "1-2"):
         with pytest.raises(InvalidInput):
-            contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs=spec)
+            reg.fit("src", "tgt", corpus=corpus_file, pairs=spec)
     short = tmp_path / "short.txt"
     short.write_text("\n".join(CORPUS[:10]))
     with pytest.raises(InvalidInput, match="at least 20"):
-        contrans.fit(reg, "src", "tgt", corpus=short)
+        reg.fit("src", "tgt", corpus=short)
     with pytest.raises(InvalidInput, match="cannot read corpus"):
-        contrans.fit(reg, "src", "tgt", corpus=tmp_path / "missing.txt")
+        reg.fit("src", "tgt", corpus=tmp_path / "missing.txt")
     # A vector of the wrong width for the model it steers.
-    target = contrans.load(reg, "tgt")
+    target = reg.load_model("tgt")
     with pytest.raises(InvalidInput, match=r"needs \[3, d_model\]"):
         open_steer(target.layers, reg.load_vector(vec.id), layer=1)
     with (
@@ -270,13 +272,11 @@ def test_contrans_bad_input_registers_nothing(
     ):
         forward(target, ["the cat"])
     with pytest.raises(InvalidInput, match="belongs to src"):
-        contrans.generate(reg, "tgt", "the cat", vector_id=vec.id, alpha=1.0)
+        reg.generate("tgt", "the cat", vector_id=vec.id, alpha=1.0)
     with pytest.raises(InvalidInput, match="out of range"):
-        contrans.generate(
-            reg, "src", "the cat", vector_id=vec.id, alpha=1.0, layer=4, max_new_tokens=2
-        )
+        reg.generate("src", "the cat", vector_id=vec.id, alpha=1.0, layer=4, max_new_tokens=2)
     with pytest.raises(InvalidInput, match="belongs to src"):
-        contrans.evaluate_emotion(reg, "happiness", "tgt", vector_id=vec.id, alphas=[1.0])
+        reg.evaluate_emotion("happiness", "tgt", vector_id=vec.id, alphas=[1.0])
     assert no_hooks(target)
     assert counts(reg) == before
 
@@ -295,11 +295,11 @@ def test_contrans_bad_input_registers_nothing(
     before = counts(reg)
     for name in ("weightless", "broken"):
         with pytest.raises(ModelLoadError, match=f"cannot load model {name}"):
-            contrans.extract(reg, "joy", name)
+            reg.extract("joy", name)
         with pytest.raises(ModelLoadError, match=f"cannot load model {name}"):
-            contrans.fit(reg, "src", name, corpus=corpus_file, pairs="1:0")
+            reg.fit("src", name, corpus=corpus_file, pairs="1:0")
     with pytest.raises(InvalidInput, match="registered as 4 x 32"):
-        contrans.extract(reg, "joy", "swapped")
+        reg.extract("joy", "swapped")
     assert counts(reg) == before
     assert json.loads((tiny_model_dir / "config.json").read_text())["hidden_size"] == 32
 
@@ -311,14 +311,12 @@ def test_evaluate_emotion_records_and_reuses(
     assert len(set(ids)) == len(EMOTIONS)
     reg.register_model("src", str(model_dirs["llama"]))
     reg.register_concept("happiness", PAIRS)
-    vec = contrans.extract(reg, "happiness", "src").record
-    base = contrans.evaluate_emotion(
-        reg, "happiness", "src", vector_id=None, alphas=[], holdout=0.05
-    )
+    vec = reg.extract("happiness", "src").record
+    base = reg.evaluate_emotion("happiness", "src", vector_id=None, alphas=[], holdout=0.05)
     assert {r.metric for r in base} == {"token_accuracy", "logit_accuracy"}
     assert all(r.vector_id is None and r.alpha is None and r.n for r in base)
-    steered = contrans.evaluate_emotion(
-        reg, "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05
+    steered = reg.evaluate_emotion(
+        "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05
     )
     assert sorted((r.alpha, r.metric) for r in steered) == [
         (0.0, "logit_accuracy"),
@@ -331,7 +329,7 @@ def test_evaluate_emotion_records_and_reuses(
     assert {r.metric: r.value for r in steered if r.alpha == 0.0} == base_values
 
     # By hand: full passes over the held-out prompts, no prefix cache.
-    loaded = contrans.load(reg, "src")
+    loaded = reg.load_model("src")
     test = split_scenarios(load_scenarios("happiness"), 0.05).test
     assert {r.n for r in base + steered} == {len(test)}
 
@@ -347,19 +345,17 @@ def test_evaluate_emotion_records_and_reuses(
         expected = by_hand()
     assert {r.metric: r.value for r in steered if r.alpha == 4.0} == pytest.approx(expected)
     before = counts(reg)
-    again = contrans.evaluate_emotion(
-        reg, "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05
+    again = reg.evaluate_emotion(
+        "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05
     )
     assert sorted(r.id for r in again) == sorted(r.id for r in steered)
-    reread = contrans.evaluate_emotion(
-        reg, "happiness", "src", vector_id=None, alphas=[], holdout=0.05
-    )
+    reread = reg.evaluate_emotion("happiness", "src", vector_id=None, alphas=[], holdout=0.05)
     assert sorted(r.id for r in reread) == sorted(r.id for r in base)
     assert counts(reg) == before
     with pytest.raises(InvalidInput, match="out of range"):
-        contrans.evaluate_emotion(reg, "happiness", "src", vector_id=vec.id, alphas=[1.0], layer=7)
+        reg.evaluate_emotion("happiness", "src", vector_id=vec.id, alphas=[1.0], layer=7)
     assert counts(reg) == before
-    assert no_hooks(contrans.load(reg, "src"))
+    assert no_hooks(reg.load_model("src"))
 
 
 def test_fit_again_reuses_identical_maps_unless_forced(
@@ -367,27 +363,27 @@ def test_fit_again_reuses_identical_maps_unless_forced(
 ) -> None:
     reg.register_model("src", str(model_dirs["llama"]))
     reg.register_model("tgt", str(model_dirs["gpt2"]))
-    first = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto")
-    again = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto")
+    first = reg.fit("src", "tgt", corpus=corpus_file, pairs="auto")
+    again = reg.fit("src", "tgt", corpus=corpus_file, pairs="auto")
     assert [m.id for m in again] == [m.id for m in first]
-    explicit = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2")
+    explicit = reg.fit("src", "tgt", corpus=corpus_file, pairs="1:2")
     assert [(m.source_layer, m.target_layer) for m in explicit] == [(1, 2)]
-    assert contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2") == explicit
-    forced = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="1:2", force=True)
+    assert reg.fit("src", "tgt", corpus=corpus_file, pairs="1:2") == explicit
+    forced = reg.fit("src", "tgt", corpus=corpus_file, pairs="1:2", force=True)
     assert [(m.source_layer, m.target_layer) for m in forced] == [(1, 2)]
     # The ridge default is float32 products; asking for float64 explicitly is another fit, not
     # served the float32 maps, while a fit that names no precision reuses either.
     assert {m.solver_settings["dtype"] for m in first} == {"float32"}
-    exact = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto", precision="float64")
+    exact = reg.fit("src", "tgt", corpus=corpus_file, pairs="auto", precision="float64")
     assert {m.id for m in exact}.isdisjoint(m.id for m in first)
     assert {m.solver_settings["dtype"] for m in exact} == {"float64"}
     for a, b in zip(exact, first, strict=True):
         assert a.target_layer == b.target_layer
         assert a.r2 == pytest.approx(b.r2, abs=1e-4)
-    again64 = contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto", precision="float64")
+    again64 = reg.fit("src", "tgt", corpus=corpus_file, pairs="auto", precision="float64")
     assert [m.id for m in again64] == [m.id for m in exact]
-    assert len(contrans.fit(reg, "src", "tgt", corpus=corpus_file, pairs="auto")) == len(first)
+    assert len(reg.fit("src", "tgt", corpus=corpus_file, pairs="auto")) == len(first)
     before = counts(reg)
     with pytest.raises(InvalidInput, match="ridge solver only"):
-        contrans.fit(reg, "src", "tgt", corpus=corpus_file, solver="lstsq-svd", precision="float32")
+        reg.fit("src", "tgt", corpus=corpus_file, solver="lstsq-svd", precision="float32")
     assert counts(reg) == before
