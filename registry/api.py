@@ -18,33 +18,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import MethodType
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import numpy as np
 
-from crx.registry import config, pairs
-from crx.registry.catalog.paging import DEFAULT_LIMIT
-from crx.registry.catalog.service import DEFAULT_HOOK_POINT, Catalog
+from crx.registry import config
+from crx.registry.catalog.service import Catalog
 from crx.registry.db.session import Database
 from crx.registry.store import ObjectStore
-from crx.registry.store.maintenance import DEFAULT_GC_GRACE_SECONDS
 from crx.registry.workflows.workspace import Workspace
 from crx.schemas.declare import ApplyReport, Change
 from crx.schemas.plan import PlanExecution, TransplantPlan
 from crx.schemas.records import (
-    AuditEventRecord,
-    ConceptRecord,
-    ConceptVersionRecord,
     EvaluationRecord,
-    GcReport,
-    InitReport,
     MapRecord,
-    ModelRecord,
-    Page,
     Registered,
     SchemaStatus,
     VectorRecord,
-    VerifyReport,
 )
 
 if TYPE_CHECKING:
@@ -52,9 +43,34 @@ if TYPE_CHECKING:
     from crx.registry.workflows.demo import DemoResult
     from crx.registry.workflows.pull import PullResult
 
+P = ParamSpec("P")
+R = TypeVar("R")
 Stage = Callable[[str], None]
 StagedProgress = Callable[[str, int, int], None]
 PullProgress = Callable[[str, int | None, int | None], None]
+
+
+class _catalog(Generic[P, R]):
+    """A facade attribute that is a `Catalog` method, bound to ``registry.catalog``.
+
+    The facade exposes the catalogue's operations without writing each signature twice; mypy
+    sees the method's own parameters and return type through the ParamSpec.
+    """
+
+    def __init__(self, method: Callable[Concatenate[Catalog, P], R]) -> None:
+        self._method = method
+        self.__doc__ = method.__doc__
+
+    @overload
+    def __get__(self, registry: None, owner: type[Registry]) -> _catalog[P, R]: ...
+    @overload
+    def __get__(
+        self, registry: Registry, owner: type[Registry] | None = None
+    ) -> Callable[P, R]: ...
+    def __get__(self, registry: Registry | None, owner: object = None) -> Any:
+        if registry is None:
+            return self
+        return MethodType(self._method, registry.catalog)
 
 
 class Registry:
@@ -101,279 +117,50 @@ class Registry:
             current=current, head=HEAD_REVISION, up_to_date=current == HEAD_REVISION
         )
 
-    # -- the catalogue (rows and blobs) ---------------------------------------------------
+    # -- the catalogue (rows and blobs): the `Catalog` methods themselves -----------------
+    # Each is the Catalog method of the same name, bound to this registry's catalogue, with
+    # its signature, types and docstring (see `crx.registry.catalog.service`).
 
-    def init(self) -> InitReport:
-        """Create or upgrade the database to the newest schema and create the store."""
-        return self.catalog.init()
+    # lifecycle
+    init = _catalog(Catalog.init)
+    upgrade = _catalog(Catalog.upgrade)
 
-    def upgrade(self) -> InitReport:
-        """Upgrade the database schema to head (the store is left as it is)."""
-        return self.catalog.upgrade()
+    # models
+    register_model = _catalog(Catalog.register_model)
+    get_model = _catalog(Catalog.get_model)
+    list_models = _catalog(Catalog.list_models)
 
-    def register_model(
-        self,
-        name: str,
-        path: str,
-        *,
-        gguf_file: str | None = None,
-        revision: str | None = None,
-        family: str | None = None,
-        role: str | None = None,
-        tags: dict[str, Any] | None = None,
-    ) -> Registered[ModelRecord]:
-        """Register (or update) a model from its config; weights are never loaded."""
-        return self.catalog.register_model(
-            name, path, gguf_file=gguf_file, revision=revision, family=family, role=role, tags=tags
-        )
+    # concepts
+    register_concept = _catalog(Catalog.register_concept)
+    mark_for_use = _catalog(Catalog.mark_for_use)
+    get_concept = _catalog(Catalog.get_concept)
+    concept_versions = _catalog(Catalog.concept_versions)
+    list_concepts = _catalog(Catalog.list_concepts)
+    load_pairs = _catalog(Catalog.load_pairs)
 
-    def get_model(self, ref: str | int) -> ModelRecord:
-        return self.catalog.get_model(ref)
+    # vectors
+    register_vector = _catalog(Catalog.register_vector)
+    save_vector = _catalog(Catalog.save_vector)
+    find_vector = _catalog(Catalog.find_vector)
+    get_vector = _catalog(Catalog.get_vector)
+    load_vector = _catalog(Catalog.load_vector)
+    list_vectors = _catalog(Catalog.list_vectors)
+    export_vector = _catalog(Catalog.export_vector)
 
-    def list_models(
-        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
-    ) -> Page[ModelRecord]:
-        return self.catalog.list_models(limit=limit, after=after)
+    # maps
+    save_map = _catalog(Catalog.save_map)
+    get_map = _catalog(Catalog.get_map)
+    load_map = _catalog(Catalog.load_map)
+    list_maps = _catalog(Catalog.list_maps)
 
-    def register_concept(
-        self,
-        name: str,
-        pairs_source: str | Path | list[pairs.ContrastPair],
-        *,
-        description: str | None = None,
-        template: str | None = None,
-        pair_construction: str = "explicit",
-        extraction: dict[str, Any] | None = None,
-    ) -> Registered[ConceptVersionRecord]:
-        """Register a version of a concept from a pairs file (or pairs); identical = no-op."""
-        return self.catalog.register_concept(
-            name,
-            pairs_source,
-            description=description,
-            template=template,
-            pair_construction=pair_construction,
-            extraction=extraction,
-        )
+    # evaluations
+    record_evaluation = _catalog(Catalog.record_evaluation)
+    list_evaluations = _catalog(Catalog.list_evaluations)
 
-    def mark_for_use(self, ref: str, use: bool = True) -> Registered[ConceptVersionRecord]:
-        """Mark ``NAME[@V]`` for use (``crx plan``'s default concepts); one version per concept."""
-        return self.catalog.mark_for_use(ref, use)
-
-    def get_concept(self, ref: str) -> ConceptVersionRecord:
-        """``NAME`` (latest version) or ``NAME@V``."""
-        return self.catalog.get_concept(ref)
-
-    def concept_versions(self, name: str) -> list[ConceptVersionRecord]:
-        return self.catalog.concept_versions(name)
-
-    def list_concepts(
-        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
-    ) -> Page[ConceptRecord]:
-        return self.catalog.list_concepts(limit=limit, after=after)
-
-    def load_pairs(self, ref: str | ConceptVersionRecord) -> list[pairs.ContrastPair]:
-        """The contrast pairs a concept version was registered with, exactly."""
-        return self.catalog.load_pairs(ref)
-
-    def register_vector(
-        self,
-        concept_ref: str,
-        model: str,
-        file: str | Path,
-        *,
-        hook_point: str = DEFAULT_HOOK_POINT,
-        token_position: str = "last",
-        estimator: str = "imported",
-        replace: bool = False,
-    ) -> Registered[VectorRecord]:
-        """Import a vector computed elsewhere from a ``.safetensors`` file."""
-        return self.catalog.register_vector(
-            concept_ref,
-            model,
-            file,
-            hook_point=hook_point,
-            token_position=token_position,
-            estimator=estimator,
-            replace=replace,
-        )
-
-    def save_vector(
-        self,
-        concept_ref: str | ConceptVersionRecord,
-        model: str | ModelRecord,
-        array: np.ndarray,
-        *,
-        origin: str,
-        hook_point: str = DEFAULT_HOOK_POINT,
-        token_position: str = "last",
-        estimator: str = "mean_diff",
-        layers: list[int] | None = None,
-        lineage_key: str = "",
-        source_vector_id: int | None = None,
-        map_ids: list[int] | None = None,
-        settings: dict[str, Any] | None = None,
-        replace: bool = False,
-    ) -> Registered[VectorRecord]:
-        """Store a ``[n_layers, d_model]`` array as a vector of ``concept_ref`` on ``model``.
-
-        A caller that already holds the records passes them, and nothing is looked up again.
-        """
-        return self.catalog.save_vector(
-            concept_ref,
-            model,
-            array,
-            origin=origin,
-            hook_point=hook_point,
-            token_position=token_position,
-            estimator=estimator,
-            layers=layers,
-            lineage_key=lineage_key,
-            source_vector_id=source_vector_id,
-            map_ids=map_ids,
-            settings=settings,
-            replace=replace,
-        )
-
-    def find_vector(
-        self,
-        concept_ref: str | ConceptVersionRecord,
-        model: str | ModelRecord,
-        *,
-        origin: str | None = None,
-        estimator: str | None = None,
-        token: str | None = None,
-    ) -> VectorRecord | None:
-        """The newest vector of that exact concept version on ``model`` matching the filters."""
-        return self.catalog.find_vector(
-            concept_ref, model, origin=origin, estimator=estimator, token=token
-        )
-
-    def get_vector(self, vector_id: int) -> VectorRecord:
-        return self.catalog.get_vector(vector_id)
-
-    def load_vector(self, vector_id: int) -> np.ndarray:
-        """The ``[n_layers, d_model]`` float32 array of a vector (verified against its oid)."""
-        return self.catalog.load_vector(vector_id)
-
-    def list_vectors(
-        self,
-        *,
-        concept: str | None = None,
-        model: str | None = None,
-        limit: int | None = DEFAULT_LIMIT,
-        after: int | None = None,
-    ) -> Page[VectorRecord]:
-        return self.catalog.list_vectors(concept=concept, model=model, limit=limit, after=after)
-
-    def export_vector(self, vector_id: int, fmt: str, out: str | Path) -> Path:
-        """Write a vector as ``safetensors`` or a llama.cpp ``gguf`` control vector."""
-        return self.catalog.export_vector(vector_id, fmt, out)
-
-    def save_map(
-        self,
-        source: str | ModelRecord,
-        target: str | ModelRecord,
-        source_layer: int,
-        target_layer: int,
-        weight: np.ndarray,
-        bias: np.ndarray | None,
-        *,
-        solver: str,
-        solver_settings: dict[str, Any] | None = None,
-        corpus_oid: str | None = None,
-        n_samples: int | None = None,
-        r2: float | None = None,
-        mse: float | None = None,
-        cosine: float | None = None,
-        metrics: dict[str, Any] | None = None,
-    ) -> Registered[MapRecord]:
-        """Store a fitted map ``target ≈ W · source + b`` for one layer pair."""
-        return self.catalog.save_map(
-            source,
-            target,
-            source_layer,
-            target_layer,
-            weight,
-            bias,
-            solver=solver,
-            solver_settings=solver_settings,
-            corpus_oid=corpus_oid,
-            n_samples=n_samples,
-            r2=r2,
-            mse=mse,
-            cosine=cosine,
-            metrics=metrics,
-        )
-
-    def get_map(self, map_id: int) -> MapRecord:
-        return self.catalog.get_map(map_id)
-
-    def load_map(self, map_id: int) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.catalog.load_map(map_id)
-
-    def list_maps(
-        self,
-        *,
-        source: str | None = None,
-        target: str | None = None,
-        limit: int | None = DEFAULT_LIMIT,
-        after: int | None = None,
-    ) -> Page[MapRecord]:
-        return self.catalog.list_maps(source=source, target=target, limit=limit, after=after)
-
-    def record_evaluation(
-        self,
-        model: str,
-        task: str,
-        metrics: dict[str, float],
-        *,
-        vector_id: int | None = None,
-        dataset_oid: str | None = None,
-        layers: list[int] | None = None,
-        alpha: float | None = None,
-        n: int | None = None,
-        settings: dict[str, Any] | None = None,
-    ) -> list[EvaluationRecord]:
-        """Record the metrics of one evaluation of a vector (or the bare model) on ``model``."""
-        return self.catalog.record_evaluation(
-            model,
-            task,
-            metrics,
-            vector_id=vector_id,
-            dataset_oid=dataset_oid,
-            layers=layers,
-            alpha=alpha,
-            n=n,
-            settings=settings,
-        )
-
-    def list_evaluations(
-        self,
-        *,
-        model: str | None = None,
-        vector_id: int | None = None,
-        task: str | None = None,
-        limit: int | None = DEFAULT_LIMIT,
-        after: int | None = None,
-    ) -> Page[EvaluationRecord]:
-        return self.catalog.list_evaluations(
-            model=model, vector_id=vector_id, task=task, limit=limit, after=after
-        )
-
-    def audit_events(
-        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
-    ) -> Page[AuditEventRecord]:
-        return self.catalog.audit_events(limit=limit, after=after)
-
-    def verify_store(self) -> VerifyReport:
-        """Re-hash every referenced blob; report missing or corrupt ones with their rows."""
-        return self.catalog.verify_store()
-
-    def gc_store(
-        self, *, dry_run: bool = True, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS
-    ) -> GcReport:
-        """List (``dry_run``) or delete unreferenced blobs older than ``grace_seconds``."""
-        return self.catalog.gc_store(dry_run=dry_run, grace_seconds=grace_seconds)
+    # audit and store
+    audit_events = _catalog(Catalog.audit_events)
+    verify_store = _catalog(Catalog.verify_store)
+    gc_store = _catalog(Catalog.gc_store)
 
     # -- the ConTrans steps (torch; imported on first use) --------------------------------
 
