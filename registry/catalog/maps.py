@@ -146,3 +146,17 @@ def listing(
         return [to_record(*row) for row in rows]
 
     return page(session, statement, SqlAffineMap.id, convert, limit=limit, after=after)
+
+
+def between(session: Session, pairs: set[tuple[str, str]]) -> list[MapRecord]:
+    """Every map whose (source model, target model) is one of ``pairs``, oldest first."""
+    if not pairs:
+        return []
+    sources, targets = {s for s, _ in pairs}, {t for _, t in pairs}
+    statement = (
+        _joined()
+        .where(_Source.name.in_(sources), _Target.name.in_(targets))
+        .order_by(SqlAffineMap.id)
+    )
+    rows = session.execute(statement).all()
+    return [to_record(*row) for row in rows if (row[1], row[2]) in pairs]

@@ -30,7 +30,13 @@ if TYPE_CHECKING:
 class Snapshot:
     """The registry rows a diff compares with, read in one read transaction."""
 
-    def __init__(self, session: Session, concept_names: set[str], eval_models: set[str]) -> None:
+    def __init__(
+        self,
+        session: Session,
+        concept_names: set[str],
+        map_pairs: set[tuple[str, str]],
+        eval_models: set[str],
+    ) -> None:
         from crx.registry.catalog import concepts, evaluations, maps, models, vectors
 
         self.models = {row.name: models.to_record(row) for row in session.scalars(select(SqlModel))}
@@ -51,12 +57,18 @@ class Snapshot:
                 vectors._joined().where(SqlVector.concept_version_id.in_(version_ids))
             ).all()
         ]
-        self.maps: list[MapRecord] = maps.listing(session, limit=None, after=None).items
+        self.maps: list[MapRecord] = maps.between(session, map_pairs)
         self.evaluations: list[EvaluationRecord] = [
             e
             for model in sorted(eval_models & set(self.models))
             for e in evaluations.listing(session, limit=None, after=None, model=model).items
         ]
+        self._maps_by_pair: dict[tuple[str, str], list[MapRecord]] = defaultdict(list)
+        for m in self.maps:
+            self._maps_by_pair[(m.source_model, m.target_model)].append(m)
+        self._evaluations_by_model: dict[str, list[EvaluationRecord]] = defaultdict(list)
+        for e in self.evaluations:
+            self._evaluations_by_model[e.model].append(e)
         self.removals = {
             "model": removal_counts(session, "model", set(self.models)),
             "concept": removal_counts(session, "concept", self.concept_names),
@@ -66,17 +78,19 @@ class Snapshot:
     def read(cls, catalog: Catalog, spec: CatalogSpec) -> Snapshot:
         """The snapshot a diff of ``spec`` needs, from one read transaction."""
         names = {c.name for c in spec.concepts} | referenced_concepts(spec)
+        pairs = {(m.source, m.target) for m in spec.maps}
+        pairs |= {(t.source, t.target) for t in spec.transplants}
         with catalog.db.read() as session:
-            return cls(session, names, {e.model for e in spec.evaluations})
+            return cls(session, names, pairs, {e.model for e in spec.evaluations})
 
     def vectors_on(self, version_id: int, model: str) -> list[VectorRecord]:
         return [v for v in self.vectors if v.concept_version_id == version_id and v.model == model]
 
     def maps_between(self, source: str, target: str) -> list[MapRecord]:
-        return [m for m in self.maps if m.source_model == source and m.target_model == target]
+        return self._maps_by_pair.get((source, target), [])
 
     def evaluations_on(self, model: str) -> list[EvaluationRecord]:
-        return [e for e in self.evaluations if e.model == model]
+        return self._evaluations_by_model.get(model, [])
 
 
 def removal_counts(session: Session, kind: str, names: set[str]) -> dict[str, dict[str, int]]:
