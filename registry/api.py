@@ -26,6 +26,7 @@ import numpy as np
 from crx.registry import config
 from crx.registry.catalog.service import Catalog
 from crx.registry.db.session import Database
+from crx.registry.progress import Stage, StagedProgress
 from crx.registry.store import ObjectStore
 from crx.registry.workflows.workspace import Workspace
 from crx.schemas.declare import ApplyReport, Change
@@ -45,9 +46,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Stage = Callable[[str], None]
-StagedProgress = Callable[[str, int, int], None]
-PullProgress = Callable[[str, int | None, int | None], None]
 
 
 class _catalog(Generic[P, R]):
@@ -257,7 +255,7 @@ class Registry:
         return available()
 
     def pull_model(
-        self, name: str, *, progress: PullProgress | None = None, keep_gguf: bool = False
+        self, name: str, *, progress: StagedProgress | None = None, keep_gguf: bool = False
     ) -> PullResult:
         """Download, check, convert once and register a model crx knows (``crx models pull``)."""
         from crx.registry.workflows.pull import pull_model
@@ -269,7 +267,7 @@ class Registry:
         *,
         emotions: Sequence[str] | None = None,
         out_dir: Path | None = None,
-        progress: PullProgress | None = None,
+        progress: StagedProgress | None = None,
     ) -> DemoResult:
         """``crx demo``: six emotions SmolLM2 → Gemma-3, both maps, evaluated; see
         `crx.registry.workflows.demo`. ``out_dir`` defaults to ``$CRX_HOME/demo``."""

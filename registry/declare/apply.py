@@ -17,7 +17,6 @@ spec file's sha256 are what they were when it was made.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,13 +25,12 @@ from crx.registry.declare.reconcile import diff
 from crx.registry.declare.saved import check_fresh, last_audit_event, read_saved_diff
 from crx.registry.declare.write import write_all
 from crx.registry.errors import InvalidInput
+from crx.registry.progress import Stage
 from crx.schemas.declare import ApplyReport, SavedDiff
 
 if TYPE_CHECKING:
     from crx.registry.declare.specfile import LoadedSpecs
     from crx.registry.workflows.workspace import Workspace
-
-Stage = Callable[[str], None]
 
 
 def apply(

@@ -18,6 +18,7 @@ import numpy as np
 from crx.registry.declare.reconcile import Desired, map_corpus, transplanted_vector
 from crx.registry.errors import InvalidInput
 from crx.registry.names import parse_versioned
+from crx.registry.progress import Stage
 from crx.registry.workflows import evaluate as evaluation
 from crx.registry.workflows import extract as extraction
 from crx.registry.workflows import fit as fitting
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from crx.registry.engine.fit import FittedMap
     from crx.registry.engine.loading import LoadedModel
     from crx.registry.workflows.workspace import Workspace
-
-Stage = Callable[[str], None]
 
 
 @dataclass

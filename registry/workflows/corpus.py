@@ -8,7 +8,7 @@ so a second fit, a measured chain R² or an apply re-run after a kill does not r
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +17,12 @@ import numpy as np
 from crx.registry.config import crx_home
 from crx.registry.errors import InvalidInput
 from crx.registry.hashing import canonical_json
+from crx.registry.progress import Progress
 from crx.schemas.records import ModelRecord
 
 if TYPE_CHECKING:
     from crx.registry.workflows.workspace import Workspace
 
-Progress = Callable[[int, int], None]
 MIN_LINES = 20
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crx.registry.progress import StagedProgress
 from crx.registry.workflows import evaluate, extract, fit, transplant
 from crx.registry.workflows.pull import pull_model
 
@@ -38,7 +39,6 @@ LEGEND = {
     "native": "native",
 }
 PAIR_CONSTRUCTION = "repe-emotions-vs-others:holdout=0.5:seed=0"
-Stage = Callable[[str, int | None, int | None], None]
 
 
 def register_emotions(catalog: Catalog, emotions: Sequence[str]) -> dict[str, str]:
@@ -73,7 +73,7 @@ def run(
     emotions: Sequence[str] | None = None,
     alphas: Sequence[float] = ALPHAS,
     out_dir: Path,
-    progress: Stage | None = None,
+    progress: StagedProgress | None = None,
 ) -> DemoResult:
     from crx.registry.engine import emotion as task
     from crx.registry.engine.fit import relative_depth_pair

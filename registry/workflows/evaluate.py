@@ -25,6 +25,7 @@ import numpy as np
 
 from crx.registry.errors import InvalidInput, NoVectorOn
 from crx.registry.hashing import canonical_json
+from crx.registry.progress import Progress, StagedProgress
 from crx.registry.workflows.corpus import load_corpus
 from crx.schemas.records import EvaluationRecord, ModelRecord, VectorRecord
 
@@ -32,9 +33,6 @@ if TYPE_CHECKING:
     from crx.registry.engine.loading import LoadedModel
     from crx.registry.workflows.workspace import Workspace
 
-Progress = Callable[[int, int], None]
-StagedProgress = Callable[[str, int, int], None]
-Measure = Callable[[], dict[str, float]]
 DEFAULT_LAYER_DEPTH = 0.75
 NORM_LINES = 64
 TASKS = ("emotion", "truthfulqa")

@@ -7,20 +7,20 @@ resolves the names once, reuses an identical earlier extraction, and records the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crx.registry.errors import InvalidInput
 from crx.registry.pairs import ContrastPair
+from crx.registry.progress import Progress
 from crx.schemas.records import Registered, VectorRecord
 
 if TYPE_CHECKING:
     from crx.registry.engine.loading import LoadedModel
     from crx.registry.workflows.workspace import Workspace
 
-Progress = Callable[[int, int], None]
 # ``--method`` as the user says it -> the estimator a vector row records.
 ESTIMATORS = {"mean": "mean_diff", "pca": "pca"}
 

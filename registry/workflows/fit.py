@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crx.registry.errors import InvalidInput
+from crx.registry.progress import Progress
 from crx.registry.workflows.corpus import corpus_states, load_corpus
 from crx.schemas.records import MapRecord, ModelRecord
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from crx.registry.engine.fit import FittedMap
     from crx.registry.workflows.workspace import Workspace
 
-Progress = Callable[[int, int], None]
 LayerPairs = list[tuple[int, int]] | str
 
 

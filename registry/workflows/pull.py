@@ -7,14 +7,12 @@ registration and what ``crx models pull|available`` report.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from crx.registry.catalog.service import Catalog
+from crx.registry.progress import StagedProgress
 from crx.schemas.records import ModelRecord, Registered
-
-Stage = Callable[[str, int | None, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ def available() -> list[dict[str, Any]]:
 
 
 def pull_model(
-    catalog: Catalog, name: str, *, progress: Stage | None = None, keep_gguf: bool = False
+    catalog: Catalog, name: str, *, progress: StagedProgress | None = None, keep_gguf: bool = False
 ) -> PullResult:
     """Pull a catalogued model (once: a pulled folder is reused) and register it."""
     from crx.registry.models.pull import get_spec, pull, pulled

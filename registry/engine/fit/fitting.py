@@ -8,7 +8,7 @@ in :mod:`.metrics`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,8 +34,7 @@ from crx.registry.engine.fit.solvers import (
 )
 from crx.registry.engine.fit.splits import DEFAULT_SPLIT, check_fractions, split_indices
 from crx.registry.errors import InvalidInput
-
-Progress = Callable[[int, int], None]
+from crx.registry.progress import Progress
 
 
 def fit_pairs(
