@@ -129,6 +129,13 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         ["export", "vector", "99", "-o", str(w.tmp / "out.safetensors")], "no vector '99'"
     ),
     "unknown map": lambda w: Bad(["show", "map", "99"], "no map '99'"),
+    "no vector to evaluate": lambda w: Bad(
+        ["evaluate", "joy", "--model", "tiny-b"], "no vector of joy@1 on tiny-b"
+    ),
+    "no vector to generate with": lambda w: Bad(
+        ["generate", "--model", "tiny-b", "--concept", "joy", "hello"],
+        "no vector of joy@1 on tiny-b",
+    ),
     "malformed JSON pairs": lambda w: _pairs(
         w, "p.json", '[{"positive": "a", "negative": ', "invalid JSON"
     ),

@@ -279,17 +279,17 @@ def evaluate(
     record = catalog.get_model(model)
     if task not in TASKS:
         raise InvalidInput(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    if vector_id is None:
+        found = catalog.find_vector(concept, record)
+        if found is None:
+            raise NoVectorOn(concept.ref, record.name)
+        vector_id = found.id
     if task == "truthfulqa":
         if data is None:
             raise InvalidInput("--task truthfulqa needs --data FILE")
         protocol = truthfulqa_protocol(data, primer=primer)
     else:
         protocol = emotion_protocol(concept.concept)
-    if vector_id is None:
-        found = catalog.find_vector(concept, record)
-        if found is None:
-            raise NoVectorOn(concept.ref, record.name)
-        vector_id = found.id
 
     def stage(name: str) -> Progress | None:
         return None if progress is None else (lambda done, total: progress(name, done, total))

@@ -32,9 +32,10 @@ def generate(
     catalog = ws.catalog
     record = catalog.get_model(model)
     if vector_id is None and concept:
-        found = catalog.find_vector(catalog.get_concept(concept), record)
+        version = catalog.get_concept(concept)
+        found = catalog.find_vector(version, record)
         if found is None:
-            raise NoVectorOn(concept, record.name)
+            raise NoVectorOn(version.ref, record.name)
         vector_id = found.id
     vector = catalog.get_vector(vector_id) if vector_id is not None else None
     steer_layer = steering_layer(vector, record, layer) if vector is not None else None
