@@ -75,3 +75,16 @@ def test_help_renders(path: tuple[str, ...]) -> None:
     assert result.stdout.startswith(f"Usage: {_id(path)} ")
     if path in LEAVES:
         assert "Example" in result.stdout
+
+
+def test_the_readme_layout_names_every_package_and_module_of_the_library() -> None:
+    """The layout table names every subpackage of ``registry/`` and every top-level module."""
+    root = Path(__file__).resolve().parent.parent / "registry"
+    layout = README[README.index("### Layout") :]  # the last section of the README
+    packages = sorted(p.parent.name for p in root.glob("*/__init__.py"))
+    modules = sorted(p.stem for p in root.glob("*.py") if p.stem not in ("__init__", "api"))
+    assert len(packages) >= 8
+    assert "workflows" in packages
+    assert [p for p in packages if f"`registry/{p}/`" not in layout] == []
+    assert [m for m in modules if f"`{m}`" not in layout] == []
+    assert "`registry/api.py`" in layout
