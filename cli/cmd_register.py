@@ -102,11 +102,8 @@ def register_concept(
       crx register concept happiness --pairs refine_happiness.json --description "RepE emotion"
     """
     result = registry().register_concept(
-        name, pairs_file, description=description, template=template
+        name, pairs_file, description=description, template=template, use=use
     )
-    if use:
-        marked = registry().mark_for_use(result.record.ref)
-        result = result.model_copy(update={"record": marked.record})
     if as_json:
         emit_json(result)
         return

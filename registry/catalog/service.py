@@ -10,8 +10,9 @@ pointing at a blob that is not stored. It never loads a model or computes a tens
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import select
@@ -52,6 +53,7 @@ from crx.schemas.records import (
     VerifyReport,
 )
 
+T = TypeVar("T")
 DEFAULT_TEMPLATE = "{text}"
 DEFAULT_HOOK_POINT = "resid_post"
 DEFAULT_EXTRACTION: dict[str, Any] = {"method": "mean", "token": "last", "hook_point": "resid_post"}
@@ -137,8 +139,12 @@ class Catalog:
         template: str | None = None,
         pair_construction: str = "explicit",
         extraction: dict[str, Any] | None = None,
+        use: bool = False,
     ) -> Registered[ConceptVersionRecord]:
-        """Register a version of a concept from a pairs file (or pairs); identical = no-op."""
+        """Register a version of a concept from a pairs file (or pairs); identical = no-op.
+
+        ``use`` also marks the version for use (``crx plan``'s default), in the same transaction.
+        """
         names.check_name("concept", name)
         template = DEFAULT_TEMPLATE if template is None else template
         if "{text}" not in template:
@@ -150,11 +156,13 @@ class Catalog:
         else:
             parsed = pairs.parse_pairs_file(pairs_source)
         self.db.ensure_schema()
-        pairs_oid = self.store.put(pairs.canonical_bytes(parsed))
+        data = pairs.canonical_bytes(parsed)
+        pairs_oid = self.store.put(data)
         recipe = {**DEFAULT_EXTRACTION, **(extraction or {})}
-        return self.db.write(
-            lambda s: concepts.register_version(
-                s,
+
+        def write(session: Session) -> Registered[ConceptVersionRecord]:
+            result = concepts.register_version(
+                session,
                 name,
                 description=description,
                 pairs_oid=pairs_oid,
@@ -163,7 +171,12 @@ class Catalog:
                 pair_construction=pair_construction,
                 extraction=recipe,
             )
-        )
+            if not use:
+                return result
+            marked = concepts.mark_for_use(session, name, result.record.version, True)
+            return result.model_copy(update={"record": marked.record})
+
+        return self._write_rows({pairs_oid: data}, write)
 
     def mark_for_use(self, ref: str, use: bool = True) -> Registered[ConceptVersionRecord]:
         """Mark ``NAME[@V]`` for use (``crx plan``'s default concepts); one version per concept."""
@@ -267,7 +280,8 @@ class Catalog:
                 session, identity=identity, oid=sha256_hex(data), replace=replace
             )
         oid = self.store.put(data)
-        return self.db.write(
+        return self._write_rows(
+            {oid: data},
             lambda s: vectors.add(
                 s,
                 **identity,
@@ -282,7 +296,7 @@ class Catalog:
                 map_ids=map_ids,
                 settings=settings,
                 replace=replace,
-            )
+            ),
         )
 
     def find_vector(
@@ -306,6 +320,17 @@ class Catalog:
                 estimator=estimator,
                 token_position=token,
             )
+
+    def _write_rows(self, blobs: dict[str, bytes], operation: Callable[[Session], T]) -> T:
+        """Write rows that point at ``blobs`` (already put) in one transaction, putting back any
+        that a concurrent gc deleted since (the transaction holds the blob lease)."""
+
+        def write(session: Session) -> T:
+            for oid, data in blobs.items():
+                self.store.ensure_present(oid, data)
+            return operation(session)
+
+        return self.db.write(write)
 
     def _concept(self, ref: str | ConceptVersionRecord) -> ConceptVersionRecord:
         return ref if isinstance(ref, ConceptVersionRecord) else self.get_concept(ref)
@@ -382,8 +407,10 @@ class Catalog:
             raise TensorShapeError("the map's W", list(weight.shape), [tgt.d_model, src.d_model])
         if bias is not None and tuple(bias.shape) != (tgt.d_model,):
             raise TensorShapeError("the map's b", list(bias.shape), [tgt.d_model])
-        oid = self.store.put(encode_map(weight, bias))
-        return self.db.write(
+        data = encode_map(weight, bias)
+        oid = self.store.put(data)
+        return self._write_rows(
+            {oid: data},
             lambda s: maps.add(
                 s,
                 source_model_id=src.id,
@@ -399,7 +426,7 @@ class Catalog:
                 mse=mse,
                 cosine=cosine,
                 metrics=metrics,
-            )
+            ),
         )
 
     def get_map(self, map_id: int) -> MapRecord:
@@ -514,6 +541,22 @@ class Catalog:
             unreferenced=len(extra),
         )
 
+    def _delete_unreferenced(
+        self, session: Session, candidates: list[str], grace_seconds: float
+    ) -> list[str]:
+        """Inside gc's transaction (no writer commits meanwhile): delete the candidates still
+        unreferenced and still old, and return them."""
+        required, optional = references(session)
+        referenced = set(required) | optional
+        gone = [
+            oid
+            for oid in candidates
+            if oid not in referenced and old_enough(self.store, oid, grace_seconds)
+        ]
+        for oid in gone:
+            self.store.remove(oid)
+        return gone
+
     def gc_store(
         self, *, dry_run: bool = True, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS
     ) -> GcReport:
@@ -529,8 +572,10 @@ class Catalog:
         # A temporary file is never referenced; past the grace its writer is gone.
         temporaries = self.store.stale_temporaries(grace_seconds)
         if not dry_run:
-            for oid in candidates:
-                self.store.remove(oid)
+            candidates = self.db.write(
+                lambda s: self._delete_unreferenced(s, candidates, grace_seconds),
+                deletes_blobs=True,
+            )
             for path in temporaries:
                 path.unlink(missing_ok=True)
         return GcReport(

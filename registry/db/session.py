@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -31,6 +31,24 @@ T = TypeVar("T")
 
 # A uniqueness race is retried this many times, with a short growing pause between tries.
 WRITE_ATTEMPTS = 20
+# The PostgreSQL advisory lock key of the blob lease ("crxblobs" in ASCII).
+BLOB_LEASE_KEY = 0x6372_7862_6C6F_6273
+
+
+def take_blob_lease(session: Session, *, exclusive: bool) -> None:
+    """Hold the blob lease until this transaction ends.
+
+    A writer puts its blobs before its transaction, then, inside it, checks they are still
+    there (`ObjectStore.ensure_present`) before committing rows that point at them; gc deletes
+    blobs only inside a transaction that holds the lease alone. So a blob gc deletes is either
+    seen referenced (the writer committed first) or put back by the writer (gc went first).
+    On PostgreSQL the lease is a transaction-scoped advisory lock, shared by writers; on
+    SQLite every write transaction already holds the database's one write lock
+    (``BEGIN IMMEDIATE``), which is the same exclusion.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        session.execute(text(f"SELECT {lock}(:key)"), {"key": BLOB_LEASE_KEY})
 
 
 class Database:
@@ -113,15 +131,18 @@ class Database:
         with self.connected(), transaction(self.sql_engine, write=False) as session:
             yield session
 
-    def write(self, operation: Callable[[Session], T]) -> T:
+    def write(self, operation: Callable[[Session], T], *, deletes_blobs: bool = False) -> T:
         """Run ``operation`` in one write transaction, again from the start on a uniqueness race.
 
         ``operation`` may run more than once, so it must not keep state from a rolled-back try.
+        Every write transaction holds the blob lease (`take_blob_lease`); ``deletes_blobs``
+        (``crx store gc``) holds it alone, so no writer commits while gc deletes.
         """
         self.ensure_schema()
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 with self.connected(), transaction(self.sql_engine, write=True) as session:
+                    take_blob_lease(session, exclusive=deletes_blobs)
                     return operation(session)
             except IntegrityError:
                 if attempt == WRITE_ATTEMPTS - 1:

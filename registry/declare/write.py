@@ -16,6 +16,7 @@ from crx.registry.declare.prune import delete_concept, delete_model
 from crx.registry.declare.saved import last_audit_event
 from crx.registry.errors import InvalidInput
 from crx.registry.names import parse_versioned
+from crx.registry.store.tensors import encode_map, encode_vector
 from crx.registry.workflows.fit import fitted_row
 from crx.registry.workflows.transplant import lineage_key
 
@@ -24,6 +25,7 @@ def write_all(session: Session, work: Work, prune: bool, expect_event: int | Non
     """Write every pending row (and, with ``prune``, the deletions); returns the row count."""
     if expect_event is not None and last_audit_event(work.ws.catalog, session) != expect_event:
         raise InvalidInput("the registry changed while apply computed: run `crx diff -o` again")
+    _restore_blobs(work)
     # The facade retries this whole function on a uniqueness race: forget ids of a rolled-back try.
     for pending_vector in [*work.extracted.values(), *work.mapped.values()]:
         pending_vector.row_id = None
@@ -149,3 +151,19 @@ def write_all(session: Session, work: Work, prune: bool, expect_event: int | Non
             kind, _, name = change.key.partition(":")
             rows += (delete_model if kind == "model" else delete_concept)(session, name)
     return rows
+
+
+def _restore_blobs(work: Work) -> None:
+    """Put back any blob of this apply that a concurrent gc deleted after compute put it (the
+    write transaction holds the blob lease, so none can go between this and the commit)."""
+    store = work.ws.catalog.store
+    for pv in [*work.extracted.values(), *work.mapped.values()]:
+        if not store.exists(pv.oid):
+            store.put(encode_vector(pv.array))
+    for pm in work.maps:
+        if not store.exists(pm.oid):
+            store.put(encode_map(pm.fitted.weight, pm.fitted.bias))
+    for name, dc in work.desired.concepts.items():
+        oid = work.concept_blobs.get(name)
+        if oid is not None:
+            store.ensure_present(oid, dc.pairs_bytes)

@@ -150,10 +150,27 @@ class ObjectStore:
         return time.time() - stamp
 
     def put(self, data: bytes) -> str:
-        """Store ``data`` and return its oid; a blob already present is not written again."""
+        """Store ``data`` and return its oid.
+
+        A blob already present is re-verified, not trusted: if its bytes no longer hash to its
+        oid it is written again, so registering the same content repairs a corrupt blob.
+        """
         oid = sha256_hex(data)
-        if self.exists(oid):
+        if self.exists(oid) and self.status(oid) is BlobStatus.OK:
             return oid
+        self._write(oid, data)
+        return oid
+
+    def ensure_present(self, oid: str, data: bytes) -> None:
+        """Put ``data`` back under ``oid`` if it is gone (a gc ran between a put and its rows).
+
+        Writers call it inside their write transaction, which a deleting gc excludes (see
+        `crx.registry.db.session`), so a row is never committed pointing at a deleted blob.
+        """
+        if not self.exists(oid):
+            self._write(oid, data)
+
+    def _write(self, oid: str, data: bytes) -> None:
         try:
             if self.is_local:
                 self._put_local(oid, data)
@@ -161,7 +178,6 @@ class ObjectStore:
                 self.fs.pipe_file(self.path(oid), data)
         except Exception as exc:
             raise self._unavailable(exc) from None
-        return oid
 
     def _put_local(self, oid: str, data: bytes) -> None:
         final = Path(self.path(oid))
@@ -207,9 +223,12 @@ class ObjectStore:
         return BlobStatus.OK
 
     def remove(self, oid: str) -> None:
+        """Delete blob ``oid``; on a local disk only a regular file inside the store's folder."""
         try:
             if self.is_local:
-                Path(self.path(oid)).unlink(missing_ok=True)
+                path = Path(self.path(oid))
+                if self._inside(path):
+                    path.unlink(missing_ok=True)
             else:
                 self.fs.rm_file(self.path(oid))
         except FileNotFoundError:
@@ -219,18 +238,47 @@ class ObjectStore:
 
     def stale_temporaries(self, older_than_seconds: float) -> list[Path]:
         """Temporary files of local writes that never finished (a killed writer), oldest first."""
-        if not self.is_local or not Path(self.root).is_dir():
+        if not self.is_local:
             return []
         cutoff = time.time() - older_than_seconds
-        found = [p for p in Path(self.root).glob("??/.tmp-*") if p.stat().st_mtime <= cutoff]
-        return sorted(found, key=lambda p: p.stat().st_mtime)
+        found = [
+            p
+            for p in self._local_files()
+            if p.name.startswith(".tmp-") and p.lstat().st_mtime <= cutoff
+        ]
+        return sorted(found, key=lambda p: p.lstat().st_mtime)
+
+    def _local_files(self) -> list[Path]:
+        """Regular files one shard folder deep, never through a link: a shard folder or a file
+        that is a symbolic link (to anywhere) is not the store's."""
+        root = Path(self.root)
+        if not root.is_dir() or root.is_symlink():
+            return []
+        files = []
+        with os.scandir(root) as shards:
+            for shard in shards:
+                if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(shard.path) as entries:
+                    files += [Path(e.path) for e in entries if e.is_file(follow_symlinks=False)]
+        return files
+
+    def _inside(self, path: Path) -> bool:
+        """Whether ``path`` is a regular file (not a link) whose folder is the store's own."""
+        try:
+            return (
+                not path.is_symlink()
+                and path.is_file()
+                and path.parent.resolve().parent == Path(self.root).resolve()
+            )
+        except OSError:
+            return False
 
     def iter_oids(self) -> Iterator[str]:
         """Every oid present in the store (temporary files and strays are skipped)."""
         try:
             if self.is_local:
-                root = Path(self.root)
-                paths = [str(p) for p in root.glob("??/*")] if root.is_dir() else []
+                paths = [str(p) for p in self._local_files()]
             else:
                 paths = list(self.fs.find(self.root, maxdepth=2))
         except FileNotFoundError:
