@@ -8,7 +8,9 @@ so every expected number is computed by hand with numpy.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from click.testing import CliRunner
 
 from crx.cli.main import cli
 from crx.registry import Registry
-from crx.registry.errors import ConceptNotFound, InvalidInput
+from crx.registry.errors import ConceptNotFound, CrxError, InvalidInput
 from crx.registry.resolve.compose import compose, estimated_r2
 from crx.registry.resolve.execute import read_plan, route_vector
 from crx.schemas.plan import TransplantPlan
@@ -473,3 +475,46 @@ def test_measure_composed_r2_on_cached_calibration_states(reg: Registry) -> None
     assert measured is not None
     assert measured.fit_r2_measured == pytest.approx(expected, abs=1e-3)
     assert reg.plan("tgt", ["honesty"]).concepts[0].chosen.fit_r2_measured is None  # type: ignore[union-attr]
+
+
+def test_a_tampered_plan_is_refused_and_registers_nothing(reg: Registry, pairs_file: Path) -> None:
+    """A plan file is untrusted: every route is checked against the registry first."""
+    m1, _, _ = add_map(reg, "src", "mid", 0, 1, r2=0.9, seed=1)
+    add_map(reg, "mid", "tgt", 1, 3, r2=0.9, seed=2)
+    reg.register_concept("sadness", pairs_file, description="another concept")
+    sad = reg.save_vector("sadness", "src", np.ones((4, 8), np.float32), origin="extracted")
+    document = reg.plan("tgt", ["honesty"]).model_dump(mode="json")
+
+    def tampered(**route_changes: object) -> dict[str, Any]:
+        copy = json.loads(json.dumps(document))
+        route = copy["concepts"][0]["chosen"]
+        for key, value in route_changes.items():
+            if key.startswith("hop0_"):
+                route["hops"][0][key.removeprefix("hop0_")] = value
+            else:
+                route[key] = value
+        return copy
+
+    cases = {
+        "layer out of range": (tampered(layer=99), "layer 99 is out of range"),
+        "negative layer": (tampered(layer=-1), "layer -1 is out of range"),
+        "not the map's target layer": (tampered(layer=2), "not at tgt layer 2"),
+        "another concept's vector": (
+            tampered(source_vector_id=sad.record.id),
+            f"vector {sad.record.id} is sadness@1 on src, not this concept",
+        ),
+        "a source layer the map does not have": (
+            tampered(hop0_source_layer=-1),
+            f"map {m1} is src layer 0 -> mid layer 1, not what the plan says",
+        ),
+        "no maps": (tampered(hops=[]), "needs at least one map"),
+        "a huge vector id": (tampered(source_vector_id=2**70), "is not a vector id"),
+        "a huge map id": (tampered(hop0_map_id=2**70), "is not a map id"),
+        "an unknown map": (tampered(hop0_map_id=999), "no map '999'"),
+    }
+    before = len(reg.list_vectors(limit=0).items)
+    for name, (plan, message) in cases.items():
+        with pytest.raises(CrxError, match=re.escape(message)):
+            reg.execute_plan(read_plan(plan))
+        assert len(reg.list_vectors(limit=0).items) == before, name
+    assert reg.execute_plan(read_plan(document))[0].status == "registered"

@@ -85,10 +85,83 @@ def _check_target(catalog: Catalog, plan: TransplantPlan) -> Any:
     return target
 
 
+MAX_ID = 2**63 - 1  # the largest id a database row can have
+
+
+def check_route(catalog: Catalog, concept: str, route: Route, target: Any) -> None:
+    """Refuse a route that the registry does not back, before anything is computed.
+
+    A plan file is untrusted input: every id, model, layer and hop it names is checked against
+    the registry (the vector is one of this concept version on that model, each hop is the
+    registered map it claims to be, the hops chain from the source vector's model and layer to
+    the target at the route's layer).
+    """
+    where = f"the plan's route for {concept}"
+    version = catalog.get_concept(concept)
+    if not 0 <= route.layer < target.n_layers:
+        raise InvalidInput(
+            f"{where}: layer {route.layer} is out of range for {target.name} "
+            f"({target.n_layers} layers)"
+        )
+    for vector_id in (route.source_vector_id, route.vector_id):
+        if vector_id is not None and not 1 <= vector_id <= MAX_ID:
+            raise InvalidInput(f"{where}: {vector_id} is not a vector id")
+    if route.vector_id is not None:
+        _check_vector(catalog, where, route.vector_id, version.id, target.name, route.layer)
+        return
+    if not route.hops:
+        raise InvalidInput(f"{where}: a route to transplant needs at least one map")
+    first = route.hops[0]
+    _check_vector(
+        catalog, where, route.source_vector_id, version.id, first.source_model, first.source_layer
+    )
+    previous_model, previous_layer = first.source_model, first.source_layer
+    for hop in route.hops:
+        if not 1 <= hop.map_id <= MAX_ID:
+            raise InvalidInput(f"{where}: {hop.map_id} is not a map id")
+        registered = catalog.get_map(hop.map_id)
+        claimed = (hop.source_model, hop.target_model, hop.source_layer, hop.target_layer)
+        actual = (
+            registered.source_model,
+            registered.target_model,
+            registered.source_layer,
+            registered.target_layer,
+        )
+        if claimed != actual:
+            raise InvalidInput(
+                f"{where}: map {hop.map_id} is {actual[0]} layer {actual[2]} -> {actual[1]} "
+                f"layer {actual[3]}, not what the plan says"
+            )
+        if (hop.source_model, hop.source_layer) != (previous_model, previous_layer):
+            raise InvalidInput(f"{where}: map {hop.map_id} does not continue the route")
+        previous_model, previous_layer = hop.target_model, hop.target_layer
+    if (previous_model, previous_layer) != (target.name, route.layer):
+        raise InvalidInput(
+            f"{where}: its maps end at {previous_model} layer {previous_layer}, not at "
+            f"{target.name} layer {route.layer}"
+        )
+
+
+def _check_vector(
+    catalog: Catalog, where: str, vector_id: int, version_id: int, model: str, layer: int
+) -> None:
+    vector = catalog.get_vector(vector_id)
+    if vector.concept_version_id != version_id or vector.model != model:
+        raise InvalidInput(
+            f"{where}: vector {vector_id} is {vector.concept}@{vector.concept_version} on "
+            f"{vector.model}, not this concept on {model}"
+        )
+    if vector.layers is not None and layer not in vector.layers:
+        raise InvalidInput(f"{where}: vector {vector_id} has no direction at layer {layer}")
+
+
 def execute_plan(catalog: Catalog, source: Any) -> list[PlanExecution]:
     """Register the target vector of every route in the plan still to transplant."""
     plan = read_plan(source)
     target = _check_target(catalog, plan)
+    for item in plan.concepts:
+        if item.chosen is not None:
+            check_route(catalog, item.concept, item.chosen, target)
     pending: list[tuple[ConceptPlan, Route, np.ndarray]] = []
     results: dict[str, PlanExecution] = {}
     for item in plan.concepts:
@@ -98,7 +171,6 @@ def execute_plan(catalog: Catalog, source: Any) -> list[PlanExecution]:
                 concept=item.concept, status="skipped", detail=item.why
             )
         elif route.vector_id is not None:
-            catalog.get_vector(route.vector_id)  # still there?
             results[item.concept] = PlanExecution(
                 concept=item.concept,
                 status="existing",
@@ -158,6 +230,7 @@ def steer_plan(catalog: Catalog, model: Any, source: Any, *, scope: str = "all")
         route = item.chosen
         if route is None:
             continue
+        check_route(catalog, item.concept, route, target)
         array = route_vector(catalog, route, target.n_layers, target.d_model)
         norm = reference_norm(model, route.layer) if route.alpha.normalize else None
         prepared.append((route, array, norm))
