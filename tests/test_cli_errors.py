@@ -199,6 +199,13 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         [*_register_vector(w, w.tensors({"v": tiny_array(3)})).args, "--estimator", "mean_diff"],
         "already exists; pass replace (CLI: --replace)",
     ),
+    "replacing a vector an evaluation derives from": lambda w: Bad(
+        [
+            *_register_vector(w, w.tensors({"v": tiny_array(3)})).args,
+            *("--estimator", "mean_diff", "--replace"),
+        ],
+        "cannot be replaced: 0 mapped vector(s) and 2 evaluation metric(s) derive from it",
+    ),
     "model name with '/'": lambda w: Bad(
         ["register", "model", "org/tiny", "--path", str(w.model_dir)], "path separator"
     ),

@@ -6,12 +6,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from crx.registry.audit import record_event
 from crx.registry.catalog.paging import page
-from crx.registry.db.tables import SqlConcept, SqlConceptVersion, SqlModel, SqlVector
+from crx.registry.db.tables import (
+    SqlConcept,
+    SqlConceptVersion,
+    SqlEvaluation,
+    SqlModel,
+    SqlVector,
+)
 from crx.registry.errors import AlreadyExists, InvalidInput, VectorNotFound
 from crx.registry.hashing import json_safe
 from crx.registry.timeutil import as_utc, now
@@ -120,6 +126,7 @@ def add(
             return Registered[VectorRecord](record=get(session, existing.id), created=False)
         if not replace:
             raise _conflict(existing.id)
+        _refuse_if_derived(session, existing.id)
         old = {"oid": existing.oid, "settings": existing.settings}
         for field, value in content.items():
             setattr(existing, field, value)
@@ -176,8 +183,27 @@ def newest(
 def check_conflict(session: Session, *, identity: dict[str, Any], oid: str, replace: bool) -> None:
     """Raise `AlreadyExists` where `add` would, so a caller can refuse before storing a blob."""
     existing = session.scalar(select(SqlVector).filter_by(**identity))
-    if existing is not None and existing.oid != oid and not replace:
-        raise _conflict(existing.id)
+    if existing is not None and existing.oid != oid:
+        if not replace:
+            raise _conflict(existing.id)
+        _refuse_if_derived(session, existing.id)
+
+
+def _refuse_if_derived(session: Session, vector_id: int) -> None:
+    """A vector that others derive from is never rewritten: its mapped vectors and evaluations
+    would then describe bytes they were not made from."""
+    mapped = session.scalar(
+        select(func.count()).select_from(SqlVector).where(SqlVector.source_vector_id == vector_id)
+    )
+    evaluated = session.scalar(
+        select(func.count()).select_from(SqlEvaluation).where(SqlEvaluation.vector_id == vector_id)
+    )
+    if mapped or evaluated:
+        raise InvalidInput(
+            f"vector {vector_id} cannot be replaced: {mapped} mapped vector(s) and {evaluated} "
+            "evaluation metric(s) derive from it; register the new tensor under another "
+            "estimator or token position, or remove what derives from it first"
+        )
 
 
 def _conflict(vector_id: int) -> AlreadyExists:
