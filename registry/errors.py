@@ -200,11 +200,12 @@ class StoreUnavailable(StoreError):
 
 
 class BlobCorrupt(StoreError):
-    def __init__(self, oid: str, actual: str) -> None:
+    """A blob whose bytes no longer hash to its oid, or that is not a file at all."""
+
+    def __init__(self, oid: str, actual: str | None = None, *, why: str | None = None) -> None:
         self.oid, self.actual = oid, actual
-        super().__init__(
-            f"blob {oid} is corrupt (its bytes hash to {actual}); run `crx store verify`"
-        )
+        self.why = why or f"its bytes hash to {actual}"
+        super().__init__(f"blob {oid} is corrupt ({self.why}); run `crx store verify`")
 
 
 class PullError(CrxError):

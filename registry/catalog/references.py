@@ -21,8 +21,8 @@ from crx.registry.db.tables import (
 )
 
 
-def references(session: Session) -> tuple[dict[str, list[str]], set[str]]:
-    """(required oid → labels of the rows that reference it, optional oids present in rows)."""
+def references(session: Session) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(required, optional): oid → labels of the rows that reference it, for each kind."""
     required: dict[str, list[str]] = defaultdict(list)
     for oid, name, version in session.execute(
         select(SqlConceptVersion.pairs_oid, SqlConcept.name, SqlConceptVersion.version).join(
@@ -34,7 +34,13 @@ def references(session: Session) -> tuple[dict[str, list[str]], set[str]]:
         required[oid].append(f"vector {vector_id}")
     for oid, map_id in session.execute(select(SqlAffineMap.oid, SqlAffineMap.id)):
         required[oid].append(f"map {map_id}")
-    optional = {
-        oid for (oid,) in session.execute(select(SqlAffineMap.corpus_oid).distinct()) if oid
-    } | {oid for (oid,) in session.execute(select(SqlEvaluation.dataset_oid).distinct()) if oid}
-    return dict(required), optional
+    optional: dict[str, list[str]] = defaultdict(list)
+    for corpus, map_id in session.execute(select(SqlAffineMap.corpus_oid, SqlAffineMap.id)):
+        if corpus:
+            optional[corpus].append(f"map {map_id} (corpus)")
+    for dataset, evaluation_id in session.execute(
+        select(SqlEvaluation.dataset_oid, SqlEvaluation.id)
+    ):
+        if dataset:
+            optional[dataset].append(f"evaluation {evaluation_id} (dataset)")
+    return dict(required), dict(optional)

@@ -527,16 +527,17 @@ class Catalog:
     # -- store maintenance --------------------------------------------------------------
 
     def verify_store(self) -> VerifyReport:
-        """Re-hash every referenced blob; report missing or corrupt ones with their rows."""
+        """Re-hash every referenced blob (optional ones where present); report missing or
+        corrupt ones with their rows."""
         with self.db.read() as session:
             required, optional = references(session)
         self.store.check_reachable()
-        problems = verify_blobs(self.store, required)
-        extra = unreferenced(self.store, set(required) | optional)
+        checked, problems = verify_blobs(self.store, required, optional)
+        extra = unreferenced(self.store, set(required) | set(optional))
         return VerifyReport(
             store=self.store.display_url,
-            checked=len(required),
-            ok=len(required) - len(problems),
+            checked=checked,
+            ok=checked - len(problems),
             problems=problems,
             unreferenced=len(extra),
         )
@@ -547,7 +548,7 @@ class Catalog:
         """Inside gc's transaction (no writer commits meanwhile): delete the candidates still
         unreferenced and still old, and return them."""
         required, optional = references(session)
-        referenced = set(required) | optional
+        referenced = set(required) | set(optional)
         gone = [
             oid
             for oid in candidates
@@ -566,7 +567,7 @@ class Catalog:
         self.store.check_reachable()
         candidates = [
             oid
-            for oid in unreferenced(self.store, set(required) | optional)
+            for oid in unreferenced(self.store, set(required) | set(optional))
             if old_enough(self.store, oid, grace_seconds)
         ]
         # A temporary file is never referenced; past the grace its writer is gone.

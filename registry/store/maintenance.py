@@ -15,15 +15,22 @@ from crx.schemas.records import BlobProblem
 DEFAULT_GC_GRACE_SECONDS = 600
 
 
-def verify(store: ObjectStore, required: dict[str, list[str]]) -> list[BlobProblem]:
+def verify(
+    store: ObjectStore, required: dict[str, list[str]], optional: dict[str, list[str]]
+) -> tuple[int, list[BlobProblem]]:
+    """(blobs checked, problems): every required blob, and every optional one that is present
+    (a corpus or dataset may be gone, but one that is there must be intact)."""
     problems = []
-    for oid in sorted(required):
+    checked = 0
+    for oid in sorted(set(required) | set(optional)):
         status = store.status(oid)
+        if oid not in required and status is BlobStatus.MISSING:
+            continue
+        checked += 1
         if status is not BlobStatus.OK:
-            problems.append(
-                BlobProblem(oid=oid, status=status.value, referenced_by=sorted(required[oid]))
-            )
-    return problems
+            labels = required.get(oid, []) + optional.get(oid, [])
+            problems.append(BlobProblem(oid=oid, status=status.value, referenced_by=sorted(labels)))
+    return checked, problems
 
 
 def unreferenced(store: ObjectStore, referenced: set[str]) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -198,12 +199,19 @@ class ObjectStore:
         """The bytes of ``oid``; raises `BlobMissing`, or `BlobCorrupt` if they do not hash back."""
         try:
             if self.is_local:
-                with open(self.path(oid), "rb") as handle:
+                path = self.path(oid)
+                # A folder, a FIFO or a device in a blob's place is that blob's problem, and
+                # must not be opened (a FIFO would block the read for ever).
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    raise BlobCorrupt(oid, why="it is not a regular file")
+                with open(path, "rb") as handle:
                     data = handle.read()
             else:
                 data = self.fs.cat_file(self.path(oid))
         except FileNotFoundError:
             raise BlobMissing(oid, redact(self.url)) from None
+        except BlobCorrupt:
+            raise
         except Exception as exc:
             raise self._unavailable(exc) from None
         if verify:
