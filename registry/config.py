@@ -7,7 +7,6 @@ embedded default under ``CRX_HOME`` (``~/.crx``): ``registry.db`` (SQLite) and `
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +41,63 @@ def resolve(database_url: str | None = None, store_url: str | None = None) -> Lo
     )
 
 
-_PASSWORD = re.compile(r"(?P<head>://[^:/@]+:)[^@]*(?P<tail>@)")
+# Query parameters that carry a credential in database and store URLs (libpq, boto, fsspec).
+_SECRET_KEYS = ("password", "passwd", "pwd", "secret", "token", "key", "sslpassword")
+# A secret this short is replaced only where it sits in a URL, not everywhere in a message.
+_MIN_SCRUBBED = 4
+
+
+def _is_secret_key(key: str) -> bool:
+    return any(k in key.lower() for k in _SECRET_KEYS)
+
+
+def _split(url: str) -> tuple[str, str, str, str, str] | None:
+    """(scheme://, userinfo, host and path, ?, query) of a URL with a userinfo or a query."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    head, qmark, query = rest.partition("?")
+    netloc, slash, path = head.partition("/")
+    # The *last* @ ends the userinfo: a password may itself contain @ (u:SEC@RET@host).
+    userinfo, at, host = netloc.rpartition("@")
+    return scheme + sep, userinfo if at else "", host + slash + path, qmark, query
+
+
+def secrets_of(url: str) -> list[str]:
+    """The credentials written in ``url``: its userinfo's password and credential queries."""
+    parts = _split(url)
+    if parts is None:
+        return []
+    _, userinfo, _, _, query = parts
+    found = [userinfo.split(":", 1)[1]] if ":" in userinfo else []
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        if eq and _is_secret_key(key):
+            found.append(value)
+    return [f for f in found if f]
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to show in messages."""
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", url)
+    """The URL with every credential it carries replaced by ``***``, safe to show."""
+    parts = _split(url)
+    if parts is None:
+        return url
+    scheme, userinfo, rest, qmark, query = parts
+    user = userinfo.split(":", 1)[0] + (":***" if ":" in userinfo else "")
+    items = []
+    for item in query.split("&") if query else []:
+        key, eq, value = item.partition("=")
+        items.append(f"{key}=***" if eq and value and _is_secret_key(key) else item)
+    return scheme + (user + "@" if userinfo else "") + rest + qmark + "&".join(items)
+
+
+def scrub(text: str, *urls: str) -> str:
+    """``text`` (a message, perhaps from a lower library) with the credentials of ``urls``
+    replaced by ``***``: what a driver or botocore echoes back never reaches the user."""
+    for url in urls:
+        text = text.replace(url, redact(url))
+        # Longest first, so a secret that contains another is replaced whole.
+        for secret in sorted(secrets_of(url), key=len, reverse=True):
+            if len(secret) >= _MIN_SCRUBBED:
+                text = text.replace(secret, "***")
+    return text

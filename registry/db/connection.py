@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
-from crx.registry.config import redact
+from crx.registry.config import redact, scrub, secrets_of
 from crx.registry.errors import DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -36,10 +36,16 @@ def _normalise(url: str) -> str:
 def make_engine(url: str) -> Engine:
     """Create an engine for ``url`` with crx's connection settings (nothing is connected yet)."""
     url = _normalise(url)
+    if any("@" in secret for secret in secrets_of(url)):
+        # SQLAlchemy would split the password at its first @ and send the rest as the host,
+        # which the driver then echoes back in its error.
+        raise DatabaseUnavailable(
+            redact(url), "the password contains '@': percent-encode it as %40 in the URL"
+        )
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise DatabaseUnavailable(redact(url), f"not a database URL ({exc})") from None
+        raise DatabaseUnavailable(redact(url), scrub(f"not a database URL ({exc})", url)) from None
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -53,7 +59,9 @@ def make_engine(url: str) -> Engine:
     try:
         engine = create_engine(url, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
-        raise DatabaseUnavailable(redact(url), f"no driver for this URL ({exc})") from None
+        raise DatabaseUnavailable(
+            redact(url), scrub(f"no driver for this URL ({exc})", url)
+        ) from None
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from crx.registry.config import crx_home, redact
+from crx.registry.config import crx_home, redact, scrub
 from crx.registry.db import migrate
 from crx.registry.db.connection import make_engine, transaction
 from crx.registry.errors import DatabaseUnavailable
@@ -93,7 +93,7 @@ class Database:
             yield
         except (OperationalError, InterfaceError) as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise DatabaseUnavailable(self.display_url, reason) from None
+            raise DatabaseUnavailable(self.display_url, scrub(reason, self._url)) from None
 
     # -- schema ---------------------------------------------------------------------------
 

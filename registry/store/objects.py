@@ -25,7 +25,7 @@ from typing import Any
 
 import fsspec
 
-from crx.registry.config import redact
+from crx.registry.config import redact, scrub
 from crx.registry.errors import BlobCorrupt, BlobMissing, StoreUnavailable
 
 OID_LENGTH = 64
@@ -68,7 +68,7 @@ def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str, bool]:
     try:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:
-        raise StoreUnavailable(redact(url), str(exc)) from None
+        raise StoreUnavailable(redact(url), scrub(str(exc), url)) from None
     return fs, root.rstrip("/"), False
 
 
@@ -91,7 +91,7 @@ class ObjectStore:
         return f"{self.root}/{oid[:2]}/{oid[2:]}"
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(redact(self.url), f"{type(exc).__name__}: {exc}")
+        return StoreUnavailable(self.display_url, scrub(f"{type(exc).__name__}: {exc}", self.url))
 
     # -- lifecycle ----------------------------------------------------------------------
 
