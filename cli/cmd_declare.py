@@ -33,8 +33,11 @@ def _render(changes: list[Change], *, show_unchanged: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Save the diff (JSON).")
 @click.option("--prune", is_flag=True, help="Record that the saved diff deletes removals too.")
 @click.option("--all", "show_all", is_flag=True, help="List unchanged objects too.")
+@click.option("--force", is_flag=True, help="Replace the -o file if it exists.")
 @json_option
-def diff(path: str, output: str | None, prune: bool, show_all: bool, as_json: bool) -> None:
+def diff(
+    path: str, output: str | None, prune: bool, show_all: bool, force: bool, as_json: bool
+) -> None:
     """Show what `crx apply PATH` would do: per object, create / update / unchanged / remove.
 
     PATH is a spec file or a folder of them (*.yaml, *.yml). Nothing is written.
@@ -45,7 +48,7 @@ def diff(path: str, output: str | None, prune: bool, show_all: bool, as_json: bo
       crx diff specs/ -o diff.json && crx apply diff.json
     """
     reg = registry()
-    changes = reg.save_diff(path, output, prune=prune) if output else reg.diff(path)
+    changes = reg.save_diff(path, output, prune=prune, force=force) if output else reg.diff(path)
     if as_json:
         emit_json({"changes": changes})
         return

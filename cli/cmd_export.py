@@ -25,7 +25,8 @@ def export() -> None:
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write."
 )
-def export_vector(ref: int, fmt: str, output: str) -> None:
+@click.option("--force", is_flag=True, help="Replace the file if it exists.")
+def export_vector(ref: int, fmt: str, output: str, force: bool) -> None:
     """Export vector REF (its id in `crx list vectors`) to a file.
 
     GGUF files load in llama.cpp (--control-vector) and repeng; llama.cpp ignores block 0, so
@@ -35,5 +36,5 @@ def export_vector(ref: int, fmt: str, output: str) -> None:
     Example:
       crx export vector 3 --format gguf -o happiness.gguf
     """
-    path = registry().export_vector(ref, fmt, output)
+    path = registry().export_vector(ref, fmt, output, force=force)
     click.echo(f"wrote {path}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from crx.cli.context import json_option, registry
@@ -95,6 +93,7 @@ def _concept(item: ConceptPlan) -> None:
     type=click.Path(dir_okay=False, writable=True),
     help="Write the plan JSON here.",
 )
+@click.option("--force", is_flag=True, help="Replace the -o file if it exists.")
 @json_option
 def plan(
     target: str,
@@ -103,6 +102,7 @@ def plan(
     min_r2: float,
     measure: bool,
     output: str | None,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Plan how to put concepts into a target model: rank routes, choose layer and alpha.
@@ -117,14 +117,10 @@ def plan(
       crx plan --target llama-70b
       crx plan --target gemma3-270m -o plan.json && crx transplant --plan plan.json
     """
-    result = registry().plan(target, concepts, max_hops=max_hops, min_r2=min_r2, measure=measure)
+    reg = registry()
+    result = reg.plan(target, concepts, max_hops=max_hops, min_r2=min_r2, measure=measure)
     if output:
-        try:
-            Path(output).write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            from crx.registry.errors import InvalidInput
-
-            raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
+        reg.save_plan(result, output, force=force)
     if as_json:
         emit_json(result)
         return

@@ -319,11 +319,19 @@ class Registry:
 
         return diff(self.catalog, load_specs(path)).changes
 
-    def save_diff(self, path: str | Path, out: str | Path, *, prune: bool = False) -> list[Change]:
+    def save_diff(
+        self, path: str | Path, out: str | Path, *, prune: bool = False, force: bool = False
+    ) -> list[Change]:
         """`diff`, saved to ``out`` for a later ``apply(out)`` that refuses if anything moved."""
         from crx.registry.declare.saved import save_diff
 
-        return save_diff(self.catalog, path, out, prune=prune)
+        return save_diff(self.catalog, path, out, prune=prune, force=force)
+
+    def save_plan(self, plan: TransplantPlan, out: str | Path, *, force: bool = False) -> Path:
+        """Write a plan document (``crx plan -o``); an existing ``out`` needs ``force``."""
+        from crx.registry.outputs import write_text
+
+        return write_text(out, plan.model_dump_json(indent=2) + "\n", force=force)
 
     def apply(
         self, path: str | Path, *, prune: bool = False, stage: Stage | None = None

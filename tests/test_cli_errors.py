@@ -98,6 +98,13 @@ def _pairs(w: World, name: str, content: bytes | str, expect: str) -> Bad:
     return Bad(["register", "concept", "joy", "--pairs", str(w.file(name, content))], expect)
 
 
+def _export_over_a_link(w: World) -> Bad:
+    victim = w.file("victim.txt", "keep me")
+    link = w.tmp / "link.safetensors"
+    link.symlink_to(victim)
+    return Bad(["export", "vector", "1", "-o", str(link), "--force"], "not a regular file")
+
+
 def _good_vector(w: World) -> str:
     return str(w.tensors({"v": tiny_array(7)}))
 
@@ -230,6 +237,7 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     "model folder without config": lambda w: Bad(
         ["register", "model", "ghost", "--path", str(w.tmp)], "no config.json"
     ),
+    "export over a symbolic link, even with --force": _export_over_a_link,
     "export into a missing folder": lambda w: Bad(
         ["export", "vector", "1", "-o", str(w.tmp / "no" / "v.gguf")], "does not exist"
     ),

@@ -309,7 +309,11 @@ def test_export_safetensors_and_gguf(populated_sqlite: World) -> None:
     vec = w.json(
         "register", "vector", "joy", "--model", "tiny", "--file", str(partial), "--estimator", "x"
     )["record"]
-    w.ok("export", "vector", str(vec["id"]), "--format", "gguf", "-o", str(gguf_out))
+    # an existing file is replaced only with --force
+    refused = w.run("export", "vector", str(vec["id"]), "--format", "gguf", "-o", str(gguf_out))
+    assert refused.exit_code == 1
+    assert "exists: pass --force to replace it" in refused.stderr
+    w.ok("export", "vector", str(vec["id"]), "--format", "gguf", "-o", str(gguf_out), "--force")
     reader = GGUFReader(str(gguf_out))
     assert reader.fields["controlvector.layer_count"].contents() == 1
     assert [t.name for t in reader.tensors] == ["direction.2"]

@@ -29,6 +29,7 @@ from crx.registry.db.tables import SqlAuditEvent
 from crx.registry.errors import InvalidInput, TensorShapeError
 from crx.registry.interop import export_gguf, export_safetensors, vector_from_tensors
 from crx.registry.models.facts import read_model_facts
+from crx.registry.outputs import atomic_output
 from crx.registry.store import ObjectStore, sha256_hex, tensors
 from crx.registry.store.maintenance import (
     DEFAULT_GC_GRACE_SECONDS,
@@ -357,24 +358,25 @@ class Catalog:
         with self.db.read() as session:
             return vectors.listing(session, limit=limit, after=after, concept=concept, model=model)
 
-    def export_vector(self, vector_id: int, fmt: str, out: str | Path) -> Path:
-        """Write a vector as ``safetensors`` or a llama.cpp ``gguf`` control vector."""
-        out = Path(out)
+    def export_vector(
+        self, vector_id: int, fmt: str, out: str | Path, *, force: bool = False
+    ) -> Path:
+        """Write a vector as ``safetensors`` or a llama.cpp ``gguf`` control vector.
+
+        An existing ``out`` is replaced only with ``force``, and never when it is not a
+        regular file (`crx.registry.outputs`).
+        """
+        if fmt not in ("safetensors", "gguf"):
+            raise InvalidInput(f"unknown export format {fmt!r} (safetensors or gguf)")
         record = self.get_vector(vector_id)
         array = self.load_vector(vector_id)
-        if not out.parent.is_dir():
-            raise InvalidInput(f"folder {out.parent} does not exist")
-        try:
+        with atomic_output(out, force=force) as temp:
             if fmt == "safetensors":
-                export_safetensors(record, array, out)
-            elif fmt == "gguf":
-                hint = self.get_model(record.model_id).model_type or record.model
-                export_gguf(record, array, hint, out)
+                export_safetensors(record, array, temp)
             else:
-                raise InvalidInput(f"unknown export format {fmt!r} (safetensors or gguf)")
-        except OSError as exc:
-            raise InvalidInput(f"cannot write {out}: {exc.strerror or exc}") from None
-        return out
+                hint = self.get_model(record.model_id).model_type or record.model
+                export_gguf(record, array, hint, temp)
+        return Path(out)
 
     # -- maps ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from crx.registry.declare.reconcile import file_sha256
 from crx.registry.errors import InvalidInput, first_error
+from crx.registry.outputs import write_text
 from crx.schemas.declare import Change, SavedDiff, SpecFileDigest
 
 if TYPE_CHECKING:
@@ -41,19 +42,17 @@ def make_saved_diff(
 
 
 def save_diff(
-    catalog: Catalog, path: str | Path, out: str | Path, *, prune: bool = False
+    catalog: Catalog, path: str | Path, out: str | Path, *, prune: bool = False, force: bool = False
 ) -> list[Change]:
-    """Diff the specs at ``path`` and save the diff to ``out`` (``crx diff -o``)."""
+    """Diff the specs at ``path`` and save the diff to ``out`` (``crx diff -o``); an existing
+    ``out`` is replaced only with ``force``."""
     from crx.registry.declare import load_specs
     from crx.registry.declare.reconcile import diff
 
     loaded = load_specs(path)
     changes = diff(catalog, loaded).changes
     saved = make_saved_diff(catalog, loaded, changes, prune, source=str(path))
-    try:
-        Path(out).write_text(saved.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {out}: {exc.strerror or exc}") from None
+    write_text(out, saved.model_dump_json(indent=2) + "\n", force=force)
     return changes
 
 
