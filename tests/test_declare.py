@@ -267,15 +267,26 @@ def test_removals_are_shown_and_need_prune(
     kept = apply(reg.workspace, load_specs(specs))
     assert not kept.applied
     assert _counts(reg)["vectors"] == 2
+    vectors = reg.list_vectors(concept="joy", limit=0).items
+    v_ids, v_oids = [v.id for v in vectors], {v.oid for v in vectors}
     pruned = apply(reg.workspace, load_specs(specs), prune=True)
     assert pruned.applied
     counts = _counts(reg)
     assert (counts["concepts"], counts["vectors"], counts["evaluations"]) == (0, 0, 0)
     assert counts["maps"] == 3  # maps belong to the models, which stay
     deleted = [e for e in reg.audit_events(limit=0).items if e.action == "delete"]
-    assert [(e.object_kind, e.object_ref, e.old) for e in deleted] == [
-        ("concept", "joy", {"versions": 1, "vectors": 2, "evaluations": 4})
-    ]
+    assert [(e.object_kind, e.object_ref) for e in deleted] == [("concept", "joy")]
+    old = deleted[0].old or {}
+    assert {k: old[k] for k in ("versions", "vectors", "evaluations")} == {
+        "versions": 1,
+        "vectors": 2,
+        "evaluations": 4,
+    }
+    # Which objects went, with their oids, so the blobs can still be traced.
+    assert [v["id"] for v in old["deleted"]["vectors"]] == sorted(v_ids)
+    assert {v["oid"] for v in old["deleted"]["vectors"]} == v_oids
+    assert len(old["deleted"]["evaluations"]) == 4
+    assert [v["version"] for v in old["deleted"]["versions"]] == [1]
     # Pruning a model takes its maps too.
     (specs / "models.yaml").write_text(f"models:\n  - name: src\n    path: {model_dirs['llama']}\n")
     apply(reg.workspace, load_specs(specs), prune=True)

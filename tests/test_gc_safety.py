@@ -77,6 +77,8 @@ def test_a_register_committing_inside_gcs_window_keeps_its_blob(
         report = reg.gc_store(dry_run=False, grace_seconds=60)
         assert report.unreferenced == [oid]  # gc did delete it, inside the writer's window
         assert not (store / oid[:2] / oid[2:]).exists()
+        gc_events = [e for e in reg.audit_events(limit=0).items if e.action == "gc"]
+        assert [(e.object_kind, e.old) for e in gc_events] == [("blob", {"oids": [oid]})]
         go.write_text("go")
         out, err = writer.communicate(timeout=120)
     finally:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crx.registry import names, pairs
+from crx.registry.audit import record_event
 from crx.registry.catalog import concepts, evaluations, maps, models, vectors
 from crx.registry.catalog.paging import DEFAULT_LIMIT, page
 from crx.registry.catalog.references import references
@@ -558,6 +559,8 @@ class Catalog:
         ]
         for oid in gone:
             self.store.remove(oid)
+        if gone:
+            record_event(session, "gc", "blob", None, self.store.display_url, old={"oids": gone})
         return gone
 
     def gc_store(

@@ -1,8 +1,10 @@
 """``crx apply --prune``: delete a model or concept the specs no longer declare, with what
 depends on it (vectors, vectors mapped from them, maps, evaluations), inside apply's transaction.
 
-Each deletion writes one audit event with the counts of what went with it. Blobs stay in the
-store until ``crx store gc`` finds them unreferenced.
+Each deletion writes one audit event with the counts of what went with it and, under
+``deleted``, each object that went (vectors and maps with their oids, concept versions with
+their pairs' oid, evaluation ids). Blobs stay in the store until ``crx store gc`` finds them
+unreferenced.
 """
 
 from __future__ import annotations
@@ -43,11 +45,21 @@ def _with_descendants(session: Session, roots: set[int], dropped_maps: set[int])
     return found
 
 
-def _delete_vectors(session: Session, ids: set[int], model_id: int | None) -> tuple[int, int]:
-    """Delete vectors ``ids`` and their evaluations (and, given a model, all its evaluations)."""
+def _delete_vectors(
+    session: Session, ids: set[int], model_id: int | None, deleted: dict[str, Any]
+) -> tuple[int, int]:
+    """Delete vectors ``ids`` and their evaluations (and, given a model, all its evaluations),
+    noting each in ``deleted``."""
     condition: Any = SqlEvaluation.vector_id.in_(ids)
     if model_id is not None:
         condition = condition | (SqlEvaluation.model_id == model_id)
+    deleted["vectors"] = [
+        {"id": vid, "oid": oid}
+        for vid, oid in session.execute(
+            select(SqlVector.id, SqlVector.oid).where(SqlVector.id.in_(ids)).order_by(SqlVector.id)
+        )
+    ]
+    deleted["evaluations"] = sorted(session.scalars(select(SqlEvaluation.id).where(condition)))
     n_evaluations = session.execute(delete(SqlEvaluation).where(condition)).rowcount  # type: ignore[attr-defined]
     if ids:
         # Lineage points between these rows; clear it first so no row is deleted while another
@@ -72,13 +84,22 @@ def delete_model(session: Session, name: str) -> int:
         )
     )
     own = set(session.scalars(select(SqlVector.id).where(SqlVector.model_id == model.id)))
+    deleted: dict[str, Any] = {}
     n_vectors, n_evaluations = _delete_vectors(
-        session, _with_descendants(session, own, map_ids), model.id
+        session, _with_descendants(session, own, map_ids), model.id, deleted
     )
+    deleted["maps"] = [
+        {"id": mid, "oid": oid}
+        for mid, oid in session.execute(
+            select(SqlAffineMap.id, SqlAffineMap.oid)
+            .where(SqlAffineMap.id.in_(map_ids))
+            .order_by(SqlAffineMap.id)
+        )
+    ]
     session.execute(delete(SqlAffineMap).where(SqlAffineMap.id.in_(map_ids)))
     session.delete(model)
     counts = {"vectors": n_vectors, "maps": len(map_ids), "evaluations": n_evaluations}
-    record_event(session, "delete", "model", model.id, name, old=counts)
+    record_event(session, "delete", "model", model.id, name, old={**counts, "deleted": deleted})
     return 1 + sum(counts.values())
 
 
@@ -94,11 +115,21 @@ def delete_concept(session: Session, name: str) -> int:
     own = set(
         session.scalars(select(SqlVector.id).where(SqlVector.concept_version_id.in_(version_ids)))
     )
+    deleted: dict[str, Any] = {
+        "versions": [
+            {"version": version, "pairs_oid": oid}
+            for version, oid in session.execute(
+                select(SqlConceptVersion.version, SqlConceptVersion.pairs_oid)
+                .where(SqlConceptVersion.id.in_(version_ids))
+                .order_by(SqlConceptVersion.version)
+            )
+        ]
+    }
     n_vectors, n_evaluations = _delete_vectors(
-        session, _with_descendants(session, own, set()), None
+        session, _with_descendants(session, own, set()), None, deleted
     )
     session.execute(delete(SqlConceptVersion).where(SqlConceptVersion.id.in_(version_ids)))
     session.delete(concept)
     counts = {"versions": len(version_ids), "vectors": n_vectors, "evaluations": n_evaluations}
-    record_event(session, "delete", "concept", concept.id, name, old=counts)
+    record_event(session, "delete", "concept", concept.id, name, old={**counts, "deleted": deleted})
     return 1 + sum(counts.values())
