@@ -94,7 +94,9 @@ def test_local_blobs_are_read_only_and_leave_no_temp_files(tmp_path: Path) -> No
     oids = [store.put(f"blob {i}".encode()) for i in range(5)]
     for oid in oids:
         mode = stat.S_IMODE(os.stat(store.path(oid)).st_mode)
-        assert mode == 0o444, oct(mode)
+        assert mode == 0o400, oct(mode)  # read-only, and the owner's only
+        folder_mode = stat.S_IMODE(os.stat(Path(store.path(oid)).parent).st_mode)
+        assert folder_mode == 0o700, oct(folder_mode)
     every_file = sorted(
         str(p.relative_to(tmp_path / "store")) for p in (tmp_path / "store").rglob("*")
     )
@@ -331,3 +333,21 @@ def test_gc_removes_stale_temporary_files_of_killed_writers(tmp_path) -> None:
     assert not stale.exists()
     assert fresh.exists()
     assert reg.store.exists(kept)
+
+
+def test_the_embedded_registry_is_its_owners_only() -> None:
+    """``registry.db``, its folder and the store are created owner-only, whatever the umask."""
+    from crx import Registry
+
+    old = os.umask(0o022)
+    try:
+        with Registry() as reg:  # CRX_HOME is set per test by conftest
+            assert reg.location.database_is_default
+            reg.list_models()  # first use creates everything
+    finally:
+        os.umask(old)
+    home = Path(os.environ["CRX_HOME"])
+    modes = {
+        name: stat.S_IMODE(os.stat(home / name).st_mode) for name in ("", "registry.db", "store")
+    }
+    assert modes == {"": 0o700, "registry.db": 0o600, "store": 0o700}

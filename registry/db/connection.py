@@ -10,6 +10,7 @@ transaction handling off and emit ``BEGIN`` ourselves.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,7 @@ def make_engine(url: str) -> Engine:
             folder = Path(database).expanduser().parent
             if not folder.is_dir():
                 raise DatabaseUnavailable(redact(url), f"folder {folder} does not exist")
+            _create_private(Path(database).expanduser())
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True
@@ -65,6 +67,17 @@ def make_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create a new SQLite file readable by its owner only (SQLite gives its journal files the
+    same mode); an existing file is left as it is."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise DatabaseUnavailable(str(path), f"cannot create it: {exc.strerror or exc}") from None
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -77,7 +77,7 @@ class Database:
         """SQLAlchemy's engine for this database (created on first use)."""
         if self._sql_engine is None:
             if self.embedded:
-                crx_home().mkdir(parents=True, exist_ok=True)
+                crx_home().mkdir(mode=0o700, parents=True, exist_ok=True)
             self._sql_engine = make_engine(self._url)
         return self._sql_engine
 

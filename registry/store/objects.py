@@ -1,11 +1,11 @@
 """Content-addressed blobs over fsspec: local folders, ``memory://`` and ``s3://``.
 
 ``oid`` = sha256 of exactly the stored bytes; a blob lives at ``<root>/oid[:2]/oid[2:]``.
-``put`` is idempotent (an existing oid is not written again). On a local disk a blob is written
-to a temporary name in its final folder, flushed, then renamed into place, so no reader ever
-sees half a blob, and it is made read-only. Object stores (S3) make a PUT visible whole or not
-at all, so they are written directly. Reads re-hash by default: a corrupt blob is an error, not
-a wrong tensor.
+``put`` is idempotent (an existing, intact oid is not written again). On a local disk a blob is
+written to a temporary name in its final folder, flushed, then renamed into place, so no reader
+ever sees half a blob, and it is made read-only for its owner only. Object stores (S3) make a
+PUT visible whole or not at all, so they are written directly. Reads re-hash by default: a
+corrupt blob is an error, not a wrong tensor.
 
 S3 endpoints: s3fs reads credentials the usual boto ways; ``AWS_ENDPOINT_URL`` (or
 ``CRX_S3_ENDPOINT_URL``) points it at MinIO, moto or any S3-protocol server.
@@ -29,6 +29,10 @@ from crx.registry.config import redact, scrub
 from crx.registry.errors import BlobCorrupt, BlobMissing, StoreUnavailable
 
 OID_LENGTH = 64
+# A local store is one user's: folders and blobs are the owner's only (whatever the umask); a
+# team shares through PostgreSQL and S3 and their permissions instead.
+PRIVATE_FOLDER = 0o700
+PRIVATE_BLOB = 0o400
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -99,7 +103,7 @@ class ObjectStore:
         """Create the store's root (and, on S3, check the bucket can be reached). Idempotent."""
         try:
             if self.is_local:
-                Path(self.root).mkdir(parents=True, exist_ok=True)
+                Path(self.root).mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
             elif self.fs.protocol in ("memory",) or "memory" in self.fs.protocol:
                 self.fs.makedirs(self.root, exist_ok=True)
             else:
@@ -182,14 +186,14 @@ class ObjectStore:
 
     def _put_local(self, oid: str, data: bytes) -> None:
         final = Path(self.path(oid))
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=f"-{oid[:8]}")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(temp, 0o444)
+            os.chmod(temp, PRIVATE_BLOB)
             os.replace(temp, final)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
