@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crx.registry.errors import PairsFileError
+from crx.registry.errors import InvalidInput, PairsFileError
+from crx.registry.inputs import read_bytes
 
 MAX_PAIRS_FILE_BYTES = 512 * 1024 * 1024
 
@@ -30,15 +31,14 @@ def parse_pairs_file(path: str | Path) -> list[ContrastPair]:
     path = Path(path)
     where = str(path)
     try:
-        if path.stat().st_size > MAX_PAIRS_FILE_BYTES:
-            raise PairsFileError(where, "the file is larger than 512 MiB")
-        text = path.read_text(encoding="utf-8-sig")
-    except PairsFileError:
-        raise
+        data = read_bytes(path, limit=MAX_PAIRS_FILE_BYTES, what="contrast pairs")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise PairsFileError(where, "the file is not UTF-8 text") from None
-    except OSError as exc:
-        raise PairsFileError(where, exc.strerror or str(exc)) from None
+    except InvalidInput as exc:
+        reason = str(exc).removeprefix(f"cannot read contrast pairs {path}: ")
+        reason = reason.replace(f"contrast pairs {path} is larger", "the file is larger")
+        raise PairsFileError(where, reason) from None
     suffix = path.suffix.lower()
     if suffix == ".csv":
         pairs = _from_csv(where, text)

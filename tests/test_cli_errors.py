@@ -105,6 +105,17 @@ def _export_over_a_link(w: World) -> Bad:
     return Bad(["export", "vector", "1", "-o", str(link), "--force"], "not a regular file")
 
 
+def _alias_bomb(w: World) -> Bad:
+    # Nine levels of ten aliases: 10^9 values once expanded, from a few hundred bytes.
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 10):
+        refs = ", ".join([f"*a{level - 1}"] * 10)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    lines.append("models: *a9")
+    spec = w.file("bomb.yaml", "\n".join(lines) + "\n")
+    return Bad(["diff", str(spec)], "expands to more than 100,000 values")
+
+
 def _good_vector(w: World) -> str:
     return str(w.tensors({"v": tiny_array(7)}))
 
@@ -238,6 +249,13 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         ["register", "model", "ghost", "--path", str(w.tmp)], "no config.json"
     ),
     "export over a symbolic link, even with --force": _export_over_a_link,
+    "a YAML alias bomb in a spec": _alias_bomb,
+    "pairs from /dev/zero": lambda w: Bad(
+        ["register", "concept", "zero", "--pairs", "/dev/zero"], "not a regular file"
+    ),
+    "vector from /dev/zero": lambda w: Bad(
+        _register_vector(w, Path("/dev/zero")).args, "not a regular file"
+    ),
     "export into a missing folder": lambda w: Bad(
         ["export", "vector", "1", "-o", str(w.tmp / "no" / "v.gguf")], "does not exist"
     ),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Sequence
@@ -31,13 +32,16 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from crx.registry.errors import SpecError
+from crx.registry.errors import InvalidInput, SpecError
+from crx.registry.inputs import MIB, read_bytes
 from crx.schemas.spec import SECTIONS, CatalogSpec, SpecFile
 
 __all__ = ["LoadedSpecs", "find_spec_files", "load_specs"]
 
 SUFFIXES = (".yaml", ".yml")
 
+MAX_SPEC_FILE_BYTES = 16 * MIB
+MAX_SPEC_NODES = 100_000  # values in one spec file once its aliases are expanded
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
@@ -145,11 +149,13 @@ def load_specs(path: str | Path) -> LoadedSpecs:
 def _load_file(file: Path) -> tuple[yaml.Node, SpecFile] | None:
     """The composed YAML tree and the validated content of one file; None if it is empty."""
     try:
-        text = file.read_text(encoding="utf-8")
+        data = read_bytes(file, limit=MAX_SPEC_FILE_BYTES, what="spec file")
+    except InvalidInput as e:
+        raise SpecError(file, None, None, str(e).removeprefix(f"spec file {file} ")) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise SpecError(file, None, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except OSError as e:
-        raise SpecError(file, None, None, f"cannot read it: {e.strerror or e}") from e
     loader = _SpecLoader(text)
     try:
         root = loader.get_single_node()
@@ -162,6 +168,7 @@ def _load_file(file: Path) -> tuple[yaml.Node, SpecFile] | None:
                 None,
                 f"the top level must be a mapping with keys among version, {', '.join(SECTIONS)}",
             )
+        _check_size(file, root)
         _check_repeated_keys(file, root)
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as e:
@@ -181,6 +188,35 @@ def _load_file(file: Path) -> tuple[yaml.Node, SpecFile] | None:
     except ValidationError as e:
         raise _located(file, root, e.errors()) from None
     return root, spec
+
+
+def _check_size(file: Path, root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past `MAX_SPEC_NODES` (a "billion laughs" alias
+    bomb is a few hundred bytes): sizes are counted once per distinct node, so this costs the
+    file's size, not the expansion's."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        sizes[id(node)] = 1 + sum(sizes.get(id(c), 0) for c in children)
+        if sizes[id(node)] > MAX_SPEC_NODES:
+            raise SpecError(
+                file,
+                _line(node),
+                None,
+                f"the YAML expands to more than {MAX_SPEC_NODES:,} values (aliases?)",
+            )
 
 
 def _check_repeated_keys(file: Path, root: yaml.Node) -> None:
@@ -299,8 +335,14 @@ def _reason(error: ErrorDetails) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    # reprlib bounds the work, not only the result: a YAML alias bomb makes a value whose full
+    # repr would take gigabytes.
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()  # Python 3.11's takes no keyword arguments
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 60, 60
 
 
 def _expected_keys(parent: Sequence[str | int], unknown: str) -> str:

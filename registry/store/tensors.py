@@ -19,9 +19,12 @@ import numpy as np
 from safetensors.numpy import load, save
 
 from crx.registry.errors import InvalidInput
+from crx.registry.inputs import read_bytes
 
 FLOAT_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 VECTOR_KEY = "vector"
+# A vector of a 70B-class model is 80 x 8192 float64 (5 MiB); a map file 8192² float32 (256 MiB).
+MAX_TENSOR_FILE_BYTES = 1024 * 1024 * 1024
 
 
 def encode(tensors: dict[str, np.ndarray]) -> bytes:
@@ -61,10 +64,7 @@ def read_file(path: str | Path) -> dict[str, np.ndarray]:
     The file is data, never code: safetensors has no pickle and this parses only its header.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    raw = read_bytes(path, limit=MAX_TENSOR_FILE_BYTES, what="tensor file")
     if _has_bfloat16(raw):
         # safetensors.numpy cannot load BF16 (numpy has no such dtype; it raises KeyError).
         return _read_with_bfloat16(path, raw)

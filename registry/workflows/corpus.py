@@ -17,6 +17,7 @@ import numpy as np
 from crx.registry.config import crx_home
 from crx.registry.errors import InvalidInput
 from crx.registry.hashing import canonical_json
+from crx.registry.inputs import MIB, read_text
 from crx.registry.progress import Progress
 from crx.schemas.records import ModelRecord
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from crx.registry.workflows.workspace import Workspace
 
 MIN_LINES = 20
+MAX_CORPUS_BYTES = 256 * MIB
 
 
 def contrans_corpus(text: str, *, seed: int = 42) -> list[str]:
@@ -48,10 +50,8 @@ def load_corpus(path: str | Path | None) -> tuple[list[str], bytes]:
         raw = resources.files("crx.registry").joinpath("data", "wiki_split.txt").read_text("utf-8")
         lines = contrans_corpus(raw)
     else:
-        try:
-            lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"cannot read corpus {path}: {exc}") from None
+        text = read_text(path, limit=MAX_CORPUS_BYTES, what="corpus")
+        lines = [ln.strip() for ln in text.splitlines()]
         lines = [ln for ln in lines if ln]
     if len(lines) < MIN_LINES:
         raise InvalidInput(f"the corpus has {len(lines)} lines; a map needs at least {MIN_LINES}")

@@ -25,6 +25,7 @@ import numpy as np
 
 from crx.registry.errors import InvalidInput, NoVectorOn
 from crx.registry.hashing import canonical_json
+from crx.registry.inputs import MIB, read_bytes
 from crx.registry.progress import Progress, StagedProgress
 from crx.registry.workflows.corpus import load_corpus
 from crx.schemas.records import EvaluationRecord, ModelRecord, VectorRecord
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LAYER_DEPTH = 0.75
 NORM_LINES = 64
+MAX_DATASET_BYTES = 256 * MIB
 TASKS = ("emotion", "truthfulqa")
 
 
@@ -107,10 +109,10 @@ def truthfulqa_protocol(
     """MC1/MC2 by answer log-likelihood on a TruthfulQA-format CSV (its bytes are the dataset)."""
     from crx.registry.engine import truthfulqa
 
+    raw = read_bytes(data, limit=MAX_DATASET_BYTES, what="TruthfulQA data")
     try:
-        raw = Path(data).read_bytes()
         questions = truthfulqa.parse_questions(raw.decode("utf-8"), str(data))
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise InvalidInput(f"cannot read TruthfulQA data {data}: {exc}") from None
     questions = questions[:limit] if limit else questions
     return Protocol(
