@@ -22,6 +22,7 @@ that identify what went wrong, so callers never format messages themselves.
     ├── AlreadyExists
     ├── DatabaseError
     │   ├── DatabaseUnavailable
+    │   ├── DatabaseRefused     a permission or a rule the database enforces
     │   ├── DatabaseNotInitialised
     │   ├── SchemaOutOfDate
     │   └── UnknownSchemaRevision
@@ -161,6 +162,14 @@ class DatabaseUnavailable(DatabaseError):
     def __init__(self, url: str, why: str) -> None:
         self.url, self.why = url, why
         super().__init__(f"cannot open the database {url}: {why}")
+
+
+class DatabaseRefused(DatabaseError):
+    """The database refused an operation (a permission, a constraint it alone enforces)."""
+
+    def __init__(self, url: str, why: str) -> None:
+        self.url, self.why = url, why
+        super().__init__(f"the database {url} refused: {why}")
 
 
 class DatabaseNotInitialised(DatabaseError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 MAX_NAME_LENGTH = 200
+MAX_VERSION_DIGITS = 10  # versions are 32-bit integers in the database (2^31 - 1)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -48,6 +49,11 @@ def split_versioned(ref: str) -> tuple[str, int | None]:
     name, sep, version = ref.partition("@")
     if not sep:
         return name, None
-    if not version.isdigit() or int(version) < 1:
-        raise ValueError(f"invalid version in {ref!r}: expected NAME@N with N a positive integer")
+    # More digits than any version can have is refused before int() (which has its own limit).
+    if not version.isdigit() or len(version) > MAX_VERSION_DIGITS or int(version) < 1:
+        shown = ref if len(ref) <= 60 else ref[:57] + "..."
+        raise ValueError(
+            f"invalid version in {shown!r}: expected NAME@N with N a positive integer"
+            f" of at most {MAX_VERSION_DIGITS} digits"
+        )
     return name, int(version)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,15 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         ["export", "vector", "99", "-o", str(w.tmp / "out.safetensors")], "no vector '99'"
     ),
     "unknown map": lambda w: Bad(["show", "map", "99"], "no map '99'"),
+    "an id over 2^63 (show)": lambda w: Bad(["show", "vector", str(2**70)], "no vector '1180"),
+    "an id over 2^63 (export)": lambda w: Bad(
+        ["export", "vector", str(2**70), "-o", str(w.tmp / "v.safetensors")], "no vector '1180"
+    ),
+    "a model id over 2^31": lambda w: Bad(["show", "model", str(2**40)], "no model '1099"),
+    "a version over 2^31": lambda w: Bad(["show", "concept", f"joy@{2**31 + 5}"], "no concept"),
+    "a version of 5,000 digits": lambda w: Bad(
+        ["show", "concept", "joy@" + "9" * 5000], "at most 10 digits"
+    ),
     "no vector to evaluate": lambda w: Bad(
         ["evaluate", "joy", "--model", "tiny-b"], "no vector of joy@1 on tiny-b"
     ),
@@ -322,6 +332,10 @@ def _closed_s3_env() -> dict[str, str]:
 # Cases that read or write catalogue rows run on both databases; the rest fail on the input
 # alone, before any row is read, and run on SQLite.
 DB_CASES = {
+    "an id over 2^63 (show)",
+    "an id over 2^63 (export)",
+    "a model id over 2^31",
+    "a version over 2^31",
     "unknown model (register vector)",
     "unknown model (show)",
     "unknown concept (register vector)",
@@ -447,3 +461,12 @@ def test_usage_errors_exit_2(sqlite_world: World, args: list[str]) -> None:
     before = sqlite_world.blob_files()
     usage_error(sqlite_world.run(*args))
     assert sqlite_world.blob_files() == before
+
+
+def test_paging_past_any_id_is_an_empty_page(populated: World) -> None:
+    """``--after`` or ``--limit`` beyond any id: the same empty answer on both backends."""
+    for args in (["--after", str(2**70)], ["--after", str(2**40)], ["--limit", str(2**70)]):
+        result = populated.run("list", "vectors", "--json", *args)
+        assert result.exit_code == 0, result.output
+        items = json.loads(result.stdout)["items"]
+        assert items == [] if args[0] == "--after" else len(items) == 1

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from crx.registry.audit import record_event
 from crx.registry.catalog.paging import page
-from crx.registry.db.tables import SqlConcept, SqlConceptVersion
+from crx.registry.db.tables import SqlConcept, SqlConceptVersion, is_row_id
 from crx.registry.errors import ConceptNotFound
 from crx.registry.hashing import content_sha256
 from crx.registry.timeutil import as_utc, now
@@ -61,7 +61,7 @@ def find_version(
 ) -> tuple[SqlConcept, SqlConceptVersion]:
     """The concept and its version ``version`` (None = latest), else `ConceptNotFound`."""
     concept = session.scalar(select(SqlConcept).where(SqlConcept.name == name))
-    if concept is None:
+    if concept is None or (version is not None and not is_row_id(version)):
         raise ConceptNotFound(name, version)
     statement = select(SqlConceptVersion).where(SqlConceptVersion.concept_id == concept.id)
     if version is None:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, aliased
 
 from crx.registry.audit import record_event
 from crx.registry.catalog.paging import page
-from crx.registry.db.tables import SqlAffineMap, SqlModel
+from crx.registry.db.tables import SqlAffineMap, SqlModel, is_row_id
 from crx.registry.errors import MapNotFound
 from crx.registry.hashing import content_sha256, json_safe
 from crx.registry.timeutil import as_utc, now
@@ -49,6 +49,8 @@ def to_record(row: SqlAffineMap, source: str, target: str) -> MapRecord:
 
 
 def get(session: Session, map_id: int) -> MapRecord:
+    if not is_row_id(map_id):
+        raise MapNotFound(str(map_id))
     found = session.execute(_joined().where(SqlAffineMap.id == map_id)).first()
     if found is None:
         raise MapNotFound(str(map_id))

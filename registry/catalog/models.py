@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from crx.registry.audit import record_event
 from crx.registry.catalog.paging import page
-from crx.registry.db.tables import SqlAffineMap, SqlModel, SqlVector
+from crx.registry.db.tables import SqlAffineMap, SqlModel, SqlVector, is_row_id
 from crx.registry.errors import InvalidInput, ModelNotFound
 from crx.registry.models.facts import ModelFacts
 from crx.registry.timeutil import as_utc, now
@@ -57,8 +57,10 @@ def to_record(row: SqlModel) -> ModelRecord:
 def find(session: Session, ref: str | int) -> SqlModel:
     """The model named ``ref`` (or with id ``ref``), else `ModelNotFound`."""
     row = session.scalar(select(SqlModel).where(SqlModel.name == str(ref)))
-    if row is None and (isinstance(ref, int) or str(ref).isdigit()):
-        row = session.get(SqlModel, int(ref))
+    # An id is digits; one of more digits than any id (or past the column's range) names none.
+    if row is None and (isinstance(ref, int) or (str(ref).isdigit() and len(str(ref)) < 12)):
+        ref_id = int(ref)
+        row = session.get(SqlModel, ref_id) if is_row_id(ref_id) else None
     if row is None:
         raise ModelNotFound(str(ref))
     return row

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
+from crx.registry.db.tables import MAX_ROW_ID
 from crx.schemas.records import Page
 
 T = TypeVar("T")
@@ -25,9 +26,11 @@ def page(
 ) -> Page[T]:
     """Run ``statement`` ordered by ``id_column`` from ``after``; ``limit`` None or 0 = all."""
     if after is not None:
-        statement = statement.where(id_column > after)
+        # No row has an id past the column's range: clamp, so both backends answer alike.
+        statement = statement.where(id_column > min(after, MAX_ROW_ID))
     statement = statement.order_by(id_column)
     if limit:
+        limit = min(limit, MAX_ROW_ID)
         statement = statement.limit(limit + 1)
     rows = session.execute(statement).all()
     more = bool(limit) and len(rows) > (limit or 0)

@@ -17,6 +17,7 @@ from crx.registry.db.tables import (
     SqlEvaluation,
     SqlModel,
     SqlVector,
+    is_row_id,
 )
 from crx.registry.errors import AlreadyExists, InvalidInput, VectorNotFound
 from crx.registry.hashing import json_safe
@@ -66,6 +67,8 @@ def to_record(row: SqlVector, concept: str, version: int, model: str) -> VectorR
 
 
 def get(session: Session, vector_id: int) -> VectorRecord:
+    if not is_row_id(vector_id):
+        raise VectorNotFound(str(vector_id))
     found = session.execute(_joined().where(SqlVector.id == vector_id)).first()
     if found is None:
         raise VectorNotFound(str(vector_id))

@@ -19,13 +19,19 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 from sqlalchemy.orm import Session
 
 from crx.registry.config import crx_home, redact, scrub
 from crx.registry.db import migrate
 from crx.registry.db.connection import make_engine, transaction
-from crx.registry.errors import DatabaseUnavailable
+from crx.registry.errors import DatabaseRefused, DatabaseUnavailable, InvalidInput
 
 T = TypeVar("T")
 
@@ -88,12 +94,28 @@ class Database:
 
     @contextmanager
     def connected(self) -> Iterator[None]:
-        """Turn a lost or unreachable database into `DatabaseUnavailable`."""
+        """Turn every database error into a `CrxError` (uniqueness races excepted: `write`
+        retries them): lost or unreachable → `DatabaseUnavailable`, a value the database's
+        column types refuse → `InvalidInput`, anything else it refuses (a permission, say) →
+        `DatabaseRefused`."""
         try:
             yield
+        except IntegrityError:
+            raise
         except (OperationalError, InterfaceError) as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise DatabaseUnavailable(self.display_url, scrub(reason, self._url)) from None
+            raise DatabaseUnavailable(self.display_url, self._reason(exc)) from None
+        except DataError as exc:
+            raise InvalidInput(f"the database refused a value: {self._reason(exc)}") from None
+        except DBAPIError as exc:
+            raise DatabaseRefused(self.display_url, self._reason(exc)) from None
+        except OverflowError:
+            raise InvalidInput(
+                "a number is too large for the database (ids and versions are at most 2^63 - 1)"
+            ) from None
+
+    def _reason(self, exc: DBAPIError) -> str:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        return scrub(reason, self._url)
 
     # -- schema ---------------------------------------------------------------------------
 

@@ -37,6 +37,16 @@ OID = String(64)  # hex sha256 of stored bytes
 NAME = String(200)
 
 
+# Ids and versions are INTEGER columns: 32 bits on PostgreSQL. A number outside names no row on
+# either backend, and is answered as "not found" before it reaches a query (where PostgreSQL
+# would refuse it and SQLite overflow), so both backends answer alike.
+MAX_ROW_ID = 2**31 - 1
+
+
+def is_row_id(value: int) -> bool:
+    return 0 <= value <= MAX_ROW_ID
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 

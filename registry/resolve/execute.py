@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
+from crx.registry.db.tables import MAX_ROW_ID
 from crx.registry.errors import InvalidInput, first_error
 from crx.registry.workflows.transplant import lineage_key
 from crx.schemas.plan import ConceptPlan, PlanExecution, Route, TransplantPlan
@@ -85,9 +86,6 @@ def _check_target(catalog: Catalog, plan: TransplantPlan) -> Any:
     return target
 
 
-MAX_ID = 2**63 - 1  # the largest id a database row can have
-
-
 def check_route(catalog: Catalog, concept: str, route: Route, target: Any) -> None:
     """Refuse a route that the registry does not back, before anything is computed.
 
@@ -104,7 +102,7 @@ def check_route(catalog: Catalog, concept: str, route: Route, target: Any) -> No
             f"({target.n_layers} layers)"
         )
     for vector_id in (route.source_vector_id, route.vector_id):
-        if vector_id is not None and not 1 <= vector_id <= MAX_ID:
+        if vector_id is not None and not 1 <= vector_id <= MAX_ROW_ID:
             raise InvalidInput(f"{where}: {vector_id} is not a vector id")
     if route.vector_id is not None:
         _check_vector(catalog, where, route.vector_id, version.id, target.name, route.layer)
@@ -117,7 +115,7 @@ def check_route(catalog: Catalog, concept: str, route: Route, target: Any) -> No
     )
     previous_model, previous_layer = first.source_model, first.source_layer
     for hop in route.hops:
-        if not 1 <= hop.map_id <= MAX_ID:
+        if not 1 <= hop.map_id <= MAX_ROW_ID:
             raise InvalidInput(f"{where}: {hop.map_id} is not a map id")
         registered = catalog.get_map(hop.map_id)
         claimed = (hop.source_model, hop.target_model, hop.source_layer, hop.target_layer)
