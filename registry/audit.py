@@ -16,15 +16,21 @@ ENV_ACTOR = "CRX_ACTOR"
 
 
 def current_actor() -> str:
-    """Who is acting: ``CRX_ACTOR`` if set, else ``user@host``."""
+    """Who is acting: ``CRX_ACTOR`` if set, else ``user@host`` (made storable: valid UTF-8,
+    no NUL, at most the column's 200 characters)."""
     explicit = os.environ.get(ENV_ACTOR)
     if explicit:
-        return explicit
+        return _storable(explicit)
     try:
         user = getpass.getuser()
     except Exception:  # no login name (some containers)
         user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+def _storable(text: str, limit: int = 200) -> str:
+    cleaned = text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    return cleaned[:limit]
 
 
 def record_event(

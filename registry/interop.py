@@ -21,7 +21,8 @@ from crx.registry.errors import InvalidInput, TensorShapeError
 from crx.registry.store.tensors import VECTOR_KEY
 from crx.schemas.records import VectorRecord
 
-_LAYER_KEY = re.compile(r"^(?:direction\.|layer\.|layers\.)?(\d+)$")
+# At most 9 digits: no model has more layers, and int() of a longer string is refused anyway.
+_LAYER_KEY = re.compile(r"^(?:direction\.|layer\.|layers\.)?(\d{1,9})$")
 
 
 def vector_from_tensors(
@@ -55,6 +56,8 @@ def vector_from_tensors(
             )
         if tuple(array.shape) != (d_model,):
             raise TensorShapeError(f"tensor {key!r} in {where}", list(array.shape), [d_model])
+        if layer in layers:
+            raise InvalidInput(f"{where}: layer {layer} appears twice (again as {key!r})")
         out[layer] = _as_float32(array, where)
         layers.append(layer)
     layers.sort()

@@ -7,9 +7,9 @@ errors from them.
 from __future__ import annotations
 
 from crx.registry.errors import InvalidInput, InvalidName
-from crx.schemas.names import MAX_NAME_LENGTH, name_problem, split_versioned
+from crx.schemas.names import MAX_NAME_LENGTH, name_problem, split_versioned, text_problem
 
-__all__ = ["MAX_NAME_LENGTH", "check_name", "parse_versioned"]
+__all__ = ["MAX_NAME_LENGTH", "check_name", "check_text", "parse_versioned"]
 
 
 def check_name(kind: str, name: str) -> str:
@@ -18,6 +18,15 @@ def check_name(kind: str, name: str) -> str:
     if why is not None:
         raise InvalidName(kind, name, why)
     return name
+
+
+def check_text(what: str, value: str | None, max_length: int | None = None) -> None:
+    """Refuse a text the database could not store the same on every backend."""
+    if value is None:
+        return
+    why = text_problem(value, max_length)
+    if why is not None:
+        raise InvalidInput(f"invalid {what} {value[:60]!a}: {why}")
 
 
 def parse_versioned(ref: str) -> tuple[str, int | None]:

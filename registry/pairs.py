@@ -87,9 +87,22 @@ def _pair(where: str, index: int, positive: Any, negative: Any) -> ContrastPair:
     return ContrastPair(positive, negative)
 
 
+def _loads(where: str, text: str) -> Any:
+    """``json.loads``, with the failures that are not decoding errors made `PairsFileError`:
+    nesting too deep for the parser, an integer of more digits than Python converts."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise PairsFileError(where, "the JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise PairsFileError(where, f"invalid JSON: {exc}") from None
+
+
 def _from_json_or_jsonl(where: str, text: str) -> list[ContrastPair]:
     try:
-        return pairs_from_objects(where, json.loads(text))
+        return pairs_from_objects(where, _loads(where, text))
     except json.JSONDecodeError as exc:
         if "Extra data" in exc.msg:
             return _from_jsonl(where, text)
@@ -102,7 +115,7 @@ def _from_jsonl(where: str, text: str) -> list[ContrastPair]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = _loads(where, line)
         except json.JSONDecodeError as exc:
             raise PairsFileError(where, f"invalid JSON on line {number}: {exc.msg}") from None
         pairs.append(_pair_from_object(where, len(pairs), item))
@@ -111,7 +124,10 @@ def _from_jsonl(where: str, text: str) -> list[ContrastPair]:
 
 def _from_csv(where: str, text: str) -> list[ContrastPair]:
     reader = csv.DictReader(io.StringIO(text))
-    columns = set(reader.fieldnames or [])
+    try:
+        columns = set(reader.fieldnames or [])
+    except csv.Error as exc:
+        raise PairsFileError(where, f"invalid CSV: {exc}") from None
     if not {"positive", "negative"} <= columns:
         raise PairsFileError(
             where, f"CSV needs columns positive,negative (found {sorted(columns)})"

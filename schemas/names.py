@@ -13,6 +13,21 @@ MAX_VERSION_DIGITS = 10  # versions are 32-bit integers in the database (2^31 - 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def text_problem(value: str, max_length: int | None = None) -> str | None:
+    """Why ``value`` cannot be stored as text on every backend, or None if it can: lone
+    surrogates (bytes that were not UTF-8, as a shell passes them), NUL (PostgreSQL refuses it)
+    or more characters than the column holds (PostgreSQL refuses, SQLite would not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8 text"
+    if "\x00" in value:
+        return "it contains a NUL character"
+    if max_length is not None and len(value) > max_length:
+        return f"it is longer than {max_length} characters"
+    return None
+
+
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a registry name, or None if it can.
 
@@ -21,6 +36,8 @@ def name_problem(name: str) -> str | None:
     """
     if not name:
         return "it is empty"
+    if text_problem(name) is not None:
+        return text_problem(name)
     if len(name) > MAX_NAME_LENGTH:
         return f"it is longer than {MAX_NAME_LENGTH} characters"
     if _CONTROL.search(name):

@@ -117,6 +117,13 @@ def _alias_bomb(w: World) -> Bad:
     return Bad(["diff", str(spec)], "expands to more than 100,000 values")
 
 
+def _deep_config(w: World) -> Path:
+    folder = w.tmp / "deep-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    return folder
+
+
 def _good_vector(w: World) -> str:
     return str(w.tensors({"v": tiny_array(7)}))
 
@@ -214,6 +221,59 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     "vector with NaN": lambda w: _vector(w, {"v": _nan()}, "NaN"),
     "vector with inf": lambda w: _vector(
         w, {"v": np.full((N_LAYERS, D_MODEL), np.inf, np.float32)}, "infinite"
+    ),
+    "vector with a layer twice": lambda w: _vector(
+        w, {"3": tiny_array()[3], "direction.3": tiny_array()[2]}, "layer 3 appears twice"
+    ),
+    "vector keyed by a 5,000-digit layer": lambda w: _vector(
+        w, {"9" * 5000: tiny_array()[0]}, "neither the only tensor nor keyed by a layer index"
+    ),
+    "pairs JSON nested 100,000 deep": lambda w: _pairs(
+        w, "deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"
+    ),
+    "pairs JSON with a 5,000-digit number": lambda w: _pairs(
+        w, "digits.json", '[{"positive": ' + "9" * 5000 + "}]", "invalid JSON"
+    ),
+    "pairs CSV with a field over 128 KiB": lambda w: _pairs(
+        w, "big.csv", "positive,negative\n" + "x" * 200_000 + ",y\n", "invalid CSV"
+    ),
+    "a plan nested 100,000 deep": lambda w: Bad(
+        ["transplant", "--plan", str(w.file("deep-plan.json", "[" * 100_000 + "]" * 100_000))],
+        "nested too deeply",
+    ),
+    "a model config nested 100,000 deep": lambda w: Bad(
+        ["register", "model", "deep", "--path", str(_deep_config(w))], "nested too deeply"
+    ),
+    "a spec with a control character": lambda w: Bad(
+        ["diff", str(w.file("ctrl.yaml", "models:\n  - name: a\x07b\n"))], "bad YAML"
+    ),
+    "a database URL with a bad port": lambda w: Bad(
+        ["list", "models"], "not a database URL", db="postgresql://crx@127.0.0.1:notaport/crx"
+    ),
+    "a database URL with an open bracket": lambda w: Bad(
+        ["list", "models"], "cannot open the database", db="postgresql://crx@[::1/crx"
+    ),
+    "export where the OS refuses": lambda w: Bad(
+        ["export", "vector", "1", "-o", "/proc/crx-export.safetensors"], "cannot write"
+    ),
+    "a concept name that is not UTF-8": lambda w: Bad(
+        ["register", "concept", "joy\udcff", "--pairs", str(w.pairs)], "not valid UTF-8"
+    ),
+    "a description that is not UTF-8": lambda w: Bad(
+        ["register", "concept", "joy2", "--pairs", str(w.pairs), "--description", "a\udcffb"],
+        "invalid description",
+    ),
+    "a family of 101 characters": lambda w: Bad(
+        ["register", "model", "fam", "--path", str(w.model_dir), "--family", "f" * 101],
+        "longer than 100 characters",
+    ),
+    "a hook point of 101 characters": lambda w: Bad(
+        [*_register_vector(w, w.tensors({"v": tiny_array(5)})).args, "--hook-point", "h" * 101],
+        "longer than 100 characters",
+    ),
+    "a NUL in a description": lambda w: Bad(
+        ["register", "concept", "joy2", "--pairs", str(w.pairs), "--description", "a\x00b"],
+        "NUL",
     ),
     "vector file not safetensors": lambda w: Bad(
         _register_vector(w, w.file("v.safetensors", b"GGUF this is not safetensors")).args,
@@ -332,6 +392,11 @@ def _closed_s3_env() -> dict[str, str]:
 # Cases that read or write catalogue rows run on both databases; the rest fail on the input
 # alone, before any row is read, and run on SQLite.
 DB_CASES = {
+    "a concept name that is not UTF-8",
+    "a description that is not UTF-8",
+    "a family of 101 characters",
+    "a hook point of 101 characters",
+    "a NUL in a description",
     "an id over 2^63 (show)",
     "an id over 2^63 (export)",
     "a model id over 2^31",

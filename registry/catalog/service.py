@@ -112,8 +112,18 @@ class Catalog:
         names.check_name("model", name)
         if role is not None and role not in models.ROLES:
             raise InvalidInput(f"role must be one of {', '.join(models.ROLES)}, not {role!r}")
+        # Checked here, the same on every backend (PostgreSQL's columns would refuse them late).
+        names.check_text("path", path)
+        names.check_text("GGUF file name", gguf_file)
+        names.check_text("revision", revision, 200)
+        names.check_text("family", family, 100)
+        for key, value in (tags or {}).items():
+            names.check_text("tag", str(key), 200)
+            names.check_text("tag value", str(value))
         self.db.ensure_schema()
         facts = read_model_facts(path, gguf_file, revision)
+        names.check_text("architecture", facts.architecture, 200)
+        names.check_text("model type", facts.model_type, 100)
         return self.db.write(
             lambda s: models.register(
                 s, name, facts, revision=revision, family=family, role=role, tags=dict(tags or {})
@@ -148,6 +158,9 @@ class Catalog:
         ``use`` also marks the version for use (``crx plan``'s default), in the same transaction.
         """
         names.check_name("concept", name)
+        names.check_text("description", description)
+        names.check_text("template", template)
+        names.check_text("pair construction", pair_construction, 100)
         template = DEFAULT_TEMPLATE if template is None else template
         if "{text}" not in template:
             raise InvalidInput("the template must contain {text}, where each scenario goes")
@@ -260,6 +273,9 @@ class Catalog:
 
         A caller that already holds the records passes them, and nothing is looked up again.
         """
+        names.check_text("hook point", hook_point, 100)
+        names.check_text("token position", token_position, 50)
+        names.check_text("estimator", estimator, 100)
         concept = self._concept(concept_ref)
         target = self._model(model)
         array = np.ascontiguousarray(array, dtype=np.float32)
@@ -466,6 +482,9 @@ class Catalog:
         settings: dict[str, Any] | None = None,
     ) -> list[EvaluationRecord]:
         """Record the metrics of one evaluation of a vector (or the bare model) on ``model``."""
+        names.check_text("task", task, 100)
+        for metric in metrics:
+            names.check_text("metric", metric, 100)
         if not metrics:
             raise InvalidInput("an evaluation needs at least one metric")
         if vector_id is not None:

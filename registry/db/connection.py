@@ -45,7 +45,7 @@ def make_engine(url: str) -> Engine:
         )
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise DatabaseUnavailable(redact(url), scrub(f"not a database URL ({exc})", url)) from None
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":

@@ -63,8 +63,10 @@ def read_saved_diff(path: str | Path) -> SavedDiff | None:
         return None
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
         raise InvalidInput(f"cannot read {file}: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"cannot read {file}: the JSON is nested too deeply") from None
     if not isinstance(raw, dict) or raw.get("kind") != "crx.apply-plan":
         raise InvalidInput(f"{file} is not a saved diff (made by `crx diff -o FILE.json`)")
     try:

@@ -156,8 +156,9 @@ def _load_file(file: Path) -> tuple[yaml.Node, SpecFile] | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise SpecError(file, None, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
-    loader = _SpecLoader(text)
+    loader: _SpecLoader | None = None
     try:
+        loader = _SpecLoader(text)  # the reader refuses control characters right here
         root = loader.get_single_node()
         if root is None:  # empty, or only comments: an empty catalogue
             return None
@@ -176,12 +177,17 @@ def _load_file(file: Path) -> tuple[yaml.Node, SpecFile] | None:
         why = "; ".join(str(x) for x in (e.context, e.problem) if x)
         line = None if mark is None else mark.line + 1
         raise SpecError(file, line, None, f"bad YAML: {why}") from e
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        why = f"bad YAML: the character {e.character!r} is not allowed"
+        raise SpecError(file, line, None, why) from None
     except yaml.YAMLError as e:
-        raise SpecError(file, None, None, f"bad YAML: {e}") from e
+        raise SpecError(file, None, None, "bad YAML: " + " ".join(str(e).split())) from e
     except RecursionError:
         raise SpecError(file, None, None, "the YAML is nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     context = {"base_dir": str(file.parent.absolute()), "check_files": True}
     try:
         spec = SpecFile.model_validate(data, context=context)

@@ -55,6 +55,13 @@ def _answers(field: str) -> list[str]:
 
 
 def parse_questions(text: str, where: str = "the TruthfulQA file") -> list[Question]:
+    try:
+        return _parse_questions(text, where)
+    except csv.Error as exc:  # a field over csv's limit, a NUL byte...
+        raise InvalidInput(f"{where} is not a valid CSV: {exc}") from None
+
+
+def _parse_questions(text: str, where: str) -> list[Question]:
     reader = csv.DictReader(io.StringIO(text))
     needed = {"Question", "Best Answer", "Correct Answers", "Incorrect Answers"}
     if not needed <= set(reader.fieldnames or []):

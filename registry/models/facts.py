@@ -84,6 +84,8 @@ def _from_folder(folder: Path) -> ModelFacts:
         ) from None
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"cannot read {config_path}: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"cannot read {config_path}: the JSON is nested too deeply") from None
     if not isinstance(config, dict):
         raise InvalidInput(f"{config_path} is not a JSON object")
     n_layers, d_model, vocab = _shape_from_config(config, str(config_path))

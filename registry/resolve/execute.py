@@ -41,8 +41,10 @@ def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> Transplan
             source = json.loads(Path(source).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise InvalidInput(f"plan file {where} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
             raise InvalidInput(f"cannot read plan {where}: {exc}") from None
+        except RecursionError:
+            raise InvalidInput(f"cannot read plan {where}: nested too deeply") from None
     if not isinstance(source, dict) or source.get("kind") != "crx.transplant-plan":
         raise InvalidInput(f"{where} is not a crx transplant plan (made by `crx plan -o`)")
     if source.get("schema_version") != 1:

@@ -12,6 +12,7 @@ and writes blobs without importing torch; the engine converts at its edge.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -100,27 +101,60 @@ def _has_bfloat16(raw: bytes) -> bool:
             for name, info in header.items()
             if name != "__metadata__"
         )
-    except (ValueError, TypeError, AttributeError, struct.error):
+    except (ValueError, TypeError, AttributeError, struct.error, RecursionError):
         return False
 
 
 def _read_with_bfloat16(path: Path, raw: bytes) -> dict[str, np.ndarray]:
+    """Parse a safetensors file holding BF16 tensors, checking what the format promises:
+    shapes of non-negative integers whose size matches the byte range, ranges inside the data
+    and together covering it exactly (no overlap, no gap, no trailing bytes)."""
+
+    def invalid(why: str) -> InvalidInput:
+        return InvalidInput(f"{path} is not a valid safetensors file: {why}")
+
     try:
         (header_length,) = struct.unpack("<Q", raw[:8])
         header = json.loads(raw[8 : 8 + header_length])
-        body = memoryview(raw)[8 + header_length :]
-        out: dict[str, np.ndarray] = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            start, end = info["data_offsets"]
-            chunk = body[start:end]
-            if info["dtype"] == "BF16":
-                # bfloat16 is the top half of a float32: shift it back into place.
-                array = (np.frombuffer(chunk, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-            else:
-                array = np.frombuffer(chunk, dtype=_NUMPY_DTYPES[info["dtype"]])
-            out[name] = array.reshape(info["shape"])
-    except (KeyError, ValueError, TypeError, struct.error) as exc:
-        raise InvalidInput(f"{path} is not a valid safetensors file: {exc}") from None
+    except (ValueError, struct.error, RecursionError) as exc:
+        raise invalid(f"its header cannot be read ({exc})") from None
+    if not isinstance(header, dict):
+        raise invalid("its header is not an object")
+    body = memoryview(raw)[8 + header_length :]
+    out: dict[str, np.ndarray] = {}
+    ranges = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise invalid(f"tensor {name!r} lacks dtype, shape or data_offsets") from None
+        itemsize = 2 if dtype == "BF16" else np.dtype(_NUMPY_DTYPES.get(dtype, "V1")).itemsize
+        if dtype != "BF16" and dtype not in _NUMPY_DTYPES:
+            raise invalid(f"tensor {name!r} has the unknown dtype {dtype!r}")
+        if not (
+            isinstance(shape, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise invalid(f"tensor {name!r} has the shape {shape!r}")
+        if not all(isinstance(o, int) and not isinstance(o, bool) for o in (start, end)):
+            raise invalid(f"tensor {name!r} has the offsets {[start, end]!r}")
+        if not 0 <= start <= end <= len(body) or end - start != itemsize * math.prod(shape):
+            raise invalid(f"tensor {name!r} has offsets {[start, end]} that do not fit its shape")
+        ranges.append((start, end))
+        chunk = body[start:end]
+        if dtype == "BF16":
+            # bfloat16 is the top half of a float32: shift it back into place.
+            array = (np.frombuffer(chunk, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            array = np.frombuffer(chunk, dtype=_NUMPY_DTYPES[dtype])
+        out[name] = array.reshape(shape)
+    covered = 0
+    for start, end in sorted(ranges):
+        if start != covered:
+            raise invalid("its tensors overlap or leave a gap")
+        covered = end
+    if covered != len(body):
+        raise invalid(f"{len(body) - covered} bytes follow the last tensor")
     return out
