@@ -7,6 +7,7 @@ nothing from the library; `crx.registry.names` raises crx's own errors from the 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 MAX_NAME_LENGTH = 200
 MAX_VERSION_DIGITS = 10  # versions are 32-bit integers in the database (2^31 - 1)
@@ -31,8 +32,9 @@ def text_problem(value: str, max_length: int | None = None) -> str | None:
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a registry name, or None if it can.
 
-    Names end up in file names, URLs and ``NAME@V`` references, so ``/``, ``\\``, ``..``, ``@``,
-    control characters and surrounding whitespace are refused.
+    Names end up in file names, URLs, shells and ``NAME@V`` references, so ``/``, ``\\``,
+    ``..``, ``@``, a leading ``-``, control, invisible and layout characters, surrounding
+    whitespace and names not in Unicode NFC are refused.
     """
     if not name:
         return "it is empty"
@@ -50,6 +52,17 @@ def name_problem(name: str) -> str | None:
         return "'@' separates a name from its version"
     if name != name.strip():
         return "it starts or ends with whitespace"
+    if set(name) == {"."}:
+        return "it is only dots"
+    if name.startswith("-"):
+        return "it starts with '-', which reads as an option"
+    hidden = [c for c in name if unicodedata.category(c) in ("Cf", "Zl", "Zp", "Cs")]
+    if hidden:
+        # Bidi overrides and zero-width characters make two names look alike, or one look
+        # like another; line separators break one-line output.
+        return f"it contains the invisible or layout character U+{ord(hidden[0]):04X}"
+    if unicodedata.normalize("NFC", name) != name:
+        return "it is not in Unicode NFC form (the same letters would be two names)"
     return None
 
 

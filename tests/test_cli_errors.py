@@ -124,6 +124,27 @@ def _deep_config(w: World) -> Path:
     return folder
 
 
+def _config(w: World, name: str, **fields: object) -> Bad:
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "num_hidden_layers": 4,
+        "hidden_size": 32,
+        "vocab_size": 100,
+        **fields,
+    }
+    folder = w.tmp / f"config-{name}"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return Bad(["register", "model", name, "--path", str(folder)], "")
+
+
+def _bad_config(w: World, expect: str, **fields: object) -> Bad:
+    bad = _config(w, "broken", **fields)
+    bad.expect = expect
+    return bad
+
+
 def _good_vector(w: World) -> str:
     return str(w.tensors({"v": tiny_array(7)}))
 
@@ -274,6 +295,50 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     "a NUL in a description": lambda w: Bad(
         ["register", "concept", "joy2", "--pairs", str(w.pairs), "--description", "a\x00b"],
         "NUL",
+    ),
+    "config: architectures as a dict": lambda w: _bad_config(
+        w, "architectures must be a list", architectures={"a": 1}
+    ),
+    "config: architectures as a string": lambda w: _bad_config(
+        w, "architectures must be a list", architectures="LlamaForCausalLM"
+    ),
+    "config: text_config as a string": lambda w: _bad_config(
+        w, "text_config is not an object", text_config="x"
+    ),
+    "config: negative layers": lambda w: _bad_config(
+        w, "num_hidden_layers must be a whole number", num_hidden_layers=-4
+    ),
+    "config: zero layers": lambda w: _bad_config(
+        w, "num_hidden_layers must be a whole number", num_hidden_layers=0
+    ),
+    "config: boolean layers": lambda w: _bad_config(
+        w, "num_hidden_layers must be a whole number", num_hidden_layers=True
+    ),
+    "config: 2^40 layers": lambda w: _bad_config(
+        w, "num_hidden_layers must be a whole number", num_hidden_layers=2**40
+    ),
+    "config: width 0": lambda w: _bad_config(w, "hidden_size must be", hidden_size=0),
+    "config: width 2^62": lambda w: _bad_config(w, "hidden_size must be", hidden_size=2**62),
+    "config: vocab_size as a string": lambda w: _bad_config(
+        w, "vocab_size must be a whole number", vocab_size="x"
+    ),
+    "a concept named '.'": lambda w: Bad(
+        ["register", "concept", ".", "--pairs", str(w.pairs)], "only dots"
+    ),
+    "a concept named '-rf'": lambda w: Bad(
+        ["register", "concept", "--pairs", str(w.pairs), "--", "-rf"], "starts with '-'"
+    ),
+    "a concept name with a bidi override": lambda w: Bad(
+        ["register", "concept", "joy\u202egnp.exe", "--pairs", str(w.pairs)], "U+202E"
+    ),
+    "a concept name with a zero-width space": lambda w: Bad(
+        ["register", "concept", "jo\u200by", "--pairs", str(w.pairs)], "U+200B"
+    ),
+    "a concept name with a line separator": lambda w: Bad(
+        ["register", "concept", "jo\u2028y", "--pairs", str(w.pairs)], "U+2028"
+    ),
+    "a concept name in NFD": lambda w: Bad(
+        ["register", "concept", "cafe\u0301", "--pairs", str(w.pairs)], "NFC"
     ),
     "vector file not safetensors": lambda w: Bad(
         _register_vector(w, w.file("v.safetensors", b"GGUF this is not safetensors")).args,

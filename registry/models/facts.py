@@ -90,11 +90,18 @@ def _from_folder(folder: Path) -> ModelFacts:
         raise InvalidInput(f"{config_path} is not a JSON object")
     n_layers, d_model, vocab = _shape_from_config(config, str(config_path))
     architectures = config.get("architectures") or [None]
+    if not isinstance(architectures, list) or not (
+        architectures[0] is None or isinstance(architectures[0], str)
+    ):
+        raise InvalidInput(f"{config_path}: architectures must be a list of class names")
+    model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise InvalidInput(f"{config_path}: model_type must be a string")
     return ModelFacts(
         path=str(folder),
         gguf_file=None,
         architecture=architectures[0],
-        model_type=config.get("model_type"),
+        model_type=model_type,
         n_layers=n_layers,
         d_model=d_model,
         vocab_size=vocab,
@@ -104,21 +111,41 @@ def _from_folder(folder: Path) -> ModelFacts:
     )
 
 
+# Bounds no real model comes near, and that keep a [n_layers, d_model] tensor allocatable.
+MAX_LAYERS = 10_000
+MAX_WIDTH = 1_000_000
+MAX_VOCAB = 100_000_000
+
+
 def _shape_from_config(config: dict[str, Any], where: str) -> tuple[int, int, int | None]:
     # Multimodal configs (Gemma 3, Llava) keep the language model's shape in text_config.
-    scopes = [config, config.get("text_config") or {}]
+    text_config = config.get("text_config")
+    if text_config is not None and not isinstance(text_config, dict):
+        raise InvalidInput(f"{where}: text_config is not an object")
+    scopes = [config, text_config or {}]
 
-    def first(keys: tuple[str, ...]) -> Any:
-        for scope in scopes:
-            for key in keys:
-                if isinstance(scope.get(key), int):
-                    return scope[key]
-        return None
+    def first(keys: tuple[str, ...]) -> tuple[str | None, Any]:
+        """The first key holding a whole number; else the first key present (to report it)."""
+        present = [(k, scope[k]) for scope in scopes for k in keys if k in scope]
+        for key, value in present:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return key, value
+        return present[0] if present else (None, None)
 
-    n_layers, d_model = first(_LAYER_KEYS), first(_WIDTH_KEYS)
+    def count(keys: tuple[str, ...], what: str, top: int) -> int | None:
+        key, value = first(keys)
+        if key is None:
+            return None
+        # bool is an int in Python; true is not a layer count.
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise InvalidInput(f"{where}: {key} must be a whole number from 1 to {top:,}")
+        return value
+
+    n_layers = count(_LAYER_KEYS, "layer count", MAX_LAYERS)
+    d_model = count(_WIDTH_KEYS, "hidden size", MAX_WIDTH)
     if n_layers is None or d_model is None:
         raise InvalidInput(f"{where} names no layer count or hidden size")
-    return n_layers, d_model, first(("vocab_size",))
+    return n_layers, d_model, count(("vocab_size",), "vocabulary size", MAX_VOCAB)
 
 
 def tokenizer_sha256(folder: Path) -> str | None:
@@ -155,6 +182,8 @@ def _from_gguf(folder: Path, gguf_file: str) -> ModelFacts:
     d_model = fields.get(f"{arch}.embedding_length")
     if not isinstance(n_layers, int) or not isinstance(d_model, int):
         raise InvalidInput(f"{file} names no block count or embedding length for {arch!r}")
+    if not (1 <= n_layers <= MAX_LAYERS and 1 <= d_model <= MAX_WIDTH):
+        raise InvalidInput(f"{file}: {n_layers} blocks of width {d_model} is not a model shape")
     vocab = fields.get(f"{arch}.vocab_size") or n_tokens
     return ModelFacts(
         path=str(folder),
