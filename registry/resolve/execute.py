@@ -35,6 +35,8 @@ def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> Transplan
     if isinstance(source, TransplantPlan):
         return source
     where = "the plan"
+    if not isinstance(source, dict | str | Path):
+        raise InvalidInput(f"{type(source).__name__} is not a plan, a plan file or a plan's JSON")
     if not isinstance(source, dict):
         where = str(source)
         try:
