@@ -200,3 +200,42 @@ def test_names_that_pass_the_checks_store_and_read_back(
         assert len(fuzz_registry.list_concepts(limit=0).items) == before
         return
     assert fuzz_registry.get_concept(record.ref).concept == name
+
+
+@settings(
+    max_examples=max(EXAMPLES // 3, 20),
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    name=st.text(min_size=1, max_size=20),
+    data=st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode())),
+    suffix=st.sampled_from([".json", ".jsonl", ".csv"]),
+)
+def test_the_cli_contract_on_generated_concepts(
+    fuzz_registry: Any, tmp_path: Path, name: str, data: bytes, suffix: str
+) -> None:
+    """``crx register concept`` on generated names and files: exit 0 having registered it, or
+    exit 1 with one ``Error:`` line on stderr and the registry as it was."""
+    from click.testing import CliRunner
+
+    from crx.cli.main import cli
+
+    pairs = tmp_path / f"p{suffix}"
+    pairs.write_bytes(data)
+    db, store = fuzz_registry.location.database_url, fuzz_registry.location.store_url
+    events = len(fuzz_registry.audit_events(limit=0).items)
+    result = CliRunner().invoke(
+        cli,
+        ["--db", db, "--store", store, "register", "concept", "--pairs", str(pairs), "--", name],
+    )
+    assert result.exit_code in (0, 1), result.output
+    if result.exit_code == 1:
+        assert isinstance(result.exception, SystemExit)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("Error: "), lines
+        assert len(fuzz_registry.audit_events(limit=0).items) == events
+    else:
+        assert result.stdout.strip().startswith(name + "@")
