@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,19 @@ def put_then_wait(data):
 reg.store.put = put_then_wait
 print(reg.register_concept("joy", pairs).record.ref)
 """
+
+
+@pytest.fixture
+def local(tmp_path: Path, sqlite_template: Path) -> Iterator[tuple[Registry, Path]]:
+    """A registry on a SQLite file with a local store, and the store's folder."""
+    import shutil
+
+    shutil.copy(sqlite_template, tmp_path / "r.db")
+    store = tmp_path / "store"
+    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}", str(store))
+    reg.init()
+    yield reg, store
+    reg.close()
 
 
 def _age(store: Path, oid: str, seconds: float) -> None:
@@ -111,14 +125,9 @@ def test_gc_spares_a_blob_referenced_by_then(db_url: str, tmp_path: Path, pairs_
 
 
 def test_registering_the_same_content_repairs_a_corrupt_blob(
-    tmp_path: Path, sqlite_template: Path, pairs_file: Path
+    local: tuple[Registry, Path], tmp_path: Path, pairs_file: Path
 ) -> None:
-    import shutil
-
-    shutil.copy(sqlite_template, tmp_path / "r.db")
-    store = tmp_path / "store"
-    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}", str(store))
-    reg.init()
+    reg, store = local
     oid = reg.register_concept("joy", pairs_file).record.pairs_oid
     blob = store / oid[:2] / oid[2:]
     blob.chmod(0o644)
@@ -132,14 +141,9 @@ def test_registering_the_same_content_repairs_a_corrupt_blob(
 
 
 def test_gc_never_follows_a_link_out_of_the_store(
-    tmp_path: Path, sqlite_template: Path, pairs_file: Path
+    local: tuple[Registry, Path], tmp_path: Path, pairs_file: Path
 ) -> None:
-    import shutil
-
-    shutil.copy(sqlite_template, tmp_path / "r.db")
-    store = tmp_path / "store"
-    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}", str(store))
-    reg.init()
+    reg, store = local
     outside = tmp_path / "outside"
     outside.mkdir()
     victims = [outside / ("c" * 62), outside / ".tmp-keep-me"]
@@ -160,14 +164,9 @@ def test_gc_never_follows_a_link_out_of_the_store(
 
 
 def test_verify_checks_optional_blobs_that_are_present(
-    tmp_path: Path, sqlite_template: Path, pairs_file: Path, tiny_model_dir: Path
+    local: tuple[Registry, Path], pairs_file: Path, tiny_model_dir: Path
 ) -> None:
-    import shutil
-
-    shutil.copy(sqlite_template, tmp_path / "r.db")
-    store = tmp_path / "store"
-    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}", str(store))
-    reg.init()
+    reg, store = local
     reg.register_model("tiny", str(tiny_model_dir))
     dataset = reg.store.put(b"a held-out dataset")
     reg.record_evaluation("tiny", "emotion", {"token_accuracy": 0.5}, dataset_oid=dataset)

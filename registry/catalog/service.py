@@ -19,10 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crx.registry import names, pairs
-from crx.registry.audit import record_event
-from crx.registry.catalog import concepts, evaluations, maps, models, vectors
+from crx.registry.catalog import concepts, evaluations, maps, models, upkeep, vectors
 from crx.registry.catalog.paging import DEFAULT_LIMIT, page
-from crx.registry.catalog.references import references
 from crx.registry.catalog.vectors import layer_norms
 from crx.registry.db import migrate
 from crx.registry.db.session import Database
@@ -34,10 +32,7 @@ from crx.registry.outputs import atomic_output
 from crx.registry.store import ObjectStore, sha256_hex, tensors
 from crx.registry.store.maintenance import (
     DEFAULT_GC_GRACE_SECONDS,
-    old_enough,
-    unreferenced,
 )
-from crx.registry.store.maintenance import verify as verify_blobs
 from crx.registry.store.tensors import decode_map, decode_vector, encode_map, encode_vector
 from crx.registry.timeutil import as_utc
 from crx.schemas.records import (
@@ -546,66 +541,15 @@ class Catalog:
                 session, select(SqlAuditEvent), SqlAuditEvent.id, convert, limit=limit, after=after
             )
 
-    # -- store maintenance --------------------------------------------------------------
+    # -- store maintenance (`crx.registry.catalog.upkeep`) -------------------------------
 
     def verify_store(self) -> VerifyReport:
         """Re-hash every referenced blob (optional ones where present); report missing or
         corrupt ones with their rows."""
-        with self.db.read() as session:
-            required, optional = references(session)
-        self.store.check_reachable()
-        checked, problems = verify_blobs(self.store, required, optional)
-        extra = unreferenced(self.store, set(required) | set(optional))
-        return VerifyReport(
-            store=self.store.display_url,
-            checked=checked,
-            ok=checked - len(problems),
-            problems=problems,
-            unreferenced=len(extra),
-        )
-
-    def _delete_unreferenced(
-        self, session: Session, candidates: list[str], grace_seconds: float
-    ) -> list[str]:
-        """Inside gc's transaction (no writer commits meanwhile): delete the candidates still
-        unreferenced and still old, and return them."""
-        required, optional = references(session)
-        referenced = set(required) | set(optional)
-        gone = [
-            oid
-            for oid in candidates
-            if oid not in referenced and old_enough(self.store, oid, grace_seconds)
-        ]
-        for oid in gone:
-            self.store.remove(oid)
-        if gone:
-            record_event(session, "gc", "blob", None, self.store.display_url, old={"oids": gone})
-        return gone
+        return upkeep.verify(self.db, self.store)
 
     def gc_store(
         self, *, dry_run: bool = True, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS
     ) -> GcReport:
         """List (``dry_run``) or delete unreferenced blobs older than ``grace_seconds``."""
-        with self.db.read() as session:
-            required, optional = references(session)
-        self.store.check_reachable()
-        candidates = [
-            oid
-            for oid in unreferenced(self.store, set(required) | set(optional))
-            if old_enough(self.store, oid, grace_seconds)
-        ]
-        # A temporary file is never referenced; past the grace its writer is gone.
-        temporaries = self.store.stale_temporaries(grace_seconds)
-        if not dry_run:
-            candidates = self.db.write(
-                lambda s: self._delete_unreferenced(s, candidates, grace_seconds),
-                deletes_blobs=True,
-            )
-            for path in temporaries:
-                path.unlink(missing_ok=True)
-        return GcReport(
-            store=self.store.display_url,
-            unreferenced=candidates,
-            deleted=not dry_run,
-            stale_temporary_files=len(temporaries),
-        )
+        return upkeep.gc(self.db, self.store, dry_run=dry_run, grace_seconds=grace_seconds)
