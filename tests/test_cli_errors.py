@@ -145,6 +145,16 @@ def _bad_config(w: World, expect: str, **fields: object) -> Bad:
     return bad
 
 
+def _spec(w: World, name: str, text: str) -> Bad:
+    return Bad(["diff", str(w.file(name, text))], "")
+
+
+def _spec_bad(w: World, text: str, expect: str) -> Bad:
+    bad = _spec(w, "spec.yaml", text)
+    bad.expect = expect
+    return bad
+
+
 def _good_vector(w: World) -> str:
     return str(w.tensors({"v": tiny_array(7)}))
 
@@ -339,6 +349,21 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     ),
     "a concept name in NFD": lambda w: Bad(
         ["register", "concept", "cafe\u0301", "--pairs", str(w.pairs)], "NFC"
+    ),
+    "a spec layer of 5,000 digits": lambda w: _spec_bad(
+        w,
+        "transplants:\n  - {concept: joy, source: tiny, target: tiny-b, layer: "
+        + "9" * 5000
+        + "}\n",
+        "Exceeds the limit",
+    ),
+    "a spec model folder that does not exist": lambda w: _spec_bad(
+        w, f"models:\n  - name: ghost\n    path: {w.tmp / 'no-such-model'}\n", "does not exist"
+    ),
+    "a spec map pair past the models' layers": lambda w: _spec_bad(
+        w,
+        "maps:\n  - {source: tiny, target: tiny-b, pairs: '99:1'}\n",
+        "layer 99 is out of range for tiny",
     ),
     "vector file not safetensors": lambda w: Bad(
         _register_vector(w, w.file("v.safetensors", b"GGUF this is not safetensors")).args,

@@ -57,6 +57,7 @@ class DesiredModel:
     role: str | None
     tags: dict[str, Any]
     current: ModelRecord | None
+    n_layers: int | None = None  # read from a local folder's config, when the diff can
 
 
 @dataclass
@@ -133,6 +134,24 @@ def _desired_model(spec: ModelSpec, current: ModelRecord | None) -> DesiredModel
     if _looks_local(path) and not path.endswith(".gguf"):
         path = str(Path(path).expanduser().resolve())
     return DesiredModel(spec, path, spec.family, spec.role, dict(spec.tags), current)
+
+
+def _read_local_facts(desired: DesiredModel, where: str | None) -> None:
+    """Read a local model's config now (no weights), so the diff refuses what apply would:
+    a folder that does not exist, a config it cannot use; and knows the layer count."""
+    from crx.registry.models.facts import _looks_local, read_model_facts
+
+    spec = desired.spec
+    if spec.pull is not None or not _looks_local(desired.path):
+        return  # pulled later by apply, or a hub id (never fetched by a diff)
+    current = desired.current
+    if current is not None and (current.path, current.gguf_file) == (desired.path, spec.gguf_file):
+        return  # registered from this very place: its registered facts stand
+    try:
+        facts = read_model_facts(desired.path, spec.gguf_file, spec.revision)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: model {spec.name}: {exc}" if where else str(exc)) from None
+    desired.n_layers = facts.n_layers
 
 
 def _diff_model(desired: DesiredModel, where: str | None) -> Change:
@@ -268,6 +287,7 @@ def diff_snapshot(snapshot: Snapshot, loaded: LoadedSpecs) -> Desired:
     out = Desired(snapshot)
     for spec in catalog.models:
         desired = _desired_model(spec, snapshot.models.get(spec.name))
+        _read_local_facts(desired, where(spec.key))
         out.models[spec.name] = desired
         out.add(_diff_model(desired, where(spec.key)))
     for cspec in catalog.concepts:
@@ -403,6 +423,7 @@ def _diff_map(out: Desired, snapshot: Snapshot, spec: MapSpec, where: str | None
     from crx.registry.workflows.fit import fitted_before, parse_pairs
 
     compute = [f"fit {spec.source} -> {spec.target} ({spec.solver}, pairs {spec.pairs})"]
+    _check_layer_pairs(out, snapshot, spec, where)
     if out.pending(f"model:{spec.source}") or out.pending(f"model:{spec.target}"):
         return Change(key=spec.key, kind="map", action="create", compute=compute, where=where)
     _, _, corpus_oid = map_corpus(spec)
@@ -414,6 +435,31 @@ def _diff_map(out: Desired, snapshot: Snapshot, spec: MapSpec, where: str | None
             key=spec.key, kind="map", action="unchanged", where=where, note=f"{len(fitted)} maps"
         )
     return Change(key=spec.key, kind="map", action="create", compute=compute, where=where)
+
+
+def _layer_count(out: Desired, snapshot: Snapshot, model: str) -> int | None:
+    desired = out.models.get(model)
+    if desired is not None and desired.n_layers is not None:
+        return desired.n_layers
+    registered = snapshot.models.get(model)
+    return registered.n_layers if registered is not None else None
+
+
+def _check_layer_pairs(out: Desired, snapshot: Snapshot, spec: MapSpec, where: str | None) -> None:
+    """Explicit layer pairs must exist in both models (apply would refuse them after the slow
+    part of the fit)."""
+    from crx.registry.workflows.fit import parse_pairs
+
+    wanted = parse_pairs(spec.pairs)
+    if isinstance(wanted, str):
+        return
+    for model, index in ((spec.source, 0), (spec.target, 1)):
+        n_layers = _layer_count(out, snapshot, model)
+        bad = [pair[index] for pair in wanted if n_layers is not None and pair[index] >= n_layers]
+        if bad:
+            raise InvalidInput(
+                f"{where}: layer {bad[0]} is out of range for {model} ({n_layers} layers)"
+            )
 
 
 def _map_keys_into(out: Desired, source: str, target: str) -> list[str]:

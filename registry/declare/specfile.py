@@ -185,6 +185,8 @@ def _load_file(file: Path) -> tuple[yaml.Node, SpecFile] | None:
         raise SpecError(file, None, None, "bad YAML: " + " ".join(str(e).split())) from e
     except RecursionError:
         raise SpecError(file, None, None, "the YAML is nested too deeply") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise SpecError(file, None, None, f"bad YAML: {e}".split(";")[0]) from None
     finally:
         if loader is not None:
             loader.dispose()
