@@ -78,7 +78,7 @@ from pydantic import (
     model_validator,
 )
 
-from crx.schemas.names import invalid_name_message, name_problem, split_versioned
+from crx.schemas.names import invalid_name_message, name_problem, split_versioned, text_problem
 
 __all__ = [
     "SECTIONS",
@@ -163,6 +163,27 @@ def parse_layer_pairs(text: str) -> str | list[tuple[int, int]]:
 class _Spec(BaseModel):
     # strict: a hand-written spec should say what it means; "32" for 32 is reported, not guessed.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        # Every text of a spec ends up in a row: one the database could not store the same on
+        # every backend (a lone surrogate from a YAML escape, a NUL) is refused here, located.
+        for text in _texts(value):
+            why = text_problem(text)
+            if why is not None:
+                raise ValueError(why)
+        return value
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _texts(v)]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in (*_texts(k), *_texts(v))]
+    return []
 
 
 class ModelSpec(_Spec):

@@ -357,6 +357,11 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         + "}\n",
         "Exceeds the limit",
     ),
+    "a spec description with a lone surrogate": lambda w: _spec_bad(
+        w,
+        f'concepts:\n  - {{name: joy, pairs: {w.pairs}, description: "a \\ud800 b"}}\n',
+        "concepts[0].description: it is not valid UTF-8 text",
+    ),
     "a spec model folder that does not exist": lambda w: _spec_bad(
         w, f"models:\n  - name: ghost\n    path: {w.tmp / 'no-such-model'}\n", "does not exist"
     ),
