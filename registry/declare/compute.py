@@ -119,7 +119,8 @@ def _compute_models(work: Work) -> None:
             pull(get_spec(dm.spec.pull))
         if change.action == "unchanged":
             continue
-        facts = read_model_facts(dm.path, dm.spec.gguf_file, dm.spec.revision)
+        # The diff read a new or moved local model's facts already; read them only otherwise.
+        facts = dm.facts or read_model_facts(dm.path, dm.spec.gguf_file, dm.spec.revision)
         work.facts[name] = facts
         stamp = now()
         work.records[name] = ModelRecord(

@@ -46,6 +46,7 @@ from crx.schemas.spec import (
 if TYPE_CHECKING:
     from crx.registry.catalog.service import Catalog
     from crx.registry.declare.specfile import LoadedSpecs
+    from crx.registry.models.facts import ModelFacts
     from crx.registry.pairs import ContrastPair
 
 
@@ -57,7 +58,7 @@ class DesiredModel:
     role: str | None
     tags: dict[str, Any]
     current: ModelRecord | None
-    n_layers: int | None = None  # read from a local folder's config, when the diff can
+    facts: ModelFacts | None = None  # read by the diff for a new or moved local model
 
 
 @dataclass
@@ -151,7 +152,7 @@ def _read_local_facts(desired: DesiredModel, where: str | None) -> None:
         facts = read_model_facts(desired.path, spec.gguf_file, spec.revision)
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: model {spec.name}: {exc}" if where else str(exc)) from None
-    desired.n_layers = facts.n_layers
+    desired.facts = facts
 
 
 def _diff_model(desired: DesiredModel, where: str | None) -> Change:
@@ -439,8 +440,8 @@ def _diff_map(out: Desired, snapshot: Snapshot, spec: MapSpec, where: str | None
 
 def _layer_count(out: Desired, snapshot: Snapshot, model: str) -> int | None:
     desired = out.models.get(model)
-    if desired is not None and desired.n_layers is not None:
-        return desired.n_layers
+    if desired is not None and desired.facts is not None:
+        return desired.facts.n_layers
     registered = snapshot.models.get(model)
     return registered.n_layers if registered is not None else None
 

@@ -161,7 +161,7 @@ class ObjectStore:
         oid it is written again, so registering the same content repairs a corrupt blob.
         """
         oid = sha256_hex(data)
-        if self.exists(oid) and self.status(oid) is BlobStatus.OK:
+        if self.status(oid) is BlobStatus.OK:
             return oid
         self._write(oid, data)
         return oid

@@ -130,9 +130,9 @@ def _read_with_bfloat16(path: Path, raw: bytes) -> dict[str, np.ndarray]:
             dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise invalid(f"tensor {name!r} lacks dtype, shape or data_offsets") from None
-        itemsize = 2 if dtype == "BF16" else np.dtype(_NUMPY_DTYPES.get(dtype, "V1")).itemsize
         if dtype != "BF16" and dtype not in _NUMPY_DTYPES:
             raise invalid(f"tensor {name!r} has the unknown dtype {dtype!r}")
+        itemsize = 2 if dtype == "BF16" else np.dtype(_NUMPY_DTYPES[dtype]).itemsize
         if not (
             isinstance(shape, list)
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
