@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from crx.cli.context import after_option, json_option, limit_option, registry
-from crx.cli.render import emit_fields, emit_json, emit_table, next_page_hint, short
+from crx.cli.render import (
+    emit_fields,
+    emit_json,
+    emit_table,
+    next_page_hint,
+    short,
+    shown_actor,
+)
 
 
 @click.group("list")
@@ -209,7 +216,10 @@ def list_audit(limit: int, after: int | None, as_json: bool) -> None:
         return
     emit_table(
         ["id", "at", "actor", "action", "object", "ref"],
-        [(e.id, e.at, e.actor, e.action, e.object_kind, e.object_ref) for e in result.items],
+        [
+            (e.id, e.at, shown_actor(e.actor, e.label), e.action, e.object_kind, e.object_ref)
+            for e in result.items
+        ],
         "no events",
     )
     next_page_hint(result.next_after)

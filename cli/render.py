@@ -63,3 +63,8 @@ def short(oid: str | None) -> str:
 def next_page_hint(next_after: int | None) -> None:
     if next_after is not None:
         click.echo(f"(more: --after {next_after})", err=True)
+
+
+def shown_actor(actor: str, label: str | None) -> str:
+    """The actor, with its display label (CRX_ACTOR) beside it when that says something more."""
+    return actor if not label or label == actor else f"{actor} ({label})"

@@ -26,6 +26,7 @@ import numpy as np
 from crx.registry import config
 from crx.registry.catalog.service import Catalog
 from crx.registry.db.session import Database
+from crx.registry.governance.service import Governance
 from crx.registry.progress import Stage, StagedProgress
 from crx.registry.store import ObjectStore
 from crx.registry.workflows.workspace import Workspace
@@ -46,21 +47,24 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+S = TypeVar("S")
 
 
-class _catalog(Generic[P, R]):
-    """A facade attribute that is a `Catalog` method, bound to ``registry.catalog``.
+class _part(Generic[S, P, R]):
+    """A facade attribute that is a method of one of its parts (``registry.catalog`` or
+    ``registry.governance``), bound to that part.
 
-    The facade exposes the catalogue's operations without writing each signature twice; mypy
-    sees the method's own parameters and return type through the ParamSpec.
+    The facade exposes the parts' operations without writing each signature twice; mypy sees
+    the method's own parameters and return type through the ParamSpec.
     """
 
-    def __init__(self, method: Callable[Concatenate[Catalog, P], R]) -> None:
+    def __init__(self, part: str, method: Callable[Concatenate[S, P], R]) -> None:
+        self._part = part
         self._method = method
         self.__doc__ = method.__doc__
 
     @overload
-    def __get__(self, registry: None, owner: type[Registry]) -> _catalog[P, R]: ...
+    def __get__(self, registry: None, owner: type[Registry]) -> _part[S, P, R]: ...
     @overload
     def __get__(
         self, registry: Registry, owner: type[Registry] | None = None
@@ -68,7 +72,21 @@ class _catalog(Generic[P, R]):
     def __get__(self, registry: Registry | None, owner: object = None) -> Any:
         if registry is None:
             return self
-        return MethodType(self._method, registry.catalog)
+        return MethodType(self._method, getattr(registry, self._part))
+
+
+def _catalog(method: Callable[Concatenate[Catalog, P], R]) -> _part[Catalog, P, R]:
+    return _part("catalog", method)
+
+
+def _governance(method: Callable[Concatenate[Governance, P], R]) -> _part[Governance, P, R]:
+    return _part("governance", method)
+
+
+def _current_dataset(task: str, concept: str) -> str | None:
+    from crx.registry.workflows.evaluate import current_dataset
+
+    return current_dataset(task, concept)
 
 
 class Registry:
@@ -89,6 +107,7 @@ class Registry:
             on_create=self.store.create,
         )
         self.catalog = Catalog(self.db, self.store)
+        self.governance = Governance(self.catalog, _current_dataset)
         self.workspace = Workspace(self.catalog)
 
     def __repr__(self) -> str:
@@ -157,6 +176,26 @@ class Registry:
 
     # audit and store
     audit_events = _catalog(Catalog.audit_events)
+
+    # -- governance: the `Governance` methods themselves (`crx.registry.governance`) --------
+
+    set_alias = _governance(Governance.set_alias)
+    get_alias = _governance(Governance.get_alias)
+    delete_alias = _governance(Governance.delete_alias)
+    list_aliases = _governance(Governance.list_aliases)
+    alias_history = _governance(Governance.alias_history)
+    approve = _governance(Governance.approve)
+    reject = _governance(Governance.reject)
+    list_approvals = _governance(Governance.list_approvals)
+    promote = _governance(Governance.promote)
+    deprecate = _governance(Governance.deprecate)
+    list_deprecations = _governance(Governance.list_deprecations)
+    put_policy = _governance(Governance.put_policy)
+    delete_policy = _governance(Governance.delete_policy)
+    list_policies = _governance(Governance.list_policies)
+    governing_policy = _governance(Governance.governing_policy)
+    ensure_roles = _governance(Governance.ensure_roles)
+    add_user = _governance(Governance.add_user)
     verify_store = _catalog(Catalog.verify_store)
     gc_store = _catalog(Catalog.gc_store)
 

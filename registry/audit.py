@@ -1,4 +1,10 @@
-"""The audit trail: every mutating call writes one event in the same transaction as its change."""
+"""The audit trail: every mutating call writes one event in the same transaction as its change.
+
+Who acts: on PostgreSQL the database role the connection authenticated as (``session_user``),
+which a trigger writes over whatever the client sends (migration 0003), so nobody can write as
+somebody else; ``CRX_ACTOR`` is only a display label there. On SQLite (one user's file) it is
+``CRX_ACTOR`` if set, else ``user@host``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import os
 import socket
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from crx.registry.db.tables import SqlAuditEvent
@@ -28,8 +35,21 @@ def current_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _storable(text: str, limit: int = 200) -> str:
-    cleaned = text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+def display_label() -> str | None:
+    """``CRX_ACTOR``, recorded beside the actor as a display label (never instead of the role)."""
+    explicit = os.environ.get(ENV_ACTOR)
+    return _storable(explicit) if explicit else None
+
+
+def acting_as(session: Session) -> str:
+    """The identity the database will record for this session's changes."""
+    if session.get_bind().dialect.name == "postgresql":
+        return str(session.scalar(text("SELECT session_user")))
+    return current_actor()
+
+
+def _storable(value: str, limit: int = 200) -> str:
+    cleaned = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
     return cleaned[:limit]
 
 
@@ -42,6 +62,7 @@ def record_event(
     *,
     old: dict[str, Any] | None = None,
     new: dict[str, Any] | None = None,
+    reason: str | None = None,
 ) -> None:
     session.add(
         SqlAuditEvent(
@@ -53,5 +74,7 @@ def record_event(
             object_ref=object_ref,
             old=old,
             new=new,
+            label=display_label(),
+            reason=reason,
         )
     )

@@ -18,8 +18,15 @@ that identify what went wrong, so callers never format messages themselves.
     │   ├── MapNotFound
     │   │   └── NoMapBetween    no fitted map from one model to another
     │   ├── BlobMissing
+    │   ├── AliasNotFound
     │   └── UnknownModel        not in the pull catalogue
     ├── AlreadyExists
+    ├── GovernanceError         a rule of the catalogue's governance
+    │   ├── AliasConflict       an alias moved since it was read (compare-and-swap)
+    │   ├── ProtectedAlias      prod (or a policy's alias) moves only by promotion
+    │   ├── PromotionRefused    the policy's checks failed (every failing one listed)
+    │   ├── DeprecatedObject    deprecated: never aliased, promoted or planned
+    │   └── NotPermitted        the acting role may not do this
     ├── DatabaseError
     │   ├── DatabaseUnavailable
     │   ├── DatabaseRefused     a permission or a rule the database enforces
@@ -152,6 +159,51 @@ class AlreadyExists(CrxError):
     def __init__(self, what: str, hint: str = "") -> None:
         self.what = what
         super().__init__(f"{what} already exists" + (f"; {hint}" if hint else ""))
+
+
+class AliasNotFound(NotFound):
+    def __init__(self, ref: str, model: str | None = None, hint: str = "") -> None:
+        self.ref, self.model = ref, model
+        where = f" on {model}" if model else ""
+        super().__init__(f"no alias {ref}{where}" + (f" ({hint})" if hint else ""))
+
+
+class GovernanceError(CrxError):
+    """A governance rule refused the operation; nothing was changed."""
+
+
+class AliasConflict(GovernanceError):
+    def __init__(self, ref: str, model: str, expected: str, current: str) -> None:
+        self.ref, self.model, self.expected, self.current = ref, model, expected, current
+        super().__init__(
+            f"alias {ref} on {model} is not what this move was based on (expected {expected}); "
+            f"it is now {current}: read it again and retry"
+        )
+
+
+class ProtectedAlias(GovernanceError):
+    def __init__(self, ref: str, model: str, why: str) -> None:
+        self.ref, self.model = ref, model
+        super().__init__(f"alias {ref} on {model} is protected: {why}")
+
+
+class PromotionRefused(GovernanceError):
+    def __init__(self, subject: str, failures: list[str]) -> None:
+        self.subject, self.failures = subject, failures
+        count = f"{len(failures)} check{'s' if len(failures) != 1 else ''} failed"
+        super().__init__(f"cannot promote {subject}: {count}: " + "; ".join(failures))
+
+
+class DeprecatedObject(GovernanceError):
+    def __init__(self, what: str, reason: str, refused: str) -> None:
+        self.what, self.reason = what, reason
+        super().__init__(f"{what} is deprecated ({reason}): it cannot be {refused}")
+
+
+class NotPermitted(GovernanceError):
+    def __init__(self, actor: str, what: str, hint: str = "") -> None:
+        self.actor, self.what = actor, what
+        super().__init__(f"{actor} may not {what}" + (f": {hint}" if hint else ""))
 
 
 class DatabaseError(CrxError):

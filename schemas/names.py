@@ -87,3 +87,22 @@ def split_versioned(ref: str) -> tuple[str, int | None]:
             f" of at most {MAX_VERSION_DIGITS} digits"
         )
     return name, int(version)
+
+
+def split_reference(ref: str) -> tuple[str, int | None, str | None]:
+    """Split ``NAME``, ``NAME@V`` or ``NAME@ALIAS`` into (name, version, alias).
+
+    What follows ``@`` is a version when it is all digits, else an alias name (which follows
+    the name rules). Raises ``ValueError`` with the message users see.
+    """
+    name, sep, tail = ref.partition("@")
+    if not sep or tail.isdigit():
+        name, version = split_versioned(ref)
+        return name, version, None
+    why = name_problem(tail) if tail else "it is empty"
+    if why is not None:
+        shown = ref if len(ref) <= 60 else ref[:57] + "..."
+        raise ValueError(
+            f"invalid reference {shown!r}: expected NAME, NAME@VERSION or NAME@ALIAS ({why})"
+        )
+    return name, None, tail

@@ -132,6 +132,8 @@ class AuditEventRecord(Record):
     object_ref: str
     old: dict[str, Any] | None = None
     new: dict[str, Any] | None = None
+    label: str | None = None  # CRX_ACTOR when it was set: a display label, never the identity
+    reason: str | None = None
 
 
 class Registered(Record, Generic[T]):

@@ -38,6 +38,10 @@ CATALOGUE_TABLES = {
     "affine_maps",
     "evaluations",
     "aliases",
+    "alias_history",
+    "approvals",
+    "policies",
+    "deprecations",
     "audit_events",
 }
 

@@ -532,6 +532,8 @@ class Catalog:
                     object_ref=e.object_ref,
                     old=e.old,
                     new=e.new,
+                    label=e.label,
+                    reason=e.reason,
                 )
                 for (e,) in rows
             ]

@@ -216,24 +216,119 @@ class SqlEvaluation(Base):
 
 
 class SqlAlias(Base):
-    """A movable name for an object (e.g. ``happiness@production`` → a concept version)."""
+    """A movable name for the vector that realises a concept on one target model
+    (``honesty@prod`` on gemma3-270m). Moves are compare-and-swap on ``revision``; the database
+    writes each move to `SqlAliasHistory` and guards protected ones (migration 0003)."""
 
     __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("kind", "name"),)
+    __table_args__ = (
+        UniqueConstraint("concept_id", "model_id", "name"),
+        Index("ix_aliases_model", "model_id"),
+        Index("ix_aliases_vector", "vector_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(50))  # model | concept_version | vector | map
+    concept_id: Mapped[int] = mapped_column(ForeignKey("concepts.id", ondelete="RESTRICT"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
     name: Mapped[str] = mapped_column(NAME)
-    target_id: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    concept_version_id: Mapped[int] = mapped_column(
+        ForeignKey("concept_versions.id", ondelete="RESTRICT")
+    )
+    vector_id: Mapped[int] = mapped_column(ForeignKey("vectors.id", ondelete="RESTRICT"))
+    revision: Mapped[int] = mapped_column(Integer)  # 1 when set, +1 per move
+    action: Mapped[str] = mapped_column(String(20))  # set | move | promote: the last change
+    actor: Mapped[str] = mapped_column(String(200))  # PostgreSQL: stamped with session_user
+    label: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SqlAliasHistory(Base):
+    """Every alias change, append-only, written by a database trigger (never by crx itself)."""
+
+    __tablename__ = "alias_history"
+    __table_args__ = (Index("ix_alias_history_subject", "concept_id", "model_id", "name", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alias_id: Mapped[int] = mapped_column(Integer)
+    concept_id: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(NAME)
+    revision: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(20))  # set | move | promote | delete
+    old_vector_id: Mapped[int | None] = mapped_column(ForeignKey("vectors.id", ondelete="RESTRICT"))
+    new_vector_id: Mapped[int | None] = mapped_column(ForeignKey("vectors.id", ondelete="RESTRICT"))
+    old_concept_version_id: Mapped[int | None] = mapped_column(Integer)
+    new_concept_version_id: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SqlApproval(Base):
+    """One approver's decision (approve or reject) on one exact vector content for one alias.
+
+    Append-only: a later decision by the same actor supersedes an earlier one."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_vector", "vector_id", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vector_id: Mapped[int] = mapped_column(ForeignKey("vectors.id", ondelete="RESTRICT"))
+    vector_oid: Mapped[str] = mapped_column(OID)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
+    alias: Mapped[str] = mapped_column(NAME)
+    decision: Mapped[str] = mapped_column(String(20))  # approve | reject
+    actor: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SqlPolicy(Base):
+    """What a vector needs before it may be promoted to ``alias``: evidence and approvals.
+
+    ``concept`` / ``model`` None = any; the most specific matching policy governs."""
+
+    __tablename__ = "policies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(NAME, unique=True)
+    concept: Mapped[str | None] = mapped_column(NAME)
+    model: Mapped[str | None] = mapped_column(NAME)
+    alias: Mapped[str] = mapped_column(NAME)
+    rules: Mapped[dict[str, Any]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SqlDeprecation(Base):
+    """An object taken out of use: still readable, never planned, aliased or promoted."""
+
+    __tablename__ = "deprecations"
+    __table_args__ = (UniqueConstraint("object_kind", "object_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    object_kind: Mapped[str] = mapped_column(String(50))  # concept_version | vector | map | model
+    object_id: Mapped[int] = mapped_column(Integer)
+    object_ref: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class SqlAuditEvent(Base):
     """Append-only record of every change: who, when, what, old → new."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_object", "object_kind", "object_id"),)
+    __table_args__ = (
+        Index("ix_audit_events_object", "object_kind", "object_id"),
+        Index("ix_audit_events_actor", "actor", "id"),
+        Index("ix_audit_events_action", "action", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -244,6 +339,8 @@ class SqlAuditEvent(Base):
     object_ref: Mapped[str] = mapped_column(Text)
     old: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     new: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    label: Mapped[str | None] = mapped_column(String(200))  # CRX_ACTOR: display only
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 # Columns that hold oids of blobs the store must keep: (table, column, required). A required

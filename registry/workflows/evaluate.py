@@ -371,3 +371,13 @@ def evaluate_truthfulqa(
         scope=None,
         progress=progress,
     )
+
+
+def current_dataset(task: str, concept: str) -> str | None:
+    """The oid of the dataset crx evaluates ``task`` on for ``concept`` today: the emotion
+    task's held-out scenarios; None where crx does not fix the data (TruthfulQA's is a file)."""
+    from crx.registry.engine.emotion import EMOTIONS
+
+    if task == "emotion" and concept in EMOTIONS:
+        return emotion_protocol(concept).dataset_oid
+    return None

@@ -1,0 +1,333 @@
+"""Aliases per (concept, target model): set, move (compare-and-swap), delete, list, history.
+
+A move is a conditional UPDATE on the alias's ``revision``: two writers that read the same
+revision cannot both move it; the loser is refused with the value it lost to. The history is
+written by a database trigger for every change (migration 0003), so it is complete even for
+changes made by SQL; crx only reads it. ``prod`` and every alias a policy governs are protected:
+they move only through promotion (`crx.registry.governance.promotion`), and the database
+refuses a protected move to a vector without approvals.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from crx.registry.audit import current_actor, display_label, record_event
+from crx.registry.catalog import models
+from crx.registry.db.tables import (
+    SqlAlias,
+    SqlAliasHistory,
+    SqlConcept,
+    SqlConceptVersion,
+    SqlModel,
+    SqlPolicy,
+    SqlVector,
+)
+from crx.registry.errors import AliasConflict, DeprecatedObject, InvalidInput, ProtectedAlias
+from crx.registry.governance.subjects import Subject, concept_named, deprecated_ids
+from crx.registry.names import check_name, check_text
+from crx.registry.timeutil import as_utc, now
+from crx.schemas.governance import PROTECTED_ALIAS, AliasHistoryRecord, AliasRecord
+
+NO_ALIAS = "none"
+
+
+def is_protected(session: Session, name: str) -> bool:
+    if name == PROTECTED_ALIAS:
+        return True
+    return session.scalar(select(SqlPolicy.id).where(SqlPolicy.alias == name).limit(1)) is not None
+
+
+def to_record(session: Session, row: SqlAlias) -> AliasRecord:
+    concept = session.get_one(SqlConcept, row.concept_id)
+    version = session.get_one(SqlConceptVersion, row.concept_version_id)
+    return AliasRecord(
+        id=row.id,
+        concept=concept.name,
+        model=session.get_one(SqlModel, row.model_id).name,
+        name=row.name,
+        ref=f"{concept.name}@{row.name}",
+        concept_version=version.version,
+        concept_version_ref=f"{concept.name}@{version.version}",
+        vector_id=row.vector_id,
+        vector_oid=session.get_one(SqlVector, row.vector_id).oid,
+        revision=row.revision,
+        protected=is_protected(session, row.name),
+        action=row.action,
+        actor=row.actor,
+        label=row.label,
+        reason=row.reason,
+        updated_at=as_utc(row.updated_at),
+    )
+
+
+def _current(session: Session, subject: Subject, name: str) -> SqlAlias | None:
+    return session.scalar(
+        select(SqlAlias).where(
+            SqlAlias.concept_id == subject.concept.id,
+            SqlAlias.model_id == subject.model.id,
+            SqlAlias.name == name,
+        )
+    )
+
+
+def _describe(row: SqlAlias | None, session: Session) -> str:
+    if row is None:
+        return "not set"
+    version = session.get_one(SqlConceptVersion, row.concept_version_id).version
+    return (
+        f"vector {row.vector_id} (version {version}, revision {row.revision}, "
+        f"{row.action} by {row.actor} at {as_utc(row.updated_at):%Y-%m-%d %H:%M:%S} UTC)"
+    )
+
+
+def _check_expectation(
+    session: Session,
+    subject: Subject,
+    name: str,
+    row: SqlAlias | None,
+    expect: str | int | None,
+    expect_revision: int | None,
+) -> None:
+    """Refuse a move whose idea of the alias (``expect``: a vector id or "none";
+    ``expect_revision``) is not what the alias is now."""
+    problems = []
+    if expect is not None:
+        wanted = str(expect).strip().lower()
+        if wanted == NO_ALIAS:
+            if row is not None:
+                problems.append("not set")
+        elif not wanted.isdigit():
+            raise InvalidInput(f"--expect takes a vector id or {NO_ALIAS!r}, not {expect!r}")
+        elif row is None or row.vector_id != int(wanted):
+            problems.append(f"vector {wanted}")
+    if expect_revision is not None and (row is None or row.revision != expect_revision):
+        problems.append(f"revision {expect_revision}")
+    if problems:
+        raise AliasConflict(
+            f"{subject.concept.name}@{name}",
+            subject.model.name,
+            " and ".join(problems),
+            _describe(row, session),
+        )
+
+
+def check_aliasable(session: Session, subject: Subject) -> None:
+    gone = deprecated_ids(session, "vector", [subject.vector.id])
+    if gone:
+        raise DeprecatedObject(f"vector {subject.vector.id}", gone[subject.vector.id], "aliased")
+    gone = deprecated_ids(session, "concept_version", [subject.version.id])
+    if gone:
+        raise DeprecatedObject(subject.ref, gone[subject.version.id], "aliased")
+
+
+def move(
+    session: Session,
+    subject: Subject,
+    name: str,
+    *,
+    action: str = "move",
+    expect: str | int | None = None,
+    expect_revision: int | None = None,
+    reason: str | None = None,
+) -> AliasRecord:
+    """Point ``subject.concept@name`` on ``subject.model`` at ``subject.vector``.
+
+    ``action`` "promote" is the only way to move a protected alias (the caller has checked
+    the policy). Setting an alias to what it already points at changes nothing.
+    """
+    check_name("alias", name)
+    check_text("reason", reason)
+    if name.isdigit():
+        raise InvalidInput(f"an alias name cannot be all digits ({name!r} reads as a version)")
+    if action != "promote" and is_protected(session, name):
+        raise ProtectedAlias(
+            f"{subject.concept.name}@{name}",
+            subject.model.name,
+            f"it moves only with `crx promote {subject.ref} --model {subject.model.name} "
+            f"--to {name}`",
+        )
+    check_aliasable(session, subject)
+    row = _current(session, subject, name)
+    _check_expectation(session, subject, name, row, expect, expect_revision)
+    ref = f"{subject.concept.name}@{name}"
+    if row is not None and row.vector_id == subject.vector.id:
+        return to_record(session, row)
+    stamp: dict[str, Any] = {
+        "concept_version_id": subject.version.id,
+        "vector_id": subject.vector.id,
+        "actor": current_actor(),
+        "label": display_label(),
+        "reason": reason,
+        "updated_at": now(),
+    }
+    if row is None:
+        row = SqlAlias(
+            concept_id=subject.concept.id,
+            model_id=subject.model.id,
+            name=name,
+            revision=1,
+            action="promote" if action == "promote" else "set",
+            **stamp,
+        )
+        session.add(row)
+        session.flush()
+        session.refresh(row)  # PostgreSQL's trigger stamped the actor and time
+        old = None
+    else:
+        old = {"vector_id": row.vector_id, "revision": row.revision}
+        result = session.execute(
+            update(SqlAlias)
+            .where(SqlAlias.id == row.id, SqlAlias.revision == row.revision)
+            .values(revision=row.revision + 1, action=action, **stamp)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            session.expire(row)
+            raise AliasConflict(
+                ref, subject.model.name, f"revision {old['revision']}", _describe(row, session)
+            )
+        session.expire(row)
+    record = to_record(session, row)
+    record_event(
+        session,
+        f"alias.{'promote' if action == 'promote' else 'set'}",
+        "alias",
+        row.id,
+        f"{ref} on {subject.model.name}",
+        old=old,
+        new={"vector_id": record.vector_id, "revision": record.revision, "oid": record.vector_oid},
+        reason=reason,
+    )
+    return record
+
+
+def delete(
+    session: Session,
+    concept: str,
+    model: str,
+    name: str,
+    *,
+    expect: str | int | None = None,
+    reason: str | None = None,
+    force: bool = False,
+) -> AliasRecord:
+    """Delete an alias (its history stays). A protected one needs ``force`` (and, on
+    PostgreSQL, the owner's role: the database checks)."""
+    check_text("reason", reason)
+    found = session.scalar(
+        select(SqlAlias).where(
+            SqlAlias.concept_id == concept_named(session, concept).id,
+            SqlAlias.model_id == models.find(session, model).id,
+            SqlAlias.name == name,
+        )
+    )
+    if found is None:
+        from crx.registry.errors import AliasNotFound
+
+        raise AliasNotFound(f"{concept}@{name}", model)
+    if is_protected(session, name) and not force:
+        raise ProtectedAlias(
+            f"{concept}@{name}", model, "only the registry owner deletes it (with --force)"
+        )
+    record = to_record(session, found)
+    if expect is not None and str(expect).strip() != str(found.vector_id):
+        raise AliasConflict(record.ref, model, f"vector {expect}", _describe(found, session))
+    # The reason goes on the row first (not a move: the trigger writes no history for it), so
+    # the trigger's delete row carries it.
+    session.execute(
+        update(SqlAlias)
+        .where(SqlAlias.id == found.id)
+        .values(reason=reason, label=display_label(), actor=current_actor(), updated_at=now())
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        SqlAlias.__table__.delete().where(SqlAlias.id == found.id)  # type: ignore[attr-defined]
+    )
+    record_event(
+        session,
+        "alias.delete",
+        "alias",
+        found.id,
+        f"{record.ref} on {model}",
+        old={"vector_id": record.vector_id, "revision": record.revision},
+        reason=reason,
+    )
+    return record
+
+
+def listing(
+    session: Session, *, model: str | None = None, concept: str | None = None
+) -> list[AliasRecord]:
+    query = select(SqlAlias).order_by(SqlAlias.model_id, SqlAlias.concept_id, SqlAlias.name)
+    if model is not None:
+        query = query.where(SqlAlias.model_id == models.find(session, model).id)
+    if concept is not None:
+        query = query.where(SqlAlias.concept_id == concept_named(session, concept).id)
+    return [to_record(session, row) for row in session.scalars(query)]
+
+
+def history(
+    session: Session,
+    concept: str,
+    model: str,
+    name: str | None = None,
+    *,
+    at: datetime | None = None,
+) -> list[AliasHistoryRecord]:
+    """Every change of ``concept``'s aliases (or of alias ``name``) on ``model``, oldest first.
+
+    With ``at``: for each alias, only the change in force at that moment (the last one made
+    at or before it), so "what was prod on that date, and who moved it" is one row.
+    """
+    concept_row = concept_named(session, concept)
+    model_row = models.find(session, model)
+    query = select(SqlAliasHistory).where(
+        SqlAliasHistory.concept_id == concept_row.id, SqlAliasHistory.model_id == model_row.id
+    )
+    if name is not None:
+        query = query.where(SqlAliasHistory.name == name)
+    if at is not None:
+        query = query.where(SqlAliasHistory.at <= at)
+    rows = list(session.scalars(query.order_by(SqlAliasHistory.id)))
+    if at is not None:
+        latest: dict[str, SqlAliasHistory] = {}
+        for row in rows:
+            latest[row.name] = row
+        rows = [row for row in latest.values() if row.action != "delete"]
+    versions = _version_numbers(
+        session,
+        {v for r in rows for v in (r.old_concept_version_id, r.new_concept_version_id) if v},
+    )
+    return [
+        AliasHistoryRecord(
+            id=row.id,
+            concept=concept_row.name,
+            model=model_row.name,
+            name=row.name,
+            revision=row.revision,
+            action=row.action,
+            old_vector_id=row.old_vector_id,
+            new_vector_id=row.new_vector_id,
+            old_concept_version=versions.get(row.old_concept_version_id or 0),
+            new_concept_version=versions.get(row.new_concept_version_id or 0),
+            actor=row.actor,
+            label=row.label,
+            reason=row.reason,
+            at=as_utc(row.at),
+        )
+        for row in rows
+    ]
+
+
+def _version_numbers(session: Session, ids: set[int]) -> dict[int, int]:
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(SqlConceptVersion.id, SqlConceptVersion.version).where(SqlConceptVersion.id.in_(ids))
+    )
+    return {row_id: number for row_id, number in rows}

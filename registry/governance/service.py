@@ -1,0 +1,257 @@
+"""`Governance`: the catalogue's governance operations, each one transaction on a `Catalog`.
+
+Aliases (compare-and-swap moves, history), approvals, policies, promotion, deprecation and the
+PostgreSQL roles. The `Registry` facade exposes these methods as its own. Every mutation writes
+its audit event in the same transaction; the database's triggers (migration 0003) keep the
+history, stamp the actor and guard protected aliases whatever the client does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from crx.registry.catalog.service import Catalog
+from crx.registry.errors import NotPermitted
+from crx.registry.governance import (
+    aliases,
+    approvals,
+    deprecations,
+    policies,
+    promotion,
+    roles,
+    subjects,
+)
+from crx.registry.names import check_text
+from crx.schemas.governance import (
+    PROTECTED_ALIAS,
+    AliasHistoryRecord,
+    AliasRecord,
+    ApprovalRecord,
+    Decision,
+    DeprecationRecord,
+    PolicyRecord,
+    PolicySpec,
+    PromotionReport,
+    RoleReport,
+)
+
+
+class Governance:
+    """Aliases, approvals, policies, promotion and deprecation over one `Catalog`.
+
+    ``current_dataset`` says which dataset oid counts as "current" for a task and concept
+    (policies' ``dataset: current``); the facade passes the evaluation workflow's.
+    """
+
+    def __init__(self, catalog: Catalog, current_dataset: policies.CurrentDataset) -> None:
+        self.catalog = catalog
+        self.db = catalog.db
+        self._current_dataset = current_dataset
+
+    # -- aliases ----------------------------------------------------------------------------
+
+    def set_alias(
+        self,
+        ref: str,
+        model: str,
+        name: str,
+        *,
+        vector_id: int | None = None,
+        expect: str | int | None = None,
+        expect_revision: int | None = None,
+        reason: str | None = None,
+    ) -> AliasRecord:
+        """Point alias ``name`` of ``ref``'s concept on ``model`` at ``ref``'s vector there.
+
+        Compare-and-swap: ``expect`` (a vector id, or "none" for an alias not yet set) and
+        ``expect_revision`` refuse the move when the alias is not what the caller read.
+        Protected aliases (``prod``, or one a policy governs) move only with `promote`.
+        """
+        return self.db.write(
+            lambda s: aliases.move(
+                s,
+                subjects.resolve(s, ref, model, vector_id),
+                name,
+                action="move",
+                expect=expect,
+                expect_revision=expect_revision,
+                reason=reason,
+            )
+        )
+
+    def get_alias(self, ref: str, model: str | None = None) -> AliasRecord:
+        """``CONCEPT@ALIAS`` on ``model`` (without one: the only model that has that alias)."""
+        name, _, alias = subjects.parse(ref)
+        with self.db.read() as session:
+            if alias is None:
+                from crx.registry.errors import InvalidInput
+
+                raise InvalidInput(f"{ref!r} is not an alias reference (CONCEPT@ALIAS)")
+            return aliases.to_record(session, subjects.find_alias(session, name, alias, model))
+
+    def delete_alias(
+        self,
+        concept: str,
+        model: str,
+        name: str,
+        *,
+        expect: str | int | None = None,
+        reason: str | None = None,
+        force: bool = False,
+    ) -> AliasRecord:
+        """Delete an alias; its history stays. A protected one needs ``force`` (and, on
+        PostgreSQL, the owner's role)."""
+        return self.db.write(
+            lambda s: aliases.delete(
+                s, concept, model, name, expect=expect, reason=reason, force=force
+            )
+        )
+
+    def list_aliases(
+        self, *, model: str | None = None, concept: str | None = None
+    ) -> list[AliasRecord]:
+        with self.db.read() as session:
+            return aliases.listing(session, model=model, concept=concept)
+
+    def alias_history(
+        self, concept: str, model: str, name: str | None = None, *, at: datetime | None = None
+    ) -> list[AliasHistoryRecord]:
+        """Every change of the concept's aliases on ``model``, oldest first; with ``at``, the
+        change in force at that moment for each alias (who moved it there, when, why)."""
+        with self.db.read() as session:
+            return aliases.history(session, concept, model, name, at=at)
+
+    # -- approvals and promotion ------------------------------------------------------------
+
+    def approve(
+        self,
+        ref: str,
+        model: str,
+        *,
+        alias: str = PROTECTED_ALIAS,
+        vector_id: int | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord:
+        """Approve ``ref``'s vector on ``model`` (its exact content) for ``alias``."""
+        return self._decide(ref, model, "approve", alias, vector_id, reason)
+
+    def reject(
+        self,
+        ref: str,
+        model: str,
+        *,
+        alias: str = PROTECTED_ALIAS,
+        vector_id: int | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord:
+        """Reject it: it cannot be promoted to ``alias`` until this approver approves it."""
+        return self._decide(ref, model, "reject", alias, vector_id, reason)
+
+    def _decide(
+        self,
+        ref: str,
+        model: str,
+        decision: Decision,
+        alias: str,
+        vector_id: int | None,
+        reason: str | None,
+    ) -> ApprovalRecord:
+        return self.db.write(
+            lambda s: approvals.decide(
+                s, subjects.resolve(s, ref, model, vector_id), decision, alias=alias, reason=reason
+            )
+        )
+
+    def list_approvals(
+        self,
+        *,
+        model: str | None = None,
+        concept: str | None = None,
+        vector_id: int | None = None,
+    ) -> list[ApprovalRecord]:
+        with self.db.read() as session:
+            return approvals.listing(session, model=model, concept=concept, vector_id=vector_id)
+
+    def promote(
+        self,
+        ref: str,
+        model: str,
+        *,
+        to: str = PROTECTED_ALIAS,
+        vector_id: int | None = None,
+        reason: str | None = None,
+        expect: str | int | None = None,
+        expect_revision: int | None = None,
+        check_only: bool = False,
+    ) -> PromotionReport:
+        """Move protected alias ``to`` to ``ref``'s vector on ``model`` if the governing
+        policy's checks pass; else `PromotionRefused` listing every failing check (nothing
+        changed). ``check_only`` reports the checks and moves nothing."""
+        check_text("reason", reason)
+
+        def run(session: Session) -> PromotionReport:
+            return promotion.promote(
+                session,
+                subjects.resolve(session, ref, model, vector_id),
+                to,
+                self._current_dataset,
+                reason=reason,
+                expect=expect,
+                expect_revision=expect_revision,
+                check_only=check_only,
+            )
+
+        if check_only:
+            with self.db.read() as session:
+                return run(session)
+        return self.db.write(run)
+
+    # -- deprecation ------------------------------------------------------------------------
+
+    def deprecate(self, ref: str, *, model: str | None = None, reason: str) -> DeprecationRecord:
+        """Take an object out of use: ``NAME@V``, with ``model`` its vector there,
+        ``vector:ID``, ``map:ID`` or ``model:NAME``."""
+        return self.db.write(lambda s: deprecations.deprecate(s, ref, model=model, reason=reason))
+
+    def list_deprecations(self) -> list[DeprecationRecord]:
+        with self.db.read() as session:
+            return deprecations.listing(session)
+
+    # -- policies ---------------------------------------------------------------------------
+
+    def put_policy(self, spec: PolicySpec) -> tuple[PolicyRecord, bool]:
+        """Create or replace a policy; (record, whether anything changed)."""
+        return self.db.write(lambda s: policies.put(s, spec))
+
+    def delete_policy(self, name: str) -> PolicyRecord:
+        return self.db.write(lambda s: policies.remove(s, name))
+
+    def list_policies(self) -> list[PolicyRecord]:
+        with self.db.read() as session:
+            return policies.listing(session)
+
+    def governing_policy(
+        self, concept: str, model: str, alias: str = PROTECTED_ALIAS
+    ) -> PolicyRecord | None:
+        with self.db.read() as session:
+            return policies.governing(session, concept, model, alias)
+
+    # -- roles (PostgreSQL) -----------------------------------------------------------------
+
+    def ensure_roles(self) -> RoleReport:
+        """Create the team's group roles and grant their privileges (idempotent)."""
+        return self.db.write(roles.ensure_roles)
+
+    def add_user(self, name: str, role: str, password: str | None = None) -> RoleReport:
+        """Make ``name`` a login role in group ``role`` (reader, writer, approver, owner)."""
+        return self.db.write(lambda s: roles.add_user(s, name, role, password))
+
+    def require_owner(self, what: str) -> None:
+        """Refuse ``what`` unless this connection may do the owner's work."""
+        with self.db.read() as session:
+            if not roles.is_owner(session):
+                from crx.registry.audit import acting_as
+
+                raise NotPermitted(acting_as(session), what, "it is the registry owner's work")
