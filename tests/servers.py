@@ -53,9 +53,17 @@ def postgres_bindir() -> Path | None:
     return None
 
 
+SUPERUSER_PASSWORD = "crx-test-superuser"
+
+
 @dataclass
 class PostgresServer:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust auth, fsync off)."""
+    """A throwaway PostgreSQL cluster on 127.0.0.1, fsync off.
+
+    Connections over TCP authenticate with SCRAM-SHA-256 passwords, as a team's server would,
+    so a test that connects as a role proves it knew that role's password (the superuser's is
+    ``SUPERUSER_PASSWORD``); only the cluster's own socket trusts its local user.
+    """
 
     bindir: Path
     folder: Path
@@ -69,12 +77,16 @@ class PostgresServer:
         folder = Path(tempfile.mkdtemp(prefix="crx-pg-"))
         os.chmod(folder, 0o777)
         server = cls(bindir, folder, free_port())
+        password_file = folder / "superuser-password"
+        password_file.write_text(SUPERUSER_PASSWORD + "\n")
+        os.chmod(password_file, 0o644)
         server._run(
             "initdb",
             "-D",
             str(folder / "data"),
-            "-A",
-            "trust",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            f"--pwfile={password_file}",
             "-U",
             "postgres",
             "-E",
@@ -105,8 +117,14 @@ class PostgresServer:
         if result.returncode != 0:
             raise RuntimeError(f"{tool} failed: {result.stderr or result.stdout}")
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+    def url(
+        self, database: str = "postgres", user: str = "postgres", password: str | None = None
+    ) -> str:
+        """The URL of ``database`` as ``user`` (default: the superuser, with its password)."""
+        if password is None and user == "postgres":
+            password = SUPERUSER_PASSWORD
+        secret = f":{password}" if password is not None else ""
+        return f"postgresql+psycopg://{user}{secret}@127.0.0.1:{self.port}/{database}"
 
     def execute(self, sql: str) -> None:
         import psycopg
