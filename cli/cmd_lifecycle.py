@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from crx.cli.context import json_option, registry
@@ -73,3 +75,60 @@ def current(as_json: bool) -> None:
     if status.current is None:
         note = "not initialised: run `crx init`"
     click.echo(f"current {status.current or '-'}  head {status.head}  ({note})")
+
+
+@db.command()
+@json_option
+def roles(as_json: bool) -> None:
+    """Create the team's PostgreSQL roles and grant their privileges (idempotent).
+
+    crx_reader reads; crx_writer also registers, extracts, fits, transplants, evaluates,
+    deprecates and moves unprotected aliases; crx_approver also approves; crx_owner also
+    changes policies, prunes and collects garbage. Run it as the role that owns the tables
+    (the one that ran `crx init`), again after `crx db upgrade`.
+
+    \b
+    Example:
+      crx --db postgresql://crx_admin@db/crx db roles
+    """
+    report = registry().ensure_roles()
+    if as_json:
+        emit_json(report)
+        return
+    created = ", ".join(report.created) or "none (all existed)"
+    click.echo(f"roles {', '.join(report.roles)}: created {created}; privileges granted")
+
+
+@db.command()
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["reader", "writer", "approver", "owner"]),
+    required=True,
+    help="The group the user joins (replacing any other crx group).",
+)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the user's password from the first line of standard input (never echoed).",
+)
+@json_option
+def user(name: str, role: str, password_stdin: bool, as_json: bool) -> None:
+    """Create a PostgreSQL login role NAME (or update it) as a member of a crx group.
+
+    The password is sent as a SCRAM-SHA-256 verifier computed locally: the cleartext never
+    reaches the server or its logs, and crx never prints it.
+
+    \b
+    Example:
+      printf '%s\\n' "$WRITER1_PASSWORD" | crx db user writer1 --role writer --password-stdin
+    """
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    report = registry().add_user(name, role, password)
+    if as_json:
+        emit_json(report)
+        return
+    state = "created" if report.created else "updated"
+    click.echo(f"user {name}: {state}, member of {report.roles[0]}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import UTC, date, datetime, time
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -45,3 +46,37 @@ limit_option = click.option(
 after_option = click.option(
     "--after", type=int, default=None, help="Start after this id (the next page's cursor)."
 )
+
+
+def parse_when(text: str, *, end_of_day: bool) -> datetime:
+    """An ISO 8601 date or date-time as aware UTC (naive = UTC). A bare date is the start of
+    that day, or with ``end_of_day`` its last microsecond ("on 2026-11-20" includes all of it).
+    """
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            day = datetime.combine(date.fromisoformat(value), time.max if end_of_day else time.min)
+            return day.replace(tzinfo=UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a date (YYYY-MM-DD) or an ISO 8601 date-time"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class When(click.ParamType):
+    """A click type for `parse_when`."""
+
+    name = "DATE"
+
+    def __init__(self, *, end_of_day: bool) -> None:
+        self.end_of_day = end_of_day
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_when(str(value), end_of_day=self.end_of_day)
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)

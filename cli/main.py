@@ -15,6 +15,7 @@ from crx.cli import (
     cmd_demo,
     cmd_engine,
     cmd_export,
+    cmd_governance,
     cmd_lifecycle,
     cmd_list,
     cmd_models,
@@ -86,6 +87,13 @@ cli.add_command(cmd_plan.plan)
 cli.add_command(cmd_declare.diff)
 cli.add_command(cmd_declare.apply)
 cli.add_command(cmd_demo.demo)
+cli.add_command(cmd_governance.alias)
+cli.add_command(cmd_governance.approve)
+cli.add_command(cmd_governance.reject)
+cli.add_command(cmd_governance.approvals)
+cli.add_command(cmd_governance.promote)
+cli.add_command(cmd_governance.deprecate)
+cli.add_command(cmd_governance.deprecations)
 
 
 def main() -> None:

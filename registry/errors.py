@@ -26,6 +26,7 @@ that identify what went wrong, so callers never format messages themselves.
     │   ├── ProtectedAlias      prod (or a policy's alias) moves only by promotion
     │   ├── PromotionRefused    the policy's checks failed (every failing one listed)
     │   ├── DeprecatedObject    deprecated: never aliased, promoted or planned
+    │   ├── GovernedObject      aliased, approved or in an alias's history: kept forever
     │   └── NotPermitted        the acting role may not do this
     ├── DatabaseError
     │   ├── DatabaseUnavailable
@@ -198,6 +199,14 @@ class DeprecatedObject(GovernanceError):
     def __init__(self, what: str, reason: str, refused: str) -> None:
         self.what, self.reason = what, reason
         super().__init__(f"{what} is deprecated ({reason}): it cannot be {refused}")
+
+
+class GovernedObject(GovernanceError):
+    def __init__(self, what: str, why: str) -> None:
+        self.what, self.why = what, why
+        super().__init__(
+            f"{what} cannot be deleted: {why}; governed objects stay (deprecate it instead)"
+        )
 
 
 class NotPermitted(GovernanceError):

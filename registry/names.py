@@ -7,7 +7,13 @@ errors from them.
 from __future__ import annotations
 
 from crx.registry.errors import InvalidInput, InvalidName
-from crx.schemas.names import MAX_NAME_LENGTH, name_problem, split_versioned, text_problem
+from crx.schemas.names import (
+    MAX_NAME_LENGTH,
+    name_problem,
+    split_reference,
+    split_versioned,
+    text_problem,
+)
 
 __all__ = ["MAX_NAME_LENGTH", "check_name", "check_text", "parse_versioned"]
 
@@ -27,6 +33,14 @@ def check_text(what: str, value: str | None, max_length: int | None = None) -> N
     why = text_problem(value, max_length)
     if why is not None:
         raise InvalidInput(f"invalid {what} {value[:60]!a}: {why}")
+
+
+def parse_reference(ref: str) -> tuple[str, int | None, str | None]:
+    """Split ``NAME``, ``NAME@V`` or ``NAME@ALIAS`` into (name, version, alias)."""
+    try:
+        return split_reference(ref)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def parse_versioned(ref: str) -> tuple[str, int | None]:

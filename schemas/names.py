@@ -96,7 +96,8 @@ def split_reference(ref: str) -> tuple[str, int | None, str | None]:
     the name rules). Raises ``ValueError`` with the message users see.
     """
     name, sep, tail = ref.partition("@")
-    if not sep or tail.isdigit():
+    # Anything that starts like a number (or nothing at all) was meant as a version.
+    if not sep or not tail or tail[0].isdigit() or tail[0] in "+-":
         name, version = split_versioned(ref)
         return name, version, None
     why = name_problem(tail) if tail else "it is empty"

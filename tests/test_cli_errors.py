@@ -180,7 +180,8 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     "unknown concept version (register vector)": lambda w: Bad(
         ["register", "vector", "joy@9", "--model", "tiny", "--file", _good_vector(w)], "'joy@9'"
     ),
-    "malformed concept version": lambda w: Bad(["show", "concept", "joy@x"], "invalid version"),
+    "malformed concept version": lambda w: Bad(["show", "concept", "joy@-1"], "invalid version"),
+    "unknown alias": lambda w: Bad(["show", "concept", "joy@x"], "no alias joy@x"),
     "unknown vector (show)": lambda w: Bad(["show", "vector", "99"], "no vector '99'"),
     "unknown vector (export)": lambda w: Bad(
         ["export", "vector", "99", "-o", str(w.tmp / "out.safetensors")], "no vector '99'"

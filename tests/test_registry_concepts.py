@@ -19,6 +19,7 @@ import pytest
 
 from crx.registry import Registry
 from crx.registry.errors import (
+    AliasNotFound,
     ConceptNotFound,
     InvalidInput,
     InvalidName,
@@ -92,9 +93,12 @@ def test_name_and_version_resolution(registry: Registry) -> None:
         registry.get_concept("joy@3")
     with pytest.raises(ConceptNotFound, match="sorrow"):
         registry.get_concept("sorrow")
-    for bad in ("joy@0", "joy@x", "joy@", "joy@-1", "joy@1.0"):
+    for bad in ("joy@0", "joy@", "joy@-1", "joy@1.0"):
         with pytest.raises(InvalidInput, match="invalid version"):
             registry.get_concept(bad)
+    # A word after @ is an alias name (none set here).
+    with pytest.raises(AliasNotFound, match="no alias joy@x"):
+        registry.get_concept("joy@x")
     with pytest.raises(ModelNotFound):
         registry.get_model("nope")
 

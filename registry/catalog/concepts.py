@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from crx.registry.audit import record_event
+from crx.registry.catalog import models
 from crx.registry.catalog.paging import page
-from crx.registry.db.tables import SqlConcept, SqlConceptVersion, is_row_id
-from crx.registry.errors import ConceptNotFound
+from crx.registry.db.tables import SqlAlias, SqlConcept, SqlConceptVersion, SqlModel, is_row_id
+from crx.registry.errors import AliasNotFound, ConceptNotFound
 from crx.registry.hashing import content_sha256
 from crx.registry.timeutil import as_utc, now
 from crx.schemas.records import ConceptRecord, ConceptVersionRecord, Page, Registered
@@ -72,6 +73,38 @@ def find_version(
     if row is None:
         raise ConceptNotFound(name, version)
     return concept, row
+
+
+def find_alias(session: Session, concept: str, alias: str, model: str | None) -> SqlAlias:
+    """The alias ``concept@alias`` on ``model``; without a model, the only model that has it."""
+    query = (
+        select(SqlAlias)
+        .join(SqlConcept, SqlAlias.concept_id == SqlConcept.id)
+        .where(SqlConcept.name == concept, SqlAlias.name == alias)
+    )
+    if model is not None:
+        query = query.where(SqlAlias.model_id == models.find(session, model).id)
+    rows = list(session.scalars(query))
+    if not rows:
+        raise AliasNotFound(f"{concept}@{alias}", model)
+    if len(rows) > 1:
+        names = sorted(session.get_one(SqlModel, r.model_id).name for r in rows)
+        raise AliasNotFound(
+            f"{concept}@{alias}", None, f"it is an alias on {', '.join(names)}: pass --model"
+        )
+    return rows[0]
+
+
+def find_reference(
+    session: Session, name: str, version: int | None, alias: str | None, model: str | None
+) -> tuple[SqlConcept, SqlConceptVersion, SqlAlias | None]:
+    """What ``NAME``, ``NAME@V`` or ``NAME@ALIAS`` names: the concept, its version, and the
+    alias (an alias resolves on ``model``, or on the only model that has it)."""
+    if alias is None:
+        return (*find_version(session, name, version), None)
+    found = find_alias(session, name, alias, model)
+    concept = session.get_one(SqlConcept, found.concept_id)
+    return concept, session.get_one(SqlConceptVersion, found.concept_version_id), found
 
 
 def register_version(

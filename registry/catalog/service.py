@@ -193,11 +193,21 @@ class Catalog:
         name, version = names.parse_versioned(ref)
         return self.db.write(lambda s: concepts.mark_for_use(s, name, version, use))
 
-    def get_concept(self, ref: str) -> ConceptVersionRecord:
-        """``NAME`` (latest version) or ``NAME@V``."""
-        name, version = names.parse_versioned(ref)
+    def get_concept(self, ref: str, model: str | None = None) -> ConceptVersionRecord:
+        """``NAME`` (latest version), ``NAME@V``, or ``NAME@ALIAS``: the version the alias
+        points at on ``model`` (without one, on the only model that has that alias)."""
+        parsed = names.parse_reference(ref)
         with self.db.read() as session:
-            return concepts.version_record(*concepts.find_version(session, name, version))
+            concept, version, _ = concepts.find_reference(session, *parsed, model)
+            return concepts.version_record(concept, version)
+
+    def aliased_vector(self, ref: str, model: str) -> int | None:
+        """The vector ``NAME@ALIAS`` points at on ``model``; None when ``ref`` is no alias."""
+        name, _, alias = names.parse_reference(ref)
+        if alias is None:
+            return None
+        with self.db.read() as session:
+            return concepts.find_alias(session, name, alias, model).vector_id
 
     def concept_versions(self, name: str) -> list[ConceptVersionRecord]:
         with self.db.read() as session:

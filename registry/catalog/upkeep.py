@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from crx.registry.audit import record_event
+from crx.registry.audit import acting_as, record_event
 from crx.registry.catalog.references import references
-from crx.registry.db.session import Database
+from crx.registry.db.session import Database, session_is_owner
+from crx.registry.errors import NotPermitted
 from crx.registry.store import ObjectStore
 from crx.registry.store.maintenance import old_enough, unreferenced
 from crx.registry.store.maintenance import verify as verify_blobs
@@ -61,6 +62,14 @@ def gc(db: Database, store: ObjectStore, *, dry_run: bool, grace_seconds: float)
         for oid in unreferenced(store, set(required) | set(optional))
         if old_enough(store, oid, grace_seconds)
     ]
+    if not dry_run:
+        with db.read() as session:
+            if not session_is_owner(session):
+                raise NotPermitted(
+                    acting_as(session),
+                    "delete blobs (crx store gc)",
+                    "it is the registry owner's work",
+                )
     # A temporary file is never referenced; past the grace its writer is gone.
     temporaries = store.stale_temporaries(grace_seconds)
     if not dry_run:

@@ -57,6 +57,15 @@ def take_blob_lease(session: Session, *, exclusive: bool) -> None:
         session.execute(text(f"SELECT {lock}(:key)"), {"key": BLOB_LEASE_KEY})
 
 
+def session_is_owner(session: Session) -> bool:
+    """Whether this session may do the registry owner's work (always, on SQLite: one user's
+    file). On PostgreSQL: a superuser, the tables' owner, or a member of ``crx_owner``
+    (``crx_is_owner()``, migration 0003)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.scalar(text("SELECT crx_is_owner()")))
+
+
 class Database:
     """The database at ``url``; ``embedded`` marks crx's default SQLite file under CRX_HOME.
 

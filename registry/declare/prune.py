@@ -17,12 +17,16 @@ from sqlalchemy.orm import Session
 from crx.registry.audit import record_event
 from crx.registry.db.tables import (
     SqlAffineMap,
+    SqlAlias,
+    SqlAliasHistory,
+    SqlApproval,
     SqlConcept,
     SqlConceptVersion,
     SqlEvaluation,
     SqlModel,
     SqlVector,
 )
+from crx.registry.errors import GovernedObject
 
 
 def _with_descendants(session: Session, roots: set[int], dropped_maps: set[int]) -> set[int]:
@@ -45,11 +49,28 @@ def _with_descendants(session: Session, roots: set[int], dropped_maps: set[int])
     return found
 
 
+def _refuse_governed(session: Session, ids: set[int], what: str) -> None:
+    """An aliased or approved vector, or one in an alias's history, is never deleted: the
+    history and approvals must keep pointing at what they were about."""
+    if not ids:
+        return
+    for column, why in (
+        (SqlAlias.vector_id, "an alias points at vector"),
+        (SqlApproval.vector_id, "an approval is for vector"),
+        (SqlAliasHistory.new_vector_id, "an alias's history names vector"),
+        (SqlAliasHistory.old_vector_id, "an alias's history names vector"),
+    ):
+        found = session.scalar(select(column).where(column.in_(ids)).limit(1))
+        if found is not None:
+            raise GovernedObject(what, f"{why} {found}")
+
+
 def _delete_vectors(
-    session: Session, ids: set[int], model_id: int | None, deleted: dict[str, Any]
+    session: Session, ids: set[int], model_id: int | None, deleted: dict[str, Any], what: str
 ) -> tuple[int, int]:
     """Delete vectors ``ids`` and their evaluations (and, given a model, all its evaluations),
     noting each in ``deleted``."""
+    _refuse_governed(session, ids, what)
     condition: Any = SqlEvaluation.vector_id.in_(ids)
     if model_id is not None:
         condition = condition | (SqlEvaluation.model_id == model_id)
@@ -86,7 +107,7 @@ def delete_model(session: Session, name: str) -> int:
     own = set(session.scalars(select(SqlVector.id).where(SqlVector.model_id == model.id)))
     deleted: dict[str, Any] = {}
     n_vectors, n_evaluations = _delete_vectors(
-        session, _with_descendants(session, own, map_ids), model.id, deleted
+        session, _with_descendants(session, own, map_ids), model.id, deleted, f"model {name}"
     )
     deleted["maps"] = [
         {"id": mid, "oid": oid}
@@ -126,7 +147,7 @@ def delete_concept(session: Session, name: str) -> int:
         ]
     }
     n_vectors, n_evaluations = _delete_vectors(
-        session, _with_descendants(session, own, set()), None, deleted
+        session, _with_descendants(session, own, set()), None, deleted, f"concept {name}"
     )
     session.execute(delete(SqlConceptVersion).where(SqlConceptVersion.id.in_(version_ids)))
     session.delete(concept)

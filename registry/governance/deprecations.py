@@ -46,7 +46,8 @@ def target_of(session: Session, ref: str, model: str | None) -> tuple[str, int, 
         return "model", found.id, f"model {found.name}"
     if model is not None:
         subject = subjects.resolve(session, ref, model)
-        return "vector", subject.vector.id, f"vector {subject.vector.id} ({subject.describe()})"
+        label = f"vector {subject.vector.id} ({subject.ref} on {subject.model.name})"
+        return "vector", subject.vector.id, label
     concept, version, _ = subjects.concept_version(session, ref)
     return "concept_version", version.id, f"{concept.name}@{version.version}"
 

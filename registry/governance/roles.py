@@ -148,10 +148,3 @@ def add_user(session: Session, name: str, role: str, password: str | None) -> Ro
     return RoleReport(
         roles=[group], created=created, granted=[f"{name}: member of {group}"], users=[name]
     )
-
-
-def is_owner(session: Session) -> bool:
-    """Whether this session may do the owner's work (always, on SQLite)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return True
-    return bool(session.scalar(text("SELECT crx_is_owner()")))

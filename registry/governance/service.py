@@ -13,7 +13,6 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from crx.registry.catalog.service import Catalog
-from crx.registry.errors import NotPermitted
 from crx.registry.governance import (
     aliases,
     approvals,
@@ -247,11 +246,3 @@ class Governance:
     def add_user(self, name: str, role: str, password: str | None = None) -> RoleReport:
         """Make ``name`` a login role in group ``role`` (reader, writer, approver, owner)."""
         return self.db.write(lambda s: roles.add_user(s, name, role, password))
-
-    def require_owner(self, what: str) -> None:
-        """Refuse ``what`` unless this connection may do the owner's work."""
-        with self.db.read() as session:
-            if not roles.is_owner(session):
-                from crx.registry.audit import acting_as
-
-                raise NotPermitted(acting_as(session), what, "it is the registry owner's work")

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crx.registry.catalog import concepts, models
+from crx.registry.catalog.concepts import find_alias
 from crx.registry.db.tables import (
     SqlAlias,
     SqlConcept,
@@ -24,13 +25,14 @@ from crx.registry.db.tables import (
     is_row_id,
 )
 from crx.registry.errors import (
-    AliasNotFound,
     ConceptNotFound,
     InvalidInput,
     NoVectorOn,
     VectorNotFound,
 )
 from crx.schemas.names import split_reference
+
+__all__ = ["Subject", "concept_version", "deprecated_ids", "find_alias", "parse", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -57,37 +59,11 @@ def parse(ref: str) -> tuple[str, int | None, str | None]:
         raise InvalidInput(str(exc)) from None
 
 
-def find_alias(session: Session, concept: str, alias: str, model: str | None) -> SqlAlias:
-    """The alias ``concept@alias`` on ``model``; without a model, the only model that has it."""
-    query = (
-        select(SqlAlias)
-        .join(SqlConcept, SqlAlias.concept_id == SqlConcept.id)
-        .where(SqlConcept.name == concept, SqlAlias.name == alias)
-    )
-    if model is not None:
-        query = query.where(SqlAlias.model_id == models.find(session, model).id)
-    rows = list(session.scalars(query))
-    if not rows:
-        raise AliasNotFound(f"{concept}@{alias}", model)
-    if len(rows) > 1:
-        names = sorted(session.get_one(SqlModel, r.model_id).name for r in rows)
-        raise AliasNotFound(
-            f"{concept}@{alias}", None, f"it is an alias on {', '.join(names)}: pass --model"
-        )
-    return rows[0]
-
-
 def concept_version(
     session: Session, ref: str, model: str | None = None
 ) -> tuple[SqlConcept, SqlConceptVersion, SqlAlias | None]:
     """The concept version ``ref`` names (an alias resolves on ``model``), and that alias."""
-    name, version, alias = parse(ref)
-    if alias is None:
-        concept, row = concepts.find_version(session, name, version)
-        return concept, row, None
-    found = find_alias(session, name, alias, model)
-    concept = session.get_one(SqlConcept, found.concept_id)
-    return concept, session.get_one(SqlConceptVersion, found.concept_version_id), found
+    return concepts.find_reference(session, *parse(ref), model)
 
 
 def deprecated_ids(session: Session, kind: str, ids: list[int]) -> dict[int, str]:

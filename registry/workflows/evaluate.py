@@ -277,10 +277,12 @@ def evaluate(
     """``crx evaluate``: a concept's vector on ``model`` (default: its newest vector there) at
     each α, and with ``with_base`` the bare model first, on ``task``."""
     catalog = ws.catalog
-    concept = catalog.get_concept(concept_ref)
+    concept = catalog.get_concept(concept_ref, model)
     record = catalog.get_model(model)
     if task not in TASKS:
         raise InvalidInput(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    if vector_id is None:
+        vector_id = catalog.aliased_vector(concept_ref, record.name)
     if vector_id is None:
         found = catalog.find_vector(concept, record)
         if found is None:

@@ -83,7 +83,7 @@ def extract(
     """Extract (or reuse) the concept vector of ``concept_ref`` on ``model``."""
     estimator = check_method(method)
     catalog = ws.catalog
-    concept = catalog.get_concept(concept_ref)
+    concept = catalog.get_concept(concept_ref, model)
     record = catalog.get_model(model)
     if not force:
         existing = catalog.find_vector(

@@ -32,7 +32,9 @@ def generate(
     catalog = ws.catalog
     record = catalog.get_model(model)
     if vector_id is None and concept:
-        version = catalog.get_concept(concept)
+        vector_id = catalog.aliased_vector(concept, record.name)
+    if vector_id is None and concept:
+        version = catalog.get_concept(concept, record.name)
         found = catalog.find_vector(version, record)
         if found is None:
             raise NoVectorOn(version.ref, record.name)

@@ -74,8 +74,10 @@ def transplant(
 ) -> Registered[VectorRecord]:
     """Map the source model's vector of a concept into the target with the stored maps."""
     catalog = ws.catalog
-    concept = catalog.get_concept(concept_ref)
+    concept = catalog.get_concept(concept_ref, source)
     src, tgt = catalog.get_model(source), catalog.get_model(target)
+    # An alias of the concept on the source names the source vector.
+    vector_id = vector_id if vector_id is not None else catalog.aliased_vector(concept_ref, source)
     if vector_id is not None:
         source_vector = catalog.get_vector(vector_id)
         if source_vector.model != src.name or source_vector.concept_version_id != concept.id:
