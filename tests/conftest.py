@@ -22,7 +22,7 @@ import pytest
 from tests.databases import postgres_url, sqlite_url
 from tests.servers import MotoServer, PostgresServer
 
-pytest_plugins = ["tests.tiny_models", "tests.cli_world", "tests.registry_world"]
+pytest_plugins = ["tests.tiny_models", "tests.cli_world", "tests.registry_world", "tests.team"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -41,6 +41,16 @@ WRITE_ATTEMPTS = 20
 BLOB_LEASE_KEY = 0x6372_7862_6C6F_6273
 
 
+def is_uniqueness_race(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a unique-constraint violation (two writers taking the same version
+    number, say: worth retrying), not a rule the database refuses on every try."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "23505":  # PostgreSQL's unique_violation
+        return True
+    name = getattr(orig, "sqlite_errorname", "")
+    return name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+
+
 def take_blob_lease(session: Session, *, exclusive: bool) -> None:
     """Hold the blob lease until this transaction ends.
 
@@ -109,8 +119,11 @@ class Database:
         `DatabaseRefused`."""
         try:
             yield
-        except IntegrityError:
-            raise
+        except IntegrityError as exc:
+            if is_uniqueness_race(exc):
+                raise
+            # A foreign key, a check, or a rule a trigger enforces (migration 0003).
+            raise DatabaseRefused(self.display_url, self._reason(exc)) from None
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(self.display_url, self._reason(exc)) from None
         except DataError as exc:
@@ -175,8 +188,8 @@ class Database:
                 with self.connected(), transaction(self.sql_engine, write=True) as session:
                     take_blob_lease(session, exclusive=deletes_blobs)
                     return operation(session)
-            except IntegrityError:
-                if attempt == WRITE_ATTEMPTS - 1:
+            except IntegrityError as exc:
+                if attempt == WRITE_ATTEMPTS - 1 or not is_uniqueness_race(exc):
                     raise
                 time.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
