@@ -470,6 +470,53 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         store="s3://crx-unreachable/store",
         env=_closed_s3_env(),
     ),
+    # governance: nothing moves, approves or deprecates on a mistake
+    "alias on an unknown concept": lambda w: Bad(
+        ["alias", "set", "nope@1", "staging", "--model", "tiny"], "no concept 'nope@1'"
+    ),
+    "alias on an unknown model": lambda w: Bad(
+        ["alias", "set", "joy@1", "staging", "--model", "nope"], "no model 'nope'"
+    ),
+    "alias set on prod": lambda w: Bad(
+        ["alias", "set", "joy@1", "prod", "--model", "tiny"], "moves only with `crx promote"
+    ),
+    "alias name all digits": lambda w: Bad(
+        ["alias", "set", "joy@1", "42", "--model", "tiny"], "cannot be all digits"
+    ),
+    "alias name with a slash": lambda w: Bad(
+        ["alias", "set", "joy@1", "a/b", "--model", "tiny"], "invalid alias name"
+    ),
+    "alias expect not a vector id": lambda w: Bad(
+        ["alias", "set", "joy@1", "staging", "--model", "tiny", "--expect", "latest"],
+        "--expect takes a vector id",
+    ),
+    "alias vector of another model": lambda w: Bad(
+        ["alias", "set", "joy@1", "staging", "--model", "tiny-b", "--vector", "1"],
+        "is not a vector of joy@1 on tiny-b",
+    ),
+    "alias show unknown": lambda w: Bad(["alias", "show", "joy@staging"], "no alias joy@staging"),
+    "alias history unknown concept": lambda w: Bad(
+        ["alias", "history", "nope", "--model", "tiny"], "no concept 'nope'"
+    ),
+    "alias delete unknown": lambda w: Bad(
+        ["alias", "delete", "joy@staging", "--model", "tiny"], "no alias joy@staging on tiny"
+    ),
+    "promote without evidence or approval": lambda w: Bad(
+        ["promote", "joy@1", "--model", "tiny"], "approvals: 0 of 1 from someone other than"
+    ),
+    "promote a concept with no vector there": lambda w: Bad(
+        ["promote", "joy@1", "--model", "tiny-b"], "no vector of joy@1 on tiny-b"
+    ),
+    "approve an unknown vector": lambda w: Bad(
+        ["approve", "joy@1", "--model", "tiny", "--vector", "999"], "no vector '999'"
+    ),
+    "deprecate an unknown map": lambda w: Bad(["deprecate", "map:999", "--reason", "x"], "no map"),
+    "deprecate a malformed ref": lambda w: Bad(
+        ["deprecate", "vector:abc", "--reason", "x"], "vector:ID needs a numeric id"
+    ),
+    "deprecate with an empty reason": lambda w: Bad(
+        ["deprecate", "model:tiny", "--reason", " "], "needs a --reason"
+    ),
 }
 
 
@@ -488,6 +535,10 @@ def _closed_s3_env() -> dict[str, str]:
 # Cases that read or write catalogue rows run on both databases; the rest fail on the input
 # alone, before any row is read, and run on SQLite.
 DB_CASES = {
+    "alias on an unknown concept",
+    "alias set on prod",
+    "promote without evidence or approval",
+    "approve an unknown vector",
     "a concept name that is not UTF-8",
     "a description that is not UTF-8",
     "a family of 101 characters",
