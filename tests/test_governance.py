@@ -362,3 +362,34 @@ def test_policy_and_promotion_inputs_are_checked(registry: Registry, world: dict
         registry.promote("joy@1", "tiny")
     with pytest.raises(CrxError, match="no vector '103'"):
         registry.promote("joy@1", "tiny", vector_id=103)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # roles are PostgreSQL's
+def test_a_read_only_role_reads_and_each_write_is_one_clear_refusal(
+    registry: Registry, world: dict[str, int], team: Team, pairs_file: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from crx.cli.main import cli
+    from tests.test_cli_errors import user_error
+
+    reader = team.person("reader")
+    url = reader.registry.db.sql_engine.url.render_as_string(hide_password=False)
+    password = reader.registry.db.sql_engine.url.password
+
+    def run(*args: str) -> object:
+        return CliRunner().invoke(cli, ["--db", url, "--store", str(tmp_path / "store"), *args])
+
+    listed = run("list", "vectors", "--json")
+    assert listed.exit_code == 0, listed.output  # type: ignore[attr-defined]
+    before = _state(registry)
+    for args in (
+        ["register", "concept", "calm", "--pairs", str(pairs_file)],
+        ["alias", "set", "joy@1", "staging", "--model", "tiny", "--vector", str(world["pca"])],
+        ["deprecate", "model:tiny", "--reason", "x"],
+        ["store", "gc", "--yes", "--grace", "0"],
+    ):
+        line = user_error(run(*args))  # type: ignore[arg-type]
+        assert "permission denied" in line or "registry owner" in line, line
+        assert str(password) not in line
+    assert _state(registry) == before
