@@ -28,7 +28,7 @@ from crx.registry.db.tables import (
     SqlVector,
 )
 from crx.registry.errors import AliasConflict, DeprecatedObject, InvalidInput, ProtectedAlias
-from crx.registry.governance.subjects import Subject, concept_named, deprecated_ids
+from crx.registry.governance.subjects import Subject, concept_named, deprecated_ids, find_alias
 from crx.registry.names import check_name, check_text
 from crx.registry.timeutil import as_utc, now
 from crx.schemas.governance import PROTECTED_ALIAS, AliasHistoryRecord, AliasRecord
@@ -219,17 +219,7 @@ def delete(
     """Delete an alias (its history stays). A protected one needs ``force`` (and, on
     PostgreSQL, the owner's role: the database checks)."""
     check_text("reason", reason)
-    found = session.scalar(
-        select(SqlAlias).where(
-            SqlAlias.concept_id == concept_named(session, concept).id,
-            SqlAlias.model_id == models.find(session, model).id,
-            SqlAlias.name == name,
-        )
-    )
-    if found is None:
-        from crx.registry.errors import AliasNotFound
-
-        raise AliasNotFound(f"{concept}@{name}", model)
+    found = find_alias(session, concept, name, model)
     if is_protected(session, name) and not force:
         raise ProtectedAlias(
             f"{concept}@{name}", model, "only the registry owner deletes it (with --force)"
