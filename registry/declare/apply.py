@@ -91,10 +91,10 @@ def _require_owner(catalog: Catalog, changes: list[Change]) -> None:
     if not changes:
         return
     from crx.registry.audit import acting_as
-    from crx.registry.governance.roles import is_owner
+    from crx.registry.db.session import session_is_owner
 
     with catalog.db.read() as session:
-        if is_owner(session):
+        if session_is_owner(session):
             return
         actor = acting_as(session)
     what = ", ".join(f"{c.action} {c.key}" for c in changes)
