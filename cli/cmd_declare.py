@@ -60,7 +60,9 @@ def diff(
 @click.command()
 @click.argument("path", type=click.Path(exists=True))
 @click.option(
-    "--prune", is_flag=True, help="Delete models and concepts the specs no longer declare."
+    "--prune",
+    is_flag=True,
+    help="Delete models, concepts and policies the specs no longer declare.",
 )
 @json_option
 def apply(path: str, prune: bool, as_json: bool) -> None:

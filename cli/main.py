@@ -20,6 +20,7 @@ from crx.cli import (
     cmd_list,
     cmd_models,
     cmd_plan,
+    cmd_policy,
     cmd_register,
     cmd_store,
 )
@@ -86,6 +87,7 @@ cli.add_command(cmd_engine.generate)
 cli.add_command(cmd_plan.plan)
 cli.add_command(cmd_declare.diff)
 cli.add_command(cmd_declare.apply)
+cli.add_command(cmd_policy.policy)
 cli.add_command(cmd_demo.demo)
 cli.add_command(cmd_governance.alias)
 cli.add_command(cmd_governance.approve)

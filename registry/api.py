@@ -194,6 +194,8 @@ class Registry:
     delete_policy = _governance(Governance.delete_policy)
     list_policies = _governance(Governance.list_policies)
     governing_policy = _governance(Governance.governing_policy)
+    get_policy = _governance(Governance.get_policy)
+    alias_protected = _governance(Governance.alias_protected)
     ensure_roles = _governance(Governance.ensure_roles)
     add_user = _governance(Governance.add_user)
     verify_store = _catalog(Catalog.verify_store)

@@ -1,7 +1,8 @@
 """What ``crx diff`` reports and ``crx apply`` does: changes per object, and the saved diff.
 
 A `Change` is one object of the catalogue (a model, a concept, an extraction, a map fit, a
-transplant or an evaluation) with its action and, for an update, the fields that change.
+transplant, an evaluation or a promotion policy) with its action and, for an update, the fields
+that change (a policy's evidence rules as ``evidence[I]`` or ``evidence[I].FIELD``).
 ``compute`` names the work apply would run for it (pull, extract, fit, transplant, evaluate).
 A `SavedDiff` is a diff saved with ``crx diff -o``: ``crx apply diff.json`` refuses it when the
 registry (its last audit event) or a spec file (its sha256) moved since.
@@ -15,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Action = Literal["create", "update", "unchanged", "remove"]
-ObjectKind = Literal["model", "concept", "extraction", "map", "transplant", "evaluation"]
+ObjectKind = Literal["model", "concept", "extraction", "map", "transplant", "evaluation", "policy"]
 
 
 class _Document(BaseModel):

@@ -46,6 +46,21 @@ and line. This module only describes the shape; it never touches the registry. E
         normalize: true                    # default true
         layer: null                        # optional int >= 0
 
+A file may instead hold one promotion policy: a mapping with ``kind: policy`` whose other keys
+are those of `crx.schemas.governance.PolicySpec` (see that module's docstring), validated here
+by `PolicyDocument`::
+
+    kind: policy
+    name: prod-gate                        # required; a crx name
+    concept: honesty                       # optional: omit for every concept
+    model: gemma3-270m                     # optional: omit for every target model
+    alias: prod                            # optional, default prod
+    description: ""                        # optional
+    evidence:                              # optional list; each rule needs min, not_below_base
+      - {task: emotion, metric: token_accuracy, min: 0.8, min_n: 20, dataset: current}
+      - {task: truthfulqa, metric: mc1, not_below_base: true}   # dataset: current | any | oid
+    approvals: 1                           # optional int 1..100, default 1
+
 Validation is strict (``"32"`` is not an integer, ``1`` is not a string): a spec is written by
 hand, and a silently coerced value is a typo nobody sees. A section or ``tags`` left empty
 (``models:`` with nothing under it, which YAML reads as null) counts as empty, and so does a null
@@ -66,6 +81,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -78,6 +94,7 @@ from pydantic import (
     model_validator,
 )
 
+from crx.schemas.governance import PROTECTED_ALIAS, EvidenceRule, PolicySpec
 from crx.schemas.names import invalid_name_message, name_problem, split_versioned, text_problem
 
 __all__ = [
@@ -85,9 +102,11 @@ __all__ = [
     "CatalogSpec",
     "ConceptSpec",
     "EvaluationSpec",
+    "EvidenceRuleSpec",
     "ExtractionSpec",
     "MapSpec",
     "ModelSpec",
+    "PolicyDocument",
     "SpecFile",
     "TransplantSpec",
     "parse_layer_pairs",
@@ -113,6 +132,14 @@ def _concept_name(value: str) -> str:
     return _checked_name("concept", value)
 
 
+def _policy_name(value: str) -> str:
+    return _checked_name("policy", value)
+
+
+def _alias_name(value: str) -> str:
+    return _checked_name("alias", value)
+
+
 def _concept_ref(value: str) -> str:
     name, _ = split_versioned(value)
     _checked_name("concept", name)
@@ -129,6 +156,8 @@ ModelName = Annotated[str, AfterValidator(_model_name)]
 ConceptName = Annotated[str, AfterValidator(_concept_name)]
 ConceptRef = Annotated[str, AfterValidator(_concept_ref)]
 NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+PolicyName = Annotated[str, AfterValidator(_policy_name)]
+AliasName = Annotated[str, AfterValidator(_alias_name)]
 Layer = Annotated[int, Field(ge=0)]
 
 
@@ -399,6 +428,97 @@ class EvaluationSpec(_Spec):
         return key
 
 
+_OID = re.compile(r"[0-9a-f]{64}")
+MAX_LABEL_LENGTH = 100  # a task's or a metric's name, as `crx evaluate` stores it
+
+
+class EvidenceRuleSpec(_Spec):
+    """One evidence rule of a policy document: `crx.schemas.governance.EvidenceRule`, strictly."""
+
+    task: NonEmpty
+    metric: NonEmpty
+    min: float | None = None
+    not_below_base: bool = False
+    min_n: Annotated[int, Field(ge=1)] | None = None
+    dataset: str = "current"
+
+    @field_validator("task", "metric")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        why = text_problem(value, MAX_LABEL_LENGTH)
+        if why is not None:
+            raise ValueError(why)
+        return value
+
+    @field_validator("min")
+    @classmethod
+    def _finite_min(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, not {value}")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        # A typo here would be an oid no evaluation has: the rule would refuse every promotion.
+        if value not in ("current", "any") and not _OID.fullmatch(value):
+            raise ValueError(
+                f"must be current, any or a dataset oid (64 hex digits, see `crx list "
+                f"evaluations --json`), not {value[:70]!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _asks_something(self) -> EvidenceRuleSpec:
+        if self.min is None and not self.not_below_base:
+            raise ValueError(
+                f"the rule for {self.task} {self.metric} asks nothing: give min, "
+                "not_below_base: true, or both"
+            )
+        return self
+
+    def rule(self) -> EvidenceRule:
+        return EvidenceRule(**self.model_dump())
+
+
+class PolicyDocument(_Spec):
+    """A ``kind: policy`` spec file: the body of `crx.schemas.governance.PolicySpec`, strictly.
+
+    Its fields are PolicySpec's (``tests/test_policy_spec.py`` keeps the two in step), plus
+    ``kind`` and the format ``version``.
+    """
+
+    kind: Literal["policy"]
+    version: Literal[1] = 1
+    name: PolicyName
+    concept: ConceptName | None = None
+    model: ModelName | None = None
+    alias: AliasName = PROTECTED_ALIAS
+    description: str = ""
+    evidence: list[EvidenceRuleSpec] = Field(default_factory=list)
+    approvals: Annotated[int, Field(ge=1, le=100)] = 1
+
+    @field_validator("description", "evidence", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return "" if info.field_name == "description" else []
+        return value
+
+    @property
+    def key(self) -> str:
+        return policy_key(self.name)
+
+    def policy(self) -> PolicySpec:
+        """The policy this document declares."""
+        fields = self.model_dump(exclude={"kind", "version", "evidence"})
+        return PolicySpec(**fields, evidence=[rule.rule() for rule in self.evidence])
+
+
+def policy_key(name: str) -> str:
+    return f"policy:{name}"
+
+
 class _Sections(_Spec):
     models: list[ModelSpec] = Field(default_factory=list)
     concepts: list[ConceptSpec] = Field(default_factory=list)
@@ -426,7 +546,12 @@ class SpecFile(_Sections):
 
 
 class CatalogSpec(_Sections):
-    """The merged catalogue of one or more spec files; every object ``key`` appears once."""
+    """The merged catalogue of one or more spec files; every object ``key`` appears once.
+
+    ``policies`` come from ``kind: policy`` files (a catalogue file has no such section).
+    """
+
+    policies: list[PolicySpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_keys(self) -> CatalogSpec:
@@ -435,4 +560,8 @@ class CatalogSpec(_Sections):
             if obj.key in seen:
                 raise ValueError(f"{section}[{index}]: {obj.key} is declared twice")
             seen.add(obj.key)
+        for index, policy in enumerate(self.policies):
+            if policy_key(policy.name) in seen:
+                raise ValueError(f"policies[{index}]: {policy_key(policy.name)} is declared twice")
+            seen.add(policy_key(policy.name))
         return self

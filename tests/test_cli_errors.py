@@ -155,6 +155,14 @@ def _spec_bad(w: World, text: str, expect: str) -> Bad:
     return bad
 
 
+def _two_policies(w: World) -> Bad:
+    folder = w.tmp / "policies"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("kind: policy\nname: a\nconcept: joy\n")
+    (folder / "b.yaml").write_text("kind: policy\nname: b\nconcept: joy\n")
+    return Bad(["apply", str(folder)], "b.yaml:2: policy b has the same scope as policy a")
+
+
 def _good_vector(w: World) -> str:
     return str(w.tensors({"v": tiny_array(7)}))
 
@@ -371,6 +379,22 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         "maps:\n  - {source: tiny, target: tiny-b, pairs: '99:1'}\n",
         "layer 99 is out of range for tiny",
     ),
+    "a policy spec with an unknown key": lambda w: _spec_bad(
+        w, "kind: policy\nname: gate\napprovls: 2\n", "3: unknown key 'approvls' (did you mean"
+    ),
+    "a policy rule that asks nothing": lambda w: _spec_bad(
+        w,
+        "kind: policy\nname: gate\nevidence:\n  - {task: emotion, metric: accuracy}\n",
+        "4: evidence[0]: the rule for emotion accuracy asks nothing",
+    ),
+    "a policy with no approval": lambda w: _spec_bad(
+        w, "kind: policy\nname: gate\napprovals: 0\n", "approvals: must be greater than or equal"
+    ),
+    "two policies of one scope": _two_policies,
+    "unknown policy (show)": lambda w: Bad(["policy", "show", "nope"], "no policy 'nope'"),
+    "policy for an unknown model": lambda w: Bad(
+        ["policy", "for", "joy", "--model", "nope"], "no model 'nope'"
+    ),
     "vector file not safetensors": lambda w: Bad(
         _register_vector(w, w.file("v.safetensors", b"GGUF this is not safetensors")).args,
         "not a valid safetensors file",
@@ -559,6 +583,8 @@ DB_CASES = {
     "vector with different values, no --replace",
     "model re-registered with another shape while in use",
     "export into a missing folder",
+    "unknown policy (show)",
+    "policy for an unknown model",
 }
 
 

@@ -266,7 +266,7 @@ BEGIN
       FROM policies p
       WHERE p.alias = NEW.name AND (p.concept IS NULL OR p.concept = v_concept)
         AND (p.model IS NULL OR p.model = v_model)
-      ORDER BY (p.concept IS NOT NULL) DESC, (p.model IS NOT NULL) DESC
+      ORDER BY (p.concept IS NOT NULL) DESC, (p.model IS NOT NULL) DESC, p.id
       LIMIT 1;
     v_needed := COALESCE(v_needed, 1);
     SELECT count(*) FILTER (WHERE latest.decision = 'approve' AND latest.actor <> session_user),
@@ -393,14 +393,15 @@ PG_DROP = [
 
 # -- SQLite ----------------------------------------------------------------------------------
 
-# The most specific policy for the alias being moved: concept and model, concept, model, any.
+# The most specific policy for the alias being moved: concept and model, concept, model, any
+# (the oldest of equally specific ones, as `crx.registry.governance.policies.governing`).
 _SQLITE_NEEDED = """
 MAX(1, COALESCE((
   SELECT CAST(json_extract(p.rules, '$.approvals') AS INTEGER) FROM policies p
   WHERE p.alias = NEW.name
     AND (p.concept IS NULL OR p.concept = (SELECT name FROM concepts WHERE id = NEW.concept_id))
     AND (p.model IS NULL OR p.model = (SELECT name FROM models WHERE id = NEW.model_id))
-  ORDER BY (p.concept IS NOT NULL) DESC, (p.model IS NOT NULL) DESC LIMIT 1), 1))
+  ORDER BY (p.concept IS NOT NULL) DESC, (p.model IS NOT NULL) DESC, p.id LIMIT 1), 1))
 """
 # Each approver's latest decision on this exact content for this alias.
 _SQLITE_LATEST = """

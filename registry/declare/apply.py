@@ -13,6 +13,10 @@ collects); a kill during the write rolls the transaction back. Re-running finish
 A second apply of unchanged specs finds nothing to do and writes nothing. A saved diff
 (`crx.registry.declare.saved`) is applied only if the registry's last audit event and every
 spec file's sha256 are what they were when it was made.
+
+Policies are the registry owner's (on PostgreSQL, only ``crx_owner`` may write them): an apply
+that would create, change or prune one is refused before any compute when the connection is
+not the owner's; the database would refuse the write anyway.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from crx.registry.declare.compute import Work, compute_all
 from crx.registry.declare.reconcile import diff
 from crx.registry.declare.saved import check_fresh, last_audit_event, read_saved_diff
 from crx.registry.declare.write import write_all
-from crx.registry.errors import InvalidInput
+from crx.registry.errors import InvalidInput, NotPermitted
 from crx.registry.progress import Stage
-from crx.schemas.declare import ApplyReport, SavedDiff
+from crx.schemas.declare import ApplyReport, Change, FieldChange, SavedDiff
 
 if TYPE_CHECKING:
+    from crx.registry.catalog.service import Catalog
     from crx.registry.declare.specfile import LoadedSpecs
     from crx.registry.workflows.workspace import Workspace
 
@@ -52,15 +57,14 @@ def apply(
         f.path for f in expect.spec_files
     }:
         raise InvalidInput("the spec files are not the ones diffed: run `crx diff -o` again")
-    if expect is not None and [(c.key, c.action) for c in changes] != [
-        (c.key, c.action) for c in expect.changes
-    ]:
+    if expect is not None and _signature(changes) != _signature(expect.changes):
         raise InvalidInput("the diff is no longer what was saved: run `crx diff -o` again")
     todo = [
         c
         for c in changes
         if c.action in ("create", "update") or c.compute or (prune and c.action == "remove")
     ]
+    _require_owner(catalog, [c for c in todo if c.kind == "policy"])
     if not todo:
         return ApplyReport(
             changes=changes, applied=False, last_audit_event=last_audit_event(catalog)
@@ -74,6 +78,28 @@ def apply(
         applied=True,
         rows_written=rows,
         last_audit_event=last_audit_event(catalog),
+    )
+
+
+def _signature(changes: list[Change]) -> list[tuple[str, str, list[FieldChange] | None]]:
+    """What a saved diff must still say: each object's action and, for a policy (no compute
+    stands behind it), the very field changes."""
+    return [(c.key, c.action, c.changes if c.kind == "policy" else None) for c in changes]
+
+
+def _require_owner(catalog: Catalog, changes: list[Change]) -> None:
+    if not changes:
+        return
+    from crx.registry.audit import acting_as
+    from crx.registry.db.session import session_is_owner
+
+    with catalog.db.read() as session:
+        if session_is_owner(session):
+            return
+        actor = acting_as(session)
+    what = ", ".join(f"{c.action} {c.key}" for c in changes)
+    raise NotPermitted(
+        actor, f"change policies ({what})", "policies are the registry owner's work (crx_owner)"
     )
 
 

@@ -11,8 +11,11 @@ corpus, TruthfulQA data) the way registration would. Each spec object becomes a 
 * extraction (a concept on each ``extract_on`` model), map fit, transplant, evaluation:
   create (with the compute it needs) / unchanged when the registry already holds the result
   of exactly that recipe (content addressing), or when everything upstream is unchanged;
-* a model or concept in the registry and not in the specs: remove, with what would go with it;
-  apply deletes it only with ``--prune``.
+* policy (a ``kind: policy`` file): create / update (each field that differs; evidence rules
+  compared by position, as ``evidence[I].FIELD``, or ``evidence[I]`` for a rule added or
+  dropped) / unchanged;
+* a model, concept or policy in the registry and not in the specs: remove, with what would go
+  with it; apply deletes it only with ``--prune``.
 
 The diff is a pure function of the spec files and one `Snapshot` of the registry, read in a
 single read transaction (so every comparison sees the same registry). The result also carries
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from crx.registry.declare.snapshot import Snapshot
 from crx.registry.errors import InvalidInput
 from crx.schemas.declare import Action, Change, FieldChange, ObjectKind
+from crx.schemas.governance import PolicyRecord, PolicySpec
 from crx.schemas.records import (
     ConceptVersionRecord,
     ModelRecord,
@@ -41,6 +45,7 @@ from crx.schemas.spec import (
     MapSpec,
     ModelSpec,
     TransplantSpec,
+    policy_key,
 )
 
 if TYPE_CHECKING:
@@ -79,6 +84,7 @@ class Desired:
     snapshot: Snapshot
     models: dict[str, DesiredModel] = field(default_factory=dict)
     concepts: dict[str, DesiredConcept] = field(default_factory=dict)
+    policies: list[PolicySpec] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     by_key: dict[str, Change] = field(default_factory=dict)
 
@@ -311,6 +317,21 @@ def diff_snapshot(snapshot: Snapshot, loaded: LoadedSpecs) -> Desired:
     for espec in catalog.evaluations:
         _check_model(espec.model, known_models, where(espec.key))
         out.add(_diff_evaluation(out, snapshot, espec, where(espec.key)))
+    known_concepts = snapshot.concept_names | set(out.concepts)
+    declared_policies = {p.name for p in catalog.policies}
+    for pspec in catalog.policies:
+        out.policies.append(pspec)
+        out.add(
+            _diff_policy(
+                pspec,
+                snapshot.policies,
+                declared_policies,
+                known_concepts,
+                known_models,
+                where(policy_key(pspec.name)),
+            )
+        )
+    _check_policy_scopes(catalog.policies, where)
     removals: list[tuple[ObjectKind, set[str]]] = [
         ("model", set(snapshot.models) - set(out.models)),
         ("concept", snapshot.concept_names - set(out.concepts)),
@@ -323,7 +344,111 @@ def diff_snapshot(snapshot: Snapshot, loaded: LoadedSpecs) -> Desired:
                     key=f"{kind}:{name}", kind=kind, action="remove", note=_removal(counts[name])
                 )
             )
+    for name in sorted(set(snapshot.policies) - declared_policies):
+        scope = _scope(snapshot.policies[name].spec)
+        note = f"not in the specs; kept unless --prune; {scope}"
+        out.add(Change(key=policy_key(name), kind="policy", action="remove", note=note))
     return out
+
+
+# -- policies -------------------------------------------------------------------------------
+
+
+def _scope(spec: PolicySpec) -> str:
+    concept = f"concept {spec.concept}" if spec.concept else "every concept"
+    model = f"model {spec.model}" if spec.model else "every model"
+    return f"governs {spec.alias} for {concept} on {model}"
+
+
+def _rule_fields(rule: Any) -> dict[str, Any]:
+    """A rule as it reads in a spec file: the fields it sets (defaults left out)."""
+    return dict(rule.model_dump(mode="json", exclude_defaults=True))
+
+
+def policy_changes(old: PolicySpec, new: PolicySpec) -> list[FieldChange]:
+    """Every field of ``new`` that differs from ``old``; evidence rules by position."""
+    changes = [
+        FieldChange(field=name, old=getattr(old, name), new=getattr(new, name))
+        for name in ("concept", "model", "alias", "description", "approvals")
+        if getattr(old, name) != getattr(new, name)
+    ]
+    for index in range(max(len(old.evidence), len(new.evidence))):
+        before = old.evidence[index] if index < len(old.evidence) else None
+        after = new.evidence[index] if index < len(new.evidence) else None
+        if before is None or after is None:
+            changes.append(
+                FieldChange(
+                    field=f"evidence[{index}]",
+                    old=None if before is None else _rule_fields(before),
+                    new=None if after is None else _rule_fields(after),
+                )
+            )
+            continue
+        changes += [
+            FieldChange(
+                field=f"evidence[{index}].{name}",
+                old=getattr(before, name),
+                new=getattr(after, name),
+            )
+            for name in type(after).model_fields
+            if getattr(before, name) != getattr(after, name)
+        ]
+    return changes
+
+
+def _diff_policy(
+    spec: PolicySpec,
+    registered: dict[str, PolicyRecord],
+    declared: set[str],
+    concepts: set[str],
+    models: set[str],
+    where: str | None,
+) -> Change:
+    key = policy_key(spec.name)
+    notes = [_scope(spec)]
+    # A policy may be declared before what it governs exists; a name nobody has is likely a
+    # typo, so it is said (not refused).
+    if spec.concept is not None and spec.concept not in concepts:
+        notes.append(f"concept {spec.concept!r} is neither in the specs nor registered")
+    if spec.model is not None and spec.model not in models:
+        notes.append(f"model {spec.model!r} is neither in the specs nor registered")
+    current = registered.get(spec.name)
+    same_scope = [
+        r.spec.name
+        for r in sorted(registered.values(), key=lambda r: r.id)
+        if r.spec.name not in declared
+        and (r.spec.concept, r.spec.model, r.spec.alias) == (spec.concept, spec.model, spec.alias)
+        and (current is None or r.id < current.id)
+    ]
+    if same_scope:
+        # The oldest of equally specific policies governs (`policies.governing`).
+        notes.append(f"policy {same_scope[0]} has the same scope and governs until pruned")
+    if current is None:
+        return Change(key=key, kind="policy", action="create", where=where, note="; ".join(notes))
+    changes = policy_changes(current.spec, spec)
+    return Change(
+        key=key,
+        kind="policy",
+        action="update" if changes else "unchanged",
+        changes=changes,
+        where=where,
+        note="; ".join(notes),
+    )
+
+
+def _check_policy_scopes(specs: list[PolicySpec], where: Any) -> None:
+    """Two declared policies for the same promotions: only one could ever govern."""
+    seen: dict[tuple[str | None, str | None, str], str] = {}
+    for spec in specs:
+        scope = (spec.concept, spec.model, spec.alias)
+        if scope in seen:
+            first = seen[scope]
+            raise InvalidInput(
+                f"{where(policy_key(spec.name))}: policy {spec.name} has the same scope as "
+                f"policy {first} (declared at {where(policy_key(first))}): {_scope(spec)} "
+                "twice, and only one would ever apply"
+            )
+        seen[scope] = spec.name
 
 
 def _removal(counts: dict[str, int]) -> str:

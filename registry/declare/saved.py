@@ -20,6 +20,10 @@ from crx.registry.errors import InvalidInput, first_error
 from crx.registry.outputs import write_text
 from crx.schemas.declare import Change, SavedDiff, SpecFileDigest
 
+# The ``kind`` of a spec document (`crx.registry.declare.specfile`): a .json file of that kind
+# is a spec file, not a saved diff.
+SPEC_KINDS = ("policy",)
+
 if TYPE_CHECKING:
     from crx.registry.catalog.service import Catalog
     from crx.registry.declare.specfile import LoadedSpecs
@@ -67,6 +71,8 @@ def read_saved_diff(path: str | Path) -> SavedDiff | None:
         raise InvalidInput(f"cannot read {file}: {exc}") from None
     except RecursionError:
         raise InvalidInput(f"cannot read {file}: the JSON is nested too deeply") from None
+    if isinstance(raw, dict) and raw.get("kind") in SPEC_KINDS:
+        return None  # a spec document written as JSON
     if not isinstance(raw, dict) or raw.get("kind") != "crx.apply-plan":
         raise InvalidInput(f"{file} is not a saved diff (made by `crx diff -o FILE.json`)")
     try:

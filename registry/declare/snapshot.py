@@ -20,6 +20,7 @@ from crx.registry.db.tables import (
     SqlModel,
     SqlVector,
 )
+from crx.schemas.governance import PolicyRecord
 from crx.schemas.records import ConceptVersionRecord, EvaluationRecord, MapRecord, VectorRecord
 from crx.schemas.spec import CatalogSpec
 
@@ -38,6 +39,7 @@ class Snapshot:
         eval_models: set[str],
     ) -> None:
         from crx.registry.catalog import concepts, evaluations, maps, models, vectors
+        from crx.registry.governance import policies
 
         self.models = {row.name: models.to_record(row) for row in session.scalars(select(SqlModel))}
         self.versions: dict[str, list[ConceptVersionRecord]] = defaultdict(list)
@@ -69,6 +71,9 @@ class Snapshot:
         self._evaluations_by_model: dict[str, list[EvaluationRecord]] = defaultdict(list)
         for e in self.evaluations:
             self._evaluations_by_model[e.model].append(e)
+        self.policies: dict[str, PolicyRecord] = {
+            record.spec.name: record for record in policies.listing(session)
+        }
         self.removals = {
             "model": removal_counts(session, "model", set(self.models)),
             "concept": removal_counts(session, "concept", self.concept_names),

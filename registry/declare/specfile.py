@@ -5,6 +5,11 @@ path order), validates each file against `crx.schemas.spec.SpecFile` and merges 
 syntax, shape and that the named files exist; whether the models and concepts a map, transplant
 or evaluation names exist (in the specs or in the registry) is for the caller to decide.
 
+A file whose top-level mapping has a ``kind`` key is one document of that kind instead of a
+catalogue: ``kind: policy`` (validated as `crx.schemas.spec.PolicyDocument`) declares one
+promotion policy, its key ``policy:NAME``. JSON is YAML too, so a ``.json`` file named
+directly works the same (a folder is searched for YAML files only).
+
 YAML is read with a `yaml.SafeLoader` subclass, so no tag can construct a Python object. The
 subclass resolves plain scalars as YAML 1.2 does where YAML 1.1 surprises: ``22:13`` is the
 string of a layer pair (not the base-60 integer 1333), ``1e-3`` is a number (not a string) and
@@ -34,7 +39,7 @@ from pydantic_core import ErrorDetails
 
 from crx.registry.errors import InvalidInput, SpecError
 from crx.registry.inputs import MIB, read_bytes
-from crx.schemas.spec import SECTIONS, CatalogSpec, SpecFile
+from crx.schemas.spec import SECTIONS, CatalogSpec, PolicyDocument, SpecFile
 
 __all__ = ["LoadedSpecs", "find_spec_files", "load_specs"]
 
@@ -122,12 +127,22 @@ def load_specs(path: str | Path) -> LoadedSpecs:
     """Parse and validate a spec file or a folder of them into one `CatalogSpec`."""
     files = find_spec_files(path)
     sections: dict[str, list[Any]] = {s: [] for s in SECTIONS}
+    policies: list[Any] = []
     locations: dict[str, str] = {}
     for file in files:
         loaded = _load_file(file)
         if loaded is None:
             continue
         root, spec = loaded
+        if isinstance(spec, PolicyDocument):
+            name_node = _walk(root, ("name",))[2]
+            line = _line(name_node if name_node is not None else root)
+            if spec.key in locations:
+                why = f"{spec.key} is already declared at {locations[spec.key]}"
+                raise SpecError(file, line, "name", why)
+            locations[spec.key] = f"{file}:{line}"
+            policies.append(spec.policy())
+            continue
         for section, index, obj in spec.objects():
             line = _line(_walk(root, (section, index))[0])
             where = f"{file}:{line}"
@@ -142,11 +157,11 @@ def load_specs(path: str | Path) -> LoadedSpecs:
             sections[section].append(obj)
     # The objects are validated already (and keys checked above, with locations): this only
     # assembles them; pydantic does not validate model instances again.
-    catalog = CatalogSpec(**sections)
+    catalog = CatalogSpec(**sections, policies=policies)
     return LoadedSpecs(catalog=catalog, files=files, locations=locations)
 
 
-def _load_file(file: Path) -> tuple[yaml.Node, SpecFile] | None:
+def _load_file(file: Path) -> tuple[yaml.Node, SpecFile | PolicyDocument] | None:
     """The composed YAML tree and the validated content of one file; None if it is empty."""
     try:
         data = read_bytes(file, limit=MAX_SPEC_FILE_BYTES, what="spec file")
@@ -167,7 +182,8 @@ def _load_file(file: Path) -> tuple[yaml.Node, SpecFile] | None:
                 file,
                 _line(root),
                 None,
-                f"the top level must be a mapping with keys among version, {', '.join(SECTIONS)}",
+                f"the top level must be a mapping with keys among version, {', '.join(SECTIONS)}"
+                " (or a document with kind: policy)",
             )
         _check_size(file, root)
         _check_repeated_keys(file, root)
@@ -191,10 +207,13 @@ def _load_file(file: Path) -> tuple[yaml.Node, SpecFile] | None:
         if loader is not None:
             loader.dispose()
     context = {"base_dir": str(file.parent.absolute()), "check_files": True}
+    schema: type[SpecFile | PolicyDocument] = (
+        PolicyDocument if isinstance(data, dict) and "kind" in data else SpecFile
+    )
     try:
-        spec = SpecFile.model_validate(data, context=context)
+        spec = schema.model_validate(data, context=context)
     except ValidationError as e:
-        raise _located(file, root, e.errors()) from None
+        raise _located(file, root, e.errors(), schema) from None
     return root, spec
 
 
@@ -290,20 +309,22 @@ def _format_loc(loc: Sequence[str | int]) -> str:
     return text
 
 
-def _located(file: Path, root: yaml.Node, errors: list[ErrorDetails]) -> SpecError:
+def _located(
+    file: Path, root: yaml.Node, errors: list[ErrorDetails], schema: type[BaseModel]
+) -> SpecError:
     """A `SpecError` for the first (topmost in the file) of pydantic's errors."""
-    located = [_locate(file, root, error) for error in errors]
+    located = [_locate(file, root, error, schema) for error in errors]
     return min(located, key=lambda e: e.line or 0)
 
 
-def _locate(file: Path, root: yaml.Node, error: ErrorDetails) -> SpecError:
+def _locate(file: Path, root: yaml.Node, error: ErrorDetails, schema: type[BaseModel]) -> SpecError:
     loc = tuple(error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden" and loc:
         parent, unknown = loc[:-1], loc[-1]
         node, _, key_node = _walk(root, loc)
         line = _line(key_node if key_node is not None else node)
-        why = f"unknown key {str(unknown)!r}" + _expected_keys(parent, str(unknown))
+        why = f"unknown key {str(unknown)!r}" + _expected_keys(schema, parent, str(unknown))
         return SpecError(file, line, _format_loc(parent) or None, why)
     if kind == "missing" and loc:
         node, _, _ = _walk(root, loc[:-1])
@@ -353,9 +374,9 @@ _REPR = reprlib.Repr()  # Python 3.11's takes no keyword arguments
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 60, 60
 
 
-def _expected_keys(parent: Sequence[str | int], unknown: str) -> str:
+def _expected_keys(schema: type[BaseModel], parent: Sequence[str | int], unknown: str) -> str:
     """A hint after an unknown key: the closest known key, or the list of them."""
-    cls = _class_at(parent)
+    cls = _class_at(schema, parent)
     if cls is None:
         return ""
     known = list(cls.model_fields)
@@ -363,9 +384,9 @@ def _expected_keys(parent: Sequence[str | int], unknown: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (expected one of {', '.join(known)})"
 
 
-def _class_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+def _class_at(schema: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
     """The spec class that validates the mapping at ``loc`` of a spec file, if any."""
-    annotation: Any = SpecFile
+    annotation: Any = schema
     for part in loc:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             if not isinstance(part, str) or part not in annotation.model_fields:

@@ -1,8 +1,9 @@
 """The write phase of ``crx apply``: every pending row in one transaction, with its audit.
 
-Models, concept versions (and marks for use), vectors, maps, evaluations and, with ``--prune``,
-deletions are written by `write_all` inside one `Database.write` transaction, so a failure or a
-kill rolls everything back. Blobs are already stored (the compute phase put them first).
+Models, concept versions (and marks for use), vectors, maps, evaluations, policies and, with
+``--prune``, deletions are written by `write_all` inside one `Database.write` transaction, so a
+failure or a kill rolls everything back. Blobs are already stored (the compute phase put
+them first).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from crx.registry.declare.compute import PendingMap, PendingVector, Work
 from crx.registry.declare.prune import delete_concept, delete_model
 from crx.registry.declare.saved import last_audit_event
 from crx.registry.errors import InvalidInput
+from crx.registry.governance import policies
 from crx.registry.names import parse_versioned
 from crx.registry.store.tensors import encode_map, encode_vector
 from crx.registry.workflows.fit import fitted_row
 from crx.registry.workflows.transplant import lineage_key
+from crx.schemas.spec import policy_key
 
 
 def write_all(session: Session, work: Work, prune: bool, expect_event: int | None) -> int:
@@ -144,11 +147,19 @@ def write_all(session: Session, work: Work, prune: bool, expect_event: int | Non
             settings=pe.settings,
         )
         rows += len(pe.metrics)
+    for spec in work.desired.policies:
+        if work.desired.by_key[policy_key(spec.name)].action in ("create", "update"):
+            # put writes policy.create / policy.update (old -> new) in this transaction.
+            rows += int(policies.put(session, spec)[1])
     if prune:
         for change in work.desired.changes:
             if change.action != "remove":
                 continue
             kind, _, name = change.key.partition(":")
+            if kind == "policy":
+                policies.remove(session, name)
+                rows += 1
+                continue
             rows += (delete_model if kind == "model" else delete_concept)(session, name)
     return rows
 

@@ -113,6 +113,14 @@ def remove(session: Session, name: str) -> PolicyRecord:
     return record
 
 
+def get(session: Session, name: str) -> PolicyRecord:
+    check_name("policy", name)
+    row = session.scalar(select(SqlPolicy).where(SqlPolicy.name == name))
+    if row is None:
+        raise NotFound(f"no policy {name!r} (see `crx policy show`)")
+    return to_record(row)
+
+
 def listing(session: Session) -> list[PolicyRecord]:
     return [to_record(row) for row in session.scalars(select(SqlPolicy).order_by(SqlPolicy.name))]
 

@@ -22,7 +22,7 @@ from crx.registry.governance import (
     roles,
     subjects,
 )
-from crx.registry.names import check_text
+from crx.registry.names import check_name, check_text
 from crx.schemas.governance import (
     PROTECTED_ALIAS,
     AliasHistoryRecord,
@@ -230,6 +230,17 @@ class Governance:
     def list_policies(self) -> list[PolicyRecord]:
         with self.db.read() as session:
             return policies.listing(session)
+
+    def get_policy(self, name: str) -> PolicyRecord:
+        """The policy named ``name``; `NotFound` if there is none."""
+        with self.db.read() as session:
+            return policies.get(session, name)
+
+    def alias_protected(self, name: str) -> bool:
+        """Whether alias ``name`` moves only by promotion (``prod``, or any policy's alias)."""
+        check_name("alias", name)
+        with self.db.read() as session:
+            return aliases.is_protected(session, name)
 
     def governing_policy(
         self, concept: str, model: str, alias: str = PROTECTED_ALIAS
