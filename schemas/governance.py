@@ -35,9 +35,10 @@ class Record(BaseModel):
 class EvidenceRule(BaseModel):
     """One piece of evidence a vector must have on the target before promotion.
 
-    Passes when some recorded evaluation of the vector on the target (at any α) has ``task``
-    and ``metric``, at least ``min_n`` examples, a value of at least ``min`` and, with
-    ``not_below_base``, at least the bare model's value on the same dataset. ``dataset``:
+    Passes when some recorded evaluation of the vector on the target (at any α but 0, where
+    the vector is not applied) has ``task`` and ``metric``, at least ``min_n`` examples, a
+    value of at least ``min`` and, with ``not_below_base``, at least the bare model's value on
+    the same dataset. ``dataset``:
     ``current`` (the dataset crx ships for that task, or for TruthfulQA the one the bare model
     was last evaluated on), ``any``, or an exact dataset oid.
     """

@@ -165,6 +165,11 @@ def test_promotion_checks_evidence_and_approvals_by_someone_else(
     assert "on dataset aaaaaaaaaaaa" in evidence()
     record(0.9, data, 5)
     assert "with at least 10 examples" in evidence()
+    writer.record_evaluation(
+        "tiny", "emotion", {"token_accuracy": 0.95}, vector_id=vector, dataset_oid=data,
+        alpha=0.0, n=50,
+    )  # fmt: skip
+    assert "with at least 10 examples" in evidence()  # α = 0 is the bare model: no evidence
     record(0.5, data, 50)
     assert evidence().startswith("fail: ")
     assert "best token_accuracy 0.500" in evidence()

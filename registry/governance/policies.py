@@ -177,6 +177,8 @@ def check_evidence(
             SqlEvaluation.metric == rule.metric,
         )
     ).all()
+    # At α = 0 a vector is not applied at all: such a row is the bare model, not evidence.
+    rows = [r for r in rows if r.alpha != 0]
     on_data = [r for r in rows if wanted is None or r.dataset_oid == wanted]
     enough = [r for r in on_data if rule.min_n is None or (r.n or 0) >= rule.min_n]
     where = f"vector {subject.vector.id} on {subject.model.name}"
