@@ -9,7 +9,8 @@ Routes, for a target T and a steering layer ``lt`` of T:
 
 Maps are walked backwards from ``(T, lt)`` by a best-first search on ``−log R²`` (so the chain
 with the best product of held-out R² to each (model, layer) is found first), up to
-``max_hops`` maps, skipping maps whose R² is below ``min_r2``. ``lt`` is the layer at relative
+``max_hops`` maps, skipping maps whose R² is below ``min_r2`` and deprecated maps (and maps
+leaving a deprecated model). ``lt`` is the layer at relative
 depth 0.75 when maps reach it, else the reached layer nearest to it.
 
 Ranking (best first), explained in each plan: a route with recorded evaluations on T beats one
@@ -27,7 +28,14 @@ from dataclasses import dataclass, field
 
 from crx.registry.resolve.alpha import best_alpha, default_alpha
 from crx.registry.resolve.compose import estimated_r2
-from crx.registry.resolve.view import CatalogView, EvaluationFact, MapFact, ModelFact, VectorFact
+from crx.registry.resolve.view import (
+    CatalogView,
+    Deprecations,
+    EvaluationFact,
+    MapFact,
+    ModelFact,
+    VectorFact,
+)
 from crx.registry.workflows.evaluate import default_layer
 from crx.schemas.plan import MapHop, Route
 
@@ -56,8 +64,12 @@ class MapSearch:
     target: ModelFact
     max_hops: int = DEFAULT_MAX_HOPS
     min_r2: float = DEFAULT_MIN_R2
+    deprecated: Deprecations = field(default_factory=Deprecations)
     _chains: dict[int, dict[tuple[int, int], Chain]] = field(default_factory=dict)
     poor: dict[int, float] = field(default_factory=dict)  # source model → best refused R²
+    # Deprecated maps (and maps from deprecated models) the search met and did not follow:
+    # map → why, said in the plan of every concept that looked for a route through maps.
+    skipped: dict[int, str] = field(default_factory=dict)
 
     _layers: list[int] | None = None
     _reachable: set[int] | None = None
@@ -110,6 +122,8 @@ class MapSearch:
             for edge in self.view.maps_into(model_id):
                 if edge.target_layer != at_layer or edge.source_model_id in visited:
                     continue
+                if self.deprecated and self._deprecated(edge):
+                    continue
                 if edge.r2 is None or edge.r2 < self.min_r2 or edge.r2 <= 0:
                     score = edge.r2 if edge.r2 is not None else float("nan")
                     previous = self.poor.get(edge.source_model_id, float("-inf"))
@@ -124,6 +138,24 @@ class MapSearch:
                     heapq.heappush(heap, (new_cost, hops + 1, *nxt))
         del best[start]
         return best
+
+    def _deprecated(self, edge: MapFact) -> bool:
+        """Whether ``edge`` is out of use (deprecated, or from a deprecated model), noted."""
+        why = self.deprecated.reason("map", edge.id)
+        if why is not None:
+            self.skipped[edge.id] = f"map {edge.id} is deprecated ({why})"
+            return True
+        why = self.deprecated.reason("model", edge.source_model_id)
+        if why is not None:
+            name = self.view.model(edge.source_model_id).name
+            self.skipped[edge.id] = (
+                f"map {edge.id} leaves model {name}, which is deprecated ({why})"
+            )
+            return True
+        return False
+
+    def skipped_reasons(self) -> list[str]:
+        return [f"{why}: routes through it are not used" for why in self.skipped.values()]
 
 
 def _hops(view: CatalogView, maps: Sequence[MapFact]) -> list[MapHop]:

@@ -4,13 +4,17 @@ The planner walks maps backwards from a target, so it asks "which maps end in mo
 few models it actually reaches (indexed by ``ix_affine_maps_target``), and "which vectors does
 this concept version have?" for the requested concepts only. Column-only core queries, no ORM
 objects: a plan over a catalogue of 50,000 maps touches a few hundred rows.
+
+Governance is read here too: the deprecations once per plan (every decision of one plan sees
+the same set), and the aliases of one name on the target.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -18,13 +22,16 @@ from sqlalchemy.orm import Session
 
 from crx.registry.db.tables import (
     SqlAffineMap,
+    SqlAlias,
     SqlAuditEvent,
     SqlConcept,
     SqlConceptVersion,
+    SqlDeprecation,
     SqlEvaluation,
     SqlModel,
     SqlVector,
 )
+from crx.registry.timeutil import as_utc
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,44 @@ class ConceptFact:
         return f"{self.name}@{self.version}"
 
 
+@dataclass(frozen=True)
+class AliasFact:
+    """An alias of one concept on the target: the concept version and vector it names now."""
+
+    name: str
+    concept: str
+    version_id: int
+    version: int
+    vector_id: int
+    revision: int
+    action: str
+    actor: str
+    label: str | None
+    updated_at: datetime
+
+    @property
+    def concept_ref(self) -> str:
+        return f"{self.concept}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Deprecations:
+    """Deprecated objects, read once per plan: (kind, id) → the deprecation's reason."""
+
+    reasons: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def reason(self, kind: str, object_id: int | None) -> str | None:
+        if object_id is None:
+            return None
+        return self.reasons.get((kind, object_id))
+
+    def ids(self, kind: str) -> set[int]:
+        return {i for k, i in self.reasons if k == kind}
+
+    def __bool__(self) -> bool:
+        return bool(self.reasons)
+
+
 class CatalogView:
     """Cached reads over one open session (the planner's only access to the database)."""
 
@@ -99,9 +144,54 @@ class CatalogView:
         self._execute = session.connection().execute
         self._models: dict[int, ModelFact] = {}
         self._maps_into: dict[int, list[MapFact]] = {}
+        self._deprecations: Deprecations | None = None
 
     def last_audit_event(self) -> int:
         return int(self.session.scalar(select(func.max(SqlAuditEvent.id))) or 0)
+
+    # -- governance -----------------------------------------------------------------------
+
+    def deprecations(self) -> Deprecations:
+        """Every deprecated object (few: deprecation is rare), read on first use only."""
+        if self._deprecations is None:
+            rows = self._execute(
+                select(SqlDeprecation.object_kind, SqlDeprecation.object_id, SqlDeprecation.reason)
+            ).all()
+            self._deprecations = Deprecations({(kind, i): reason for kind, i, reason in rows})
+        return self._deprecations
+
+    def aliases_on(
+        self, model_id: int, name: str, concepts: Iterable[str] | None = None
+    ) -> dict[str, AliasFact]:
+        """Concept name → its alias ``name`` on ``model_id`` (of ``concepts`` only, if given);
+        one query on ``ix_aliases_model``."""
+        query = (
+            select(
+                SqlAlias.name,
+                SqlConcept.name,
+                SqlAlias.concept_version_id,
+                SqlConceptVersion.version,
+                SqlAlias.vector_id,
+                SqlAlias.revision,
+                SqlAlias.action,
+                SqlAlias.actor,
+                SqlAlias.label,
+                SqlAlias.updated_at,
+            )
+            .join(SqlConcept, SqlAlias.concept_id == SqlConcept.id)
+            .join(SqlConceptVersion, SqlAlias.concept_version_id == SqlConceptVersion.id)
+            .where(SqlAlias.model_id == model_id, SqlAlias.name == name)
+        )
+        if concepts is not None:
+            wanted = set(concepts)
+            if not wanted:
+                return {}
+            query = query.where(SqlConcept.name.in_(wanted))
+        found = {}
+        for row in self._execute(query).all():
+            fact = AliasFact(*row[:9], updated_at=as_utc(row[9]))
+            found[fact.concept] = fact
+        return found
 
     # -- models ---------------------------------------------------------------------------
 
@@ -169,8 +259,13 @@ class CatalogView:
 
     # -- concepts, vectors, evaluations ---------------------------------------------------
 
-    def concept_versions(self, refs: list[tuple[str, int | None]]) -> dict[str, ConceptFact]:
-        """``(name, version or None for the latest)`` → fact, keyed by the name as asked."""
+    def concept_versions(
+        self, refs: list[tuple[str, int | None]], skip: set[int] | None = None
+    ) -> dict[str, ConceptFact]:
+        """``(name, version or None for the latest)`` → fact, keyed by the name as asked.
+
+        The latest is the newest version whose id is not in ``skip`` (deprecated ones), or the
+        newest of all when every version is skipped."""
         names = {name for name, _ in refs}
         rows = self._execute(
             select(SqlConceptVersion.id, SqlConcept.name, SqlConceptVersion.version)
@@ -185,9 +280,11 @@ class CatalogView:
             versions = by_name.get(name, {})
             if not versions:
                 continue
-            chosen = versions.get(max(versions) if asked is None else asked)
-            if chosen is not None:
-                found[name if asked is None else f"{name}@{asked}"] = chosen
+            if asked is None:
+                kept = [v for v, fact in versions.items() if fact.version_id not in (skip or ())]
+                found[name] = versions[max(kept or versions)]
+            elif asked in versions:
+                found[f"{name}@{asked}"] = versions[asked]
         return found
 
     def marked_versions(self) -> list[ConceptFact]:
@@ -204,13 +301,16 @@ class CatalogView:
         ).all()
         return [ConceptFact(vid, name, v) for vid, name, v, tags in rows if (tags or {}).get("use")]
 
-    def latest_versions_with_vectors(self) -> list[ConceptFact]:
-        """The newest version of every concept, where that version has at least one vector."""
-        newest = (
-            select(SqlConceptVersion.concept_id, func.max(SqlConceptVersion.version).label("v"))
-            .group_by(SqlConceptVersion.concept_id)
-            .subquery()
+    def latest_versions_with_vectors(self, skip: Iterable[int] = ()) -> list[ConceptFact]:
+        """The newest version of every concept, where that version has at least one vector;
+        versions whose id is in ``skip`` (deprecated ones) do not count."""
+        newest_query = select(
+            SqlConceptVersion.concept_id, func.max(SqlConceptVersion.version).label("v")
         )
+        skipped = sorted(set(skip))
+        if skipped:
+            newest_query = newest_query.where(SqlConceptVersion.id.not_in(skipped))
+        newest = newest_query.group_by(SqlConceptVersion.concept_id).subquery()
         has_vector = select(SqlVector.id).where(
             SqlVector.concept_version_id == SqlConceptVersion.id
         )
