@@ -208,7 +208,10 @@ class Pick:
 
 def describe_alias(alias: AliasFact) -> str:
     """``prod alias: vector 12 (honesty@3, revision 2, moved by approver1 at ... UTC)``."""
-    who = alias.actor if not alias.label or alias.label == alias.actor else alias.label
+    # The actor is who the database says moved it; a different CRX_ACTOR label goes beside it.
+    who = (
+        alias.actor if alias.label in (None, "", alias.actor) else f"{alias.actor} ({alias.label})"
+    )
     return (
         f"{alias.name} alias: vector {alias.vector_id} ({alias.concept_ref}, revision "
         f"{alias.revision}, moved by {who} at {alias.updated_at:%Y-%m-%d %H:%M} UTC)"
