@@ -74,6 +74,7 @@ class MapSearch:
     _layers: list[int] | None = None
     _reachable: set[int] | None = None
     _by_model: dict[int, dict[int, list[tuple[int, Chain]]]] = field(default_factory=dict)
+    _usable: dict[int, list[MapFact]] = field(default_factory=dict)
 
     def steering_layers(self) -> list[int]:
         """Target layers some map reaches, the one nearest depth 0.75 first."""
@@ -119,10 +120,8 @@ class MapSearch:
                 continue
             chain = best[node]
             visited = {m.source_model_id for m in chain.maps} | {self.target.id}
-            for edge in self.view.maps_into(model_id):
+            for edge in self._maps_into(model_id):
                 if edge.target_layer != at_layer or edge.source_model_id in visited:
-                    continue
-                if self.deprecated and self._deprecated(edge):
                     continue
                 if edge.r2 is None or edge.r2 < self.min_r2 or edge.r2 <= 0:
                     score = edge.r2 if edge.r2 is not None else float("nan")
@@ -138,6 +137,23 @@ class MapSearch:
                     heapq.heappush(heap, (new_cost, hops + 1, *nxt))
         del best[start]
         return best
+
+    def _maps_into(self, model_id: int) -> list[MapFact]:
+        """The maps into ``model_id`` still in use: deprecated maps and maps leaving a
+        deprecated model are dropped (and noted) once per model, not once per layer searched."""
+        usable = self._usable.get(model_id)
+        if usable is None:
+            usable = self.view.maps_into(model_id)
+            if self.deprecated:
+                maps, models = self.deprecated.ids("map"), self.deprecated.ids("model")
+                usable = [
+                    edge
+                    for edge in usable
+                    if (edge.id not in maps and edge.source_model_id not in models)
+                    or not self._deprecated(edge)  # notes why
+                ]
+            self._usable[model_id] = usable
+        return usable
 
     def _deprecated(self, edge: MapFact) -> bool:
         """Whether ``edge`` is out of use (deprecated, or from a deprecated model), noted."""

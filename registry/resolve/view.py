@@ -12,12 +12,12 @@ the same set), and the aliases of one name on the target.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Set
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, bindparam, cast, func, select
 from sqlalchemy.orm import Session
 
 from crx.registry.db.tables import (
@@ -116,22 +116,72 @@ class AliasFact:
         return f"{self.concept}@{self.version}"
 
 
-@dataclass(frozen=True)
 class Deprecations:
-    """Deprecated objects, read once per plan: (kind, id) → the deprecation's reason."""
+    """Deprecated objects, read once per plan: their ids by kind. A reason is read only when
+    the plan cites it (a plan cites a few; a catalogue may hold thousands)."""
 
-    reasons: dict[tuple[str, int], str] = field(default_factory=dict)
+    def __init__(
+        self,
+        ids: dict[str, frozenset[int]] | None = None,
+        read_reason: Callable[[str, int], str] | None = None,
+    ) -> None:
+        self._ids = ids or {}
+        self._read_reason = read_reason
+        self._reasons: dict[tuple[str, int], str] = {}
 
     def reason(self, kind: str, object_id: int | None) -> str | None:
-        if object_id is None:
+        """Why ``object_id`` (of ``kind``) is deprecated, or None when it is not."""
+        if object_id is None or object_id not in self._ids.get(kind, ()):
             return None
-        return self.reasons.get((kind, object_id))
+        key = (kind, object_id)
+        if key not in self._reasons:
+            found = self._read_reason(kind, object_id) if self._read_reason else None
+            self._reasons[key] = found or "no reason recorded"
+        return self._reasons[key]
 
-    def ids(self, kind: str) -> set[int]:
-        return {i for k, i in self.reasons if k == kind}
+    def ids(self, kind: str) -> frozenset[int]:
+        return self._ids.get(kind, frozenset())
 
     def __bool__(self) -> bool:
-        return bool(self.reasons)
+        return any(self._ids.values())
+
+
+# Statements built once: constructing one costs more than running these on their indexes.
+_ALIASES_ON = (
+    select(
+        SqlAlias.name,
+        SqlConcept.name,
+        SqlAlias.concept_version_id,
+        SqlConceptVersion.version,
+        SqlAlias.vector_id,
+        SqlAlias.revision,
+        SqlAlias.action,
+        SqlAlias.actor,
+        SqlAlias.label,
+        SqlAlias.updated_at,
+    )
+    .join(SqlConcept, SqlAlias.concept_id == SqlConcept.id)
+    .join(SqlConceptVersion, SqlAlias.concept_version_id == SqlConceptVersion.id)
+    .where(SqlAlias.model_id == bindparam("model_id"), SqlAlias.name == bindparam("name"))
+)
+_ALIASES_OF = _ALIASES_ON.where(SqlConcept.name.in_(bindparam("concepts", expanding=True)))
+
+
+def _deprecated_ids(dialect: str) -> Any:
+    """Each kind's deprecated ids as one comma-separated text: a few rows to read, not one per
+    deprecated object (thousands, in a large catalogue)."""
+    ids: Any = SqlDeprecation.object_id
+    if dialect == "postgresql":
+        joined = func.string_agg(cast(ids, String), ",")
+    else:
+        joined = func.group_concat(ids, ",")
+    return select(SqlDeprecation.object_kind, joined).group_by(SqlDeprecation.object_kind)
+
+
+_DEPRECATED_IDS = {name: _deprecated_ids(name) for name in ("postgresql", "sqlite")}
+_DEPRECATION_REASON = select(SqlDeprecation.reason).where(
+    SqlDeprecation.object_kind == bindparam("kind"), SqlDeprecation.object_id == bindparam("id")
+)
 
 
 class CatalogView:
@@ -154,41 +204,36 @@ class CatalogView:
     def deprecations(self) -> Deprecations:
         """Every deprecated object (few: deprecation is rare), read on first use only."""
         if self._deprecations is None:
-            rows = self._execute(
-                select(SqlDeprecation.object_kind, SqlDeprecation.object_id, SqlDeprecation.reason)
-            ).all()
-            self._deprecations = Deprecations({(kind, i): reason for kind, i, reason in rows})
+            dialect = self.session.get_bind().dialect.name
+            query = _DEPRECATED_IDS.get(dialect)
+            if query is None:  # another dialect: built on the spot
+                query = _deprecated_ids(dialect)
+            found = {
+                kind: frozenset(int(i) for i in joined.split(","))
+                for kind, joined in self._execute(query).all()
+                if joined
+            }
+            self._deprecations = Deprecations(found, self._deprecation_reason)
         return self._deprecations
+
+    def _deprecation_reason(self, kind: str, object_id: int) -> str:
+        row = self._execute(_DEPRECATION_REASON, {"kind": kind, "id": object_id}).first()
+        return str(row[0]) if row is not None else ""
 
     def aliases_on(
         self, model_id: int, name: str, concepts: Iterable[str] | None = None
     ) -> dict[str, AliasFact]:
         """Concept name → its alias ``name`` on ``model_id`` (of ``concepts`` only, if given);
         one query on ``ix_aliases_model``."""
-        query = (
-            select(
-                SqlAlias.name,
-                SqlConcept.name,
-                SqlAlias.concept_version_id,
-                SqlConceptVersion.version,
-                SqlAlias.vector_id,
-                SqlAlias.revision,
-                SqlAlias.action,
-                SqlAlias.actor,
-                SqlAlias.label,
-                SqlAlias.updated_at,
-            )
-            .join(SqlConcept, SqlAlias.concept_id == SqlConcept.id)
-            .join(SqlConceptVersion, SqlAlias.concept_version_id == SqlConceptVersion.id)
-            .where(SqlAlias.model_id == model_id, SqlAlias.name == name)
-        )
+        params: dict[str, Any] = {"model_id": model_id, "name": name}
+        query = _ALIASES_ON
         if concepts is not None:
-            wanted = set(concepts)
-            if not wanted:
+            params["concepts"] = sorted(set(concepts))
+            if not params["concepts"]:
                 return {}
-            query = query.where(SqlConcept.name.in_(wanted))
+            query = _ALIASES_OF
         found = {}
-        for row in self._execute(query).all():
+        for row in self._execute(query, params).all():
             fact = AliasFact(*row[:9], updated_at=as_utc(row[9]))
             found[fact.concept] = fact
         return found
@@ -260,7 +305,7 @@ class CatalogView:
     # -- concepts, vectors, evaluations ---------------------------------------------------
 
     def concept_versions(
-        self, refs: list[tuple[str, int | None]], skip: set[int] | None = None
+        self, refs: list[tuple[str, int | None]], skip: Set[int] | None = None
     ) -> dict[str, ConceptFact]:
         """``(name, version or None for the latest)`` → fact, keyed by the name as asked.
 
