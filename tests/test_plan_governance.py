@@ -383,3 +383,20 @@ def test_cli_plan_alias_report_and_json(gov: Governed) -> None:
     bad = runner.invoke(cli, [*base, "plan", "--target", "tgt", "--alias", "7"])
     assert bad.exit_code == 1
     assert bad.output.startswith("Error: --alias takes an alias name, not a version")
+
+
+def test_many_deprecated_maps_each_keep_their_own_reason(gov: Governed) -> None:
+    """Past a few citations the planner reads a kind's reasons at once: each stays its own."""
+    reg = gov.reg
+    ids = [add_map(reg, "src", "tgt", ls, lt, r2=0.9)[0] for ls in range(4) for lt in range(4)]
+    kept = ids.pop()
+    for n, map_id in enumerate(ids):
+        reg.deprecate(f"map:{map_id}", reason=f"drift {n}")
+    item = reg.plan("tgt", ["honesty"]).concepts[0]
+    assert item.chosen is not None
+    assert [h.map_id for h in item.chosen.hops] == [kept]
+    cited = sorted(r for r in item.reasons if r.startswith("map "))
+    assert cited == sorted(
+        f"map {m} is deprecated (drift {n}): routes through it are not used"
+        for n, m in enumerate(ids)
+    )

@@ -123,21 +123,26 @@ class Deprecations:
     def __init__(
         self,
         ids: dict[str, frozenset[int]] | None = None,
-        read_reason: Callable[[str, int], str] | None = None,
+        read_reason: Callable[[str, list[int]], dict[int, str]] | None = None,
     ) -> None:
         self._ids = ids or {}
         self._read_reason = read_reason
         self._reasons: dict[tuple[str, int], str] = {}
+        self._asked: dict[str, int] = {}
 
     def reason(self, kind: str, object_id: int | None) -> str | None:
         """Why ``object_id`` (of ``kind``) is deprecated, or None when it is not."""
         if object_id is None or object_id not in self._ids.get(kind, ()):
             return None
         key = (kind, object_id)
-        if key not in self._reasons:
-            found = self._read_reason(kind, object_id) if self._read_reason else None
-            self._reasons[key] = found or "no reason recorded"
-        return self._reasons[key]
+        if key not in self._reasons and self._read_reason is not None:
+            self._asked[kind] = self._asked.get(kind, 0) + 1
+            # One at a time while a plan cites few; a plan citing many (every concept of a
+            # large catalogue) reads all of that kind's reasons at once instead.
+            wanted = [object_id] if self._asked[kind] <= 8 else sorted(self._ids[kind])
+            for found_id, found in self._read_reason(kind, wanted).items():
+                self._reasons[(kind, found_id)] = found
+        return self._reasons.get(key) or "no reason recorded"
 
     def ids(self, kind: str) -> frozenset[int]:
         return self._ids.get(kind, frozenset())
@@ -179,8 +184,9 @@ def _deprecated_ids(dialect: str) -> Any:
 
 
 _DEPRECATED_IDS = {name: _deprecated_ids(name) for name in ("postgresql", "sqlite")}
-_DEPRECATION_REASON = select(SqlDeprecation.reason).where(
-    SqlDeprecation.object_kind == bindparam("kind"), SqlDeprecation.object_id == bindparam("id")
+_DEPRECATION_REASONS = select(SqlDeprecation.object_id, SqlDeprecation.reason).where(
+    SqlDeprecation.object_kind == bindparam("kind"),
+    SqlDeprecation.object_id.in_(bindparam("ids", expanding=True)),
 )
 
 
@@ -213,12 +219,15 @@ class CatalogView:
                 for kind, joined in self._execute(query).all()
                 if joined
             }
-            self._deprecations = Deprecations(found, self._deprecation_reason)
+            self._deprecations = Deprecations(found, self._deprecation_reasons)
         return self._deprecations
 
-    def _deprecation_reason(self, kind: str, object_id: int) -> str:
-        row = self._execute(_DEPRECATION_REASON, {"kind": kind, "id": object_id}).first()
-        return str(row[0]) if row is not None else ""
+    def _deprecation_reasons(self, kind: str, ids: list[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), 5_000):  # under the databases' parameter limits
+            params = {"kind": kind, "ids": ids[start : start + 5_000]}
+            found.update((i, reason) for i, reason in self._execute(_DEPRECATION_REASONS, params))
+        return found
 
     def aliases_on(
         self, model_id: int, name: str, concepts: Iterable[str] | None = None
