@@ -368,7 +368,6 @@ def _usable_vectors(
     if not gone:
         return vectors, []
     by_id = {v.id: v for v in vectors}
-    models = view.models({v.model_id for v in vectors})
     kept, reasons = [], []
     for vector in vectors:
         why = gone.reason("vector", vector.id)
@@ -377,7 +376,7 @@ def _usable_vectors(
             continue
         why = gone.reason("model", vector.model_id)
         if why is not None:
-            name = models[vector.model_id].name
+            name = view.model(vector.model_id).name
             reasons.append(f"vector {vector.id} is on model {name}, which is deprecated ({why})")
             continue
         if vector.origin == "mapped":
