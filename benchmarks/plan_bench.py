@@ -12,22 +12,35 @@ and 40,000 evaluation rows (two α x two metrics for 10,000 vectors). Then:
   concepts drawn to have one: a vector on a model whose maps reach the target in 1-3 hops;
 * ``Registry.plan(target)`` for every concept with a vector (10,000 concepts), a few runs;
 * ``crx diff`` of a spec folder declaring 1,000 objects that are all unchanged (500 of the
-  bulk models and 500 concepts registered from real pairs files), in-process and CLI.
+  bulk models and 500 concepts registered from real pairs files), in-process and CLI;
+* governance (issue #12): the catalogue also gets a ``prod`` alias on every fifth vector (each
+  with an approval by another actor, 20,000 aliases), a ``staging`` alias on every tenth, a
+  policy for ``prod``, and 1,655 deprecations (1,100 vectors, 100 of them targets of ``prod``;
+  500 maps; 50 concept versions; 5 models). ``Registry.plan`` is timed with alias resolution
+  and deprecation filtering and without (the planner's two governance reads replaced by
+  "nothing aliased, nothing deprecated", so it plans as before governance), same arguments,
+  alternating run by run: 3 concepts that have ``prod`` on the target, 3 routed concepts,
+  3 random concepts, and the default plan of every concept.
 
     .venv/bin/python benchmarks/plan_bench.py --out benchmarks/results/plan.json
     .venv/bin/python benchmarks/plan_bench.py --quick
+    .venv/bin/python benchmarks/plan_bench.py --plan-only \\
+        --out benchmarks/results/plan_governance.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,11 +50,22 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from catalog_bench import CRX, bulk_load, chunks, git_commit, machine, summary  # noqa: E402
+from sqlalchemy import Engine, func, select  # noqa: E402
 
 from crx import Registry  # noqa: E402
-from crx.registry.db.tables import SqlEvaluation  # noqa: E402
+from crx.registry.db.tables import (  # noqa: E402
+    SqlAffineMap,
+    SqlAlias,
+    SqlApproval,
+    SqlConceptVersion,
+    SqlDeprecation,
+    SqlEvaluation,
+    SqlPolicy,
+    SqlVector,
+)
 from crx.registry.declare import load_specs  # noqa: E402
 from crx.registry.declare.reconcile import diff  # noqa: E402
+from crx.registry.resolve.view import CatalogView, Deprecations  # noqa: E402
 
 SCALES = {
     "full": {"models": 1_000, "concepts": 10_000, "versions": 1, "vectors": 100_000,
@@ -72,6 +96,125 @@ def evaluation_rows(scale: dict[str, int], stamp: datetime) -> Iterator[dict[str
                     "value": round(rng.uniform(0, 1), 3), "n": 100,
                     "settings": {"normalize": True}, "created_at": stamp,
                 }  # fmt: skip
+
+
+def load_governance(engine: Engine, stamp: datetime) -> tuple[dict[str, int], dict[int, list[str]]]:
+    """Aliases (with their approvals), a policy and deprecations, inserted as the owner would
+    have made them (the database's triggers check every alias row and write its history).
+
+    Returns the row counts and, per model, the concepts that have ``prod`` there."""
+    counts: dict[str, int] = {}
+    prod_on: dict[int, list[str]] = {}
+    with engine.begin() as connection:
+        connection.execute(
+            SqlPolicy.__table__.insert(),
+            [{"name": "bench-prod", "concept": None, "model": None, "alias": "prod",
+              "rules": {"approvals": 1, "evidence": []}, "description": "benchmark policy",
+              "actor": "bench-owner", "at": stamp}],
+        )  # fmt: skip
+        vectors = select(
+            SqlVector.id,
+            SqlVector.model_id,
+            SqlVector.concept_version_id,
+            SqlVector.oid,
+            SqlConceptVersion.concept_id,
+        ).join(SqlConceptVersion, SqlVector.concept_version_id == SqlConceptVersion.id)
+        for alias, (every, rest) in {"prod": (5, 0), "staging": (10, 3)}.items():
+            rows = connection.execute(vectors.where(SqlVector.id % every == rest)).all()
+            if alias == "prod":
+                approvals = [
+                    {"vector_id": vid, "vector_oid": oid, "model_id": model, "alias": alias,
+                     "decision": "approve", "actor": "bench-approver", "label": None,
+                     "reason": None, "at": stamp}
+                    for vid, model, _, oid, _ in rows
+                ]  # fmt: skip
+                for batch in chunks(iter(approvals)):
+                    connection.execute(SqlApproval.__table__.insert(), batch)
+                counts["approvals"] = len(approvals)
+                for _, model, _, _, concept in rows:
+                    prod_on.setdefault(model, []).append(f"concept-{concept:04d}")
+            aliases = (
+                {"concept_id": concept, "model_id": model, "name": alias,
+                 "concept_version_id": version, "vector_id": vid, "revision": 1,
+                 "action": "promote" if alias == "prod" else "set", "actor": "bench-owner",
+                 "label": None, "reason": None, "updated_at": stamp}
+                for vid, model, version, _, concept in rows
+            )  # fmt: skip
+            for batch in chunks(aliases):
+                connection.execute(SqlAlias.__table__.insert(), batch)
+            counts[f"aliases_{alias}"] = len(rows)
+        # Deprecated after the aliases moved (the database refuses an alias to one): vectors
+        # (every 1,000th is a prod target), maps, concept versions and a few models.
+        n_vectors = connection.scalar(select(func.max(SqlVector.id)))
+        n_maps = connection.scalar(select(func.max(SqlAffineMap.id)))
+        n_versions = connection.scalar(select(func.max(SqlConceptVersion.id)))
+        kinds = {
+            "vector": [i for i in range(1, n_vectors + 1) if i % 100 == 7 or i % 1000 == 0],
+            "map": [i for i in range(1, n_maps + 1) if i % 100 == 11],
+            "concept_version": [i for i in range(1, n_versions + 1) if i % 200 == 13],
+            "model": [97, 297, 497, 697, 897],
+        }
+        deprecations = [
+            {"object_kind": kind, "object_id": i, "object_ref": f"{kind} {i}",
+             "actor": "bench-owner", "label": None, "reason": "benchmark", "at": stamp}
+            for kind, ids in kinds.items() for i in ids
+        ]  # fmt: skip
+        for batch in chunks(iter(deprecations)):
+            connection.execute(SqlDeprecation.__table__.insert(), batch)
+        counts["deprecations"] = len(deprecations)
+        for kind, ids in kinds.items():
+            counts[f"deprecated_{kind}"] = len(ids)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("ANALYZE")
+    return counts, prod_on
+
+
+@contextmanager
+def ungoverned() -> Iterator[None]:
+    """The planner without governance: nothing aliased, nothing deprecated (its two reads
+    answer empty), so it plans exactly as before aliases and deprecations existed."""
+    saved = CatalogView.deprecations, CatalogView.aliases_on
+    CatalogView.deprecations = lambda self: Deprecations()  # type: ignore[method-assign]
+    CatalogView.aliases_on = lambda self, *args, **kwargs: {}  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        CatalogView.deprecations, CatalogView.aliases_on = saved  # type: ignore[method-assign]
+
+
+def compare(reg: Registry, n: int, draw: Callable[[], tuple[str, list[str]]]) -> dict[str, Any]:
+    """``Registry.plan`` with and without governance on the same drawn arguments, the order
+    alternating run by run (other work on the machine then weighs on both alike)."""
+    governed: list[float] = []
+    plain: list[float] = []
+    for run in range(n):
+        target, concepts = draw()
+        for with_governance in (True, False) if run % 2 else (False, True):
+            with contextlib.nullcontext() if with_governance else ungoverned():
+                started = time.perf_counter()
+                reg.plan(target, concepts)
+                elapsed = time.perf_counter() - started
+            (governed if with_governance else plain).append(elapsed)
+    with_g, without = summary(governed), summary(plain)
+    return {
+        "with_governance": with_g,
+        "without_governance": without,
+        "added_p50_ms": round(with_g["p50_ms"] - without["p50_ms"], 3),
+        "added_p95_ms": round(with_g["p95_ms"] - without["p95_ms"], 3),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def governance_sample(reg: Registry, draws: list[tuple[str, list[str]]]) -> dict[str, int]:
+    """What the governed planner did on some drawn plans (that the timed work is real)."""
+    seen = {"concepts": 0, "alias_used": 0, "alias_not_used": 0, "deprecation_reasons": 0}
+    for target, concepts in draws:
+        for c in reg.plan(target, concepts).concepts:
+            seen["concepts"] += 1
+            seen["alias_used"] += c.alias is not None
+            seen["alias_not_used"] += any("alias" in r and "not used" in r for r in c.reasons)
+            seen["deprecation_reasons"] += sum("deprecated" in r for r in c.reasons)
+    return seen
 
 
 def write_specs(reg: Registry, folder: Path, scale: dict[str, int]) -> int:
@@ -107,10 +250,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1/10 scale, fewer runs")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
+    parser.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="only the in-process plan timings (no CLI, no diff): the governance comparison",
+    )
     args = parser.parse_args()
     label = "quick" if args.quick else "full"
     scale, runs = SCALES[label], RUNS[label]
     rng = random.Random(7)
+    loadavg_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="crx-plan-bench-") as tmp:
         work = Path(tmp)
         url = f"sqlite:///{work / 'registry.db'}"
@@ -123,7 +272,11 @@ def main() -> None:
             for batch in chunks(evaluation_rows(scale, stamp)):
                 connection.execute(SqlEvaluation.__table__.insert(), batch)
         print(f"loaded in {load['seconds']} s: {load['rows']}", flush=True)
-        n_objects = write_specs(reg, work / "specs", scale)
+        started = time.perf_counter()
+        governance, prod_on = load_governance(reg.db.sql_engine, stamp)
+        governance_seconds = round(time.perf_counter() - started, 1)
+        print(f"governance rows in {governance_seconds} s: {governance}", flush=True)
+        n_objects = 0 if args.plan_only else write_specs(reg, work / "specs", scale)
 
         def target() -> str:
             return f"model-{rng.randint(1, scale['models']):04d}"
@@ -143,7 +296,45 @@ def main() -> None:
 
         per_class = scale["models"] // (scale["vectors"] // scale["concepts"])
         classes = scale["concepts"] // per_class
+        aliased_models = sorted(m for m, names in prod_on.items() if len(names) >= 3)
+
+        def aliased() -> tuple[str, list[str]]:
+            """A target and three concepts that have ``prod`` there."""
+            m = rng.choice(aliased_models)
+            return f"model-{m:04d}", rng.sample(prod_on[m], 3)
+
         reg.plan(target(), concepts())  # warm: connection, schema check, imports
+        gov_runs = runs["api"]
+        gov_sample = governance_sample(reg, [aliased() for _ in range(50)])
+        gov_report = {
+            "rows": governance,
+            "seconds": governance_seconds,
+            "sample_of_50_aliased_plans": gov_sample,
+            "plan_3_aliased_concepts": compare(reg, gov_runs, aliased),
+            "plan_3_routed_concepts": compare(reg, gov_runs, routed),
+            "plan_3_random_concepts": compare(reg, gov_runs, lambda: (target(), concepts())),
+            "plan_every_concept": compare(reg, runs["all"], lambda: (target(), [])),
+        }
+        print(json.dumps(gov_report, indent=2), flush=True)
+        if args.plan_only:
+            reg.close()
+            report = {
+                "benchmark": "plan_bench --plan-only",
+                "scale": label,
+                "catalogue": {**scale, "load": load},
+                "git_commit": git_commit(),
+                "machine": machine(),
+                "loadavg_start": loadavg_start,
+                "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+                "governance": gov_report,
+                "command": "python benchmarks/plan_bench.py --plan-only"
+                + (" --quick" if args.quick else ""),
+            }
+            text = json.dumps(report, indent=2)
+            print(text)
+            if args.out:
+                args.out.write_text(text + "\n")
+            return
         sample = reg.plan("model-0500" if label == "full" else "model-0050", concepts())
         kinds = [c.chosen.kind if c.chosen else c.status for c in sample.concepts]
         api = [timed(lambda: reg.plan(target(), concepts())) for _ in range(runs["api"])]
@@ -203,6 +394,7 @@ def main() -> None:
         "diff_actions_seen": sorted(actions),
         "diff_api": summary(api_diff),
         "diff_cli": summary(cli_diff),
+        "governance": gov_report,
         "command": "python benchmarks/plan_bench.py" + (" --quick" if args.quick else ""),
     }
     text = json.dumps(report, indent=2)

@@ -48,6 +48,9 @@ def _report(plan: TransplantPlan) -> None:
 
 def _concept(item: ConceptPlan) -> None:
     click.echo(f"\n{item.concept}: {item.status}")
+    if item.alias is not None:
+        a = item.alias
+        click.echo(f"  alias: {a.name} → vector {a.vector_id} (revision {a.revision})")
     if item.chosen is not None:
         click.echo(f"  chosen: {_route(item.chosen)}")
         click.echo(f"  why: {item.why}")
@@ -71,8 +74,15 @@ def _concept(item: ConceptPlan) -> None:
     "--concept",
     "concepts",
     multiple=True,
-    metavar="NAME[@V]",
-    help="Concept to plan (repeatable; default: every concept that has a vector).",
+    metavar="NAME[@V|@ALIAS]",
+    help="Concept to plan (repeatable; default: the concepts marked for use, else every concept "
+    "that has a vector, and every concept with the alias on the target).",
+)
+@click.option(
+    "--alias",
+    metavar="NAME",
+    help="Plan each concept from this alias on the target instead of prod (concepts without "
+    "it are ranked).",
 )
 @click.option(
     "--max-hops", type=click.IntRange(min=1), default=3, show_default=True,
@@ -98,6 +108,7 @@ def _concept(item: ConceptPlan) -> None:
 def plan(
     target: str,
     concepts: tuple[str, ...],
+    alias: str | None,
     max_hops: int,
     min_r2: float,
     measure: bool,
@@ -110,15 +121,21 @@ def plan(
     Routes: a native vector on the target, a source vector through a fitted map, or through a
     chain of maps. Alpha comes from recorded evaluations, else a default marked "not
     evaluated". An unregistered target gets the steps (with commands) that would make routes.
+    A concept with a prod alias on the target is planned from it (--alias: another alias);
+    NAME@V is planned as asked. Deprecated vectors, maps, models and concept versions are
+    never chosen.
 
     \b
     Example:
       crx plan --target gemma3-270m --concept happiness --concept sadness
+      crx plan --target gemma3-270m --alias staging --concept honesty
       crx plan --target llama-70b
       crx plan --target gemma3-270m -o plan.json && crx transplant --plan plan.json
     """
     reg = registry()
-    result = reg.plan(target, concepts, max_hops=max_hops, min_r2=min_r2, measure=measure)
+    result = reg.plan(
+        target, concepts, max_hops=max_hops, min_r2=min_r2, measure=measure, alias=alias
+    )
     if output:
         reg.save_plan(result, output, force=force)
     if as_json:

@@ -327,12 +327,22 @@ class Registry:
         max_hops: int = 3,
         min_r2: float = 0.2,
         measure: bool = False,
+        alias: str | None = None,
     ) -> TransplantPlan:
-        """The transplant plan for ``target``; see `crx.registry.resolve.planner`. Reads only."""
+        """The transplant plan for ``target``; see `crx.registry.resolve.planner`. Reads only.
+
+        Each concept's ``prod`` alias on the target decides its route (``alias``: another alias
+        instead); deprecated objects are never chosen."""
         from crx.registry.resolve.planner import make_plan
 
         return make_plan(
-            self.catalog, target, concepts, max_hops=max_hops, min_r2=min_r2, measure=measure
+            self.catalog,
+            target,
+            concepts,
+            max_hops=max_hops,
+            min_r2=min_r2,
+            measure=measure,
+            alias=alias,
         )
 
     def execute_plan(self, plan: str | Path | TransplantPlan) -> list[PlanExecution]:

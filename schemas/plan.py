@@ -5,7 +5,10 @@ A plan says, for one target model and each requested concept, which route puts t
 the target (a native vector, a source vector through one fitted map, or through a chain of
 maps), at which layer and α, with the evidence behind the choice and the candidates it beat.
 When the target or a map is missing it lists the steps, with exact commands, that would make a
-route. Fields may be added within a ``schema_version``, never renamed or removed.
+route. A concept with a ``prod`` alias on the target (or the alias ``crx plan --alias`` names)
+is planned from it: ``alias`` records which vector and revision. Deprecated objects are never
+chosen; ``reasons`` says which were left out. Fields may be added within a
+``schema_version``, never renamed or removed.
 
     {"schema_version": 1, "kind": "crx.transplant-plan", "target": {"name": "gemma3-270m", ...},
      "concepts": [{"concept": "happiness@1", "status": "to-transplant",
@@ -84,9 +87,24 @@ class PlanStep(PlanModel):
     command: str
 
 
+class AliasUse(PlanModel):
+    """The alias a concept was planned from (``prod`` unless ``crx plan --alias``): the
+    chosen route is the one to its vector, as the alias stood when planned."""
+
+    name: str
+    vector_id: int
+    concept_version: int
+    revision: int
+    action: str  # the alias's last change: set | move | promote
+    actor: str  # who made it (on PostgreSQL, the database role)
+    label: str | None = None
+    moved_at: datetime
+
+
 class ConceptPlan(PlanModel):
     concept: str  # NAME@VERSION (or the name as asked, when the concept is unknown)
     status: ConceptStatus
+    alias: AliasUse | None = None  # set when the chosen route is an alias's vector
     chosen: Route | None = None
     candidates: list[Route] = Field(default_factory=list)  # best first; chosen is the first
     why: str = ""  # why the chosen route won, or why there is none

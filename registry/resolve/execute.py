@@ -3,8 +3,8 @@
 ``execute_plan`` (``crx transplant --plan plan.json``) maps every route still to transplant
 through its maps (composed for a chain) and registers the target vectors with lineage; routes
 whose vector exists are reported as they are. Every route is computed and checked (maps must
-still have the oids they had when planned) before the first vector is registered, so a stale or
-broken plan registers nothing.
+still have the oids they had when planned, and nothing it uses may have been deprecated since)
+before the first vector is registered, so a stale or broken plan registers nothing.
 
 ``steer_plan`` (``Registry.load_plan``) is a context manager that applies every concept of a
 plan to a loaded target model at once, each at its own layer and α.
@@ -110,6 +110,7 @@ def check_route(catalog: Catalog, concept: str, route: Route, target: Any) -> No
             raise InvalidInput(f"{where}: {vector_id} is not a vector id")
     if route.vector_id is not None:
         _check_vector(catalog, where, route.vector_id, version.id, target.name, route.layer)
+        _check_not_deprecated(catalog, concept, route, version.id, target.name)
         return
     if not route.hops:
         raise InvalidInput(f"{where}: a route to transplant needs at least one map")
@@ -142,6 +143,44 @@ def check_route(catalog: Catalog, concept: str, route: Route, target: Any) -> No
             f"{where}: its maps end at {previous_model} layer {previous_layer}, not at "
             f"{target.name} layer {route.layer}"
         )
+    _check_not_deprecated(catalog, concept, route, version.id, target.name)
+
+
+def _check_not_deprecated(
+    catalog: Catalog, concept: str, route: Route, version_id: int, target: str
+) -> None:
+    """Refuse a route that uses something deprecated since the plan was made (the planner
+    never chooses one): its concept version, vectors, maps or models."""
+    from sqlalchemy import select
+
+    from crx.registry.db.tables import SqlModel
+    from crx.registry.errors import DeprecatedObject
+    from crx.registry.governance.subjects import deprecated_ids
+
+    model_names = {target, route.source_model}
+    model_names |= {m for h in route.hops for m in (h.source_model, h.target_model)}
+    vectors = [v for v in (route.vector_id, route.source_vector_id) if v is not None]
+    with catalog.db.read() as session:
+        rows = session.execute(
+            select(SqlModel.id, SqlModel.name).where(SqlModel.name.in_(model_names))
+        )
+        models = {model_id: name for model_id, name in rows}
+        checks = [
+            ("concept_version", [version_id], lambda _: concept),
+            ("vector", vectors, lambda i: f"vector {i}"),
+            ("map", [h.map_id for h in route.hops], lambda i: f"map {i}"),
+            ("model", sorted(models), lambda i: f"model {models[i]}"),
+        ]
+        for kind, ids, label in checks:
+            gone = deprecated_ids(session, kind, ids)
+            if gone:
+                first = min(gone)
+                raise DeprecatedObject(
+                    label(first),
+                    gone[first],
+                    f"used by the plan's route for {concept} (deprecated after the plan was "
+                    "made: run `crx plan` again)",
+                )
 
 
 def _check_vector(

@@ -9,7 +9,8 @@ Routes, for a target T and a steering layer ``lt`` of T:
 
 Maps are walked backwards from ``(T, lt)`` by a best-first search on ``−log R²`` (so the chain
 with the best product of held-out R² to each (model, layer) is found first), up to
-``max_hops`` maps, skipping maps whose R² is below ``min_r2``. ``lt`` is the layer at relative
+``max_hops`` maps, skipping maps whose R² is below ``min_r2`` and deprecated maps (and maps
+leaving a deprecated model). ``lt`` is the layer at relative
 depth 0.75 when maps reach it, else the reached layer nearest to it.
 
 Ranking (best first), explained in each plan: a route with recorded evaluations on T beats one
@@ -27,7 +28,14 @@ from dataclasses import dataclass, field
 
 from crx.registry.resolve.alpha import best_alpha, default_alpha
 from crx.registry.resolve.compose import estimated_r2
-from crx.registry.resolve.view import CatalogView, EvaluationFact, MapFact, ModelFact, VectorFact
+from crx.registry.resolve.view import (
+    CatalogView,
+    Deprecations,
+    EvaluationFact,
+    MapFact,
+    ModelFact,
+    VectorFact,
+)
 from crx.registry.workflows.evaluate import default_layer
 from crx.schemas.plan import MapHop, Route
 
@@ -56,12 +64,17 @@ class MapSearch:
     target: ModelFact
     max_hops: int = DEFAULT_MAX_HOPS
     min_r2: float = DEFAULT_MIN_R2
+    deprecated: Deprecations = field(default_factory=Deprecations)
     _chains: dict[int, dict[tuple[int, int], Chain]] = field(default_factory=dict)
     poor: dict[int, float] = field(default_factory=dict)  # source model → best refused R²
+    # Deprecated maps (and maps from deprecated models) the search met and did not follow:
+    # map → why, said in the plan of every concept that looked for a route through maps.
+    skipped: dict[int, str] = field(default_factory=dict)
 
     _layers: list[int] | None = None
     _reachable: set[int] | None = None
     _by_model: dict[int, dict[int, list[tuple[int, Chain]]]] = field(default_factory=dict)
+    _usable: dict[int, list[MapFact]] = field(default_factory=dict)
 
     def steering_layers(self) -> list[int]:
         """Target layers some map reaches, the one nearest depth 0.75 first."""
@@ -107,7 +120,7 @@ class MapSearch:
                 continue
             chain = best[node]
             visited = {m.source_model_id for m in chain.maps} | {self.target.id}
-            for edge in self.view.maps_into(model_id):
+            for edge in self._maps_into(model_id):
                 if edge.target_layer != at_layer or edge.source_model_id in visited:
                     continue
                 if edge.r2 is None or edge.r2 < self.min_r2 or edge.r2 <= 0:
@@ -124,6 +137,41 @@ class MapSearch:
                     heapq.heappush(heap, (new_cost, hops + 1, *nxt))
         del best[start]
         return best
+
+    def _maps_into(self, model_id: int) -> list[MapFact]:
+        """The maps into ``model_id`` still in use: deprecated maps and maps leaving a
+        deprecated model are dropped (and noted) once per model, not once per layer searched."""
+        usable = self._usable.get(model_id)
+        if usable is None:
+            usable = self.view.maps_into(model_id)
+            if self.deprecated:
+                maps, models = self.deprecated.ids("map"), self.deprecated.ids("model")
+                usable = [
+                    edge
+                    for edge in usable
+                    if (edge.id not in maps and edge.source_model_id not in models)
+                    or not self._deprecated(edge)  # notes why
+                ]
+            self._usable[model_id] = usable
+        return usable
+
+    def _deprecated(self, edge: MapFact) -> bool:
+        """Whether ``edge`` is out of use (deprecated, or from a deprecated model), noted."""
+        why = self.deprecated.reason("map", edge.id)
+        if why is not None:
+            self.skipped[edge.id] = f"map {edge.id} is deprecated ({why})"
+            return True
+        why = self.deprecated.reason("model", edge.source_model_id)
+        if why is not None:
+            name = self.view.model(edge.source_model_id).name
+            self.skipped[edge.id] = (
+                f"map {edge.id} leaves model {name}, which is deprecated ({why})"
+            )
+            return True
+        return False
+
+    def skipped_reasons(self) -> list[str]:
+        return [f"{why}: routes through it are not used" for why in self.skipped.values()]
 
 
 def _hops(view: CatalogView, maps: Sequence[MapFact]) -> list[MapHop]:

@@ -4,27 +4,34 @@ The planner walks maps backwards from a target, so it asks "which maps end in mo
 few models it actually reaches (indexed by ``ix_affine_maps_target``), and "which vectors does
 this concept version have?" for the requested concepts only. Column-only core queries, no ORM
 objects: a plan over a catalogue of 50,000 maps touches a few hundred rows.
+
+Governance is read here too: the deprecations once per plan (every decision of one plan sees
+the same set), and the aliases of one name on the target.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, bindparam, cast, func, select
 from sqlalchemy.orm import Session
 
 from crx.registry.db.tables import (
     SqlAffineMap,
+    SqlAlias,
     SqlAuditEvent,
     SqlConcept,
     SqlConceptVersion,
+    SqlDeprecation,
     SqlEvaluation,
     SqlModel,
     SqlVector,
 )
+from crx.registry.timeutil import as_utc
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,100 @@ class ConceptFact:
         return f"{self.name}@{self.version}"
 
 
+@dataclass(frozen=True)
+class AliasFact:
+    """An alias of one concept on the target: the concept version and vector it names now."""
+
+    name: str
+    concept: str
+    version_id: int
+    version: int
+    vector_id: int
+    revision: int
+    action: str
+    actor: str
+    label: str | None
+    updated_at: datetime
+
+    @property
+    def concept_ref(self) -> str:
+        return f"{self.concept}@{self.version}"
+
+
+class Deprecations:
+    """Deprecated objects, read once per plan: their ids by kind. A reason is read only when
+    the plan cites it (a plan cites a few; a catalogue may hold thousands)."""
+
+    def __init__(
+        self,
+        ids: dict[str, frozenset[int]] | None = None,
+        read_reason: Callable[[str, list[int]], dict[int, str]] | None = None,
+    ) -> None:
+        self._ids = ids or {}
+        self._read_reason = read_reason
+        self._reasons: dict[tuple[str, int], str] = {}
+        self._asked: dict[str, int] = {}
+
+    def reason(self, kind: str, object_id: int | None) -> str | None:
+        """Why ``object_id`` (of ``kind``) is deprecated, or None when it is not."""
+        if object_id is None or object_id not in self._ids.get(kind, ()):
+            return None
+        key = (kind, object_id)
+        if key not in self._reasons and self._read_reason is not None:
+            self._asked[kind] = self._asked.get(kind, 0) + 1
+            # One at a time while a plan cites few; a plan citing many (every concept of a
+            # large catalogue) reads all of that kind's reasons at once instead.
+            wanted = [object_id] if self._asked[kind] <= 8 else sorted(self._ids[kind])
+            for found_id, found in self._read_reason(kind, wanted).items():
+                self._reasons[(kind, found_id)] = found
+        return self._reasons.get(key) or "no reason recorded"
+
+    def ids(self, kind: str) -> frozenset[int]:
+        return self._ids.get(kind, frozenset())
+
+    def __bool__(self) -> bool:
+        return any(self._ids.values())
+
+
+# Statements built once: constructing one costs more than running these on their indexes.
+_ALIASES_ON = (
+    select(
+        SqlAlias.name,
+        SqlConcept.name,
+        SqlAlias.concept_version_id,
+        SqlConceptVersion.version,
+        SqlAlias.vector_id,
+        SqlAlias.revision,
+        SqlAlias.action,
+        SqlAlias.actor,
+        SqlAlias.label,
+        SqlAlias.updated_at,
+    )
+    .join(SqlConcept, SqlAlias.concept_id == SqlConcept.id)
+    .join(SqlConceptVersion, SqlAlias.concept_version_id == SqlConceptVersion.id)
+    .where(SqlAlias.model_id == bindparam("model_id"), SqlAlias.name == bindparam("name"))
+)
+_ALIASES_OF = _ALIASES_ON.where(SqlConcept.name.in_(bindparam("concepts", expanding=True)))
+
+
+def _deprecated_ids(dialect: str) -> Any:
+    """Each kind's deprecated ids as one comma-separated text: a few rows to read, not one per
+    deprecated object (thousands, in a large catalogue)."""
+    ids: Any = SqlDeprecation.object_id
+    if dialect == "postgresql":
+        joined = func.string_agg(cast(ids, String), ",")
+    else:
+        joined = func.group_concat(ids, ",")
+    return select(SqlDeprecation.object_kind, joined).group_by(SqlDeprecation.object_kind)
+
+
+_DEPRECATED_IDS = {name: _deprecated_ids(name) for name in ("postgresql", "sqlite")}
+_DEPRECATION_REASONS = select(SqlDeprecation.object_id, SqlDeprecation.reason).where(
+    SqlDeprecation.object_kind == bindparam("kind"),
+    SqlDeprecation.object_id.in_(bindparam("ids", expanding=True)),
+)
+
+
 class CatalogView:
     """Cached reads over one open session (the planner's only access to the database)."""
 
@@ -99,9 +200,52 @@ class CatalogView:
         self._execute = session.connection().execute
         self._models: dict[int, ModelFact] = {}
         self._maps_into: dict[int, list[MapFact]] = {}
+        self._deprecations: Deprecations | None = None
 
     def last_audit_event(self) -> int:
         return int(self.session.scalar(select(func.max(SqlAuditEvent.id))) or 0)
+
+    # -- governance -----------------------------------------------------------------------
+
+    def deprecations(self) -> Deprecations:
+        """Every deprecated object (few: deprecation is rare), read on first use only."""
+        if self._deprecations is None:
+            dialect = self.session.get_bind().dialect.name
+            query = _DEPRECATED_IDS.get(dialect)
+            if query is None:  # another dialect: built on the spot
+                query = _deprecated_ids(dialect)
+            found = {
+                kind: frozenset(int(i) for i in joined.split(","))
+                for kind, joined in self._execute(query).all()
+                if joined
+            }
+            self._deprecations = Deprecations(found, self._deprecation_reasons)
+        return self._deprecations
+
+    def _deprecation_reasons(self, kind: str, ids: list[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), 5_000):  # under the databases' parameter limits
+            params = {"kind": kind, "ids": ids[start : start + 5_000]}
+            found.update((i, reason) for i, reason in self._execute(_DEPRECATION_REASONS, params))
+        return found
+
+    def aliases_on(
+        self, model_id: int, name: str, concepts: Iterable[str] | None = None
+    ) -> dict[str, AliasFact]:
+        """Concept name → its alias ``name`` on ``model_id`` (of ``concepts`` only, if given);
+        one query on ``ix_aliases_model``."""
+        params: dict[str, Any] = {"model_id": model_id, "name": name}
+        query = _ALIASES_ON
+        if concepts is not None:
+            params["concepts"] = sorted(set(concepts))
+            if not params["concepts"]:
+                return {}
+            query = _ALIASES_OF
+        found = {}
+        for row in self._execute(query, params).all():
+            fact = AliasFact(*row[:9], updated_at=as_utc(row[9]))
+            found[fact.concept] = fact
+        return found
 
     # -- models ---------------------------------------------------------------------------
 
@@ -169,8 +313,13 @@ class CatalogView:
 
     # -- concepts, vectors, evaluations ---------------------------------------------------
 
-    def concept_versions(self, refs: list[tuple[str, int | None]]) -> dict[str, ConceptFact]:
-        """``(name, version or None for the latest)`` → fact, keyed by the name as asked."""
+    def concept_versions(
+        self, refs: list[tuple[str, int | None]], skip: Set[int] | None = None
+    ) -> dict[str, ConceptFact]:
+        """``(name, version or None for the latest)`` → fact, keyed by the name as asked.
+
+        The latest is the newest version whose id is not in ``skip`` (deprecated ones), or the
+        newest of all when every version is skipped."""
         names = {name for name, _ in refs}
         rows = self._execute(
             select(SqlConceptVersion.id, SqlConcept.name, SqlConceptVersion.version)
@@ -185,9 +334,11 @@ class CatalogView:
             versions = by_name.get(name, {})
             if not versions:
                 continue
-            chosen = versions.get(max(versions) if asked is None else asked)
-            if chosen is not None:
-                found[name if asked is None else f"{name}@{asked}"] = chosen
+            if asked is None:
+                kept = [v for v, fact in versions.items() if fact.version_id not in (skip or ())]
+                found[name] = versions[max(kept or versions)]
+            elif asked in versions:
+                found[f"{name}@{asked}"] = versions[asked]
         return found
 
     def marked_versions(self) -> list[ConceptFact]:
@@ -204,13 +355,16 @@ class CatalogView:
         ).all()
         return [ConceptFact(vid, name, v) for vid, name, v, tags in rows if (tags or {}).get("use")]
 
-    def latest_versions_with_vectors(self) -> list[ConceptFact]:
-        """The newest version of every concept, where that version has at least one vector."""
-        newest = (
-            select(SqlConceptVersion.concept_id, func.max(SqlConceptVersion.version).label("v"))
-            .group_by(SqlConceptVersion.concept_id)
-            .subquery()
+    def latest_versions_with_vectors(self, skip: Iterable[int] = ()) -> list[ConceptFact]:
+        """The newest version of every concept, where that version has at least one vector;
+        versions whose id is in ``skip`` (deprecated ones) do not count."""
+        newest_query = select(
+            SqlConceptVersion.concept_id, func.max(SqlConceptVersion.version).label("v")
         )
+        skipped = sorted(set(skip))
+        if skipped:
+            newest_query = newest_query.where(SqlConceptVersion.id.not_in(skipped))
+        newest = newest_query.group_by(SqlConceptVersion.concept_id).subquery()
         has_vector = select(SqlVector.id).where(
             SqlVector.concept_version_id == SqlConceptVersion.id
         )
