@@ -17,7 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from crx.registry.db.tables import SqlAuditEvent
-from crx.registry.timeutil import now
+from crx.registry.timeutil import as_utc, now
+from crx.schemas.records import AuditEventRecord
 
 ENV_ACTOR = "CRX_ACTOR"
 
@@ -63,7 +64,10 @@ def record_event(
     old: dict[str, Any] | None = None,
     new: dict[str, Any] | None = None,
     reason: str | None = None,
+    model_id: int | None = None,
 ) -> None:
+    """Add the event to ``session``'s transaction; ``model_id`` is the (target) model the
+    event concerns, where there is one (what `crx audit --model` finds it by)."""
     session.add(
         SqlAuditEvent(
             at=now(),
@@ -76,5 +80,23 @@ def record_event(
             new=new,
             label=display_label(),
             reason=reason,
+            model_id=model_id,
         )
+    )
+
+
+def to_record(row: SqlAuditEvent) -> AuditEventRecord:
+    return AuditEventRecord(
+        id=row.id,
+        at=as_utc(row.at),
+        actor=row.actor,
+        action=row.action,
+        object_kind=row.object_kind,
+        object_id=row.object_id,
+        object_ref=row.object_ref,
+        old=row.old,
+        new=row.new,
+        label=row.label,
+        reason=row.reason,
+        model_id=row.model_id,
     )

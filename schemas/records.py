@@ -134,6 +134,7 @@ class AuditEventRecord(Record):
     new: dict[str, Any] | None = None
     label: str | None = None  # CRX_ACTOR when it was set: a display label, never the identity
     reason: str | None = None
+    model_id: int | None = None  # the (target) model the event concerns, where there is one
 
 
 class Registered(Record, Generic[T]):

@@ -1,5 +1,6 @@
 """Governance: aliases per (concept, target model) with their append-only history, approvals,
-policies and deprecations; the audit trail gains a display label and a reason.
+policies and deprecations; the audit trail gains a display label, a reason and the model an
+event concerns (filled in for earlier events from the rows that still exist).
 
 What the database itself guarantees (so that a client with direct SQL access cannot get around
 crx, only through it):
@@ -183,6 +184,25 @@ def _create_tables() -> None:
         batch_op.add_column(sa.Column("reason", sa.Text(), nullable=True))
         batch_op.create_index("ix_audit_events_actor", ["actor", "id"], unique=False)
         batch_op.create_index("ix_audit_events_action", ["action", "id"], unique=False)
+        # The target model an event concerns (`crx audit --model`), where one is known.
+        batch_op.add_column(sa.Column("model_id", sa.Integer(), nullable=True))
+        batch_op.create_index("ix_audit_events_model", ["model_id", "id"], unique=False)
+    # Events written before this revision get their model from the rows that still exist
+    # (before the append-only triggers below are created).
+    for kind, source in AUDIT_MODEL_OF.items():
+        op.execute(
+            f"UPDATE audit_events SET model_id = ({source} = audit_events.object_id) "
+            f"WHERE object_kind = '{kind}' AND model_id IS NULL"
+        )
+
+
+# Where a pre-0003 event's model comes from, by object kind: a correlated subquery's head.
+AUDIT_MODEL_OF = {
+    "model": "SELECT m.id FROM models m WHERE m.id",
+    "vector": "SELECT v.model_id FROM vectors v WHERE v.id",
+    "map": "SELECT a.target_model_id FROM affine_maps a WHERE a.id",
+    "evaluation": "SELECT e.model_id FROM evaluations e WHERE e.id",
+}
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
@@ -507,6 +527,8 @@ def downgrade() -> None:
         for (name,) in names:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_audit_events_model")
+        batch_op.drop_column("model_id")
         batch_op.drop_index("ix_audit_events_action")
         batch_op.drop_index("ix_audit_events_actor")
         batch_op.drop_column("reason")

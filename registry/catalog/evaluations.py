@@ -74,6 +74,7 @@ def add(
         rows[0].id if rows else None,
         f"{task} of {subject} on {model.name}",
         new={"metrics": dict(metrics), "alpha": alpha, "layers": layers, "n": n},
+        model_id=model.id,
     )
     return [to_record(row, model.name) for row in rows]
 

@@ -114,6 +114,7 @@ def add(
             str(existing.id),
             old=old,
             new={"oid": oid, "r2": r2},
+            model_id=existing.target_model_id,
         )
         return Registered[MapRecord](record=get(session, existing.id), created=False)
     row = SqlAffineMap(**identity, **content, created_at=now())
@@ -126,6 +127,7 @@ def add(
         row.id,
         str(row.id),
         new={**identity, "oid": oid, "solver": solver, "r2": r2},
+        model_id=row.target_model_id,
     )
     return Registered[MapRecord](record=get(session, row.id), created=True)
 

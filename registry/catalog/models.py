@@ -94,7 +94,7 @@ def register(
         row = SqlModel(name=name, created_at=stamp, updated_at=stamp, **wanted)
         session.add(row)
         session.flush()
-        record_event(session, "register", "model", row.id, name, new=_state(row))
+        record_event(session, "register", "model", row.id, name, new=_state(row), model_id=row.id)
         return Registered[ModelRecord](record=to_record(row), created=True)
     old = _state(row)
     # Labels not given again are kept, so re-registering a moved folder keeps family and role.
@@ -119,7 +119,14 @@ def register(
     session.flush()
     changed = {k: v for k, v in wanted.items() if old.get(k) != v}
     record_event(
-        session, "update", "model", row.id, name, old={k: old[k] for k in changed}, new=changed
+        session,
+        "update",
+        "model",
+        row.id,
+        name,
+        old={k: old[k] for k in changed},
+        new=changed,
+        model_id=row.id,
     )
     return Registered[ModelRecord](record=to_record(row), created=False)
 

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from crx.registry import names, pairs
+from crx.registry import audit, names, pairs
 from crx.registry.catalog import concepts, evaluations, maps, models, upkeep, vectors
 from crx.registry.catalog.paging import DEFAULT_LIMIT, page
 from crx.registry.catalog.vectors import layer_norms
@@ -531,22 +531,7 @@ class Catalog:
         self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
     ) -> Page[AuditEventRecord]:
         def convert(rows: Any) -> list[AuditEventRecord]:
-            return [
-                AuditEventRecord(
-                    id=e.id,
-                    at=as_utc(e.at),
-                    actor=e.actor,
-                    action=e.action,
-                    object_kind=e.object_kind,
-                    object_id=e.object_id,
-                    object_ref=e.object_ref,
-                    old=e.old,
-                    new=e.new,
-                    label=e.label,
-                    reason=e.reason,
-                )
-                for (e,) in rows
-            ]
+            return [audit.to_record(e) for (e,) in rows]
 
         with self.db.read() as session:
             return page(

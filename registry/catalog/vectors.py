@@ -143,6 +143,7 @@ def add(
             str(existing.id),
             old=old,
             new={"oid": oid, "settings": settings or {}},
+            model_id=existing.model_id,
         )
         return Registered[VectorRecord](record=get(session, existing.id), created=False)
     row = SqlVector(**identity, **content, created_at=now())
@@ -155,6 +156,7 @@ def add(
         row.id,
         str(row.id),
         new={**identity, "oid": oid, "origin": origin},
+        model_id=model_id,
     )
     return Registered[VectorRecord](record=get(session, row.id), created=True)
 

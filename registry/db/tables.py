@@ -328,6 +328,7 @@ class SqlAuditEvent(Base):
         Index("ix_audit_events_object", "object_kind", "object_id"),
         Index("ix_audit_events_actor", "actor", "id"),
         Index("ix_audit_events_action", "action", "id"),
+        Index("ix_audit_events_model", "model_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -341,6 +342,8 @@ class SqlAuditEvent(Base):
     new: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     label: Mapped[str | None] = mapped_column(String(200))  # CRX_ACTOR: display only
     reason: Mapped[str | None] = mapped_column(Text)
+    # The (target) model the event concerns, where there is one: `crx audit --model`.
+    model_id: Mapped[int | None] = mapped_column(Integer)
 
 
 # Columns that hold oids of blobs the store must keep: (table, column, required). A required

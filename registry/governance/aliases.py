@@ -202,6 +202,7 @@ def move(
         old=old,
         new={"vector_id": record.vector_id, "revision": record.revision, "oid": record.vector_oid},
         reason=reason,
+        model_id=subject.model.id,
     )
     return record
 
@@ -246,6 +247,7 @@ def delete(
         f"{record.ref} on {model}",
         old={"vector_id": record.vector_id, "revision": record.revision},
         reason=reason,
+        model_id=found.model_id,
     )
     return record
 

@@ -61,6 +61,7 @@ def decide(
         f"{subject.ref} on {subject.model.name} for {alias}",
         new={"approval_id": row.id, "oid": subject.vector.oid, "alias": alias},
         reason=reason,
+        model_id=subject.model.id,
     )
     return _record(
         row, subject.concept.name, subject.version.version, subject.model.name, subject.vector.oid

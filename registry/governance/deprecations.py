@@ -80,8 +80,27 @@ def deprecate(
     session.add(row)
     session.flush()
     session.refresh(row)
-    record_event(session, "deprecate", kind, object_id, label, reason=reason)
+    record_event(
+        session,
+        "deprecate",
+        kind,
+        object_id,
+        label,
+        reason=reason,
+        model_id=_model_of(session, kind, object_id),
+    )
     return to_record(row)
+
+
+def _model_of(session: Session, kind: str, object_id: int) -> int | None:
+    """The (target) model a deprecated object concerns; None for a concept version."""
+    if kind == "model":
+        return object_id
+    if kind == "vector":
+        return session.get_one(SqlVector, object_id).model_id
+    if kind == "map":
+        return session.get_one(SqlAffineMap, object_id).target_model_id
+    return None
 
 
 def to_record(row: SqlDeprecation) -> DeprecationRecord:
