@@ -196,6 +196,8 @@ class Registry:
     governing_policy = _governance(Governance.governing_policy)
     get_policy = _governance(Governance.get_policy)
     alias_protected = _governance(Governance.alias_protected)
+    audit = _governance(Governance.audit)
+    lineage = _governance(Governance.lineage)
     ensure_roles = _governance(Governance.ensure_roles)
     add_user = _governance(Governance.add_user)
     verify_store = _catalog(Catalog.verify_store)

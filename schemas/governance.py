@@ -177,5 +177,9 @@ class LineageNode(Record):
 
 
 class Lineage(Record):
+    """A vector's lineage (`crx lineage`): ``root`` is its node's key; the nodes come in the
+    order they were reached from it (the root first)."""
+
     root: str
     nodes: list[LineageNode]
+    vector_id: int | None = None  # the root vector's id

@@ -34,7 +34,6 @@ from crx.registry.store.maintenance import (
     DEFAULT_GC_GRACE_SECONDS,
 )
 from crx.registry.store.tensors import decode_map, decode_vector, encode_map, encode_vector
-from crx.registry.timeutil import as_utc
 from crx.schemas.records import (
     AuditEventRecord,
     ConceptRecord,

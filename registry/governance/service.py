@@ -12,16 +12,19 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from crx.registry.catalog.paging import DEFAULT_LIMIT
 from crx.registry.catalog.service import Catalog
 from crx.registry.governance import (
     aliases,
     approvals,
+    audit_query,
     deprecations,
     policies,
     promotion,
     roles,
     subjects,
 )
+from crx.registry.governance.lineage import lineage as lineage_of
 from crx.registry.names import check_name, check_text
 from crx.schemas.governance import (
     PROTECTED_ALIAS,
@@ -30,11 +33,13 @@ from crx.schemas.governance import (
     ApprovalRecord,
     Decision,
     DeprecationRecord,
+    Lineage,
     PolicyRecord,
     PolicySpec,
     PromotionReport,
     RoleReport,
 )
+from crx.schemas.records import AuditEventRecord, Page
 
 
 class Governance:
@@ -217,6 +222,50 @@ class Governance:
     def list_deprecations(self) -> list[DeprecationRecord]:
         with self.db.read() as session:
             return deprecations.listing(session)
+
+    # -- audit and lineage ------------------------------------------------------------------
+
+    def audit(
+        self,
+        *,
+        object: str | None = None,
+        model: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: audit_query.Moment | None = None,
+        until: audit_query.Moment | None = None,
+        limit: int | None = DEFAULT_LIMIT,
+        after: int | None = None,
+    ) -> Page[AuditEventRecord]:
+        """The audit events that pass every filter given, newest first (``after``: the id
+        where the last page ended). ``object``: ``vector:ID``, ``map:ID``, ``model:NAME``,
+        ``policy:NAME``, ``NAME@V`` (with ``model``: its vectors there) or ``NAME@ALIAS`` (the
+        alias's events and those of every vector it pointed at); ``action``: exact or a prefix
+        ending in ``.`` or ``*``; ``since`` / ``until``: ISO 8601 dates or datetimes (naive =
+        UTC; a date alone is its whole day), inclusive. See
+        `crx.registry.governance.audit_query`."""
+        with self.db.read() as session:
+            return audit_query.query(
+                session,
+                ref=object,
+                model=model,
+                actor=actor,
+                action=action,
+                since=since,
+                until=until,
+                limit=limit,
+                after=after,
+            )
+
+    def lineage(
+        self, ref: str | None = None, *, model: str | None = None, vector_id: int | None = None
+    ) -> Lineage:
+        """Where the vector ``ref`` names came from (pairs, concept version, source vectors,
+        maps, models) and what hangs off it (evaluations, approvals, aliases, deprecations).
+        ``ref``: ``NAME@V`` or ``NAME@ALIAS`` (with ``model``), or ``vector:ID``; see
+        `crx.registry.governance.lineage`."""
+        with self.db.read() as session:
+            return lineage_of(session, ref, model=model, vector_id=vector_id)
 
     # -- policies ---------------------------------------------------------------------------
 
