@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from crx.cli import (
+    cmd_audit,
     cmd_declare,
     cmd_demo,
     cmd_engine,
@@ -96,6 +97,8 @@ cli.add_command(cmd_governance.approvals)
 cli.add_command(cmd_governance.promote)
 cli.add_command(cmd_governance.deprecate)
 cli.add_command(cmd_governance.deprecations)
+cli.add_command(cmd_audit.audit)
+cli.add_command(cmd_audit.lineage)
 
 
 def main() -> None:
