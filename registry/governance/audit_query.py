@@ -81,8 +81,10 @@ def query(
         # A date alone is its whole day: until the start of the next one.
         clauses.append(E.at < bound if _is_date(until) else E.at <= bound)
     statement = select(E).where(*clauses)
-    if after is not None:
-        statement = statement.where(E.id < min(max(after, 0), MAX_ROW_ID + 1))
+    # No row has an id past the column's range: every id is before such a cursor (and
+    # PostgreSQL would refuse the number), so both backends answer alike.
+    if after is not None and after <= MAX_ROW_ID:
+        statement = statement.where(E.id < max(after, 0))
     statement = statement.order_by(E.id.desc())
     if limit:
         statement = statement.limit(min(limit, MAX_ROW_ID) + 1)
