@@ -219,23 +219,23 @@ def _alias(session: Session, concept: str, alias: str, model: str | None) -> Col
     """The alias's events and those of every vector it pointed at, from its history (which the
     database writes for every change, so a deleted alias still has one)."""
     concept_row = subjects.concept_named(session, concept)
-    history = select(
-        SqlAliasHistory.model_id,
-        SqlAliasHistory.alias_id,
-        SqlAliasHistory.old_vector_id,
-        SqlAliasHistory.new_vector_id,
-    ).where(SqlAliasHistory.concept_id == concept_row.id, SqlAliasHistory.name == alias)
+    subject = [SqlAliasHistory.concept_id == concept_row.id, SqlAliasHistory.name == alias]
     if model is not None:
-        history = history.where(SqlAliasHistory.model_id == models.find(session, model).id)
-    rows: list[Any] = list(session.execute(history))
-    if not rows:
+        subject.append(SqlAliasHistory.model_id == models.find(session, model).id)
+
+    def distinct(column: Any) -> list[Any]:
+        # DISTINCT in the database: a long history is not shipped to Python for each query.
+        return list(session.scalars(select(column).where(*subject).distinct()))
+
+    model_ids = distinct(SqlAliasHistory.model_id)
+    if not model_ids:
         raise AliasNotFound(f"{concept}@{alias}", model, "it never existed")
-    model_ids = {r.model_id for r in rows}
     if len(model_ids) > 1:
         raise AliasNotFound(
             f"{concept}@{alias}", None, "it is an alias on more than one model: pass --model"
         )
-    alias_ids = sorted({r.alias_id for r in rows})
-    vector_ids = sorted({v for r in rows for v in (r.old_vector_id, r.new_vector_id) if v})
+    alias_ids = sorted(distinct(SqlAliasHistory.alias_id))
+    # Every vector it pointed at is some row's new vector (a delete row's old one was that).
+    vector_ids = sorted(v for v in distinct(SqlAliasHistory.new_vector_id) if v is not None)
     own = and_(E.object_kind == "alias", E.object_id.in_(alias_ids))
     return or_(own, vector_events(vector_ids)) if vector_ids else (own if alias_ids else false())
