@@ -340,6 +340,13 @@ def test_approve_then_promote_by_another_shows_who_did_what(
         reg.promote("honesty@1", "c", reason="ship it")
         graph = reg.lineage("honesty@prod", model="c")
         moved = reg.audit(object="honesty@prod", model="c", action="alias.", limit=1).items[0]
+        # The lead's view of the same question agrees: the change in force, and who made it.
+        (then,) = reg.alias_history("honesty", "c", "prod", at=moved.at)
+        assert (then.action, then.actor, then.new_vector_id) == ("promote", "bob", chain.vc)
+        assert reg.alias_history("honesty", "c", "prod", at=moved.at - timedelta(days=1)) == []
+        everyone = reg.alias_history("honesty", "c", at=moved.at)
+        assert [(h.name, h.action) for h in everyone] == [("staging", "set"), ("prod", "promote")]
+        assert len(reg.alias_history("honesty", "c")) == 2
     by_kind = {n.kind + ":" + str(n.details.get("alias")): n for n in graph.nodes}
     assert by_kind["approval:prod"].details["actor"] == "alice"
     prod = by_kind["alias:honesty@prod"]
@@ -529,3 +536,34 @@ def test_every_event_of_a_model_bound_object_carries_its_model(
             assert event.model_id is None
     assert json.loads(registry.audit(limit=1).model_dump_json())["items"][0]["model_id"]
     assert datetime.now(UTC) > registry.audit(limit=1).items[0].at
+
+
+def test_upgrading_to_0003_gives_earlier_events_their_model(
+    db_url: str, tmp_path: Path, pairs_file: Path
+) -> None:
+    """Events from before the model column (revision 0002) get it from the rows on upgrade."""
+    from alembic import command
+
+    from crx.registry.db import migrate
+    from crx.registry.db.connection import make_engine
+
+    with Registry(db_url, str(tmp_path / "store")) as reg:
+        chain = build(reg, tmp_path, pairs_file)
+        written = {e.id: e.model_id for e in reg.audit_events(limit=None).items}
+        kinds = {e.id: e.object_kind for e in reg.audit_events(limit=None).items}
+    engine = make_engine(db_url)
+    try:
+        config = migrate._alembic_config(engine)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0002")  # drops the column (and the alias tables)
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    with Registry(db_url, str(tmp_path / "store")) as reg:
+        upgraded = {e.id: e.model_id for e in reg.audit_events(limit=None).items}
+        by_model = ids(reg.audit(object=f"vector:{chain.vc}", model="c", limit=0).items)
+    backfilled = ("vector", "map", "model", "evaluation")
+    assert upgraded == {i: (m if kinds[i] in backfilled else None) for i, m in written.items()}
+    assert sum(1 for i in upgraded if upgraded[i] is not None) >= 10
+    assert len(by_model) == 3

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from crx.registry.audit import current_actor, display_label, record_event
@@ -278,19 +278,28 @@ def history(
     """
     concept_row = concept_named(session, concept)
     model_row = models.find(session, model)
-    query = select(SqlAliasHistory).where(
-        SqlAliasHistory.concept_id == concept_row.id, SqlAliasHistory.model_id == model_row.id
-    )
+    subject = [
+        SqlAliasHistory.concept_id == concept_row.id,
+        SqlAliasHistory.model_id == model_row.id,
+    ]
     if name is not None:
-        query = query.where(SqlAliasHistory.name == name)
+        subject.append(SqlAliasHistory.name == name)
+    # Plain rows, not ORM objects: a long history is read several times faster.
+    query = select(*SqlAliasHistory.__table__.columns)
+    if at is None:
+        query = query.where(*subject)
+    else:
+        # Each alias's last change at or before ``at``, found by the database (one row per
+        # alias, however long its history), in the order the changes were made (id).
+        last = (
+            select(func.max(SqlAliasHistory.id))
+            .where(*subject, SqlAliasHistory.at <= at)
+            .group_by(SqlAliasHistory.name)
+        )
+        query = query.where(SqlAliasHistory.id.in_(last))
+    rows = list(session.execute(query.order_by(SqlAliasHistory.id)))
     if at is not None:
-        query = query.where(SqlAliasHistory.at <= at)
-    rows = list(session.scalars(query.order_by(SqlAliasHistory.id)))
-    if at is not None:
-        latest: dict[str, SqlAliasHistory] = {}
-        for row in rows:
-            latest[row.name] = row
-        rows = [row for row in latest.values() if row.action != "delete"]
+        rows = [row for row in rows if row.action != "delete"]
     versions = _version_numbers(
         session,
         {v for r in rows for v in (r.old_concept_version_id, r.new_concept_version_id) if v},

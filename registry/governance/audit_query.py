@@ -85,7 +85,12 @@ def query(
     # PostgreSQL would refuse the number), so both backends answer alike.
     if after is not None and after <= MAX_ROW_ID:
         statement = statement.where(E.id < max(after, 0))
-    statement = statement.order_by(E.id.desc())
+    # An object's events are few and scattered over the whole trail: ordering by an
+    # expression, not the key, keeps the planner from walking the key backwards and filtering
+    # (PostgreSQL misjudges how many rows match an object); it fetches them by the object
+    # index and sorts them. Wide filters (actor, action, dates) keep the walk, which is right
+    # for them.
+    statement = statement.order_by((E.id + 0).desc() if ref is not None else E.id.desc())
     if limit:
         statement = statement.limit(min(limit, MAX_ROW_ID) + 1)
     rows = list(session.scalars(statement))
@@ -175,7 +180,7 @@ def object_clause(
     )
     if not ids:
         raise NoVectorOn(f"{concept.name}@{row.version}", target.name)
-    return vector_events(ids), True
+    return vector_events(session, ids), True
 
 
 def _row_id(text: str, kind: str) -> int:
@@ -186,7 +191,7 @@ def _row_id(text: str, kind: str) -> int:
 
 def _prefixed(session: Session, kind: str, rest: str) -> ColumnElement[bool]:
     if kind == "vector":
-        return vector_events([_row_id(rest, kind)])
+        return vector_events(session, [_row_id(rest, kind)])
     if kind == "map":
         return and_(E.object_kind == "map", E.object_id == _row_id(rest, kind))
     if kind == "policy":
@@ -206,9 +211,13 @@ def _prefixed(session: Session, kind: str, rest: str) -> ColumnElement[bool]:
     raise InvalidInput(f"unknown object reference {kind + ':' + rest[:40]!r}: use {OBJECT_FORMS}")
 
 
-def vector_events(ids: list[int]) -> ColumnElement[bool]:
+def vector_events(session: Session, ids: list[int]) -> ColumnElement[bool]:
     """Events about these vectors: their own, and the evaluations recorded of them."""
-    evaluated = select(SqlEvaluation.id).where(SqlEvaluation.vector_id.in_(ids))
+    # The evaluation ids are read first: as a subquery they would stop PostgreSQL from
+    # combining the branches' index scans, and it would walk the whole trail backwards instead.
+    evaluated = list(
+        session.scalars(select(SqlEvaluation.id).where(SqlEvaluation.vector_id.in_(ids)))
+    )
     return or_(
         and_(E.object_kind == "vector", E.object_id.in_(ids)),
         and_(E.object_kind == "evaluation", E.object_id.in_(evaluated)),
@@ -238,4 +247,6 @@ def _alias(session: Session, concept: str, alias: str, model: str | None) -> Col
     # Every vector it pointed at is some row's new vector (a delete row's old one was that).
     vector_ids = sorted(v for v in distinct(SqlAliasHistory.new_vector_id) if v is not None)
     own = and_(E.object_kind == "alias", E.object_id.in_(alias_ids))
-    return or_(own, vector_events(vector_ids)) if vector_ids else (own if alias_ids else false())
+    if not vector_ids:
+        return own if alias_ids else false()
+    return or_(own, vector_events(session, vector_ids))
