@@ -67,15 +67,20 @@ def walkthrough_steps(text: str) -> list[Step]:
     return steps
 
 
-def _mask(text: str, tmp: Path) -> str:
+def _display(text: str, tmp: Path) -> list[str]:
+    """The output as the README shows it: this run's folders and server by the README's names."""
     text = text.replace(str(tmp), "/work")
-    text = re.sub(
-        r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?( UTC|[+-]\d\d:\d\d)?", "<time>", text
-    )
-    text = re.sub(r"\b[0-9a-f]{12,64}\b", "<oid>", text)
     text = re.sub(r"127\.0\.0\.1:\d+", "db.internal", text)
     text = text.replace("postgresql+psycopg://", "postgresql://")
-    return "\n".join(line.rstrip() for line in text.splitlines())
+    return [line.rstrip() for line in text.splitlines()]
+
+
+def _mask(line: str) -> str:
+    """What changes from run to run, masked: times and oids."""
+    line = re.sub(
+        r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?( UTC|[+-]\d\d:\d\d)?", "<time>", line
+    )
+    return re.sub(r"\b[0-9a-f]{12,64}\b", "<oid>", line)
 
 
 def matches(expected: list[str], actual: list[str]) -> bool:
@@ -172,11 +177,11 @@ def test_the_readme_governance_walkthrough_runs_as_written(
             # their timings, go to stderr too and are left out).
             code = result.exit_code
             output = result.stdout if code == 0 else result.stdout + result.stderr
-        shown = _mask(output, tmp_path).splitlines()
-        transcript += [f"$ {step.command}", *shown]
-        if step.heredoc is not None:
-            transcript[-1:] = [transcript[-1], *step.heredoc, "EOF"]
-        if not matches(step.expected, shown):
+        shown = _display(output, tmp_path)
+        transcript += [f"$ {step.command}", *(step.heredoc or [])]
+        transcript += ["EOF"] if step.heredoc is not None else []
+        transcript += shown
+        if not matches([_mask(x) for x in step.expected], [_mask(x) for x in shown]):
             failures.append(
                 f"$ {step.command}\n  exit {code}\n  expected:\n    "
                 + "\n    ".join(step.expected)

@@ -260,7 +260,8 @@ class _Graph:
                 evaluation
             )
         for (model_id, task, metric), found in groups.items():
-            best = max(found, key=lambda e: e.value)  # the first of equal values
+            # The first of equal values, α = 0 (the vector not applied) last.
+            best = max(found, key=lambda e: (e.value, e.alpha != 0))
             base = self.session.scalar(
                 select(SqlEvaluation.value)
                 .where(

@@ -3,9 +3,9 @@
 Each task has a primary metric (emotion: token accuracy; truthfulqa: MC2). Among the recorded
 (α, layer, normalize) settings of the vector, the one with the best primary metric wins; a tie
 goes to the smaller |α|, the gentler push that disturbs fluency least. The bare target's value on
-the same data is reported beside it, so "the best α did not beat the base" is visible. With no
-evaluation the default is α = 0.1 relative to the layer's mean residual norm, marked "not
-evaluated".
+the same data is reported beside it, so "the best α did not beat the base" is visible. A row at
+α = 0 (the vector not applied) is never chosen. With no evaluation the default is α = 0.1
+relative to the layer's mean residual norm, marked "not evaluated".
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def best_alpha(
         for e in evaluations
         if e.vector_id == vector_id
         and e.alpha is not None
+        and e.alpha != 0  # the vector not applied: the bare model's value, not a choice
         and (layer is None or e.layer is None or e.layer == layer)
     ]
     if not own:
