@@ -191,6 +191,8 @@ for line in sys.stdin:
     send(OPS[command["op"]](command))
 if registry is not None:
     registry.close()
+sys.stdout.flush()
+os._exit(0)  # skip the interpreter's teardown: sixteen of them add up
 """
 
 
@@ -317,14 +319,27 @@ def _role_of(worker: int) -> str:
     return "writer" if worker == DEPRECATOR else "approver"
 
 
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    """The 16 workers: their interpreters start once, for both database kinds."""
+    root = tmp_path_factory.mktemp("gov-pool")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRX_")}
+    env["CRX_HOME"] = str(root / "home")
+    workers = Pool(N_WORKERS, env, root / "logs")
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def gov(
     request: pytest.FixtureRequest,
+    pool: Pool,
     tmp_path_factory: pytest.TempPathFactory,
     sqlite_template: Path,
-) -> Iterator[GovPool]:
-    """The 16 workers, once per database kind (their interpreters start once)."""
-    root = tmp_path_factory.mktemp("gov-pool")
+) -> GovPool:
+    """The pool on one database kind (on PostgreSQL, with a login role per worker)."""
     server = None
     users: list[tuple[str, str]] = []
     if request.param == "postgres":
@@ -332,17 +347,12 @@ def gov(
         # Roles are the cluster's, not the database's: unique names per run.
         suffix = uuid.uuid4().hex[:8]
         users = [(f"crxgov_{suffix}_w{i}", uuid.uuid4().hex) for i in range(N_WORKERS)]
-        with Registry(postgres_url(server), str(root / "roles-store")) as registry:
+        store = str(tmp_path_factory.mktemp("gov-roles") / "store")
+        with Registry(postgres_url(server), store) as registry:
             registry.ensure_roles()
             for i, (user, password) in enumerate(users):
                 registry.add_user(user, _role_of(i), password)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRX_")}
-    env["CRX_HOME"] = str(root / "home")
-    pool = Pool(N_WORKERS, env, root / "logs")
-    try:
-        yield GovPool(request.param, pool, tmp_path_factory, sqlite_template, server, users)
-    finally:
-        pool.close()
+    return GovPool(request.param, pool, tmp_path_factory, sqlite_template, server, users)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -369,7 +379,8 @@ def _pairs(tag: str) -> list[ContrastPair]:
 
 def _vector(registry: Registry, ref: str, estimator: str, seed: int) -> int:
     array = np.random.default_rng(seed).standard_normal((N_LAYERS, D_MODEL)).astype(np.float32)
-    return registry.save_vector(ref, "tiny", array, origin="extracted", estimator=estimator).record.id
+    saved = registry.save_vector(ref, "tiny", array, origin="extracted", estimator=estimator)
+    return saved.record.id
 
 
 def _start_at(lead: float = 0.25) -> float:
@@ -392,7 +403,7 @@ def test_alias_compare_and_swap_has_one_winner_per_round_and_loses_no_move(gov: 
         # A fresh vector per worker per round: every success is a real move.
         vectors = [
             [_vector(registry, ref, f"r{r}-w{w}", 1 + r * N_WORKERS + w) for w in range(N_WORKERS)]
-            for r in range(CAS_ROUNDS)
+            for r in range(CAS_ROUNDS + 1)  # the last: moves without an expectation
         ]
         before = registry.audit_events(limit=None).items[-1].id
 
@@ -432,12 +443,43 @@ def test_alias_compare_and_swap_has_one_winner_per_round_and_loses_no_move(gov: 
             assert result["error"] == "AliasConflict", result
             # The loser is told what it lost to: the winner's vector and revision.
             assert f"expected revision {revision})" in result["message"], result
-            assert f"it is now vector {winner} (version 1, revision {revision + 1}," in (
-                result["message"]
+            assert (
+                f"it is now vector {winner} (version 1, revision {revision + 1},"
+                in (result["message"])
             ), result
+
+    # Moves without an expectation, all at once: last writer wins, and none is refused or lost.
+    start = _start_at()
+    results = gov.pool.run(
+        [
+            {
+                "op": "cas",
+                "start_at": start,
+                "ref": ref,
+                "model": "tiny",
+                "alias": "staging",
+                "vector_id": vectors[CAS_ROUNDS][w],
+                "expect_revision": None,
+            }
+            for w in range(N_WORKERS)
+        ]
+    )
+    assert all(result["ok"] for result in results), [r for r in results if not r["ok"]]
+    first = CAS_ROUNDS + 2
+    assert sorted(result["value"] for result in results) == list(range(first, first + N_WORKERS))
 
     with scenario.registry() as registry:
         history = registry.alias_history("cas", "tiny", "staging")
+        assert [h.revision for h in history] == list(range(1, first + N_WORKERS))
+        free = history[first - 1 :]
+        by_revision = {result["value"]: vectors[CAS_ROUNDS][w] for w, result in enumerate(results)}
+        assert [h.new_vector_id for h in free] == [by_revision[h.revision] for h in free]
+        assert [h.old_vector_id for h in free] == [winners[-1]] + [
+            h.new_vector_id for h in free[:-1]
+        ]
+        final = registry.get_alias("cas@staging", "tiny")
+        assert (final.vector_id, final.revision) == (free[-1].new_vector_id, free[-1].revision)
+        history = history[: first - 1]
         assert [h.revision for h in history] == list(range(1, CAS_ROUNDS + 2))
         assert [h.new_vector_id for h in history] == [initial, *winners]
         assert [h.old_vector_id for h in history] == [None, initial, *winners[:-1]]
@@ -448,11 +490,9 @@ def test_alias_compare_and_swap_has_one_winner_per_round_and_loses_no_move(gov: 
             for r in range(CAS_ROUNDS)
         ]
         assert [h.actor for h in history[1:]] == winner_actors
-        final = registry.get_alias("cas@staging", "tiny")
-        assert (final.vector_id, final.revision) == (winners[-1], CAS_ROUNDS + 1)
         events = [e for e in registry.audit_events(limit=None).items if e.id > before]
         assert [(e.action, e.new["vector_id"]) for e in events] == [  # type: ignore[index]
-            ("alias.set", v) for v in winners
+            ("alias.set", v) for v in winners + [h.new_vector_id for h in free]
         ]
 
 
@@ -547,13 +587,15 @@ def test_promotion_racing_approvals_and_a_deprecation_keeps_every_rule(gov: GovP
             else:
                 # Refused only because the vector was deprecated, by a deprecation that had begun.
                 assert approval["error"] == "DeprecatedObject", (where, approval)
-                assert deprecation is not None and deprecation["t0"] < approval["t1"], where
+                assert deprecation is not None, (where, approval)
+                assert deprecation["t0"] < approval["t1"], (where, approval, deprecation)
         if own is not None:
             assert own["ok"] or own["error"] == "DeprecatedObject", (where, own)
             if own["ok"]:
                 expected_events["approval.approve"] += 1
                 approvals_made.append((plan.vector_id, promoter))
-        assert tries and all(t["ok"] or t["error"] == "PromotionRefused" for t in tries), tries
+        assert tries, where
+        assert all(t["ok"] or t["error"] == "PromotionRefused" for t in tries), (where, tries)
         assert [t["ok"] for t in tries].count(True) <= 1
         for attempt in tries:
             others_before = [a for a in approvals if a["ok"] and a["t0"] < attempt["t1"]]
@@ -564,11 +606,12 @@ def test_promotion_racing_approvals_and_a_deprecation_keeps_every_rule(gov: GovP
                 # ... and no deprecation that had completed before it started.
                 assert not deprecated_first, (where, attempt, deprecation)
             if deprecated_first:
-                assert not attempt["ok"] and "deprecated" in attempt["message"], (where, attempt)
+                assert not attempt["ok"], (where, attempt, deprecation)
+                assert "deprecated" in attempt["message"], (where, attempt)
             if not others_before:
                 assert not attempt["ok"], (where, attempt)
-                assert f"approvals: 0 of 1 from someone other than {promoter}" in (
-                    attempt["message"]
+                assert (
+                    f"approvals: 0 of 1 from someone other than {promoter}" in (attempt["message"])
                 ), (where, attempt)
         if tries[-1]["ok"]:
             promoted.append(plan.vector_id)
@@ -577,7 +620,9 @@ def test_promotion_racing_approvals_and_a_deprecation_keeps_every_rule(gov: GovP
             # The database holds an approval of that vector by someone other than the promoter.
             assert approved_by.get(plan.vector_id, set()) - {promoter}, where
         if r == 0:
-            assert not tries[-1]["ok"] and own is not None and own["ok"], (where, tries, own)
+            assert own is not None, where
+            assert own["ok"], (where, own)
+            assert not tries[-1]["ok"], (where, tries)
             assert f"{promoter}'s own approval does not count" in tries[-1]["message"]
         if r == 1:
             assert tries[-1]["ok"], (where, tries, approvals)
@@ -595,9 +640,8 @@ def test_promotion_racing_approvals_and_a_deprecation_keeps_every_rule(gov: GovP
         assert [h.revision for h in history] == list(range(1, len(promoted) + 1)), where
         assert [h.new_vector_id for h in history] == promoted, where
         assert [h.old_vector_id for h in history] == [None, *promoted[:-1]], where
-        assert {h.action for h in history} == {"promote"} and {h.actor for h in history} == {
-            promoter
-        }, where
+        assert {h.action for h in history} == {"promote"}, where
+        assert {h.actor for h in history} == {promoter}, where
         assert registry.get_alias("gov@prod", "tiny").vector_id == promoted[-1], where
         # Approvals and deprecations: one row per success, stamped with the worker's identity.
         stored = sorted((a.vector_id, a.actor) for a in registry.list_approvals(model="tiny"))
@@ -647,9 +691,11 @@ def test_gc_without_grace_racing_writers_loses_no_referenced_blob(gov: GovPool) 
     results = gov.pool.run(commands)
 
     runs = results[COLLECTOR]["runs"]
-    assert runs and all(run["ok"] for run in runs), runs
+    assert runs
+    assert all(run["ok"] for run in runs), [run for run in runs if not run["ok"]]
     promotions = results[GC_PROMOTER]["tries"]
-    assert promotions and all(p["ok"] for p in promotions), [p for p in promotions if not p["ok"]]
+    assert promotions
+    assert all(p["ok"] for p in promotions), [p for p in promotions if not p["ok"]]
     made = []
     for w in CHURNERS:
         errors = [(e["error"], e["message"]) for e in results[w]["errors"]]
@@ -746,7 +792,8 @@ def test_gc_waits_for_a_writer_between_its_blob_check_and_its_rows(
             collector.join(120)
     assert writer.returncode == 0, err
     assert gc_waited, reports  # it did not delete while the writer was inside its transaction
-    assert len(reports) == 1 and oid not in reports[0].unreferenced
+    assert len(reports) == 1
+    assert oid not in reports[0].unreferenced
     with Registry(db_url, store) as registry:
         assert registry.verify_store().problems == []
         assert registry.load_vector(int(out)).shape == (N_LAYERS, D_MODEL)
@@ -785,7 +832,7 @@ def locked_world(tmp_path: Path, sqlite_template: Path) -> Iterator[tuple[str, s
         _model(registry, tmp_path)
         ref = registry.register_concept("busy", _pairs("busy")).record.ref
         vector_id = _vector(registry, ref, "mean_diff", 1)
-    yield db_url, store, ref, vector_id
+    return db_url, store, ref, vector_id
 
 
 def _run_setter(
@@ -803,7 +850,8 @@ def _run_setter(
     )
     holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
     try:
-        assert setter.stdout is not None and setter.stdin is not None
+        assert setter.stdout is not None
+        assert setter.stdin is not None
         line = setter.stdout.readline()
         assert line.strip() == "ready", (line, setter.communicate(timeout=30))
         holder.execute("BEGIN IMMEDIATE")
@@ -816,7 +864,8 @@ def _run_setter(
         holder.close()
         if setter.poll() is None:
             setter.kill()
-    assert setter.returncode == 0 and "Traceback" not in err, err
+    assert setter.returncode == 0, err
+    assert "Traceback" not in err, err
     return json.loads(out)
 
 
@@ -839,11 +888,13 @@ def test_a_sqlite_writer_blocked_past_its_timeout_fails_with_one_clear_error(
 ) -> None:
     db_url, store, ref, vector_id = locked_world
     env = {**os.environ, "CRX_SQLITE_BUSY_TIMEOUT_MS": "300"}
-    result = _run_setter(db_url, store, ref, vector_id, 2.5, env)
-    assert not result["ok"] and result["error"] == "DatabaseUnavailable", result
-    assert 0.25 <= result["waited"] < 2.0, result  # its own timeout, not the holder's release
+    result = _run_setter(db_url, store, ref, vector_id, 1.5, env)
+    assert not result["ok"], result
+    assert result["error"] == "DatabaseUnavailable", result
+    assert 0.25 <= result["waited"] < 1.2, result  # its own timeout, not the holder's release
     assert "database is locked" in result["message"], result
-    assert "300 ms" in result["message"] and "CRX_SQLITE_BUSY_TIMEOUT_MS" in result["message"]
+    assert "300 ms" in result["message"]
+    assert "CRX_SQLITE_BUSY_TIMEOUT_MS" in result["message"]
 
     # The CLI says it in one line, and the registry is as it was.
     pairs = tmp_path / "pairs.jsonl"
@@ -851,9 +902,9 @@ def test_a_sqlite_writer_blocked_past_its_timeout_fails_with_one_clear_error(
     holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
+        command = ["register", "concept", "late", "--pairs", str(pairs)]
         cli = subprocess.run(
-            [sys.executable, "-m", "crx", "--db", db_url, "--store", store, "register", "concept"]
-            + ["late", "--pairs", str(pairs)],
+            [sys.executable, "-m", "crx", "--db", db_url, "--store", store, *command],
             env=env,
             capture_output=True,
             text=True,
@@ -864,8 +915,10 @@ def test_a_sqlite_writer_blocked_past_its_timeout_fails_with_one_clear_error(
         holder.close()
     assert cli.returncode == 1, cli
     lines = cli.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), cli.stderr
-    assert "database is locked" in lines[0] and "CRX_SQLITE_BUSY_TIMEOUT_MS" in lines[0]
+    assert len(lines) == 1, cli.stderr
+    assert lines[0].startswith("Error: "), cli.stderr
+    assert "database is locked" in lines[0]
+    assert "CRX_SQLITE_BUSY_TIMEOUT_MS" in lines[0]
     with Registry(db_url, store) as registry:
         assert [c.name for c in registry.list_concepts().items] == ["busy"]
         assert registry.list_aliases() == []
