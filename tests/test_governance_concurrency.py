@@ -316,6 +316,10 @@ class GovPool:
 
 
 def _role_of(worker: int) -> str:
+    # Worker 0 promotes in the race and collects garbage in the gc scenario (the owner's work
+    # on PostgreSQL); the deprecator is a plain writer; the rest approve.
+    if worker == COLLECTOR:
+        return "owner"
     return "writer" if worker == DEPRECATOR else "approver"
 
 
