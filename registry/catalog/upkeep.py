@@ -16,7 +16,7 @@ from crx.registry.catalog.references import references
 from crx.registry.db.session import Database, session_is_owner
 from crx.registry.errors import NotPermitted
 from crx.registry.store import ObjectStore
-from crx.registry.store.maintenance import old_enough, unreferenced
+from crx.registry.store.maintenance import DEFAULT_GC_GRACE_SECONDS, old_enough, unreferenced
 from crx.registry.store.maintenance import verify as verify_blobs
 from crx.schemas.records import GcReport, VerifyReport
 
@@ -70,8 +70,11 @@ def gc(db: Database, store: ObjectStore, *, dry_run: bool, grace_seconds: float)
                     "delete blobs (crx store gc)",
                     "it is the registry owner's work",
                 )
-    # A temporary file is never referenced; past the grace its writer is gone.
-    temporaries = store.stale_temporaries(grace_seconds)
+    # A temporary file is never referenced; past the grace its writer is gone. Never younger
+    # than the default grace, whatever the caller's: a writer puts back a blob gc took (see
+    # `_delete_unreferenced`), but a temporary file taken from under it fails its write (found
+    # by tests/test_governance_concurrency.py with a grace of 0).
+    temporaries = store.stale_temporaries(max(grace_seconds, DEFAULT_GC_GRACE_SECONDS))
     if not dry_run:
         candidates = db.write(
             lambda s: _delete_unreferenced(s, store, candidates, grace_seconds),

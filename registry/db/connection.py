@@ -6,6 +6,9 @@ transactions, so a transaction that reads then writes takes the write lock up fr
 failing with "database is locked" when it tries to upgrade its lock (pysqlite's default
 deferred ``BEGIN`` cannot wait for that). SQLAlchemy's documented recipe: turn pysqlite's own
 transaction handling off and emit ``BEGIN`` ourselves.
+
+The busy timeout is ``CRX_SQLITE_BUSY_TIMEOUT_MS`` (default 60 000): a writer that waits longer
+for another process's write lock fails with `DatabaseUnavailable` naming the lock.
 """
 
 from __future__ import annotations
@@ -22,9 +25,25 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 from crx.registry.config import redact, scrub, secrets_of
-from crx.registry.errors import DatabaseUnavailable
+from crx.registry.errors import DatabaseUnavailable, InvalidInput
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+ENV_SQLITE_BUSY_TIMEOUT = "CRX_SQLITE_BUSY_TIMEOUT_MS"
+
+
+def sqlite_busy_timeout_ms() -> int:
+    """How long a SQLite writer waits for another's write lock: ``CRX_SQLITE_BUSY_TIMEOUT_MS``,
+    else `SQLITE_BUSY_TIMEOUT_MS`."""
+    value = os.environ.get(ENV_SQLITE_BUSY_TIMEOUT, "").strip()
+    if not value:
+        return SQLITE_BUSY_TIMEOUT_MS
+    # At most a day: a larger number is a typo, and SQLite's own limit is a 32-bit int.
+    if not value.isdigit() or len(value) > 10 or int(value) > 86_400_000:
+        raise InvalidInput(
+            f"{ENV_SQLITE_BUSY_TIMEOUT} must be a whole number of milliseconds from 0 to "
+            f"86400000, not {value!r}"
+        )
+    return int(value)
 
 
 def _normalise(url: str) -> str:
@@ -55,7 +74,7 @@ def make_engine(url: str) -> Engine:
             if not folder.is_dir():
                 raise DatabaseUnavailable(redact(url), f"folder {folder} does not exist")
             _create_private(Path(database).expanduser())
-        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        kwargs["connect_args"] = {"timeout": sqlite_busy_timeout_ms() / 1000}
     else:
         kwargs["pool_pre_ping"] = True
     try:
@@ -81,11 +100,13 @@ def _create_private(path: Path) -> None:
 
 
 def _configure_sqlite(engine: Engine) -> None:
+    busy_timeout = sqlite_busy_timeout_ms()
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout}")
         cursor.execute("PRAGMA foreign_keys = ON")
         if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             cursor.execute("PRAGMA journal_mode = WAL")

@@ -30,7 +30,12 @@ from sqlalchemy.orm import Session
 
 from crx.registry.config import crx_home, redact, scrub
 from crx.registry.db import migrate
-from crx.registry.db.connection import make_engine, transaction
+from crx.registry.db.connection import (
+    ENV_SQLITE_BUSY_TIMEOUT,
+    make_engine,
+    sqlite_busy_timeout_ms,
+    transaction,
+)
 from crx.registry.errors import DatabaseRefused, DatabaseUnavailable, InvalidInput
 
 T = TypeVar("T")
@@ -65,6 +70,12 @@ def take_blob_lease(session: Session, *, exclusive: bool) -> None:
     if session.get_bind().dialect.name == "postgresql":
         lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         session.execute(text(f"SELECT {lock}(:key)"), {"key": BLOB_LEASE_KEY})
+    else:
+        # Take the write lock now. A session begins lazily, at its first statement: without
+        # this, a writer's `ensure_present` ran before its BEGIN IMMEDIATE, outside the lease,
+        # and a gc committing in between deleted a blob the writer's rows then pointed at
+        # (found by tests/test_governance_concurrency.py).
+        session.connection()
 
 
 def session_is_owner(session: Session) -> bool:
@@ -125,7 +136,15 @@ class Database:
             # A foreign key, a check, or a rule a trigger enforces (migration 0003).
             raise DatabaseRefused(self.display_url, self._reason(exc)) from None
         except (OperationalError, InterfaceError) as exc:
-            raise DatabaseUnavailable(self.display_url, self._reason(exc)) from None
+            reason = self._reason(exc)
+            if reason in ("database is locked", "database table is locked"):
+                # SQLite's busy timeout ran out: say whose lock and what to change.
+                reason += (
+                    f": another process held its write lock longer than the busy timeout "
+                    f"({sqlite_busy_timeout_ms()} ms; set {ENV_SQLITE_BUSY_TIMEOUT} to wait "
+                    "longer)"
+                )
+            raise DatabaseUnavailable(self.display_url, reason) from None
         except DataError as exc:
             raise InvalidInput(f"the database refused a value: {self._reason(exc)}") from None
         except DBAPIError as exc:

@@ -253,12 +253,19 @@ class ObjectStore:
         if not self.is_local:
             return []
         cutoff = time.time() - older_than_seconds
-        found = [
-            p
-            for p in self._local_files()
-            if p.name.startswith(".tmp-") and p.lstat().st_mtime <= cutoff
-        ]
-        return sorted(found, key=lambda p: p.lstat().st_mtime)
+        found = []
+        for path in self._local_files():
+            if not path.name.startswith(".tmp-"):
+                continue
+            try:
+                modified = path.lstat().st_mtime
+            except FileNotFoundError:
+                # Its writer renamed it into place since the listing (found by
+                # tests/test_governance_concurrency.py: gc crashed with a traceback).
+                continue
+            if modified <= cutoff:
+                found.append((modified, path))
+        return [path for _, path in sorted(found)]
 
     def _local_files(self) -> list[Path]:
         """Regular files one shard folder deep, never through a link: a shard folder or a file
