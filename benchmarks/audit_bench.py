@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 # Reuse the catalogue benchmark's helpers (statistics, machine facts, settings).
 from benchmarks.catalog_bench import (  # noqa: E402
+    finish,
     git_commit,
     machine,
     postgres_settings,
@@ -378,15 +379,7 @@ def main() -> None:
         if server is not None:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report["total_seconds"] = round(time.perf_counter() - started, 1)
-    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    print()
-    print(markdown(report))
-    print(f"\ntotal {report['total_seconds']} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    finish(report, started, markdown, args.out)
 
 
 if __name__ == "__main__":

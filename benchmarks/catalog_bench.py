@@ -563,6 +563,24 @@ def sqlite_settings(url: str) -> dict[str, Any]:
 # -- report -------------------------------------------------------------------------------------
 
 
+def finish(
+    report: dict[str, Any],
+    started: float,
+    table: Callable[[dict[str, Any]], str],
+    out: Path | None,
+) -> None:
+    """Close a benchmark report: total time and load, the table printed, the JSON written."""
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    print()
+    print(table(report))
+    print(f"\ntotal {report['total_seconds']} s")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The results as a Markdown table: p50 / p95 in ms per backend, CLI and in-process API."""
     backends = list(report["backends"])
@@ -645,17 +663,9 @@ def main() -> None:
         if server is not None:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report["total_seconds"] = round(time.perf_counter() - started, 1)
-    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     for name, result in report["backends"].items():
         print(f"\n{name}: loaded {result['load']['rows']} in {result['load']['seconds']} s")
-    print()
-    print(markdown(report))
-    print(f"\ntotal {report['total_seconds']} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    finish(report, started, markdown, args.out)
 
 
 if __name__ == "__main__":
