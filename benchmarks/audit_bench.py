@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # Reuse the catalogue benchmark's helpers (statistics, machine facts, settings).
+from sqlalchemy import text  # noqa: E402
+
 from benchmarks.catalog_bench import (  # noqa: E402
     finish,
     git_commit,
@@ -248,6 +250,8 @@ def random_day(rng: random.Random) -> str:
 def measure(registry: Registry, scale: dict[str, int]) -> dict[str, Any]:
     rng = random.Random(3)
     n = scale["queries"]
+    with registry.db.read() as session:
+        history_ids = int(session.scalar(text("SELECT max(id) FROM alias_history")) or 1)
     queries: dict[str, Callable[[], Any]] = {
         "audit vector:ID": lambda: registry.audit(
             object=f"vector:{rng.randint(1, scale['vectors'])}"
@@ -265,6 +269,10 @@ def measure(registry: Registry, scale: dict[str, int]) -> dict[str, Any]:
         ),
         "alias_history honesty prod (all rows)": lambda: registry.alias_history(
             "honesty", "m0", "prod"
+        ),
+        # What `crx alias history` shows by default: a page of 100, from a random point.
+        "alias_history honesty prod (a page of 100)": lambda: registry.alias_history(
+            "honesty", "m0", "prod", limit=100, after=rng.randrange(history_ids)
         ),
         "alias_history honesty prod --at DAY": lambda: registry.alias_history(
             "honesty", "m0", "prod", at=datetime.fromisoformat(random_day(rng)).replace(tzinfo=UTC)

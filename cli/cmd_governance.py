@@ -7,8 +7,8 @@ from datetime import datetime
 
 import click
 
-from crx.cli.context import When, json_option, registry
-from crx.cli.render import emit_json, emit_table, shown_actor
+from crx.cli.context import When, after_option, json_option, limit_option, registry
+from crx.cli.render import emit_json, emit_table, next_page_hint, shown_actor
 from crx.schemas.governance import (
     PROTECTED_ALIAS,
     AliasHistoryRecord,
@@ -178,9 +178,17 @@ def alias_list(model: str | None, concept: str | None, as_json: bool) -> None:
     default=None,
     help="Only the change in force then (a bare date means the end of that day, UTC).",
 )
+@limit_option
+@after_option
 @json_option
 def alias_history(
-    concept: str, model: str, name: str | None, at: datetime | None, as_json: bool
+    concept: str,
+    model: str,
+    name: str | None,
+    at: datetime | None,
+    limit: int,
+    after: int | None,
+    as_json: bool,
 ) -> None:
     """The append-only history of a concept's aliases on a model: who moved what, when, why.
 
@@ -191,16 +199,18 @@ def alias_history(
       crx alias history honesty --model gemma3-270m
       crx alias history honesty --model gemma3-270m --alias prod --at 2026-11-20
     """
-    rows = registry().alias_history(concept, model, name, at=at)
+    rows = registry().alias_history(concept, model, name, at=at, limit=limit, after=after)
     if as_json:
         emit_json(rows)
         return
+    more = rows[-1].id if limit and len(rows) == limit else None
     empty = "no alias in force then" if at is not None else "no alias changes"
     emit_table(
         ["at", "alias", "rev", "action", "from", "to", "by", "reason"],
         [_history_row(r) for r in rows],
         empty,
     )
+    next_page_hint(more)
 
 
 def _history_row(r: AliasHistoryRecord) -> tuple[object, ...]:

@@ -62,6 +62,11 @@ def test_alias_commands(populated_sqlite: World, monkeypatch: pytest.MonkeyPatch
         "no alias in force then\n"
     )
     usage_error(w.run("alias", "history", "joy", "--model", "tiny", "--at", "yesterday"))
+    page = w.run("alias", "history", "joy", "--model", "tiny", "--limit", "1")
+    assert len(page.stdout.splitlines()) == 2  # the header and one row
+    assert page.stderr == f"(more: --after {history[0]['id']})\n"
+    rest = w.json("alias", "history", "joy", "--model", "tiny", "--after", str(history[0]["id"]))
+    assert [h["revision"] for h in rest] == [2]
 
     deleted = w.ok("alias", "delete", "joy@staging", "--model", "tiny", "--reason", "done")
     assert deleted.stdout == f"deleted joy@staging on tiny (was vector {second})\n"

@@ -281,8 +281,11 @@ def history(
     name: str | None = None,
     *,
     at: datetime | None = None,
+    limit: int | None = None,
+    after: int | None = None,
 ) -> list[AliasHistoryRecord]:
-    """Every change of ``concept``'s aliases (or of alias ``name``) on ``model``, oldest first.
+    """Every change of ``concept``'s aliases (or of alias ``name``) on ``model``, oldest first;
+    ``limit`` rows at most, those after history id ``after`` (paging, as the lists do).
 
     With ``at``: for each alias, only the change in force at that moment (the last one made
     at or before it), so "what was prod on that date, and who moved it" is one row.
@@ -308,6 +311,10 @@ def history(
             .group_by(SqlAliasHistory.name)
         )
         query = query.where(SqlAliasHistory.id.in_(last))
+    if after is not None:
+        query = query.where(SqlAliasHistory.id > after)
+    if limit:
+        query = query.limit(limit)
     rows = list(session.execute(query.order_by(SqlAliasHistory.id)))
     if at is not None:
         rows = [row for row in rows if row.action != "delete"]

@@ -120,12 +120,20 @@ class Governance:
             return aliases.listing(session, model=model, concept=concept)
 
     def alias_history(
-        self, concept: str, model: str, name: str | None = None, *, at: datetime | None = None
+        self,
+        concept: str,
+        model: str,
+        name: str | None = None,
+        *,
+        at: datetime | None = None,
+        limit: int | None = None,
+        after: int | None = None,
     ) -> list[AliasHistoryRecord]:
-        """Every change of the concept's aliases on ``model``, oldest first; with ``at``, the
-        change in force at that moment for each alias (who moved it there, when, why)."""
+        """Every change of the concept's aliases on ``model``, oldest first (``limit`` rows
+        after history id ``after``); with ``at``, the change in force at that moment for each
+        alias (who moved it there, when, why)."""
         with self.db.read() as session:
-            return aliases.history(session, concept, model, name, at=at)
+            return aliases.history(session, concept, model, name, at=at, limit=limit, after=after)
 
     # -- approvals and promotion ------------------------------------------------------------
 
