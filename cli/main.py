@@ -23,6 +23,7 @@ from crx.cli import (
     cmd_plan,
     cmd_policy,
     cmd_register,
+    cmd_serve,
     cmd_store,
 )
 from crx.cli.context import State
@@ -99,6 +100,7 @@ cli.add_command(cmd_governance.deprecate)
 cli.add_command(cmd_governance.deprecations)
 cli.add_command(cmd_audit.audit)
 cli.add_command(cmd_audit.lineage)
+cli.add_command(cmd_serve.serve)
 
 
 def main() -> None:

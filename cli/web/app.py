@@ -1,0 +1,85 @@
+"""`create_app`: the FastAPI application of ``crx serve`` for one `Registry`.
+
+The app reads only through the facade (`crx.cli.web.api`), answers every error as JSON
+(`crx.cli.web.errors`) and names the registry it reads, credentials redacted, in two headers
+on every response (``X-Crx-Database``, ``X-Crx-Store``) and at ``/api/registry``. With several
+uvicorn workers each process builds its own app from `from_environment` (uvicorn's factory),
+which opens the registry ``crx serve`` was given, passed as ``CRX_DATABASE_URL`` /
+``CRX_STORE_URL`` in the workers' environment, exactly as every command resolves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from crx.cli.web import api, errors
+
+if TYPE_CHECKING:
+    from crx.registry import Registry
+
+DESCRIPTION = """The read-only JSON API of a crx registry: the records `crx ... --json` prints.
+
+Lists are keyset-paged: `{"items": [...], "next_after": ID or null}`; pass `after=ID` for the
+next page. Errors are `{"error": {"type": ..., "message": ...}}` with a 400, 403, 404, 405,
+409 or 503 status. Every response names the registry in `X-Crx-Database` / `X-Crx-Store`.
+"""
+
+
+def _header(value: str) -> bytes:
+    # Header values are latin-1; a path with other characters is sent percent-encoded.
+    return quote(value, safe=":/@*?&=+,;~!$'()[]%").encode("latin-1")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("crx")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0"
+
+
+def create_app(registry: Registry) -> FastAPI:
+    """The app serving ``registry`` (closed when the app shuts down)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        registry.close()
+
+    app = FastAPI(
+        title="crx",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.registry = registry
+    app.include_router(api.router)
+    errors.install(app)
+    app.add_middleware(
+        errors.ReadOnlyGuard,
+        headers=[
+            (b"x-crx-database", _header(registry.db.display_url)),
+            (b"x-crx-store", _header(registry.store.display_url)),
+        ],
+    )
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app
+
+
+def from_environment() -> FastAPI:
+    """uvicorn's factory for worker processes: the registry of ``CRX_DATABASE_URL`` /
+    ``CRX_STORE_URL`` (else the embedded default), as `crx serve` set them."""
+    from crx.registry import Registry
+
+    return create_app(Registry())

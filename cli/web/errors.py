@@ -1,0 +1,129 @@
+"""Every error a request can meet, as one JSON shape: ``{"error": {"type", "message"}}``.
+
+A `CrxError` keeps its class name and message (the library already redacts credentials in
+them) and gets the status its family means; FastAPI's validation errors are 400s; an unknown
+route is a JSON 404; anything else is a bug, answered with a 500 that names no detail and
+logged as one line, never with a traceback (which could quote a URL with its password).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crx.registry import errors
+
+log = logging.getLogger("crx.serve")
+
+# Most specific first: the first class in an error's MRO found here decides its status.
+STATUS: tuple[tuple[type[errors.CrxError], int], ...] = (
+    (errors.AliasConflict, 409),
+    (errors.NotPermitted, 403),
+    (errors.ProtectedAlias, 403),
+    (errors.PromotionRefused, 403),
+    (errors.DatabaseRefused, 403),
+    (errors.DatabaseUnavailable, 503),
+    (errors.StoreUnavailable, 503),
+    # A server whose database is not (yet) the schema this crx reads cannot serve it.
+    (errors.DatabaseError, 503),
+    (errors.NotFound, 404),
+    (errors.InvalidInput, 400),
+    (errors.AlreadyExists, 409),
+    (errors.GovernanceError, 409),
+    (errors.StoreError, 500),
+)
+READ_METHODS = ("GET", "HEAD")
+
+
+def status_of(exc: errors.CrxError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message}}
+
+
+def _json(status: int, kind: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse(error_body(kind, message), status_code=status, headers=headers or None)
+
+
+async def _crx_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.CrxError)
+    return _json(status_of(exc), type(exc).__name__, str(exc))
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    found = exc.errors()
+    first = found[0] if found else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    message = str(first.get("msg", "invalid request"))
+    return _json(400, "InvalidInput", f"{where}: {message}" if where else message)
+
+
+_HTTP_TYPES = {404: "NotFound", 405: "MethodNotAllowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        message = f"no route {request.url.path} (see /docs)"
+    else:
+        message = str(exc.detail)
+    return _json(exc.status_code, _HTTP_TYPES.get(exc.status_code, "HTTPError"), message)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers, and the guard (`ReadOnlyGuard`) outside every route."""
+    app.add_exception_handler(errors.CrxError, _crx_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+class ReadOnlyGuard:
+    """ASGI middleware: refuses every method but GET and HEAD (405, before any route runs),
+    adds ``headers`` to every response, and answers a bug with a bare JSON 500."""
+
+    def __init__(self, app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> None:
+        self.app = app
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), *self.headers]
+            await send(message)
+
+        if scope["method"] not in READ_METHODS:
+            response = _json(
+                405,
+                "MethodNotAllowed",
+                f"{scope['method']} is not allowed: this server is read-only",
+                Allow=", ".join(READ_METHODS),
+            )
+            await response(scope, receive, send_with_headers)
+            return
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            # One line: the class only (a message or traceback could hold a credential).
+            log.error("%s %s failed: %s", scope["method"], scope.get("path"), type(exc).__name__)
+            if not started:
+                response = _json(500, "InternalError", "internal server error (a bug in crx)")
+                await response(scope, receive, send_with_headers)
