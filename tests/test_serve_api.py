@@ -417,11 +417,13 @@ def test_errors_are_json_with_their_status(served: Served) -> None:
     assert "/api/nope" in _error(get("/api/nope"), 404, "NotFound")
     _error(get("/nope/at/all"), 404, "NotFound")
     # writes are not served, on any path
-    for method in ("POST", "PUT", "PATCH", "DELETE"):
+    for method in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
         for path in ("/api/models", "/api/aliases/joy@staging", "/api/nope"):
             response = served.client.request(method, path, json={"vector": 1})
             _error(response, 405, "MethodNotAllowed")
-            assert response.headers["allow"] == "GET, HEAD"
+            assert response.headers["allow"] == "GET"
+    head = served.client.head("/api/models")
+    assert (head.status_code, head.headers["allow"], head.content) == (405, "GET", b"")
     assert served.reg.list_aliases() == served.reg.list_aliases(model="tiny")  # nothing moved
 
 
