@@ -33,6 +33,8 @@ _LABELS = {
 _OF = {"download", "assemble", "verify", "convert", "save"}  # "<label> of NAME"
 
 F = TypeVar("F", bound=Callable[..., Any])
+# tqdm's default format with the unit after each count, for bytes: "1.50MiB/3.00MiB"
+_BYTES = "{l_bar}{bar}| {n_fmt}{unit}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 def quiet_option(f: F) -> F:
@@ -125,12 +127,15 @@ class Reporter:
             from crx.registry import Registry
 
             unit = Registry.progress_unit(stage)
+            size = unit == "B"
             self.bar = tqdm(
                 total=total,
                 desc=label(stage),
-                unit=unit,
-                unit_scale=unit == "B",
+                # bytes in binary prefixes: "3.00M" + "iB" reads 3.00MiB, and the rate MiB/s
+                unit="iB" if size else unit,
+                unit_scale=size,
                 unit_divisor=1024,
+                bar_format=_BYTES if size else None,
                 file=self.stream,
                 leave=True,
                 mininterval=self.min_interval,
