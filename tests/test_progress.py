@@ -291,3 +291,25 @@ def test_quiet_commands_print_nothing_on_stderr(
                     "--normalize", "--quiet")  # fmt: skip
     assert "token_accuracy" in out
     assert err == ""
+
+
+def test_the_demo_says_what_it_will_take_before_it_starts(reg: Registry) -> None:
+    from crx.cli.cmd_demo import _estimate_line
+    from crx.registry.workflows.demo import SOURCE, TARGET, Estimate
+
+    estimate = reg.demo_estimate()  # a fresh $CRX_HOME: nothing pulled, nothing cached
+    assert (estimate.seconds, estimate.disk_bytes) == (717, 2_100_000_000)
+    assert estimate.pulled == {SOURCE: False, TARGET: False}
+    assert estimate.states_cached == {SOURCE: False, TARGET: False}
+    assert not estimate.reused
+    line = _estimate_line(estimate, all_six=True)
+    assert line.startswith("crx demo: ~12 min from scratch on a 2-core CPU (717 s measured")
+    assert "~51 min on a loaded machine" in line
+    assert "~2.1 GB under $CRX_HOME" in line
+    assert line.endswith(
+        f"to do here: pull {SOURCE}, pull {TARGET}, corpus states of {SOURCE}, "
+        f"corpus states of {TARGET}"
+    )
+    done = Estimate(717, 3060, 2_100_000_000, 1_600_000_000, {SOURCE: True}, {SOURCE: True})
+    assert done.reused
+    assert "are here" in _estimate_line(done, all_six=False)
