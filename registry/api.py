@@ -43,6 +43,7 @@ from crx.schemas.records import (
 if TYPE_CHECKING:
     from crx.registry.engine.loading import LoadedModel
     from crx.registry.workflows.demo import DemoResult
+    from crx.registry.workflows.demo import Estimate as DemoEstimate
     from crx.registry.workflows.pull import PullResult
 
 P = ParamSpec("P")
@@ -304,6 +305,20 @@ class Registry:
         from crx.registry.workflows.pull import pull_model
 
         return pull_model(self.catalog, name, progress=progress, keep_gguf=keep_gguf)
+
+    @staticmethod
+    def progress_unit(stage: str) -> str:
+        """What the counts of a progress stage are (``"B"`` for bytes); see
+        `crx.registry.progress`."""
+        from crx.registry.progress import unit
+
+        return unit(stage)
+
+    def demo_estimate(self) -> DemoEstimate:
+        """What ``crx demo`` measured to take and need, and which slow steps are done here."""
+        from crx.registry.workflows.demo import estimate
+
+        return estimate(self.workspace)
 
     def demo(
         self,

@@ -9,7 +9,6 @@ are cached under ``$CRX_HOME``, so a re-run after a kill does not redo the slow 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ import numpy as np
 from crx.registry.declare.reconcile import Desired, map_corpus, transplanted_vector
 from crx.registry.errors import InvalidInput
 from crx.registry.names import parse_versioned
-from crx.registry.progress import Stage
+from crx.registry.progress import Stage, StagedProgress
 from crx.registry.workflows import evaluate as evaluation
 from crx.registry.workflows import extract as extraction
 from crx.registry.workflows import fit as fitting
@@ -226,14 +225,14 @@ def _compute_fits(work: Work, specs: CatalogSpec) -> None:
             )
 
 
-def _announce(work: Work, fit_label: str) -> Callable[[str, int, int], None]:
+def _announce(work: Work, fit_label: str) -> StagedProgress:
     """A fit progress callback that names each of its stages once on apply's stage line."""
     seen: set[str] = set()
 
-    def progress(name: str, _done: int, _total: int) -> None:
+    def progress(name: str, _done: int | None, _total: int | None) -> None:
         if name not in seen:
             seen.add(name)
-            work.stage(fit_label if name == "fit" else name)
+            work.stage(fit_label if name.startswith("fit ") else name)
 
     return progress
 

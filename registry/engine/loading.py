@@ -17,6 +17,7 @@ from typing import Any
 from crx.registry.config import crx_home
 from crx.registry.engine.layers import find_layers
 from crx.registry.errors import CrxError
+from crx.registry.progress import Progress
 
 
 class ModelLoadError(CrxError):
@@ -83,8 +84,15 @@ def load_model(
     revision: str | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,
+    progress: Progress | None = None,
 ) -> LoadedModel:
-    """Load a causal LM from a local folder, a hub id, or a GGUF file inside a folder."""
+    """Load a causal LM from a local folder, a hub id, or a GGUF file inside a folder.
+
+    ``progress(done, 3)`` after each step: the imports and a GGUF's conversion, the tokenizer,
+    the weights (no finer measure: transformers loads them in one call).
+    """
+    report: Progress = progress or (lambda done, total: None)
+    report(0, 3)  # before the imports: torch and transformers take seconds to import
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,6 +108,7 @@ def load_model(
             if not (cached / "config.json").exists():
                 convert_gguf(Path(path), gguf_file, cached)
             source = cached
+        report(1, 3)
         cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if revision:
@@ -111,6 +120,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(
             source, **{k: v for k, v in kwargs.items() if k in ("trust_remote_code", "revision")}
         )
+        report(2, 3)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except CrxError:
         raise
@@ -119,4 +129,5 @@ def load_model(
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    report(3, 3)
     return LoadedModel(name=label, model=model, tokenizer=tokenizer, layers=find_layers(model))

@@ -18,7 +18,7 @@ from crx.registry.config import crx_home
 from crx.registry.errors import InvalidInput
 from crx.registry.hashing import canonical_json
 from crx.registry.inputs import MIB, read_text
-from crx.registry.progress import Progress
+from crx.registry.progress import StagedProgress, staged
 from crx.schemas.records import ModelRecord
 
 if TYPE_CHECKING:
@@ -70,6 +70,11 @@ def _states_path(model: ModelRecord, corpus_oid: str) -> Path:
     return crx_home() / "cache" / "states" / f"{identity[:32]}-{corpus_oid[:32]}.safetensors"
 
 
+def cached_states_exist(model: ModelRecord, corpus_oid: str) -> bool:
+    """Whether `corpus_states` has cached this model's states on this corpus (nothing read)."""
+    return _states_path(model, corpus_oid).exists()
+
+
 def cached_states(model: ModelRecord, corpus_oid: str) -> Any:
     """The corpus states `corpus_states` cached for this model and corpus, or None."""
     from safetensors.torch import load_file
@@ -85,9 +90,13 @@ def corpus_states(
     corpus_oid: str,
     *,
     batch_size: int = 32,
-    progress: Progress | None = None,
+    progress: StagedProgress | None = None,
 ) -> Any:
-    """Last-token states of every corpus line at every block, cached under ``$CRX_HOME``."""
+    """Last-token states of every corpus line at every block, cached under ``$CRX_HOME``.
+
+    Computing them reports the stages ``load NAME`` and ``states NAME`` (lines, batch by batch);
+    states found in the cache report nothing.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -96,7 +105,10 @@ def corpus_states(
     cached = cached_states(model, corpus_oid)
     if cached is not None:
         return cached
-    states = residual_states(ws.load(model), lines, batch_size=batch_size, progress=progress)
+    loaded = ws.load(model, progress=progress)
+    states = residual_states(
+        loaded, lines, batch_size=batch_size, progress=staged(progress, f"states {model.name}")
+    )
     cache = _states_path(model, corpus_oid)
     cache.parent.mkdir(parents=True, exist_ok=True)
     temp = cache.with_suffix(".tmp")

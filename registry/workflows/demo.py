@@ -11,16 +11,21 @@ R²) and with ConTrans' own recipe (SVD least squares, no bias, the pair of equa
 0.75). Neither map wins for every concept (``benchmarks/README.md``), and a better fit does not
 mean better steering, so both are evaluated: `crx plan` then routes each concept through the
 transplant whose recorded evaluation is best.
+
+Every step reports through ``progress`` (`crx.registry.progress`): the pull stages of each
+model, ``register concepts``, ``load``/``states`` of each model, both fits, and per emotion its
+extractions, transplants, norms and evaluations, then the plot. `estimate` says, before the
+run, what it measured to take and what is already done here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crx.registry.progress import StagedProgress
+from crx.registry.progress import StagedProgress, one_step
 from crx.registry.workflows import evaluate, extract, fit, transplant
 from crx.registry.workflows.pull import pull_model
 
@@ -39,15 +44,72 @@ LEGEND = {
     "native": "native",
 }
 PAIR_CONSTRUCTION = "repe-emotions-vs-others:holdout=0.5:seed=0"
+#: What the demo measured from scratch, all six emotions (benchmarks/README.md: 717 s on the
+#: 2-core benchmark machine; 51 min on a loaded 2-core machine, reported in issue 17).
+FROM_SCRATCH_SECONDS = 717
+LOADED_MACHINE_SECONDS = 51 * 60
+#: What a run from scratch leaves under $CRX_HOME: both converted models, the corpus states,
+#: the registry and its store (measured; the virtualenv takes another ~1.6 GB).
+DISK_BYTES = 2_100_000_000
+VENV_BYTES = 1_600_000_000
 
 
-def register_emotions(catalog: Catalog, emotions: Sequence[str]) -> dict[str, str]:
+@dataclass(frozen=True)
+class Estimate:
+    """What a demo run measured to take from scratch, and what is already done here."""
+
+    seconds: int  # from scratch, on the benchmark machine
+    loaded_seconds: int  # from scratch, on a loaded machine
+    disk_bytes: int  # under $CRX_HOME after a run
+    venv_bytes: int
+    pulled: dict[str, bool]  # model → already pulled here
+    states_cached: dict[str, bool]  # model → its corpus states already cached
+
+    @property
+    def reused(self) -> bool:
+        """True when the slow steps (pulls, corpus states) are all done already."""
+        return all(self.pulled.values()) and all(self.states_cached.values())
+
+
+def estimate(ws: Workspace) -> Estimate:
+    """What `run` measured to take, and which of its slow steps this machine has done."""
+    from crx.registry.errors import ModelNotFound
+    from crx.registry.models.catalogue import pulled
+    from crx.registry.store.objects import sha256_hex
+    from crx.registry.workflows.corpus import cached_states_exist, load_corpus
+
+    _, corpus_bytes = load_corpus(None)
+    corpus_oid = sha256_hex(corpus_bytes)
+    done = {name: pulled(name) is not None for name in (SOURCE, TARGET)}
+    cached = {}
+    for name in (SOURCE, TARGET):
+        try:
+            model = ws.catalog.get_model(name)
+        except ModelNotFound:
+            cached[name] = False
+        else:
+            cached[name] = cached_states_exist(model, corpus_oid)
+    return Estimate(
+        seconds=FROM_SCRATCH_SECONDS,
+        loaded_seconds=LOADED_MACHINE_SECONDS,
+        disk_bytes=DISK_BYTES,
+        venv_bytes=VENV_BYTES,
+        pulled=done,
+        states_cached=cached,
+    )
+
+
+def register_emotions(
+    catalog: Catalog, emotions: Sequence[str], progress: StagedProgress | None = None
+) -> dict[str, str]:
     """Register each emotion concept from the training half of the RepE scenarios."""
     from crx.registry.engine import emotion as task
 
     train = {e: task.split_scenarios(task.load_scenarios(e)).train for e in task.EMOTIONS}
     refs = {}
-    for e in emotions:
+    for k, e in enumerate(emotions):
+        if progress is not None:
+            progress("register concepts", k, len(emotions))
         pairs = task.build_pairs(e, train)
         result = catalog.register_concept(
             e,
@@ -57,6 +119,8 @@ def register_emotions(catalog: Catalog, emotions: Sequence[str]) -> dict[str, st
             description=f"RepE {e} scenarios vs other emotions (training half)",
         )
         refs[e] = result.record.ref
+    if progress is not None:
+        progress("register concepts", len(emotions), len(emotions))
     return refs
 
 
@@ -78,13 +142,10 @@ def run(
     from crx.registry.engine import emotion as task
     from crx.registry.engine.fit import relative_depth_pair
 
-    def stage(name: str) -> Callable[[int, int], None] | None:
-        return None if progress is None else (lambda d, t: progress(name, d, t))
-
     emotions = list(emotions or task.EMOTIONS)
     source = pull_model(ws.catalog, SOURCE, progress=progress).registered.record
     target = pull_model(ws.catalog, TARGET, progress=progress).registered.record
-    refs = register_emotions(ws.catalog, emotions)
+    refs = register_emotions(ws.catalog, emotions, progress)
     fit.fit(ws, source.name, target.name, progress=progress)
     layer = evaluate.default_layer(target.n_layers)
     paper_pair = f"{relative_depth_pair(source.n_layers, target.n_layers, layer)}:{layer}"
@@ -94,12 +155,8 @@ def run(
     curves: dict[str, dict[float, list[float]]] = {label: {} for label in (*TRANSPLANTS, "native")}
     bases = []
     for e in emotions:
-        src_vec = extract.extract(
-            ws, refs[e], source.name, progress=stage(f"extract {e} on {source.name}")
-        ).record
-        native = extract.extract(
-            ws, refs[e], target.name, progress=stage(f"extract {e} on {target.name}")
-        ).record
+        src_vec = extract.extract(ws, refs[e], source.name, progress=progress).record
+        native = extract.extract(ws, refs[e], target.name, progress=progress).record
         vectors = {
             label: transplant.transplant(
                 ws,
@@ -109,6 +166,7 @@ def run(
                 vector_id=src_vec.id,
                 solver=solver,
                 layer=layer if one_layer else None,
+                progress=progress,
             ).record
             for label, (solver, one_layer) in TRANSPLANTS.items()
         }
@@ -120,7 +178,8 @@ def run(
                 target.name,
                 vector_id=None,
                 alphas=[],
-                progress=stage(f"evaluate {e}: base"),
+                progress=progress,
+                stage=f"evaluate {e} on {target.name}: base",
             )
         )
         bases.append(base[None])
@@ -135,7 +194,8 @@ def run(
                     alphas=alphas,
                     layer=layer,
                     normalize=True,
-                    progress=stage(f"evaluate {e}: {label}"),
+                    progress=progress,
+                    stage=f"evaluate {e} on {target.name}: {label}",
                 )
             )
             best = max(scores.values(), key=lambda m: (m["token_accuracy"], m["logit_accuracy"]))
@@ -148,6 +208,7 @@ def run(
     from crx.registry.plot import accuracy_vs_alpha
 
     mean_base = sum(b["token_accuracy"] for b in bases) / len(bases)
+    plotted = one_step(progress, "plot")
     result.plot = accuracy_vs_alpha(
         {LEGEND[k]: {a: sum(v) / len(v) for a, v in c.items()} for k, c in curves.items()},
         base=mean_base,
@@ -156,6 +217,7 @@ def run(
         out=out_dir / "demo_emotions.png",
         alphas=alphas,
     )
+    plotted()
     return result
 
 

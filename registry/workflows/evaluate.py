@@ -26,7 +26,7 @@ import numpy as np
 from crx.registry.errors import InvalidInput, NoVectorOn
 from crx.registry.hashing import canonical_json
 from crx.registry.inputs import MIB, read_bytes
-from crx.registry.progress import Progress, StagedProgress
+from crx.registry.progress import Progress, StagedProgress, offset, one_step, staged
 from crx.registry.workflows.corpus import load_corpus
 from crx.schemas.records import EvaluationRecord, ModelRecord, VectorRecord
 
@@ -147,11 +147,15 @@ def score_alphas(
     norm: float | None,
     progress: Progress | None = None,
 ) -> list[tuple[float, dict[str, float]]]:
-    """``(α, metrics)`` of ``loaded`` steered with ``array`` at ``layer``, for each α."""
+    """``(α, metrics)`` of ``loaded`` steered with ``array`` at ``layer``, for each α.
+
+    ``progress(done, total)`` counts the protocol's items over every α (total ``n × len(α)``).
+    """
     from crx.registry.engine.steer import steer
 
     results = []
-    for alpha in alphas:
+    total = protocol.n * len(alphas)
+    for k, alpha in enumerate(alphas):
         with steer(
             loaded.layers,
             array,
@@ -161,7 +165,8 @@ def score_alphas(
             reference_norm=norm,
             d_model=loaded.d_model,
         ):
-            results.append((float(alpha), protocol.score(loaded, progress)))
+            scored = protocol.score(loaded, offset(progress, k * protocol.n, total))
+            results.append((float(alpha), scored))
     return results
 
 
@@ -195,21 +200,28 @@ def evaluate_protocol(
     normalize: bool = False,
     reuse: bool = True,
     scope: str | None = "all",
-    progress: Progress | None = None,
+    progress: StagedProgress | None = None,
+    stage: str | None = None,
 ) -> list[EvaluationRecord]:
     """The bare model (``vector_id`` None) or a vector at each α, scored and recorded.
 
     With ``reuse``, results recorded before for the same subject, dataset, α, layer and
-    ``normalize`` are returned instead of computed again.
+    ``normalize`` are returned instead of computed again. What is computed reports the stages
+    ``load MODEL`` (unless loaded), ``norm MODEL@LAYER`` (with ``normalize``) and ``stage``
+    (default ``evaluate MODEL: base`` or ``evaluate MODEL: vector ID``; items over every α).
     """
     catalog = ws.catalog
     record = model if isinstance(model, ModelRecord) else catalog.get_model(model)
     catalog.store.put(protocol.document)
     done = _recorded(ws, record.name, vector_id, protocol) if reuse else {}
+    name = stage or f"evaluate {record.name}: " + (
+        "base" if vector_id is None else f"vector {vector_id}"
+    )
     if vector_id is None:
         if (None, None, None) in done:
             return done[(None, None, None)]
-        metrics = protocol.score(ws.load(record), progress)
+        loaded = ws.load(record, progress=progress)
+        metrics = protocol.score(loaded, staged(progress, name))
         return catalog.record_evaluation(
             record.name,
             protocol.task,
@@ -224,8 +236,11 @@ def evaluate_protocol(
     norm = None
     if todo:
         # Only now is there something to compute: load the model and measure its norm.
-        loaded = ws.load(record)
-        norm = reference_norm(loaded, steer_layer) if normalize else None
+        loaded = ws.load(record, progress=progress)
+        if normalize:
+            finished = one_step(progress, f"norm {record.name}@{steer_layer}")
+            norm = reference_norm(loaded, steer_layer)
+            finished()
         array = catalog.load_vector(vector_id)
         computed = dict(
             score_alphas(
@@ -236,7 +251,7 @@ def evaluate_protocol(
                 alphas=todo,
                 normalize=normalize,
                 norm=norm,
-                progress=progress,
+                progress=staged(progress, name),
             )
         )
     results: list[EvaluationRecord] = []
@@ -295,16 +310,19 @@ def evaluate(
     else:
         protocol = emotion_protocol(concept.concept)
 
-    def stage(name: str) -> Progress | None:
-        return None if progress is None else (lambda done, total: progress(name, done, total))
-
     # TruthfulQA rows were never reused (their data file is the user's), and carry no scope.
     reuse = task == "emotion"
     scope = "all" if task == "emotion" else None
     records: list[EvaluationRecord] = []
     if with_base:
         records += evaluate_protocol(
-            ws, protocol, record, vector_id=None, reuse=reuse, progress=stage("base")
+            ws,
+            protocol,
+            record,
+            vector_id=None,
+            reuse=reuse,
+            progress=progress,
+            stage=f"evaluate {concept.ref} on {record.name}: base",
         )
     records += evaluate_protocol(
         ws,
@@ -316,7 +334,8 @@ def evaluate(
         normalize=normalize,
         reuse=reuse,
         scope=scope,
-        progress=stage(f"vector {vector_id}"),
+        progress=progress,
+        stage=f"evaluate {concept.ref} on {record.name}: vector {vector_id}",
     )
     return records
 
@@ -332,9 +351,13 @@ def evaluate_emotion(
     normalize: bool = False,
     holdout: float = 0.5,
     batch_size: int = 16,
-    progress: Progress | None = None,
+    progress: StagedProgress | None = None,
+    stage: str | None = None,
 ) -> list[EvaluationRecord]:
-    """Six-shot emotion accuracy on held-out scenarios: the bare model, or a vector at each α."""
+    """Six-shot emotion accuracy on held-out scenarios: the bare model, or a vector at each α.
+
+    ``progress`` and ``stage``: as `evaluate_protocol`'s.
+    """
     return evaluate_protocol(
         ws,
         emotion_protocol(emotion, holdout=holdout, batch_size=batch_size),
@@ -344,6 +367,7 @@ def evaluate_emotion(
         layer=layer,
         normalize=normalize,
         progress=progress,
+        stage=stage,
     )
 
 
@@ -358,7 +382,7 @@ def evaluate_truthfulqa(
     normalize: bool = False,
     primer: bool = False,
     limit: int | None = None,
-    progress: Progress | None = None,
+    progress: StagedProgress | None = None,
 ) -> list[EvaluationRecord]:
     """TruthfulQA MC1/MC2 of the bare model, or of a steering vector at each α."""
     return evaluate_protocol(

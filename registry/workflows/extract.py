@@ -14,7 +14,7 @@ import numpy as np
 
 from crx.registry.errors import InvalidInput
 from crx.registry.pairs import ContrastPair
-from crx.registry.progress import Progress
+from crx.registry.progress import Progress, StagedProgress, staged
 from crx.schemas.records import Registered, VectorRecord
 
 if TYPE_CHECKING:
@@ -78,9 +78,13 @@ def extract(
     token: str = "last",
     batch_size: int = 32,
     force: bool = False,
-    progress: Progress | None = None,
+    progress: StagedProgress | None = None,
 ) -> Registered[VectorRecord]:
-    """Extract (or reuse) the concept vector of ``concept_ref`` on ``model``."""
+    """Extract (or reuse) the concept vector of ``concept_ref`` on ``model``.
+
+    Computing it reports the stages ``load MODEL`` (unless loaded already) and ``extract C on
+    MODEL`` (texts: both sides of every pair); a reused vector reports nothing.
+    """
     estimator = check_method(method)
     catalog = ws.catalog
     concept = catalog.get_concept(concept_ref, model)
@@ -93,13 +97,13 @@ def extract(
             return Registered[VectorRecord](record=existing, created=False)
     pairs = catalog.load_pairs(concept)
     array = compute(
-        ws.load(record),
+        ws.load(record, progress=progress),
         pairs,
         template=concept.template,
         method=method,
         token=token,
         batch_size=batch_size,
-        progress=progress,
+        progress=staged(progress, f"extract {concept.ref} on {record.name}"),
     )
     return catalog.save_vector(
         concept,

@@ -8,12 +8,12 @@ snapshot); `fit` computes what is missing and records it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crx.registry.errors import InvalidInput
-from crx.registry.progress import Progress
+from crx.registry.progress import StagedProgress, staged
 from crx.registry.workflows.corpus import corpus_states, load_corpus
 from crx.schemas.records import MapRecord, ModelRecord
 
@@ -116,23 +116,21 @@ def compute(
     solver: str,
     precision: str | None = None,
     batch_size: int = 32,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: StagedProgress | None = None,
 ) -> list[FittedMap]:
-    """Fit the maps of ``wanted`` on the corpus states of both models (cached per model)."""
+    """Fit the maps of ``wanted`` on the corpus states of both models (cached per model).
+
+    Reports the stages of `corpus_states` for each model, then ``fit S -> T (solver, pairs)``.
+    """
     from crx.registry.engine.fit import fit_pairs, resolve_precision
 
     resolved = resolve_precision(solver, precision)
-
-    def stage(name: str) -> Progress | None:
-        return None if progress is None else (lambda done, total: progress(name, done, total))
-
-    x = corpus_states(
-        ws, src, lines, corpus_oid, batch_size=batch_size, progress=stage(f"states {src.name}")
+    x = corpus_states(ws, src, lines, corpus_oid, batch_size=batch_size, progress=progress)
+    y = corpus_states(ws, tgt, lines, corpus_oid, batch_size=batch_size, progress=progress)
+    name = f"fit {src.name} -> {tgt.name} ({solver}, {pairs_label(wanted)})"
+    return fit_pairs(
+        x, y, wanted, solver=solver, precision=resolved, progress=staged(progress, name)
     )
-    y = corpus_states(
-        ws, tgt, lines, corpus_oid, batch_size=batch_size, progress=stage(f"states {tgt.name}")
-    )
-    return fit_pairs(x, y, wanted, solver=solver, precision=resolved, progress=stage("fit"))
 
 
 def fit(
@@ -146,7 +144,7 @@ def fit(
     precision: str | None = None,
     batch_size: int = 32,
     force: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: StagedProgress | None = None,
 ) -> list[MapRecord]:
     """Fit and record affine maps source → target on a neutral corpus.
 

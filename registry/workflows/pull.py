@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crx.registry.catalog.service import Catalog
-from crx.registry.progress import StagedProgress
+from crx.registry.progress import StagedProgress, suffixed
 from crx.schemas.records import ModelRecord, Registered
 
 
@@ -52,13 +52,17 @@ def available() -> list[dict[str, Any]]:
 def pull_model(
     catalog: Catalog, name: str, *, progress: StagedProgress | None = None, keep_gguf: bool = False
 ) -> PullResult:
-    """Pull a catalogued model (once: a pulled folder is reused) and register it."""
+    """Pull a catalogued model (once: a pulled folder is reused) and register it.
+
+    Reports `crx.registry.models.pull.pull`'s stages with the model's name after each
+    (``download smollm2-135m-instruct``), so a run that pulls two models tells them apart.
+    """
     from crx.registry.models.pull import get_spec, pull, pulled
 
     spec = get_spec(name)
     already = pulled(spec) is not None
     started = time.monotonic()
-    folder = pull(spec, progress=progress, keep_gguf=keep_gguf)
+    folder = pull(spec, progress=suffixed(progress, spec.name), keep_gguf=keep_gguf)
     registered = catalog.register_model(
         spec.name,
         str(folder),

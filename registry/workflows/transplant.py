@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crx.registry.errors import InvalidInput, NoMapBetween, NoVectorOn
+from crx.registry.progress import StagedProgress, staged
 from crx.schemas.records import MapRecord, Registered, VectorRecord
 
 if TYPE_CHECKING:
@@ -71,8 +72,12 @@ def transplant(
     layer: int | None = None,
     solver: str | None = None,
     vector_id: int | None = None,
+    progress: StagedProgress | None = None,
 ) -> Registered[VectorRecord]:
-    """Map the source model's vector of a concept into the target with the stored maps."""
+    """Map the source model's vector of a concept into the target with the stored maps.
+
+    Reports the stage ``transplant C S -> T (solver)``, counting the maps loaded and applied.
+    """
     catalog = ws.catalog
     concept = catalog.get_concept(concept_ref, source)
     src, tgt = catalog.get_model(source), catalog.get_model(target)
@@ -93,7 +98,15 @@ def transplant(
     chosen = choose_maps(registered, layer=layer, solver=solver)
     if not chosen:
         raise NoMapBetween(src.name, tgt.name, layer)
-    weights = {lt: (catalog.load_map(m.id)[0], m.source_layer) for lt, m in chosen.items()}
+    solvers = ",".join(sorted({m.solver for m in chosen.values()}))
+    report = staged(progress, f"transplant {concept.ref} {src.name} -> {tgt.name} ({solvers})")
+    if report is not None:
+        report(0, len(chosen))
+    weights = {}
+    for done, (lt, m) in enumerate(chosen.items(), start=1):
+        weights[lt] = (catalog.load_map(m.id)[0], m.source_layer)
+        if report is not None:
+            report(done, len(chosen))
     out = map_layers(catalog.load_vector(source_vector.id), weights, tgt.n_layers, tgt.d_model)
     map_ids = [chosen[lt].id for lt in sorted(chosen)]
     return catalog.save_vector(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from crx.registry.catalog.service import Catalog
 from crx.registry.errors import InvalidInput
+from crx.registry.progress import StagedProgress, staged
 from crx.schemas.records import ModelRecord
 
 if TYPE_CHECKING:
@@ -23,8 +24,17 @@ class Workspace:
         self.catalog = catalog
         self._loaded: dict[str, LoadedModel] = {}
 
-    def load(self, model: str | ModelRecord, *, device: str | None = None) -> LoadedModel:
-        """A registered model loaded for hooks (cached for the rest of this workspace)."""
+    def load(
+        self,
+        model: str | ModelRecord,
+        *,
+        device: str | None = None,
+        progress: StagedProgress | None = None,
+    ) -> LoadedModel:
+        """A registered model loaded for hooks (cached for the rest of this workspace).
+
+        A load reports as the stage ``load NAME``; a model already loaded reports nothing.
+        """
         from crx.registry.engine.loading import load_model
 
         record = model if isinstance(model, ModelRecord) else self.catalog.get_model(model)
@@ -36,6 +46,7 @@ class Workspace:
                 gguf_sha256=record.weights_sha256,
                 revision=record.revision,
                 device=device,
+                progress=staged(progress, f"load {record.name}"),
             )
             if loaded.n_layers != record.n_layers or loaded.d_model != record.d_model:
                 raise InvalidInput(
