@@ -25,6 +25,7 @@ from crx.cli import (
     cmd_register,
     cmd_serve,
     cmd_store,
+    cmd_token,
 )
 from crx.cli.context import State
 
@@ -101,6 +102,7 @@ cli.add_command(cmd_governance.deprecations)
 cli.add_command(cmd_audit.audit)
 cli.add_command(cmd_audit.lineage)
 cli.add_command(cmd_serve.serve)
+cli.add_command(cmd_token.token)
 
 
 def main() -> None:

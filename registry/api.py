@@ -16,14 +16,14 @@ database transaction for all rows plus their audit event.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import numpy as np
 
-from crx.registry import config
+from crx.registry import audit, config
 from crx.registry.catalog.service import Catalog
 from crx.registry.db.session import Database
 from crx.registry.governance.service import Governance
@@ -201,6 +201,20 @@ class Registry:
     lineage = _governance(Governance.lineage)
     ensure_roles = _governance(Governance.ensure_roles)
     add_user = _governance(Governance.add_user)
+    create_token = _governance(Governance.create_token)
+    list_tokens = _governance(Governance.list_tokens)
+    revoke_token = _governance(Governance.revoke_token)
+    tokens_configured = _governance(Governance.tokens_configured)
+    authenticate_token = _governance(Governance.authenticate_token)
+    token_writes_served = _governance(Governance.token_writes_served)
+
+    @staticmethod
+    def acting_for(user: str) -> AbstractContextManager[None]:
+        """Record ``user`` as the actor of the calls made inside (this thread or task only):
+        on SQLite the actor and label, on PostgreSQL the label beside the role
+        (`crx.registry.audit.acting_for`)."""
+        return audit.acting_for(user)
+
     verify_store = _catalog(Catalog.verify_store)
     gc_store = _catalog(Catalog.gc_store)
 

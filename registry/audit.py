@@ -4,6 +4,10 @@ Who acts: on PostgreSQL the database role the connection authenticated as (``ses
 which a trigger writes over whatever the client sends (migration 0003), so nobody can write as
 somebody else; ``CRX_ACTOR`` is only a display label there. On SQLite (one user's file) it is
 ``CRX_ACTOR`` if set, else ``user@host``.
+
+`acting_for` overrides both for the code it wraps, in this thread or task only (a context
+variable): ``crx serve`` runs an HTTP write as the user its API token belongs to, and two
+requests at once never see each other's user, as a process-wide environment variable would.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import text
@@ -22,11 +29,28 @@ from crx.schemas.records import AuditEventRecord
 
 ENV_ACTOR = "CRX_ACTOR"
 
+_acting_for: ContextVar[str | None] = ContextVar("crx_acting_for", default=None)
+
+
+@contextmanager
+def acting_for(user: str) -> Iterator[None]:
+    """Record ``user`` as the actor (and display label) of what runs inside, in this context
+    only; the environment and other threads are untouched."""
+    token = _acting_for.set(_storable(user))
+    try:
+        yield
+    finally:
+        _acting_for.reset(token)
+
+
+def _explicit() -> str | None:
+    return _acting_for.get() or os.environ.get(ENV_ACTOR) or None
+
 
 def current_actor() -> str:
-    """Who is acting: ``CRX_ACTOR`` if set, else ``user@host`` (made storable: valid UTF-8,
-    no NUL, at most the column's 200 characters)."""
-    explicit = os.environ.get(ENV_ACTOR)
+    """Who is acting: the `acting_for` user, else ``CRX_ACTOR`` if set, else ``user@host``
+    (made storable: valid UTF-8, no NUL, at most the column's 200 characters)."""
+    explicit = _explicit()
     if explicit:
         return _storable(explicit)
     try:
@@ -37,8 +61,9 @@ def current_actor() -> str:
 
 
 def display_label() -> str | None:
-    """``CRX_ACTOR``, recorded beside the actor as a display label (never instead of the role)."""
-    explicit = os.environ.get(ENV_ACTOR)
+    """The `acting_for` user or ``CRX_ACTOR``, recorded beside the actor as a display label
+    (never instead of the role)."""
+    explicit = _explicit()
     return _storable(explicit) if explicit else None
 
 

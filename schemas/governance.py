@@ -183,3 +183,21 @@ class Lineage(Record):
     root: str
     nodes: list[LineageNode]
     vector_id: int | None = None  # the root vector's id
+
+
+class TokenRecord(Record):
+    """An API token of ``crx serve`` as ``crx token list`` shows it: never its secret."""
+
+    id: int
+    user: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class CreatedToken(Record):
+    """A new token and its secret: the only time the secret exists outside its holder."""
+
+    token: TokenRecord
+    secret: str

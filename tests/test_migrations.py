@@ -43,6 +43,7 @@ CATALOGUE_TABLES = {
     "policies",
     "deprecations",
     "audit_events",
+    "api_tokens",
 }
 
 

@@ -416,12 +416,16 @@ def test_errors_are_json_with_their_status(served: Served) -> None:
     # unknown routes
     assert "/api/nope" in _error(get("/api/nope"), 404, "NotFound")
     _error(get("/nope/at/all"), 404, "NotFound")
-    # writes are not served, on any path
+    # writes are not served, on any path but the four token-guarded POSTs
     for method in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
         for path in ("/api/models", "/api/aliases/joy@staging", "/api/nope"):
             response = served.client.request(method, path, json={"vector": 1})
             _error(response, 405, "MethodNotAllowed")
             assert response.headers["allow"] == "GET"
+    for method in ("PUT", "PATCH", "DELETE"):
+        response = served.client.request(method, "/api/approvals", json={"vector": 1})
+        _error(response, 405, "MethodNotAllowed")
+        assert response.headers["allow"] == "GET, POST"
     head = served.client.head("/api/models")
     assert (head.status_code, head.headers["allow"], head.content) == (405, "GET", b"")
     assert served.reg.list_aliases() == served.reg.list_aliases(model="tiny")  # nothing moved
@@ -448,7 +452,11 @@ def test_openapi_and_docs(served: Served) -> None:
         "/api/lineage",
         "/api/registry",
     ):
-        assert set(paths[path]) == {"get"}, path
+        # Reads are GETs; the only POSTs are the token-guarded writes (tests/test_serve_writes.py).
+        writes = {"/api/aliases", "/api/approvals"}
+        assert set(paths[path]) == ({"get", "post"} if path in writes else {"get"}), path
+    for path in ("/api/rejections", "/api/promotions"):
+        assert set(paths[path]) == {"post"}, path
     assert all(op.get("summary") for ops in paths.values() for op in ops.values())
     plan_schema = paths["/api/plan"]["get"]["responses"]["200"]["content"]["application/json"]
     assert plan_schema["schema"]["$ref"].endswith("/TransplantPlan")

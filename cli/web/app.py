@@ -18,15 +18,20 @@ from urllib.parse import quote
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from crx.cli.web import api, errors
+from crx.cli.web import api, errors, writes
 
 if TYPE_CHECKING:
     from crx.registry import Registry
 
-DESCRIPTION = """The read-only JSON API of a crx registry: the records `crx ... --json` prints.
+DESCRIPTION = """The JSON API of a crx registry: the records `crx ... --json` prints.
+
+Reads need nothing. The four writes (`POST /api/approvals`, `/api/rejections`, `/api/aliases`,
+`/api/promotions`) need `Authorization: Bearer TOKEN`, a token the registry's owner made with
+`crx token create --user NAME`; they run as that user under the CLI's policies. With no token
+in the registry the server is read-only (403); a missing or bad token is a 401.
 
 Lists are keyset-paged: `{"items": [...], "next_after": ID or null}`; pass `after=ID` for the
-next page. Errors are `{"error": {"type": ..., "message": ...}}` with a 400, 403, 404, 405,
+next page. Errors are `{"error": {"type": ..., "message": ...}}` with a 400, 401, 403, 404, 405,
 409 or 503 status. Every response names the registry in `X-Crx-Database` / `X-Crx-Store`.
 """
 
@@ -61,6 +66,7 @@ def create_app(registry: Registry) -> FastAPI:
     )
     app.state.registry = registry
     app.include_router(api.router)
+    app.include_router(writes.router)
     errors.install(app)
     app.add_middleware(
         errors.ReadOnlyGuard,
@@ -68,6 +74,7 @@ def create_app(registry: Registry) -> FastAPI:
             (b"x-crx-database", _header(registry.db.display_url)),
             (b"x-crx-store", _header(registry.store.display_url)),
         ],
+        writable=writes.WRITE_PATHS,
     )
 
     @app.get("/", include_in_schema=False)

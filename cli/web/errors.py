@@ -2,8 +2,10 @@
 
 A `CrxError` keeps its class name and message (the library already redacts credentials in
 them) and gets the status its family means; FastAPI's validation errors are 400s; an unknown
-route is a JSON 404; anything else is a bug, answered with a 500 that names no detail and
-logged as one line, never with a traceback (which could quote a URL with its password).
+route is a JSON 404; a write the server refuses before any facade call (no token, a bad
+one: `WriteRefused`) has its own status and headers; anything else is a bug, answered with a
+500 that names no detail and logged as one line, never with a traceback (which could quote a
+URL with its password).
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ STATUS: tuple[tuple[type[errors.CrxError], int], ...] = (
 READ_METHODS = ("GET",)
 
 
+class WriteRefused(Exception):
+    """A write refused before it reaches the facade: read-only (403), no or a bad token (401,
+    with ``WWW-Authenticate: Bearer``). Its message never holds the token."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
 def status_of(exc: errors.CrxError) -> int:
     for cls, status in STATUS:
         if isinstance(exc, cls):
@@ -71,6 +82,12 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return _json(400, "InvalidInput", f"{where}: {message}" if where else message)
 
 
+async def _write_refused(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, WriteRefused)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    return _json(exc.status, exc.kind, exc.message, **headers)
+
+
 _HTTP_TYPES = {404: "NotFound", 405: "MethodNotAllowed"}
 
 
@@ -87,16 +104,24 @@ def install(app: FastAPI) -> None:
     """Register the handlers, and the guard (`ReadOnlyGuard`) outside every route."""
     app.add_exception_handler(errors.CrxError, _crx_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(WriteRefused, _write_refused)
     app.add_exception_handler(HTTPException, _http_error)
 
 
 class ReadOnlyGuard:
-    """ASGI middleware: refuses every method but GET (405, before any route runs),
-    adds ``headers`` to every response, and answers a bug with a bare JSON 500."""
+    """ASGI middleware: refuses every method but GET (405, before any route runs) except a
+    POST to one of ``writable`` (the token-guarded write routes), adds ``headers`` to every
+    response, and answers a bug with a bare JSON 500."""
 
-    def __init__(self, app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        headers: list[tuple[bytes, bytes]],
+        writable: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.headers = headers
+        self.writable = writable
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,12 +136,17 @@ class ReadOnlyGuard:
                 message["headers"] = [*message.get("headers", []), *self.headers]
             await send(message)
 
-        if scope["method"] not in READ_METHODS:
+        write = scope["method"] == "POST" and scope.get("path") in self.writable
+        if scope["method"] not in READ_METHODS and not write:
+            allowed = (
+                (*READ_METHODS, "POST") if scope.get("path") in self.writable else READ_METHODS
+            )
             response = _json(
                 405,
                 "MethodNotAllowed",
-                f"{scope['method']} is not allowed: this server is read-only",
-                Allow=", ".join(READ_METHODS),
+                f"{scope['method']} is not allowed here: only GET, and POST with an API token "
+                "to the write routes (see /docs)",
+                Allow=", ".join(allowed),
             )
             await response(scope, receive, send_with_headers)
             return

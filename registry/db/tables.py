@@ -356,3 +356,19 @@ BLOB_REFERENCES: tuple[tuple[type[Base], str, bool], ...] = (
     (SqlAffineMap, "corpus_oid", False),
     (SqlEvaluation, "dataset_oid", False),
 )
+
+
+class SqlApiToken(Base):
+    """A per-user bearer token of ``crx serve``: only the SHA-256 of its secret is stored.
+
+    Never deleted: revoking stamps ``revoked_at`` (the id and user stay for the audit trail)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(200))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -49,11 +49,16 @@ ALL_TABLES = (
     "policies",
     "deprecations",
     "audit_events",
+    "api_tokens",
     "alembic_version",
 )
 # What each group may do beyond the one it includes.
 GRANTS: dict[str, list[str]] = {
-    "crx_reader": [f"SELECT ON {', '.join(ALL_TABLES)}"],
+    "crx_reader": [
+        f"SELECT ON {', '.join(ALL_TABLES)}",
+        # The server authenticating a request stamps when a token was last used.
+        "UPDATE (last_used_at) ON api_tokens",
+    ],
     "crx_writer": [
         "INSERT, UPDATE ON models, concepts, concept_versions, affine_maps, vectors, evaluations",
         "INSERT ON audit_events, deprecations",
@@ -62,6 +67,7 @@ GRANTS: dict[str, list[str]] = {
     "crx_approver": ["INSERT ON approvals"],
     "crx_owner": [
         "INSERT, UPDATE, DELETE ON policies",
+        "INSERT, UPDATE ON api_tokens",
         "DELETE ON models, concepts, concept_versions, affine_maps, vectors, evaluations",
     ],
 }

@@ -1,9 +1,10 @@
 """`Governance`: the catalogue's governance operations, each one transaction on a `Catalog`.
 
-Aliases (compare-and-swap moves, history), approvals, policies, promotion, deprecation and the
-PostgreSQL roles. The `Registry` facade exposes these methods as its own. Every mutation writes
-its audit event in the same transaction; the database's triggers (migration 0003) keep the
-history, stamp the actor and guard protected aliases whatever the client does.
+Aliases (compare-and-swap moves, history), approvals, policies, promotion, deprecation, the
+PostgreSQL roles and the API tokens of ``crx serve``. The `Registry` facade exposes these
+methods as its own. Every mutation writes its audit event in the same transaction; the
+database's triggers (migration 0003) keep the history, stamp the actor and guard protected
+aliases whatever the client does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from crx.registry.governance import (
     promotion,
     roles,
     subjects,
+    tokens,
 )
 from crx.registry.governance.lineage import lineage as lineage_of
 from crx.registry.names import check_name, check_text
@@ -31,6 +33,7 @@ from crx.schemas.governance import (
     AliasHistoryRecord,
     AliasRecord,
     ApprovalRecord,
+    CreatedToken,
     Decision,
     DeprecationRecord,
     Lineage,
@@ -38,6 +41,7 @@ from crx.schemas.governance import (
     PolicySpec,
     PromotionReport,
     RoleReport,
+    TokenRecord,
 )
 from crx.schemas.records import AuditEventRecord, Page
 
@@ -314,3 +318,38 @@ class Governance:
     def add_user(self, name: str, role: str, password: str | None = None) -> RoleReport:
         """Make ``name`` a login role in group ``role`` (reader, writer, approver, owner)."""
         return self.db.write(lambda s: roles.add_user(s, name, role, password))
+
+    # -- API tokens (crx serve) -------------------------------------------------------------
+
+    def create_token(self, user: str) -> CreatedToken:
+        """A new API token for ``user`` (the owner's work): its record and its secret, which
+        is stored only as a hash and never shown again."""
+        return self.db.write(lambda s: tokens.create(s, user))
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Every API token, revoked ones too (never a secret)."""
+        with self.db.read() as session:
+            return tokens.listing(session)
+
+    def revoke_token(self, token_id: int) -> TokenRecord:
+        """Revoke API token ``token_id`` (the owner's work); its row stays."""
+        return self.db.write(lambda s: tokens.revoke(s, token_id))
+
+    def tokens_configured(self) -> bool:
+        """Whether any API token is live (without one, ``crx serve`` is read-only)."""
+        with self.db.read() as session:
+            return tokens.any_active(session)
+
+    def token_writes_served(self) -> bool:
+        """Whether ``crx serve`` may act as a token's user here: on SQLite, yes. On PostgreSQL
+        the database stamps every change with the role the server connected as, one role for
+        every request, so approvals by several token users would count as one approver and
+        separation of duties could not hold: writes over HTTP are refused there (use the CLI
+        with your own role) until the server connects as each user."""
+        return self.db.sql_engine.dialect.name != "postgresql"
+
+    def authenticate_token(self, secret: str) -> str | None:
+        """The user a live token's secret belongs to (stamping its last use), else None."""
+        if not secret.startswith(tokens.PREFIX):
+            return None  # not one of ours: no write transaction for it
+        return self.db.write(lambda s: tokens.authenticate(s, secret))
