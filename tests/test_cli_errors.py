@@ -179,6 +179,14 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         "no model 'nope' in the registry",
     ),
     "unknown model (show)": lambda w: Bad(["show", "model", "nope"], "no model 'nope'"),
+    "unknown emotion (demo)": lambda w: Bad(
+        ["demo", "--emotion", "sadness", "--emotion", "nosuch"],
+        "unknown emotion 'nosuch': the emotions are happiness, sadness, anger, fear, disgust, "
+        "surprise",
+    ),
+    "emotion in capitals (demo)": lambda w: Bad(
+        ["demo", "--emotion", "Happiness"], "unknown emotion 'Happiness': the emotions are"
+    ),
     "unknown concept (register vector)": lambda w: Bad(
         ["register", "vector", "sadness", "--model", "tiny", "--file", _good_vector(w)],
         "no concept 'sadness'",
@@ -708,3 +716,19 @@ def test_paging_past_any_id_is_an_empty_page(populated: World) -> None:
         assert result.exit_code == 0, result.output
         items = json.loads(result.stdout)["items"]
         assert items == [] if args[0] == "--after" else len(items) == 1
+
+
+def test_an_unknown_emotion_is_refused_before_anything_is_pulled(
+    populated_sqlite: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crx.registry.models import pull as pull_module
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nothing may be downloaded for a mistyped emotion")
+
+    monkeypatch.setattr(pull_module, "_pip_download", no_download)
+    line = user_error(populated_sqlite.run("demo", "--emotion", "joy"))
+    assert line.startswith("Error: unknown emotion 'joy'")
+    home = tmp_path / "crx-home"  # the CRX_HOME of this test (conftest)
+    assert not (home / "models").exists()
+    assert not (home / "cache").exists()

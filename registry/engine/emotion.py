@@ -38,6 +38,17 @@ def six_shot_prefix() -> str:
     return _data("emotion_6shot_prefix.txt")
 
 
+def check_emotions(emotions: Sequence[str]) -> list[str]:
+    """``emotions`` without repeats, or `InvalidInput` naming the unknown ones and the six."""
+    unknown = [e for e in emotions if e not in EMOTIONS]
+    if unknown:
+        raise InvalidInput(
+            f"unknown emotion {', '.join(map(repr, unknown))}: the emotions are "
+            f"{', '.join(EMOTIONS)} (lower case)"
+        )
+    return list(dict.fromkeys(emotions))
+
+
 def load_scenarios(emotion: str, folder: str | Path | None = None) -> list[str]:
     """RepE scenarios of ``emotion`` (shipped copy, or ``folder/emotions_<emotion>.json``)."""
     if emotion not in EMOTIONS:

@@ -142,7 +142,8 @@ def run(
     from crx.registry.engine import emotion as task
     from crx.registry.engine.fit import relative_depth_pair
 
-    emotions = list(emotions or task.EMOTIONS)
+    # Checked before anything is pulled or loaded: a typo must not cost a download.
+    emotions = task.check_emotions(emotions or task.EMOTIONS)
     source = pull_model(ws.catalog, SOURCE, progress=progress).registered.record
     target = pull_model(ws.catalog, TARGET, progress=progress).registered.record
     refs = register_emotions(ws.catalog, emotions, progress)
