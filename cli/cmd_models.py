@@ -6,7 +6,7 @@ import click
 
 from crx.cli.context import json_option, registry
 from crx.cli.progress import Reporter, quiet_option
-from crx.cli.render import emit_json, emit_table
+from crx.cli.render import describe_changes, emit_json, emit_table
 
 
 @click.group()
@@ -78,13 +78,19 @@ def pull_model(name: str, keep_gguf: bool, quiet: bool, as_json: bool) -> None:
                 "gguf_sha256": pulled.gguf_sha256,
                 "source": pulled.source,
                 "registered": result.created,
+                "changes": result.changes,
                 "model": result.record,
             }
         )
         return
     m = result.record
     verb = f"pulled in {pulled.seconds:.0f} s" if pulled.downloaded else "already pulled"
-    registered = "registered" if result.created else "registration up to date"
+    if result.created:
+        registered = "registered"
+    elif result.changes:
+        registered = f"registration updated ({describe_changes(result.changes)})"
+    else:
+        registered = "registration up to date"
     click.echo(
         f"{m.name}: {verb} to {folder} ({m.model_type}, {m.n_layers} layers, "
         f"d_model {m.d_model}); {registered}"

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from crx.cli.context import json_option, registry
-from crx.cli.render import emit_json
+from crx.cli.render import describe_changes, emit_json
 
 
 def _parse_tags(values: tuple[str, ...]) -> dict[str, Any]:
@@ -66,8 +66,11 @@ def register_model(
         emit_json(result)
         return
     m = result.record
-    verb = "registered" if result.created else "up to date"
-    click.echo(f"{m.name}: {verb} ({m.model_type}, {m.n_layers} layers, d_model {m.d_model})")
+    verb = "registered" if result.created else "updated" if result.changes else "up to date"
+    changed = f": {describe_changes(result.changes)}" if result.changes else ""
+    click.echo(
+        f"{m.name}: {verb} ({m.model_type}, {m.n_layers} layers, d_model {m.d_model}){changed}"
+    )
 
 
 @register.command("concept")

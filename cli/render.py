@@ -9,6 +9,8 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
+from crx.schemas.records import FieldUpdate
+
 
 def emit_json(value: Any) -> None:
     """Print ``value`` (records, lists of records, plain data) as indented JSON."""
@@ -54,6 +56,28 @@ def _cell(value: Any) -> str:
     if hasattr(value, "strftime"):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
+
+
+def describe_changes(changes: Sequence[FieldUpdate]) -> str:
+    """``path /a → /b; tags: source x → y, +gguf_sha256=..., -team`` (a dict field by key)."""
+    parts = []
+    for change in changes:
+        old, new = change.old, change.new
+        if isinstance(old, dict) and isinstance(new, dict):
+            keys = [
+                f"{k} {_cell(old[k])} → {_cell(new[k])}"
+                if k in old and k in new
+                else (f"+{k}={_cell(new[k])}" if k in new else f"-{k}")
+                for k in dict.fromkeys([*old, *new])
+                if old.get(k, _MISSING) != new.get(k, _MISSING)
+            ]
+            parts.append(f"{change.field}: {', '.join(keys)}")
+        else:
+            parts.append(f"{change.field} {_cell(old)} → {_cell(new)}")
+    return "; ".join(parts)
+
+
+_MISSING = object()
 
 
 def short(oid: str | None) -> str:

@@ -137,11 +137,21 @@ class AuditEventRecord(Record):
     model_id: int | None = None  # the (target) model the event concerns, where there is one
 
 
+class FieldUpdate(Record):
+    """One field a register call changed on an existing row: its value before and after."""
+
+    field: str
+    old: Any = None
+    new: Any = None
+
+
 class Registered(Record, Generic[T]):
-    """The outcome of a register call: the record, and whether this call created it."""
+    """The outcome of a register call: the record, whether this call created it, and what it
+    changed on a row that was there (empty when it created the row or changed nothing)."""
 
     record: T
     created: bool
+    changes: list[FieldUpdate] = Field(default_factory=list)
 
 
 class Page(Record, Generic[T]):

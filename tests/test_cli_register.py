@@ -106,14 +106,19 @@ def test_register_list_show_every_kind(world: World, tmp_path: Path) -> None:
     )
     assert len(w.json("list", "audit")["items"]) == 1  # an unchanged register is not audited
     again = w.json(*same, "--family", "llama3", "--tag", "size=tiny")
-    assert set(again) == {"record", "created"}
+    assert set(again) == {"record", "created", "changes"}
     assert again["created"] is False
+    assert again["changes"] == [{"field": "family", "old": "llama", "new": "llama3"}]
     assert_record(again["record"], "model")
     assert (again["record"]["family"], again["record"]["tags"]) == ("llama3", {"size": "tiny"})
     update = w.json("list", "audit")["items"][-1]
     assert_record(update, "audit event")
     assert (update["action"], update["object_ref"]) == ("update", "tiny")
     assert (update["old"], update["new"]) == ({"family": "llama"}, {"family": "llama3"})
+    changed = w.ok(*same, "--family", "llama3", "--tag", "size=small", "--tag", "team=a").stdout
+    assert changed == (
+        "tiny: updated (llama, 4 layers, d_model 32): tags: size tiny → small, +team=a\n"
+    )
 
     # concepts: the same pairs in every accepted format are the same version
     assert w.ok("register", "concept", "joy", "--pairs", str(w.pairs)).stdout == "joy@1\n"
@@ -132,7 +137,7 @@ def test_register_list_show_every_kind(world: World, tmp_path: Path) -> None:
         "register", "concept", "joy", "--pairs", str(w.pairs), "--template", "Q: {text}",
         "--description", "joy vs gloom",
     )  # fmt: skip
-    assert set(registered) == {"record", "created"}
+    assert set(registered) == {"record", "created", "changes"}
     assert registered["created"] is True
     assert_record(registered["record"], "concept version")
     assert registered["record"]["ref"] == "joy@2"
@@ -149,7 +154,7 @@ def test_register_list_show_every_kind(world: World, tmp_path: Path) -> None:
         "register", "vector", "joy", "--model", "tiny", "--file", str(w.tensors(partial)),
         "--estimator", "pca",
     )  # fmt: skip
-    assert set(reg_vec) == {"record", "created"}
+    assert set(reg_vec) == {"record", "created", "changes"}
     assert reg_vec["created"] is True
     vec = reg_vec["record"]
     assert_record(vec, "vector")

@@ -486,6 +486,44 @@ def test_cli_pull_registers_and_available_lists(
     assert "already pulled" in again.stdout
     assert again.stderr == ""
 
+    # A registration made by hand (another folder, other tags): the pull says what it changes.
+    folder = Path(out["path"])
+    moved = tmp_path / "by-hand"
+    moved.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (folder / name).exists():
+            (moved / name).write_bytes((folder / name).read_bytes())
+    by_hand = runner.invoke(
+        _cli(), ["register", "model", "tiny-test", "--path", str(moved), "--tag", "team=a"]
+    )
+    assert by_hand.exit_code == 0, by_hand.output
+    assert by_hand.stdout.startswith("tiny-test: updated (llama, 2 layers, d_model 32): path ")
+
+    def audit() -> list[dict]:
+        listed = runner.invoke(_cli(), ["list", "audit", "--json", "--limit", "0"])
+        assert listed.exit_code == 0, listed.output
+        return json.loads(listed.stdout)["items"]
+
+    events = len(audit())
+    over = runner.invoke(_cli(), ["models", "pull", "tiny-test"])
+    assert over.exit_code == 0, over.output
+    assert "up to date" not in over.stdout
+    assert f"registration updated (path {moved} → {folder}; tags: " in over.stdout
+    assert f"+source={tiny_spec.source}" in over.stdout
+    assert f"+gguf_sha256={tiny_spec.sha256}" in over.stdout
+    assert "-team" in over.stdout
+    trail = audit()
+    assert len(trail) == events + 1
+    assert (trail[-1]["action"], trail[-1]["object_ref"]) == ("update", "tiny-test")
+    assert trail[-1]["new"]["path"] == str(folder)
+
+    same = runner.invoke(_cli(), ["models", "pull", "tiny-test", "--json"])
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["changes"] == []
+    plain = runner.invoke(_cli(), ["models", "pull", "tiny-test"])
+    assert plain.stdout.rstrip().endswith("; registration up to date")
+    assert len(audit()) == events + 1  # nothing changed: no audit event
+
     unknown = runner.invoke(_cli(), ["models", "pull", "nope"])
     assert unknown.exit_code == 1
     assert "Error: no model 'nope' in the pull catalogue" in unknown.stderr

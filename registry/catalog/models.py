@@ -14,7 +14,7 @@ from crx.registry.db.tables import SqlAffineMap, SqlModel, SqlVector, is_row_id
 from crx.registry.errors import InvalidInput, ModelNotFound
 from crx.registry.models.facts import ModelFacts
 from crx.registry.timeutil import as_utc, now
-from crx.schemas.records import ModelRecord, Page, Registered
+from crx.schemas.records import FieldUpdate, ModelRecord, Page, Registered
 
 ROLES = ("aligned", "base")
 _FACT_FIELDS = (
@@ -128,7 +128,8 @@ def register(
         new=changed,
         model_id=row.id,
     )
-    return Registered[ModelRecord](record=to_record(row), created=False)
+    updates = [FieldUpdate(field=k, old=old[k], new=v) for k, v in changed.items()]
+    return Registered[ModelRecord](record=to_record(row), created=False, changes=updates)
 
 
 def _in_use(session: Session, model_id: int) -> bool:
