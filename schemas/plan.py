@@ -130,7 +130,9 @@ class TransplantPlan(PlanModel):
     last_audit_event: int  # the registry's state when planned
     target: TargetInfo
     concepts: list[ConceptPlan]
-    steps: list[PlanStep] = Field(default_factory=list)  # target-level steps (register it)
+    # Steps of the target (register it) and of model pairs (fit maps), each listed once; a
+    # concept's own steps (extract, transplant, evaluate) are in its ConceptPlan.
+    steps: list[PlanStep] = Field(default_factory=list)
 
 
 class PlanExecution(PlanModel):

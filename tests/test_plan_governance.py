@@ -248,12 +248,14 @@ def test_deprecated_vectors_maps_and_models_are_never_chosen(gov: Governed) -> N
 
     src2_vector = vector_of(reg, "src2")
     reg.deprecate(f"vector:{src2_vector}", reason="bad pairs")
-    item = reg.plan("tgt", ["honesty"]).concepts[0]
+    planned = reg.plan("tgt", ["honesty"])
+    item = planned.concepts[0]
     assert item.chosen is None
     assert item.status == "needs-steps"
     assert f"vector {src2_vector} is deprecated (bad pairs)" in item.reasons
-    # The steps name a source that is still in use.
-    assert item.steps[0].command == "crx fit --source src --target tgt"
+    # The steps name a source that is still in use (the fit is the plan's step).
+    assert [s.command for s in planned.steps] == ["crx fit --source src --target tgt"]
+    assert item.steps[0].command == "crx transplant honesty@1 --source src --target tgt"
 
     reg.deprecate("model:src", reason="withdrawn")
     item = reg.plan("tgt", ["honesty"]).concepts[0]

@@ -252,8 +252,10 @@ def test_of_two_transplants_the_better_evaluated_beats_the_better_fit(reg: Regis
 
 def test_no_route_reasons_and_steps(reg: Registry, pairs_file: Path) -> None:
     reg.register_concept("fairness", pairs_file, template="Q: {text}")
-    item = reg.plan("tgt", ["honesty", "fairness"]).concepts
-    honesty, fairness = item
+    both = reg.plan("tgt", ["honesty", "fairness"])
+    honesty, fairness = both.concepts
+    # The fit is the model pair's step: the plan lists it once, not once per concept.
+    assert [s.command for s in both.steps] == ["crx fit --source src --target tgt"]
     assert honesty.status == "needs-steps"
     assert honesty.chosen is None
     assert sorted(honesty.reasons) == [
@@ -261,12 +263,15 @@ def test_no_route_reasons_and_steps(reg: Registry, pairs_file: Path) -> None:
         "no chain of maps from src2 to tgt (within 3 hops)",
     ]
     assert [s.command for s in honesty.steps] == [
-        "crx fit --source src --target tgt",
         "crx transplant honesty@1 --source src --target tgt",
         "crx evaluate honesty@1 --model tgt --alpha 0.05,0.1,0.2,0.4 --normalize --base",
     ]
     assert fairness.why == "no vector of fairness@1 on any model"
-    assert fairness.steps[0].command == "crx extract fairness@1 --model src"
+    assert [s.command for s in fairness.steps] == [
+        "crx extract fairness@1 --model src",
+        "crx transplant fairness@1 --source src --target tgt",
+        "crx evaluate fairness@1 --model tgt --alpha 0.05,0.1,0.2,0.4 --normalize --base",
+    ]
     # The default concept set: the newest version of every concept with a vector ...
     assert [c.concept for c in reg.plan("tgt").concepts] == ["honesty@1"]
     # ... unless versions are marked for use: then those (one version per concept).
@@ -286,17 +291,29 @@ def test_no_route_reasons_and_steps(reg: Registry, pairs_file: Path) -> None:
         reg.plan("tgt", ["nosuch"])
 
 
-def test_unregistered_target_by_name_path_and_hub_id(reg: Registry, tmp_path: Path) -> None:
+def test_unregistered_target_by_name_path_and_hub_id(
+    reg: Registry, tmp_path: Path, pairs_file: Path
+) -> None:
     by_name = reg.plan("llama-70b", ["honesty"])
     assert by_name.target.registered is False
     assert by_name.target.name == "llama-70b"
     assert [s.command for s in by_name.steps] == [
-        "crx register model llama-70b --path FOLDER_OR_HUB_ID"
+        "crx register model llama-70b --path FOLDER_OR_HUB_ID",
+        "crx fit --source src --target llama-70b",
     ]
     item = by_name.concepts[0]
     assert item.status == "needs-steps"
     assert item.why == "llama-70b is not registered yet"
-    assert item.steps[0].command == "crx fit --source src --target llama-70b"
+    assert item.steps[0].command == "crx transplant honesty@1 --source src --target llama-70b"
+    # Two concepts, one source: the register and the fit are listed once, for the plan.
+    reg.register_concept("fairness", pairs_file, template="Q: {text}")
+    reg.save_vector("fairness", "src", np.ones((4, 8), np.float32), origin="extracted")
+    two = reg.plan("llama-70b", ["honesty", "fairness"])
+    assert [s.command for s in two.steps] == [
+        "crx register model llama-70b --path FOLDER_OR_HUB_ID",
+        "crx fit --source src --target llama-70b",
+    ]
+    assert [[s.action for s in c.steps] for c in two.concepts] == [["transplant", "evaluate"]] * 2
 
     folder = _model_dir(tmp_path, "Big-Model", 40, 64)
     by_path = reg.plan(str(folder), ["honesty"])

@@ -6,7 +6,8 @@ rank the routes into T (`crx.registry.resolve.routes`), pick α from recorded ev
 (`crx.registry.resolve.alpha`), and say why the winner won. A target that is not registered (a path,
 a hub id, or just a name such as ``llama-70b``) is not an error: the plan lists the steps, with
 exact commands, that would make routes (register or pull T, fit a map from the best source,
-transplant, evaluate). A concept with no route gets a reason per source it considered.
+transplant, evaluate); steps of the target and of a model pair (a fit) are the plan's own,
+listed once, and a concept's steps are only its own (extract, transplant, evaluate). A concept with no route gets a reason per source it considered.
 
 Governance (`crx.registry.governance`) decides before ranking does:
 
@@ -543,6 +544,7 @@ def make_plan(
                     view, pick, own, info, search, catalog if measure else None, evaluations
                 )
             )
+    plans, pair_steps = _hoist_pair_steps(plans)
     return TransplantPlan(
         created_at=now(),
         crx_version=_crx_version(),
@@ -550,5 +552,21 @@ def make_plan(
         last_audit_event=last_event,
         target=info,
         concepts=plans,
-        steps=target_steps,
+        steps=[*target_steps, *pair_steps],
     )
+
+
+def _hoist_pair_steps(plans: list[ConceptPlan]) -> tuple[list[ConceptPlan], list[PlanStep]]:
+    """The concepts' plans without their fit steps, and each fit step once.
+
+    A fit is the work of a model pair, not of a concept: every concept that needs the same map
+    would list the same ``crx fit``, so the plan lists it once among its own steps."""
+    hoisted: dict[str, PlanStep] = {}
+    kept = []
+    for item in plans:
+        own = [s for s in item.steps if s.action != "fit"]
+        for step in item.steps:
+            if step.action == "fit":
+                hoisted.setdefault(step.command, step)
+        kept.append(item if len(own) == len(item.steps) else item.model_copy(update={"steps": own}))
+    return kept, list(hoisted.values())
