@@ -248,6 +248,67 @@ def test_of_two_transplants_the_better_evaluated_beats_the_better_fit(reg: Regis
     assert chosen is not None
     assert (chosen.fit_r2, chosen.alpha.alpha, chosen.alpha.value) == (0.1, 0.1, 0.8)
     assert item.why.startswith("best evaluated token_accuracy: 0.800 against 0.500")
+    # The SVD map (R² 0.1) is under --min-r2: its transplant stays, since it is evaluated.
+    assert chosen.evidence[-1] == (
+        f"mapped through map {chosen.hops[0].map_id} (R² 0.100) under --min-r2 0.2: vector "
+        f"{svd.id} stays a candidate, since it is evaluated on tgt (the evidence, not the fit)"
+    )
+    assert all("--min-r2" not in e for e in item.candidates[1].evidence)  # the ridge map: 0.9
+
+    # Equal scores: the why line names the tie-breaker (same source vector, one map each).
+    for vid in (ridge.id, svd.id):
+        reg.record_evaluation("tgt", "emotion", {"token_accuracy": 0.9}, vector_id=vid,
+                              layers=[3], alpha=0.4, settings={"normalize": True})  # fmt: skip
+    tied = reg.plan("tgt", ["honesty"]).concepts[0]
+    low, high = sorted((ridge.id, svd.id))
+    assert tied.chosen is not None
+    assert tied.chosen.vector_id == low
+    assert tied.why == (
+        "tie on evaluated token_accuracy (0.900) with the next (transplanted); the tie-breaker "
+        f"is the lower vector id ({low} against {high})"
+    )
+
+
+def test_min_r2_holds_for_a_vector_already_mapped_through_a_poor_map(reg: Registry) -> None:
+    w = np.random.default_rng(4).normal(size=(5, 8)).astype(np.float32)
+    poor = reg.save_map("src", "tgt", 1, 3, w, None, solver="lstsq-svd", r2=0.1, n_samples=100)
+    mapped = reg.transplant("honesty", "src", "tgt", solver="lstsq-svd", layer=3).record
+    refusal = (
+        f"vector {mapped.id} was mapped through map {poor.record.id} (R² 0.100) under --min-r2 "
+        "0.2: not used until it is evaluated on tgt"
+    )
+    # Unevaluated: refused like the map itself, with the reason; no route is left.
+    item = reg.plan("tgt", ["honesty"]).concepts[0]
+    assert item.candidates == []
+    assert item.status == "needs-steps"
+    assert refusal in item.reasons
+    assert "the best map from src to tgt has R² 0.100, under the threshold 0.2" in item.reasons
+    # Under a lower threshold the same vector is a plain candidate.
+    low = reg.plan("tgt", ["honesty"], min_r2=0.05).concepts[0]
+    assert [(r.kind, r.vector_id) for r in low.candidates] == [("transplanted", mapped.id)]
+    assert all("--min-r2" not in e for e in low.candidates[0].evidence)
+    # An alias that names it keeps it, and says why.
+    reg.set_alias("honesty@1", "tgt", "staging", vector_id=mapped.id)
+    staged = reg.plan("tgt", ["honesty"], alias="staging").concepts[0]
+    assert staged.chosen is not None
+    assert staged.chosen.vector_id == mapped.id
+    assert refusal not in staged.reasons
+    assert staged.chosen.evidence[-1].endswith(
+        f"vector {mapped.id} stays a candidate, since the staging alias names it"
+    )
+
+
+def test_a_tie_between_unevaluated_routes_names_the_tie_breaker(reg: Registry) -> None:
+    first = reg.save_vector("honesty", "tgt", np.ones((4, 5), np.float32), origin="extracted")
+    second = reg.save_vector(
+        "honesty", "tgt", np.full((4, 5), 2, np.float32), origin="extracted", estimator="pca"
+    )
+    item = reg.plan("tgt", ["honesty"]).concepts[0]
+    assert [r.vector_id for r in item.candidates] == [first.record.id, second.record.id]
+    assert item.why == (
+        "nothing evaluated and no fit to compare with the next (native); the tie-breaker is the "
+        f"lower source vector id ({first.record.id} against {second.record.id})"
+    )
 
 
 def test_no_route_reasons_and_steps(reg: Registry, pairs_file: Path) -> None:

@@ -7,7 +7,8 @@ rank the routes into T (`crx.registry.resolve.routes`), pick α from recorded ev
 a hub id, or just a name such as ``llama-70b``) is not an error: the plan lists the steps, with
 exact commands, that would make routes (register or pull T, fit a map from the best source,
 transplant, evaluate); steps of the target and of a model pair (a fit) are the plan's own,
-listed once, and a concept's steps are only its own (extract, transplant, evaluate). A concept with no route gets a reason per source it considered.
+listed once, and a concept's steps are only its own (extract, transplant, evaluate). A concept
+with no route gets a reason per source it considered.
 
 Governance (`crx.registry.governance`) decides before ranking does:
 
@@ -434,7 +435,10 @@ def _concept_plan(
     reasons = [*pick.notes, *reasons]
     routes: list[Route] = []
     if search is not None:
-        found, refusals = candidate_routes(view, search, vectors, evaluations)
+        kept = {}
+        if pick.alias is not None:
+            kept[pick.alias.vector_id] = f"the {pick.alias.name} alias names it"
+        found, refusals = candidate_routes(view, search, vectors, evaluations, kept)
         routes = found
         reasons += refusals
         if any(v.model_id != search.target.id for v in vectors):

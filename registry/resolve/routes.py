@@ -10,20 +10,24 @@ Routes, for a target T and a steering layer ``lt`` of T:
 Maps are walked backwards from ``(T, lt)`` by a best-first search on ``−log R²`` (so the chain
 with the best product of held-out R² to each (model, layer) is found first), up to
 ``max_hops`` maps, skipping maps whose R² is below ``min_r2`` and deprecated maps (and maps
-leaving a deprecated model). ``lt`` is the layer at relative
+leaving a deprecated model). The threshold holds for transplanted vectors too: one mapped
+through a map under it is left out, unless it is evaluated on T or an alias names it (its
+evidence then says why it stays). ``lt`` is the layer at relative
 depth 0.75 when maps reach it, else the reached layer nearest to it.
 
 Ranking (best first), explained in each plan: a route with recorded evaluations on T beats one
 without, and evaluated routes compare by their best primary metric; among unevaluated routes a
 native vector comes first (no map loses anything), then the higher fit R², then fewer hops (so a
-direct map beats a chain of equal fit), then an existing vector before one still to map.
+direct map beats a chain of equal fit), then an existing vector before one still to map; the
+last tie-breakers are the lower source vector id, then the lower vector id. The "why" sentence
+of a tie names the tie-breaker that decided it.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from crx.registry.resolve.alpha import best_alpha, default_alpha
@@ -258,14 +262,31 @@ def _describe_chain(hops: Sequence[MapHop]) -> str:
     return " → ".join(steps)
 
 
+def _poor_hops(hops: Sequence[MapHop], min_r2: float) -> str | None:
+    """``map 3 (R² -0.416)`` for the hops the search would refuse (under ``min_r2``), or None."""
+    poor = [h for h in hops if h.r2 is None or h.r2 < min_r2 or h.r2 <= 0]
+    if not poor:
+        return None
+    return ", ".join(
+        f"map {h.map_id} (R² {'unknown' if h.r2 is None else f'{h.r2:.3f}'})" for h in poor
+    )
+
+
 def candidate_routes(
     view: CatalogView,
     search: MapSearch,
     vectors: Sequence[VectorFact],
     evaluations: Sequence[EvaluationFact],
+    kept: Mapping[int, str] | None = None,
 ) -> tuple[list[Route], list[str]]:
-    """Every route of one concept into ``search.target``, best first, and refusals."""
+    """Every route of one concept into ``search.target``, best first, and refusals.
+
+    ``--min-r2`` holds for every route through maps: a vector already mapped into the target
+    through a map under it is left out (with the reason) unless it is evaluated on the target
+    (its evaluation, not the fit, is then the evidence) or ``kept`` names it (vector id → why,
+    e.g. an alias names it); a kept one says so in its evidence."""
     target = search.target
+    kept = kept or {}
     by_id = {v.id: v for v in vectors}
     routes: list[Route] = []
     reasons: list[str] = []
@@ -280,6 +301,23 @@ def candidate_routes(
             )
             continue
         route = _existing_route(view, target, vector, evaluations, by_id)
+        poor_maps = None if route is None else _poor_hops(route.hops, search.min_r2)
+        if route is not None and poor_maps is not None:
+            under = f"{poor_maps} under --min-r2 {search.min_r2:g}"
+            if route.alpha.evaluated or vector.id in kept:
+                why = (
+                    f"it is evaluated on {target.name} (the evidence, not the fit)"
+                    if route.alpha.evaluated
+                    else kept[vector.id]
+                )
+                note = f"mapped through {under}: vector {vector.id} stays a candidate, since {why}"
+                route = route.model_copy(update={"evidence": [*route.evidence, note]})
+            else:
+                reasons.append(
+                    f"vector {vector.id} was mapped through {under}: not used until it is "
+                    f"evaluated on {target.name}"
+                )
+                route = None
         if route is not None:
             routes.append(route)
             if route.kind == "transplanted":
@@ -345,20 +383,29 @@ KIND_ORDER = {"native": 0, "transplanted": 1, "direct": 1, "multi-hop": 1}
 
 
 def rank_key(route: Route) -> tuple[float | int, ...]:
+    # The last items break ties between otherwise equal routes: the lower source vector id,
+    # then the lower vector id (so a plan is the same on every run).
+    last = (route.source_vector_id, route.vector_id if route.vector_id is not None else -1)
     if route.alpha.evaluated:
-        return (0, -(route.alpha.value or 0.0), len(route.hops), route.source_vector_id)
+        return (0, -(route.alpha.value or 0.0), len(route.hops), *last)
     return (
         1,
         KIND_ORDER[route.kind],
         -(route.fit_r2 if route.fit_r2 is not None else -1.0),
         len(route.hops),
         0 if route.vector_id is not None else 1,
-        route.source_vector_id,
+        *last,
     )
 
 
+def _pair(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` to 3 decimals, or to 6 significant digits when 3 decimals look equal."""
+    short = f"{a:.3f}", f"{b:.3f}"
+    return short if short[0] != short[1] or a == b else (f"{a:.6g}", f"{b:.6g}")
+
+
 def why_chosen(routes: Sequence[Route]) -> str:
-    """One sentence on why the first route beat the second."""
+    """One sentence on why the first route beat the second (a tie names its tie-breaker)."""
     best = routes[0]
     if len(routes) == 1:
         return f"the only route ({best.kind})"
@@ -369,17 +416,45 @@ def why_chosen(routes: Sequence[Route]) -> str:
             f"({best.alpha.metric} {best.alpha.value:.3f}); the next ({other.kind}) is not"
         )
     if best.alpha.evaluated:
+        a, b = _pair(best.alpha.value or 0.0, other.alpha.value or 0.0)
+        if a != b:
+            metric = best.alpha.metric
+            return f"best evaluated {metric}: {a} against {b} for the next ({other.kind})"
         return (
-            f"best evaluated {best.alpha.metric}: {best.alpha.value:.3f} against "
-            f"{other.alpha.value or 0.0:.3f} for the next ({other.kind})"
+            f"tie on evaluated {best.alpha.metric} ({a}) with the next ({other.kind}); "
+            + _tie_breaker(best, other)
         )
     if best.kind == "native" and other.kind != "native":
         return "a native vector needs no map; nothing is evaluated to say otherwise"
-    if (best.fit_r2 or 0.0) > (other.fit_r2 or 0.0):
-        return (
-            f"best fit: R² {best.fit_r2:.3f} against {other.fit_r2 or 0.0:.3f} for the next "
-            f"({other.kind})"
-        )
+    best_fit, other_fit = best.fit_r2, other.fit_r2
+    if best_fit is not None and other_fit is None:
+        return f"best fit: R² {best_fit:.3f}, and the next ({other.kind}) has no fit R²"
+    if best_fit is not None and other_fit is not None and best_fit > other_fit:
+        a, b = _pair(best_fit, other_fit)
+        return f"best fit: R² {a} against {b} for the next ({other.kind})"
+    if best_fit is None:
+        tie = f"nothing evaluated and no fit to compare with the next ({other.kind})"
+    else:
+        tie = f"tie on fit R² {best_fit:.3f} with the next ({other.kind})"
+    return f"{tie}; {_tie_breaker(best, other)}"
+
+
+def _tie_breaker(best: Route, other: Route) -> str:
+    """What `rank_key` decided on after score and fit: maps, existing vector, then ids."""
     if len(best.hops) < len(other.hops):
-        return f"equal fit, fewer maps ({len(best.hops)} against {len(other.hops)})"
-    return "already mapped into the target" if best.vector_id else "first of equal routes"
+        return f"the tie-breaker is fewer maps ({len(best.hops)} against {len(other.hops)})"
+    if not best.alpha.evaluated and best.vector_id is not None and other.vector_id is None:
+        return (
+            f"the tie-breaker is an existing vector: vector {best.vector_id} is already on the "
+            "target, the next is still to map"
+        )
+    if best.source_vector_id != other.source_vector_id:
+        return (
+            f"the tie-breaker is the lower source vector id ({best.source_vector_id} against "
+            f"{other.source_vector_id})"
+        )
+    if best.vector_id is not None and other.vector_id is not None:
+        return (
+            f"the tie-breaker is the lower vector id ({best.vector_id} against {other.vector_id})"
+        )
+    return "equal in every respect: the first listed"
