@@ -60,7 +60,15 @@ def gc(dry_run: bool, grace: float, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
+    if not report.unreferenced and not report.stale_temporary_files:
+        click.echo(f"nothing to delete (no unreferenced blob older than {grace:g} s)")
+        return
     for oid in report.unreferenced:
         click.echo(oid)
     verb = "deleted" if report.deleted else "would delete (run with --yes)"
-    click.echo(f"{len(report.unreferenced)} unreferenced blob(s): {verb}")
+    if report.unreferenced:
+        click.echo(f"{len(report.unreferenced)} unreferenced blob(s): {verb}")
+    if report.stale_temporary_files:
+        click.echo(
+            f"{report.stale_temporary_files} stale temporary file(s) of killed writers: {verb}"
+        )

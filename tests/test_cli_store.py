@@ -88,5 +88,18 @@ def test_store_gc_lists_by_default_and_deletes_only_unreferenced(populated_sqlit
         "stale_temporary_files": 0,
     }
     assert w.blob_files() == referenced
+    # Nothing left: said as such, on a dry run and with --yes; the JSON keeps its shape.
+    assert (
+        w.ok("store", "gc").stdout == "nothing to delete (no unreferenced blob older than 600 s)\n"
+    )
+    assert w.ok("store", "gc", "--yes", "--grace", "0").stdout == (
+        "nothing to delete (no unreferenced blob older than 0 s)\n"
+    )
+    assert w.json("store", "gc") == {
+        "store": str(w.store),
+        "unreferenced": [],
+        "deleted": False,
+        "stale_temporary_files": 0,
+    }
     assert w.json("store", "verify")["ok"] == 3
     assert w.json("store", "gc", "--grace", "0")["unreferenced"] == []
