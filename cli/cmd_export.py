@@ -9,7 +9,12 @@ from crx.cli.context import registry
 
 @click.group()
 def export() -> None:
-    """Write registry objects out for other tools."""
+    """Write registry objects out for other tools.
+
+    \b
+    Example:
+      crx export vector 3 --format gguf -o happiness.gguf
+    """
 
 
 @export.command("vector")

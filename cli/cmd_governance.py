@@ -59,6 +59,11 @@ def alias() -> None:
     An alias names the vector that realises a concept on one target model (native or
     transplanted). `CONCEPT@ALIAS` works wherever a concept reference is accepted. `prod` (and
     any alias a policy governs) is protected: it moves only with `crx promote`.
+
+    \b
+    Example:
+      crx alias set honesty@3 staging --model gemma3-270m
+      crx alias history honesty --model gemma3-270m
     """
 
 
@@ -335,7 +340,12 @@ def reject(
 
 @click.group()
 def approvals() -> None:
-    """Approvals and rejections recorded for promotions."""
+    """Approvals and rejections recorded for promotions.
+
+    \b
+    Example:
+      crx approvals list --model gemma3-270m
+    """
 
 
 @approvals.command("list")
@@ -475,7 +485,12 @@ def deprecate(ref: str, model: str | None, reason: str, as_json: bool) -> None:
 
 @click.group()
 def deprecations() -> None:
-    """Deprecated objects."""
+    """Deprecated objects.
+
+    \b
+    Example:
+      crx deprecations list
+    """
 
 
 @deprecations.command("list")

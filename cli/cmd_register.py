@@ -22,7 +22,14 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, Any]:
 
 @click.group()
 def register() -> None:
-    """Add models, concepts and vectors to the registry."""
+    """Add models, concepts and vectors to the registry.
+
+    \b
+    Example:
+      crx register model smollm2-135m-instruct --path ~/models/smollm2 --role aligned
+      crx register concept happiness --pairs pairs.json
+      crx register vector happiness@1 --model smollm2-135m-instruct --file happy.safetensors
+    """
 
 
 @register.command("model")

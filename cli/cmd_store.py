@@ -10,7 +10,13 @@ from crx.cli.render import emit_json
 
 @click.group()
 def store() -> None:
-    """Check and clean the tensor store."""
+    """Check and clean the tensor store.
+
+    \b
+    Example:
+      crx store verify
+      crx store gc --yes
+    """
 
 
 @store.command()

@@ -62,12 +62,16 @@ class CrxGroup(click.Group):
 def cli(ctx: click.Context, database_url: str | None, store_url: str | None) -> None:
     """crx: a registry of concept vectors, and ConTrans transplants between language models.
 
+    Start with `crx demo` (it pulls two small real models and runs the whole job), or pull a
+    model yourself with `crx models pull` (`crx models available` lists them).
+
     \b
     Example:
-      crx init
-      crx register model smollm --path ./SmolLM2-135M-Instruct --role aligned
-      crx register concept honesty --pairs pairs.json
-      crx list concepts
+      crx demo
+      crx models available
+      crx models pull smollm2-135m-instruct
+      crx list vectors
+      crx plan --target gemma3-270m
     """
     state = State(database_url, store_url)
     ctx.obj = state

@@ -55,9 +55,48 @@ def test_every_command_and_group_has_help(path: tuple[str, ...]) -> None:
     assert (command.help or "").strip(), f"`{_id(path)}` has no help text"
 
 
-@pytest.mark.parametrize("path", list(LEAVES), ids=_id)
-def test_every_command_has_an_example(path: tuple[str, ...]) -> None:
-    assert "Example" in (LEAVES[path].help or ""), f"`{_id(path)} --help` shows no example"
+def _commands_in(line: str) -> list[tuple[str, ...]]:
+    """The crx commands an example line runs (``a && crx x y | crx z``), as tree paths."""
+    found = []
+    for segment in re.split(r"&&|\|", line):
+        words = segment.split()
+        if "crx" not in words:
+            continue
+        rest = words[words.index("crx") + 1 :]
+        while rest and rest[0].startswith("-"):
+            rest = rest[2:]  # a global option and its value: --db URL
+        path: tuple[str, ...] = ("crx",)
+        for word in rest:
+            if (*path, word) not in TREE:
+                break
+            path = (*path, word)
+        found.append(path)
+    return found
+
+
+@pytest.mark.parametrize("path", list(TREE), ids=_id)
+def test_every_command_and_group_has_an_example(path: tuple[str, ...]) -> None:
+    """Groups too (``crx store --help``): an ``Example:`` block kept as written (after ``\\b``)
+    whose lines run real ``crx`` commands, at least one of them under this command."""
+    text = TREE[path].help or ""
+    assert re.search(r"\x08\n\s*Example:", text), f"`{_id(path)} --help` shows no example"
+    block = text.split("Example:", 1)[1].split("\n\n", 1)[0]
+    lines = [line.strip() for line in block.strip().splitlines()]
+    commands = [c for line in lines for c in _commands_in(line)]
+    assert commands, f"`{_id(path)} --help` has an example that runs no crx command"
+    assert all(c in LEAVES for c in commands), f"`{_id(path)}` example: {commands}"
+    assert any(c[: len(path)] == path for c in commands), (
+        f"`{_id(path)}`'s example shows none of its own commands"
+    )
+
+
+def test_the_top_level_example_is_a_newcomers_first_steps() -> None:
+    """`crx --help` starts where a newcomer is: no model folder yet, so demo and pull."""
+    help_text = CliRunner().invoke(cli, ["--help"], prog_name="crx").stdout
+    example = help_text.split("Example:", 1)[1].split("\n\n", 1)[0]
+    assert "crx demo" in example
+    assert "crx models pull" in example
+    assert "--path" not in example  # a model folder a newcomer does not have
 
 
 @pytest.mark.parametrize("path", list(LEAVES), ids=_id)
@@ -73,8 +112,7 @@ def test_help_renders(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(cli, [*path[1:], "--help"], prog_name="crx")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"Usage: {_id(path)} ")
-    if path in LEAVES:
-        assert "Example" in result.stdout
+    assert "Example:" in result.stdout
 
 
 def test_the_readme_layout_names_every_package_and_module_of_the_library() -> None:
