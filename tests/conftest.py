@@ -42,6 +42,33 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CRX_ACTOR", "tester")
 
 
+# -- markers ------------------------------------------------------------------------------
+
+#: Fixtures that start a server, and the marker a test using one gets.
+SERVER_FIXTURES = {"postgres_server": "postgres", "moto_server": "s3", "s3_env": "s3"}
+#: A parametrized fixture's param of these names selects that server (``db_url[postgres]``,
+#: ``store_url[s3]``, and the module fixtures parametrized the same way).
+SERVER_PARAMS = {"postgres": "postgres", "s3": "s3"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test that needs PostgreSQL or S3 (``-m "not postgres and not s3"`` then runs
+    with neither server): it uses a server fixture, directly or through its fixtures, or a
+    parametrized fixture's ``postgres`` / ``s3`` param (those fixtures ask for the server only
+    at run time, with ``request.getfixturevalue``, so the fixture closure does not show it)."""
+    for item in items:
+        wanted = {
+            SERVER_FIXTURES[n] for n in getattr(item, "fixturenames", ()) if n in SERVER_FIXTURES
+        }
+        callspec = getattr(item, "callspec", None)
+        for value in callspec.params.values() if callspec is not None else ():
+            if isinstance(value, str) and value in SERVER_PARAMS:
+                wanted.add(SERVER_PARAMS[value])
+        for marker in sorted(wanted):
+            if item.get_closest_marker(marker) is None:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
 # -- servers ------------------------------------------------------------------------------
 
 

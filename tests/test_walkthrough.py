@@ -105,6 +105,7 @@ def own_server() -> Iterator[PostgresServer]:
     server.stop()
 
 
+@pytest.mark.postgres  # its own server (own_server), which the conftest hook cannot see
 def test_the_readme_governance_walkthrough_runs_as_written(
     own_server: PostgresServer,
     model_dirs: dict[str, Path],
