@@ -1,4 +1,4 @@
-"""``crx models pull|available``: real models from the package registry (see MODELS.md)."""
+"""``crx models pull|available``: real models from the package registry (`models.catalogue`)."""
 
 from __future__ import annotations
 
