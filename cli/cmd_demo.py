@@ -49,7 +49,8 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, quiet: bool, as_json: b
     """
     started = time.monotonic()
     progress = Reporter(quiet=quiet)
-    progress.note(_estimate_line(registry().demo_estimate(), all_six=not emotions))
+    estimate = registry().demo_estimate(list(emotions) or None)  # refuses unknown emotions
+    progress.note(_estimate_line(estimate, all_six=not emotions))
     result = registry().demo(
         emotions=list(emotions) or None,
         out_dir=Path(out_dir) if out_dir else None,

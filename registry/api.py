@@ -328,11 +328,12 @@ class Registry:
 
         return unit(stage)
 
-    def demo_estimate(self) -> DemoEstimate:
-        """What ``crx demo`` measured to take and need, and which slow steps are done here."""
+    def demo_estimate(self, emotions: Sequence[str] | None = None) -> DemoEstimate:
+        """What ``crx demo`` measured to take and need, and which slow steps are done here
+        (``emotions``, as `demo` takes them, are checked first)."""
         from crx.registry.workflows.demo import estimate
 
-        return estimate(self.workspace)
+        return estimate(self.workspace, emotions)
 
     def demo(
         self,

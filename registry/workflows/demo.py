@@ -71,8 +71,13 @@ class Estimate:
         return all(self.pulled.values()) and all(self.states_cached.values())
 
 
-def estimate(ws: Workspace) -> Estimate:
-    """What `run` measured to take, and which of its slow steps this machine has done."""
+def estimate(ws: Workspace, emotions: Sequence[str] | None = None) -> Estimate:
+    """What `run` measured to take, and which of its slow steps this machine has done.
+
+    ``emotions`` are checked first (as `run` does), so a typo is refused before any estimate."""
+    from crx.registry.engine import emotion as task
+
+    task.check_emotions(emotions or task.EMOTIONS)
     from crx.registry.errors import ModelNotFound
     from crx.registry.models.catalogue import pulled
     from crx.registry.store.objects import sha256_hex
