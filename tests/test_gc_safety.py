@@ -36,7 +36,9 @@ def put_then_wait(data):
     oid = real_put(data)
     if not paused:  # the first put: the pairs blob, before the write transaction
         paused.append(oid)
-        Path(marker).write_text(oid)
+        # Written under another name, then renamed: the test never reads a half-written marker.
+        Path(marker + ".tmp").write_text(oid)
+        Path(marker + ".tmp").rename(marker)
         deadline = time.monotonic() + 60
         while not Path(go).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
