@@ -76,7 +76,7 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, quiet: bool, as_json: b
         "no rows",
     )
     click.echo(
-        "token / logit accuracy on held-out scenarios; best α of each vector. "
+        "token / logit accuracy on held-out scenarios; best α (× residual norm) of each vector. "
         "`crx plan --target gemma3-270m` routes each concept through its best evaluated vector."
     )
     click.echo(f"plot: {result.plot}")

@@ -6,7 +6,27 @@ import click
 
 from crx.cli.context import json_option, registry
 from crx.cli.progress import Reporter, quiet_option
-from crx.cli.render import emit_json, emit_table
+from crx.cli.render import alpha_cell, emit_json, emit_table
+from crx.registry.errors import InvalidInput
+
+# α is relative to the layer's mean residual norm unless --absolute; --normalize, which asked
+# for relative α when absolute was the default, is kept so old scripts run unchanged.
+absolute_option = click.option(
+    "--absolute",
+    is_flag=True,
+    help="α is absolute: the vector is added as stored, times α (default: × residual norm).",
+)
+normalize_option = click.option(
+    "--normalize",
+    is_flag=True,
+    help="No-op, kept for old scripts: α is relative to the residual norm by default.",
+)
+
+
+def _relative(absolute: bool, normalize: bool) -> bool:
+    if absolute and normalize:
+        raise InvalidInput("--absolute and --normalize contradict each other: give one")
+    return not absolute
 
 
 def _alphas(text: str) -> list[float]:
@@ -194,8 +214,6 @@ def transplant(
       crx transplant happiness --source smollm2-135m-instruct --target gemma3-270m
       crx transplant --plan plan.json
     """
-    from crx.registry.errors import InvalidInput
-
     if plan_file is not None:
         if concept or source or target or layer is not None or solver or vector_id is not None:
             raise InvalidInput("--plan takes no CONCEPT, --source, --target or other options")
@@ -247,12 +265,12 @@ def transplant(
 @click.option(
     "--alpha",
     "alphas",
-    default="0,1,2,4,8",
-    show_default=True,
-    help="Comma-separated steering strengths.",
+    help="Comma-separated steering strengths, × the layer's mean residual norm "
+    "(default: 0.05,0.1,0.2,0.4); with --absolute, absolute.",
 )
 @click.option("--layer", type=int, help="Block to steer (default: relative depth 0.75).")
-@click.option("--normalize", is_flag=True, help="alpha relative to the layer's mean residual norm.")
+@absolute_option
+@normalize_option
 @click.option("--base", "with_base", is_flag=True, help="Also evaluate the bare model.")
 @quiet_option
 @json_option
@@ -263,8 +281,9 @@ def evaluate(
     data: str | None,
     primer: bool,
     vector_id: int | None,
-    alphas: str,
+    alphas: str | None,
     layer: int | None,
+    absolute: bool,
     normalize: bool,
     with_base: bool,
     quiet: bool,
@@ -275,13 +294,17 @@ def evaluate(
     Progress (loading, prompts scored over every alpha) goes to stderr.
 
     emotion: ConTrans' six-shot protocol, token and logit accuracy, on held-out scenarios.
-    truthfulqa: MC1 and MC2 by answer log-likelihood, on --data.
+    truthfulqa: MC1 and MC2 by answer log-likelihood, on --data. α is relative to the steered
+    layer's mean residual norm (0.1: a tenth of a typical residual) unless --absolute.
 
     \b
     Example:
-      crx evaluate happiness --model gemma3-270m --alpha 0,0.1,0.2 --normalize --base
+      crx evaluate sadness --model gemma3-270m --base
+      crx evaluate sadness --model gemma3-270m --alpha 0.1,0.2 --vector 6
+      crx evaluate sadness --model gemma3-270m --alpha 2,4,8 --absolute
       crx evaluate honesty --model gemma3-270m --task truthfulqa --data truthfulqa_dev.csv
     """
+    relative = _relative(absolute, normalize)
     progress = Reporter(quiet=quiet)
     records = registry().evaluate(
         concept,
@@ -290,9 +313,9 @@ def evaluate(
         data=data,
         primer=primer,
         vector_id=vector_id,
-        alphas=_alphas(alphas),
+        alphas=None if alphas is None else _alphas(alphas),
         layer=layer,
-        normalize=normalize,
+        normalize=relative,
         with_base=with_base,
         progress=progress,
     )
@@ -305,7 +328,7 @@ def evaluate(
         [
             (
                 e.vector_id if e.vector_id is not None else "base",
-                e.alpha,
+                alpha_cell(e),
                 e.layers,
                 e.metric,
                 e.value,
@@ -320,28 +343,50 @@ def evaluate(
 @click.command()
 @click.argument("prompt")
 @click.option("--model", required=True, help="Registered model to generate with.")
-@click.option("--concept", help="Concept to steer with (its newest vector on the model).")
-@click.option("--vector", "vector_id", type=int, help="Vector id to steer with.")
-@click.option("--alpha", type=float, default=4.0, show_default=True)
-@click.option("--layer", type=int, help="Block to steer (default: relative depth 0.75).")
-@click.option("--normalize", is_flag=True, help="alpha relative to the layer's mean residual norm.")
+@click.option(
+    "--concept",
+    help="Concept to steer with: the vector, layer and α `crx plan` chooses for it on the model "
+    "(no ready route: its newest vector).",
+)
+@click.option(
+    "--vector", "vector_id", type=int, help="Vector id to steer with (overrides the plan's)."
+)
+@click.option(
+    "--alpha",
+    type=float,
+    help="Steering strength × the layer's mean residual norm (default: the plan's, else 0.1); "
+    "with --absolute, absolute.",
+)
+@click.option("--layer", type=int, help="Block to steer (default: the plan's, else depth 0.75).")
+@absolute_option
+@normalize_option
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
 def generate(
     prompt: str,
     model: str,
     concept: str | None,
     vector_id: int | None,
-    alpha: float,
+    alpha: float | None,
     layer: int | None,
+    absolute: bool,
     normalize: bool,
     max_new_tokens: int,
 ) -> None:
     """Print the base and the steered continuation of PROMPT side by side (greedy).
 
+    With --concept, steer as `crx plan --target MODEL --concept C` chooses (vector, layer, α);
+    --vector, --layer and --alpha override it. The header says which vector, layer and α
+    (relative to the residual norm, or absolute) and why.
+
     \b
     Example:
-      crx generate --model gemma3-270m --concept happiness --alpha 8 "Today I went to"
+      crx generate --model gemma3-270m --concept sadness "Today I"
+      crx generate --model gemma3-270m --concept sadness --alpha 0.4 "Today I"
+      crx generate --model gemma3-270m --vector 6 --alpha 8 --absolute "Today I"
     """
+    # --absolute: α is absolute. Otherwise a given α is relative, and with none the plan's α
+    # is used as it was planned (relative, or absolute if it was evaluated so).
+    mode = False if not _relative(absolute, normalize) else (True if alpha is not None else None)
     texts = registry().generate(
         model,
         prompt,
@@ -349,7 +394,7 @@ def generate(
         vector_id=vector_id,
         alpha=alpha,
         layer=layer,
-        normalize=normalize,
+        normalize=mode,
         max_new_tokens=max_new_tokens,
     )
     width = 60

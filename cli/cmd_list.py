@@ -6,6 +6,7 @@ import click
 
 from crx.cli.context import after_option, json_option, limit_option, registry
 from crx.cli.render import (
+    alpha_cell,
     emit_fields,
     emit_json,
     emit_table,
@@ -13,6 +14,7 @@ from crx.cli.render import (
     short,
     shown_actor,
 )
+from crx.schemas.records import mapping_text
 
 
 @click.group("list")
@@ -89,16 +91,22 @@ def list_vectors(
 ) -> None:
     """List concept vectors (the id is the REF for show and export).
 
+    MAPPED FROM tells transplants apart: the source vector and model, the maps' solver and
+    their source->target layers (a chain of maps: its layers and the models it passes).
+
     \b
     Example:
       crx list vectors --model gemma3-270m
     """
-    result = registry().list_vectors(concept=concept, model=model, limit=limit, after=after)
+    reg = registry()
+    result = reg.list_vectors(concept=concept, model=model, limit=limit, after=after)
     if as_json:
         emit_json(result)
         return
+    # A transplant is told apart by its source vector, maps' solver and layers: one read.
+    maps = reg.get_maps([i for v in result.items for i in v.map_ids or []])
     emit_table(
-        ["id", "concept", "model", "origin", "estimator", "hook", "layers", "oid"],
+        ["id", "concept", "model", "origin", "estimator", "hook", "layers", "mapped from", "oid"],
         [
             (
                 v.id,
@@ -108,6 +116,7 @@ def list_vectors(
                 v.estimator,
                 v.hook_point,
                 v.n_layers,
+                mapping_text(v, maps),
                 short(v.oid),
             )
             for v in result.items
@@ -191,7 +200,7 @@ def list_evaluations(
                 e.model,
                 e.vector_id if e.vector_id is not None else "base",
                 e.task,
-                e.alpha,
+                alpha_cell(e),
                 e.layers,
                 e.metric,
                 e.value,

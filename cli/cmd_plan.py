@@ -10,12 +10,12 @@ from crx.schemas.plan import ConceptPlan, Route, TransplantPlan
 
 
 def _alpha(route: Route) -> str:
+    # Which α is meant is always said: "× residual norm" (the default) or "(absolute)".
     a = route.alpha
-    unit = " x residual norm" if a.normalize else ""
     if not a.evaluated:
-        return f"alpha {a.alpha:g}{unit} (not evaluated)"
+        return f"{a.text} (not evaluated)"
     base = "" if a.base_value is None else f", base {a.base_value:.3f}"
-    return f"alpha {a.alpha:g}{unit} ({a.metric} {a.value:.3f}{base}, n={a.n})"
+    return f"{a.text} ({a.metric} {a.value:.3f}{base}, n={a.n})"
 
 
 def _route(route: Route) -> str:
@@ -119,8 +119,9 @@ def plan(
     """Plan how to put concepts into a target model: rank routes, choose layer and alpha.
 
     Routes: a native vector on the target, a source vector through a fitted map, or through a
-    chain of maps. Alpha comes from recorded evaluations, else a default marked "not
-    evaluated". An unregistered target gets the steps (with commands) that would make routes.
+    chain of maps. Alpha (× the layer's mean residual norm, unless recorded as absolute) comes
+    from recorded evaluations, else a default marked "not evaluated". An unregistered target
+    gets the steps (with commands) that would make routes.
     A concept with a prod alias on the target is planned from it (--alias: another alias);
     NAME@V is planned as asked. Deprecated vectors, maps, models and concept versions are
     never chosen.

@@ -9,7 +9,8 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from crx.schemas.records import FieldUpdate
+from crx.schemas.plan import alpha_text
+from crx.schemas.records import EvaluationRecord, FieldUpdate
 
 
 def emit_json(value: Any) -> None:
@@ -36,6 +37,15 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str
     click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def alpha_cell(e: EvaluationRecord) -> str | None:
+    """An evaluation's α as a table shows it, saying which α: ``0.1 × norm`` (relative to the
+    layer's mean residual norm) or ``4 absolute``; rows without ``settings.normalize`` were
+    recorded as absolute."""
+    if e.alpha is None:
+        return None
+    return alpha_text(e.alpha, bool(e.settings.get("normalize")), short=True)
 
 
 def emit_fields(fields: Sequence[tuple[str, Any]]) -> None:

@@ -168,6 +168,7 @@ class Registry:
     # maps
     save_map = _catalog(Catalog.save_map)
     get_map = _catalog(Catalog.get_map)
+    get_maps = _catalog(Catalog.get_maps)
     load_map = _catalog(Catalog.load_map)
     list_maps = _catalog(Catalog.list_maps)
 
@@ -246,13 +247,16 @@ class Registry:
 
     def evaluate(self, concept_ref: str, model: str, **options: Any) -> list[EvaluationRecord]:
         """Evaluate a concept's vector on a model (``crx evaluate``); see
-        `crx.registry.workflows.evaluate.evaluate` for the options (task, data, alphas...)."""
+        `crx.registry.workflows.evaluate.evaluate` for the options (task, data, alphas...).
+        α is relative to the layer's mean residual norm (default 0.05, 0.1, 0.2, 0.4);
+        ``normalize=False`` makes it absolute (then ``alphas`` must be given)."""
         from crx.registry.workflows.evaluate import evaluate
 
         return evaluate(self.workspace, concept_ref, model, **options)
 
     def evaluate_emotion(self, emotion: str, model: str, **options: Any) -> list[EvaluationRecord]:
-        """Six-shot emotion accuracy of the bare model (``vector_id=None``) or a vector."""
+        """Six-shot emotion accuracy of the bare model (``vector_id=None``) or a vector at each
+        α (× the layer's mean residual norm; ``normalize=False``: absolute)."""
         from crx.registry.workflows.evaluate import evaluate_emotion
 
         return evaluate_emotion(self.workspace, emotion, model, **options)
@@ -260,13 +264,15 @@ class Registry:
     def evaluate_truthfulqa(
         self, model: str, data: str | Path, **options: Any
     ) -> list[EvaluationRecord]:
-        """TruthfulQA MC1/MC2 of the bare model (``vector_id=None``) or a vector at each α."""
+        """TruthfulQA MC1/MC2 of the bare model (``vector_id=None``) or a vector at each α
+        (× the layer's mean residual norm; ``normalize=False``: absolute)."""
         from crx.registry.workflows.evaluate import evaluate_truthfulqa
 
         return evaluate_truthfulqa(self.workspace, model, data, **options)
 
     def generate(self, model: str, prompt: str, **options: Any) -> dict[str, str]:
-        """Base and steered greedy continuations; see `crx.registry.workflows.generate`."""
+        """Base and steered greedy continuations; see `crx.registry.workflows.generate`. With
+        ``concept``, it steers with the vector, layer and α `plan` chooses for it on ``model``."""
         from crx.registry.workflows.generate import generate
 
         return generate(self.workspace, model, prompt, **options)
@@ -278,15 +284,17 @@ class Registry:
         vector: int | np.ndarray,
         *,
         layer: int | None = None,
-        alpha: float = 1.0,
+        alpha: float = 0.1,
         scope: str = "all",
-        normalize: bool = False,
+        normalize: bool = True,
     ) -> Iterator[None]:
         """Steer a loaded model (from `load_model`) with a vector id or array while open.
 
-        Forward hooks add ``alpha * v[layer]`` to that block's output; they are removed on exit,
-        exceptions included, and the model is never mutated. ``normalize`` makes alpha relative
-        to the layer's mean residual norm. ``layer`` defaults to relative depth 0.75.
+        Forward hooks add the vector to that block's output; they are removed on exit,
+        exceptions included, and the model is never mutated. α is relative to the layer's mean
+        residual norm (the added vector is ``alpha * norm * v / |v|``; 0.1, the default, is a
+        tenth of a typical residual); ``normalize=False`` adds ``alpha * v[layer]`` as is.
+        ``layer`` defaults to relative depth 0.75.
         """
         from crx.registry.engine.steer import steer
         from crx.registry.workflows.evaluate import default_layer, reference_norm

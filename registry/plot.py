@@ -6,6 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def alpha_label(normalize: bool) -> str:
+    """The α axis label: ``α (× residual norm)`` or ``α (absolute)``."""
+    return "α (× residual norm)" if normalize else "α (absolute)"
+
+
 def accuracy_vs_alpha(
     series: dict[str, dict[float, float]],
     *,
@@ -14,8 +19,12 @@ def accuracy_vs_alpha(
     title: str,
     out: str | Path,
     alphas: Sequence[float] | None = None,
+    normalize: bool = True,
 ) -> Path:
-    """One line per series (α → accuracy), the base model as a dashed line; writes a PNG."""
+    """One line per series (α → accuracy), the base model as a dashed line; writes a PNG.
+
+    The α axis says which α it is: ``normalize`` (crx's default) is α × the layer's mean
+    residual norm, else absolute."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +38,7 @@ def accuracy_vs_alpha(
         ax.axhline(base, linestyle="--", color="grey", label="base (no vector)")
     if alphas:
         ax.set_xticks(list(alphas))
-    ax.set_xlabel("α")
+    ax.set_xlabel(alpha_label(normalize))
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=9)

@@ -47,6 +47,14 @@ class MapHop(PlanModel):
     r2: float | None = None
 
 
+def alpha_text(alpha: float, normalize: bool, *, short: bool = False) -> str:
+    """What an α means, said with it: ``0.1 × residual norm`` (relative to the layer's mean
+    residual norm, crx's default) or ``4 (absolute)``; ``short`` for table cells."""
+    if normalize:
+        return f"{alpha:g} × {'norm' if short else 'residual norm'}"
+    return f"{alpha:g} {'absolute' if short else '(absolute)'}"
+
+
 class AlphaChoice(PlanModel):
     """The steering strength, and where it came from."""
 
@@ -61,6 +69,11 @@ class AlphaChoice(PlanModel):
     dataset_oid: str | None = None
     alphas_tried: list[float] = Field(default_factory=list)
     note: str = ""
+
+    @property
+    def text(self) -> str:
+        """``α 0.1 × residual norm`` or ``α 4 (absolute)``."""
+        return "α " + alpha_text(self.alpha, self.normalize)
 
 
 class Route(PlanModel):

@@ -107,6 +107,36 @@ class MapRecord(Record):
     created_at: datetime
 
 
+def _layer_pairs(pairs: list[tuple[int, int]]) -> str:
+    if len(pairs) <= 3:
+        return ",".join(f"{s}->{t}" for s, t in pairs)
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    return f"{min(sources)}-{max(sources)}->{min(targets)}-{max(targets)} ({len(pairs)} maps)"
+
+
+def mapping_text(vector: VectorRecord, maps: dict[int, MapRecord]) -> str:
+    """How a mapped vector was made, so two transplants of one concept can be told apart:
+    ``vector 1 on smollm, ridge 0->1,0->2`` (the source vector, each map's solver and its
+    source -> target layers), or for a chain of maps ``..., ridge+ridge 2->1->3 via mid``.
+    ``maps`` holds the vector's maps by id; "-" for a vector that was not mapped."""
+    if vector.origin != "mapped":
+        return "-"
+    found = [maps[i] for i in vector.map_ids or [] if i in maps]
+    source = f"vector {vector.source_vector_id}"
+    if not found:
+        return f"{source}, maps {','.join(map(str, vector.map_ids or [])) or '-'}"
+    source += f" on {found[0].source_model}"
+    solvers = "+".join(dict.fromkeys(m.solver for m in found))
+    if all(m.source_model == found[0].source_model for m in found):
+        # `crx transplant`: one map per target layer, side by side.
+        pairs = sorted(((m.source_layer, m.target_layer) for m in found), key=lambda p: p[::-1])
+        return f"{source}, {solvers} {_layer_pairs(pairs)}"
+    # A planned chain: each map feeds the next.
+    layers = "->".join([str(found[0].source_layer), *(str(m.target_layer) for m in found)])
+    via = ",".join(m.target_model for m in found[:-1])
+    return f"{source}, {solvers} {layers} via {via}"
+
+
 class EvaluationRecord(Record):
     id: int
     vector_id: int | None = None

@@ -175,7 +175,7 @@ def test_promotion_checks_evidence_and_approvals_by_someone_else(
     assert "best token_accuracy 0.500" in evidence()
     record(0.7, data, 50)
     assert evidence().startswith("pass: ")
-    assert "0.700 at α=2" in evidence()
+    assert "0.700 at α 2 absolute" in evidence()  # the row records no normalize: absolute
     with pytest.raises(PromotionRefused, match="1 check failed: approvals"):
         writer.promote("joy@1", "tiny", vector_id=vector)
     # "current" data: crx ships none for joy (not an emotion), so it cannot pass

@@ -325,7 +325,7 @@ def test_no_route_reasons_and_steps(reg: Registry, pairs_file: Path) -> None:
     ]
     assert [s.command for s in honesty.steps] == [
         "crx transplant honesty@1 --source src --target tgt",
-        "crx evaluate honesty@1 --model tgt --alpha 0.05,0.1,0.2,0.4 --normalize --base",
+        "crx evaluate honesty@1 --model tgt --alpha 0.05,0.1,0.2,0.4 --base",
     ]
     assert fairness.why == "no vector of fairness@1 on any model"
     assert [s.command for s in fairness.steps] == [

@@ -154,7 +154,7 @@ def test_registry_steer_with_a_vector_id(reg: Registry, model_dirs: dict[str, Pa
     layer = default_layer(model.n_layers)  # relative depth 0.75: block 3 of 4
     assert layer == 3
     with (
-        reg.steer(model, vec.id, alpha=2.0),
+        reg.steer(model, vec.id, alpha=2.0, normalize=False),  # absolute: v as stored, × 2
         recording(model.layers) as steered,
         torch.inference_mode(),
     ):
@@ -165,18 +165,21 @@ def test_registry_steer_with_a_vector_id(reg: Registry, model_dirs: dict[str, Pa
     expected = (2.0 * torch.from_numpy(vector[layer])).expand_as(diff)
     torch.testing.assert_close(diff, expected, rtol=0, atol=1e-5)
 
-    # normalize: alpha relative to the block's mean residual norm on the default corpus.
+    # The default: alpha relative to the block's mean residual norm on the default corpus
+    # (0.1 of it when no alpha is given), whatever the vector's own length.
     reference = reference_norm(reg.load_model("src"), 1)
-    with (
-        reg.steer(model, vec.id, layer=1, alpha=0.25, normalize=True),
-        recording(model.layers, [1]) as scaled,
-        torch.inference_mode(),
-    ):
-        model.model(**batch)
-    lengths = (scaled[1][0] - plain[1][0]).norm(dim=-1)
-    torch.testing.assert_close(
-        lengths, torch.full_like(lengths, 0.25 * reference), rtol=1e-5, atol=1e-5
-    )
+    for kwargs, share in (({"alpha": 0.25}, 0.25), ({}, 0.1)):
+        with (
+            reg.steer(model, vec.id, layer=1, **kwargs),
+            recording(model.layers, [1]) as scaled,
+            torch.inference_mode(),
+        ):
+            model.model(**batch)
+        lengths = (scaled[1][0] - plain[1][0]).norm(dim=-1)
+        torch.testing.assert_close(
+            lengths, torch.full_like(lengths, share * reference), rtol=1e-5, atol=1e-5
+        )
+    assert abs(float(np.linalg.norm(vector[1])) - reference) > 1e-3  # so the two differ
 
     # A vector of the target's width does not fit the source; hooks never stay behind.
     wrong = reg.save_vector("joy", "tgt", np.ones((3, 48), np.float32), origin="imported")
@@ -315,9 +318,11 @@ def test_evaluate_emotion_records_and_reuses(
     base = reg.evaluate_emotion("happiness", "src", vector_id=None, alphas=[], holdout=0.05)
     assert {r.metric for r in base} == {"token_accuracy", "logit_accuracy"}
     assert all(r.vector_id is None and r.alpha is None and r.n for r in base)
+    # Absolute α (normalize=False): the vector as stored, times α.
     steered = reg.evaluate_emotion(
-        "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05
-    )
+        "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05,
+        normalize=False,
+    )  # fmt: skip
     assert sorted((r.alpha, r.metric) for r in steered) == [
         (0.0, "logit_accuracy"),
         (0.0, "token_accuracy"),
@@ -325,6 +330,8 @@ def test_evaluate_emotion_records_and_reuses(
         (4.0, "token_accuracy"),
     ]
     assert all(r.layers == [1] and r.vector_id == vec.id for r in steered)
+    assert all(r.settings["normalize"] is False for r in steered)
+    assert all(r.settings["reference_norm"] is None for r in steered)
     base_values = {r.metric: r.value for r in base}
     assert {r.metric: r.value for r in steered if r.alpha == 0.0} == base_values
 
@@ -346,8 +353,9 @@ def test_evaluate_emotion_records_and_reuses(
     assert {r.metric: r.value for r in steered if r.alpha == 4.0} == pytest.approx(expected)
     before = counts(reg)
     again = reg.evaluate_emotion(
-        "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05
-    )
+        "happiness", "src", vector_id=vec.id, alphas=[0.0, 4.0], layer=1, holdout=0.05,
+        normalize=False,
+    )  # fmt: skip
     assert sorted(r.id for r in again) == sorted(r.id for r in steered)
     reread = reg.evaluate_emotion("happiness", "src", vector_id=None, alphas=[], holdout=0.05)
     assert sorted(r.id for r in reread) == sorted(r.id for r in base)

@@ -57,6 +57,15 @@ def get(session: Session, map_id: int) -> MapRecord:
     return to_record(*found)
 
 
+def by_ids(session: Session, map_ids: Sequence[int]) -> dict[int, MapRecord]:
+    """The maps of ``map_ids`` that exist, by id, in one query (unknown ids are left out)."""
+    wanted = sorted({i for i in map_ids if is_row_id(i)})
+    if not wanted:
+        return {}
+    rows = session.execute(_joined().where(SqlAffineMap.id.in_(wanted))).all()
+    return {row[0].id: to_record(*row) for row in rows}
+
+
 def fit_sha256(solver: str, solver_settings: dict[str, Any], corpus_oid: str | None) -> str:
     return content_sha256({"solver": solver, "settings": solver_settings, "corpus": corpus_oid})
 

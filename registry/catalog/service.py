@@ -10,7 +10,7 @@ pointing at a blob that is not stored. It never loads a model or computes a tens
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -455,6 +455,11 @@ class Catalog:
     def get_map(self, map_id: int) -> MapRecord:
         with self.db.read() as session:
             return maps.get(session, map_id)
+
+    def get_maps(self, map_ids: Sequence[int]) -> dict[int, MapRecord]:
+        """The maps of ``map_ids``, by id, in one read (for describing mapped vectors)."""
+        with self.db.read() as session:
+            return maps.by_ids(session, map_ids)
 
     def load_map(self, map_id: int) -> tuple[np.ndarray, np.ndarray | None]:
         return decode_map(self.store.get(self.get_map(map_id).oid))

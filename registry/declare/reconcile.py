@@ -643,11 +643,12 @@ def _diff_evaluation(
     from crx.registry.names import parse_versioned
     from crx.registry.workflows.evaluate import default_layer
 
-    alphas = ", ".join(f"{a:g}" for a in spec.alphas)
+    unit = "× residual norm" if spec.normalize else "(absolute)"
+    alphas = ", ".join(f"{a:g}" for a in spec.alphas) + f" {unit}"
     what = "the bare model" if spec.concept is None else f"{spec.concept} ({spec.vector})"
     compute = [
         f"evaluate {what} on {spec.model}: {spec.task}"
-        + ("" if spec.concept is None else f", alpha {alphas}")
+        + ("" if spec.concept is None else f", α {alphas}")
     ]
     create = Change(key=spec.key, kind="evaluation", action="create", compute=compute, where=where)
     if out.pending(f"model:{spec.model}"):

@@ -37,6 +37,7 @@ from crx.registry.governance import subjects
 from crx.registry.governance.aliases import is_protected
 from crx.registry.timeutil import as_utc
 from crx.schemas.governance import Lineage, LineageNode
+from crx.schemas.plan import alpha_text
 
 Details = dict[str, str | int | float | None]
 
@@ -47,6 +48,13 @@ def _when(value: Any) -> str:
 
 def _short(oid: str | None) -> str:
     return oid[:12] if oid else "-"
+
+
+def _alpha(row: SqlEvaluation) -> str:
+    """``α 0.1 × residual norm`` or ``α 4 (absolute)``: which α is meant, always said."""
+    if row.alpha is None:
+        return "α -"
+    return "α " + alpha_text(row.alpha, bool((row.settings or {}).get("normalize")))
 
 
 def _num(value: float | None) -> str:
@@ -284,6 +292,7 @@ class _Graph:
                 "model": model,
                 "best": best.value,
                 "alpha": best.alpha,
+                "normalize": bool((best.settings or {}).get("normalize")),
                 "n": best.n,
                 "layers": None if best.layers is None else ",".join(map(str, best.layers)),
                 "dataset_oid": best.dataset_oid,
@@ -291,7 +300,7 @@ class _Graph:
                 "evaluations": len(found),
             }
             label = (
-                f"{task}/{metric}{suffix}: best {_num(best.value)} at α {_num(best.alpha)} "
+                f"{task}/{metric}{suffix}: best {_num(best.value)} at {_alpha(best)} "
                 f"(n {best.n if best.n is not None else '-'}, dataset {_short(best.dataset_oid)}"
                 f"), bare model {_num(base)}"
             )

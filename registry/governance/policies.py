@@ -21,6 +21,7 @@ from crx.registry.governance.subjects import Subject, deprecated_ids
 from crx.registry.names import check_name, check_text
 from crx.registry.timeutil import as_utc, now
 from crx.schemas.governance import EvidenceRule, PolicyCheck, PolicyRecord, PolicySpec
+from crx.schemas.plan import alpha_text
 
 # (task, concept name) → the oid of the dataset crx currently evaluates that task on, or None.
 CurrentDataset = Callable[[str, str], str | None]
@@ -213,7 +214,11 @@ def check_evidence(
         return True
 
     best = max(enough, key=lambda r: (passes(r), r.value))
-    alpha = "bare" if best.alpha is None else f"α={best.alpha:g}"
+    alpha = (
+        "bare"
+        if best.alpha is None
+        else "α " + alpha_text(best.alpha, bool((best.settings or {}).get("normalize")), short=True)
+    )
     dataset = _short(best.dataset_oid)
     found = f"{rule.metric} {best.value:.3f} at {alpha} (n={best.n}, dataset {dataset})"
     bare_value = base.get((best.dataset_oid, best.metric))

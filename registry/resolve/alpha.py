@@ -4,8 +4,11 @@ Each task has a primary metric (emotion: token accuracy; truthfulqa: MC2). Among
 (α, layer, normalize) settings of the vector, the one with the best primary metric wins; a tie
 goes to the smaller |α|, the gentler push that disturbs fluency least. The bare target's value on
 the same data is reported beside it, so "the best α did not beat the base" is visible. A row at
-α = 0 (the vector not applied) is never chosen. With no evaluation the default is α = 0.1
-relative to the layer's mean residual norm, marked "not evaluated".
+α = 0 (the vector not applied) is never chosen. Each row's ``settings.normalize`` says whether
+its α was relative (crx's default) or absolute, and the choice keeps it: a row recorded before
+relative α was the default (``normalize`` absent or false) is read as absolute, as it was. With
+no evaluation the default is α = 0.1 relative to the layer's mean residual norm, marked "not
+evaluated".
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from collections import Counter
 from collections.abc import Sequence
 
 from crx.registry.resolve.view import EvaluationFact
+from crx.registry.workflows.evaluate import DEFAULT_ALPHA
 from crx.schemas.plan import AlphaChoice
 
 PRIMARY_METRIC = {"emotion": "token_accuracy", "truthfulqa": "mc2"}
-DEFAULT_ALPHA = 0.1  # relative to the residual norm: a tenth of a typical residual
 
 
 def default_alpha(note: str = "") -> AlphaChoice:
@@ -25,7 +28,7 @@ def default_alpha(note: str = "") -> AlphaChoice:
         alpha=DEFAULT_ALPHA,
         normalize=True,
         evaluated=False,
-        note=note or "not evaluated: default 0.1 × the layer's mean residual norm",
+        note=note or f"not evaluated: default {DEFAULT_ALPHA:g} × the layer's mean residual norm",
     )
 
 

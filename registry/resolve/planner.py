@@ -52,6 +52,7 @@ from crx.registry.resolve.view import (
     VectorFact,
 )
 from crx.registry.timeutil import now
+from crx.registry.workflows.evaluate import DEFAULT_ALPHAS
 from crx.schemas.governance import PROTECTED_ALIAS
 from crx.schemas.names import split_reference
 from crx.schemas.plan import (
@@ -66,7 +67,7 @@ from crx.schemas.plan import (
 if TYPE_CHECKING:
     from crx.registry.catalog.service import Catalog
 
-EVALUATE_ALPHAS = "0.05,0.1,0.2,0.4"
+EVALUATE_ALPHAS = ",".join(f"{a:g}" for a in DEFAULT_ALPHAS)
 
 
 def _crx_version() -> str:
@@ -188,10 +189,9 @@ def _steps_for(
         ),
         PlanStep(
             action="evaluate",
-            description=f"measure {concept} on {target.name} to choose α",
+            description=f"measure {concept} on {target.name} to choose α (× residual norm)",
             command=(
-                f"crx evaluate {concept} --model {target.name} --alpha {EVALUATE_ALPHAS} "
-                "--normalize --base"
+                f"crx evaluate {concept} --model {target.name} --alpha {EVALUATE_ALPHAS} --base"
             ),
         ),
     ]

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 SOURCE = "smollm2-135m-instruct"
 TARGET = "gemma3-270m"
-ALPHAS = (0.05, 0.1, 0.2, 0.4)
+ALPHAS = evaluate.DEFAULT_ALPHAS  # × the layer's mean residual norm
 #: The transplanted rows of the demo: label → (solver, only the steered layer?)
 TRANSPLANTS = {"transplanted": ("ridge", False), "contrans_recipe": ("lstsq-svd", True)}
 LEGEND = {
@@ -222,6 +222,7 @@ def run(
         title=f"{source.name} → {target.name}, layer {layer}, held-out scenarios",
         out=out_dir / "demo_emotions.png",
         alphas=alphas,
+        normalize=True,
     )
     plotted()
     return result

@@ -5,7 +5,9 @@ The one home of the evaluation protocol, for ``crx evaluate``, ``crx apply``, ``
 
 - `default_layer` / `steering_layer`: which block is steered, and the checks on it;
 - `reference_norm`: what α is relative to with ``normalize`` (the layer's mean residual norm
-  on the first 64 lines of the default corpus, first token left out);
+  on the first 64 lines of the default corpus, first token left out). Relative α is the
+  default everywhere (``normalize=True``; ``crx ... --absolute`` asks for absolute α), so α
+  means the same on every model: 0.1 is a tenth of a typical residual;
 - `emotion_protocol`: ConTrans' six-shot emotion task on the held-out half of the scenarios,
   its dataset document (and so its oid) and settings; `truthfulqa_protocol` likewise;
 - `steered_settings`: what an evaluation row of a steered model records on top;
@@ -38,6 +40,25 @@ DEFAULT_LAYER_DEPTH = 0.75
 NORM_LINES = 64
 MAX_DATASET_BYTES = 256 * MIB
 TASKS = ("emotion", "truthfulqa")
+#: The α swept when none is given, relative to the layer's mean residual norm.
+DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.4)
+#: One α when one is needed and nothing chose it (`crx generate`, `Registry.steer`, the
+#: planner's "not evaluated" default), relative: a tenth of a typical residual.
+DEFAULT_ALPHA = 0.1
+
+
+def sweep_alphas(alphas: Sequence[float] | None, normalize: bool) -> list[float]:
+    """The α to evaluate: ``alphas``, else `DEFAULT_ALPHAS` when relative. Absolute α has no
+    default: its scale is the model's residual scale, which differs from model to model."""
+    if alphas is not None:
+        return [float(a) for a in alphas]
+    if not normalize:
+        raise InvalidInput(
+            "absolute α has no default: give the strengths (--alpha A,B,...), whose scale is "
+            "the model's own residual scale; without --absolute, α is relative to the layer's "
+            "mean residual norm"
+        )
+    return list(DEFAULT_ALPHAS)
 
 
 def default_layer(n_layers: int) -> int:
@@ -51,6 +72,9 @@ def steering_layer(vector: VectorRecord, model: ModelRecord, layer: int | None) 
     if vector.model != model.name:
         raise InvalidInput(f"vector {vector.id} belongs to {vector.model}, not {model.name}")
     chosen = default_layer(model.n_layers) if layer is None else layer
+    # Checked here, before the residual norm of that block is measured for relative α.
+    if not 0 <= chosen < model.n_layers:
+        raise InvalidInput(f"layer {chosen} is out of range ({model.n_layers} layers)")
     if vector.layers is not None and chosen not in vector.layers:
         raise InvalidInput(
             f"vector {vector.id} has no direction at layer {chosen} (it has {vector.layers})"
@@ -197,7 +221,7 @@ def evaluate_protocol(
     vector_id: int | None,
     alphas: Sequence[float] = (),
     layer: int | None = None,
-    normalize: bool = False,
+    normalize: bool = True,
     reuse: bool = True,
     scope: str | None = "all",
     progress: StagedProgress | None = None,
@@ -205,10 +229,12 @@ def evaluate_protocol(
 ) -> list[EvaluationRecord]:
     """The bare model (``vector_id`` None) or a vector at each α, scored and recorded.
 
-    With ``reuse``, results recorded before for the same subject, dataset, α, layer and
-    ``normalize`` are returned instead of computed again. What is computed reports the stages
-    ``load MODEL`` (unless loaded), ``norm MODEL@LAYER`` (with ``normalize``) and ``stage``
-    (default ``evaluate MODEL: base`` or ``evaluate MODEL: vector ID``; items over every α).
+    α is relative to the layer's mean residual norm unless ``normalize`` is False (the row's
+    ``settings.normalize`` records which). With ``reuse``, results recorded before for the
+    same subject, dataset, α, layer and ``normalize`` are returned instead of computed again.
+    What is computed reports the stages ``load MODEL`` (unless loaded), ``norm MODEL@LAYER``
+    (with ``normalize``) and ``stage`` (default ``evaluate MODEL: base`` or ``evaluate MODEL:
+    vector ID``; items over every α).
     """
     catalog = ws.catalog
     record = model if isinstance(model, ModelRecord) else catalog.get_model(model)
@@ -283,14 +309,18 @@ def evaluate(
     data: str | Path | None = None,
     primer: bool = False,
     vector_id: int | None = None,
-    alphas: Sequence[float] = (0, 1, 2, 4, 8),
+    alphas: Sequence[float] | None = None,
     layer: int | None = None,
-    normalize: bool = False,
+    normalize: bool = True,
     with_base: bool = False,
     progress: StagedProgress | None = None,
 ) -> list[EvaluationRecord]:
     """``crx evaluate``: a concept's vector on ``model`` (default: its newest vector there) at
-    each α, and with ``with_base`` the bare model first, on ``task``."""
+    each α, and with ``with_base`` the bare model first, on ``task``.
+
+    α is relative to the layer's mean residual norm (default `DEFAULT_ALPHAS`); with
+    ``normalize=False`` it is absolute and ``alphas`` must be given."""
+    alphas = sweep_alphas(alphas, normalize)
     catalog = ws.catalog
     concept = catalog.get_concept(concept_ref, model)
     record = catalog.get_model(model)
@@ -348,13 +378,14 @@ def evaluate_emotion(
     vector_id: int | None,
     alphas: Sequence[float] = (),
     layer: int | None = None,
-    normalize: bool = False,
+    normalize: bool = True,
     holdout: float = 0.5,
     batch_size: int = 16,
     progress: StagedProgress | None = None,
     stage: str | None = None,
 ) -> list[EvaluationRecord]:
-    """Six-shot emotion accuracy on held-out scenarios: the bare model, or a vector at each α.
+    """Six-shot emotion accuracy on held-out scenarios: the bare model, or a vector at each α
+    (relative to the layer's mean residual norm unless ``normalize`` is False).
 
     ``progress`` and ``stage``: as `evaluate_protocol`'s.
     """
@@ -379,12 +410,13 @@ def evaluate_truthfulqa(
     vector_id: int | None,
     alphas: Sequence[float] = (),
     layer: int | None = None,
-    normalize: bool = False,
+    normalize: bool = True,
     primer: bool = False,
     limit: int | None = None,
     progress: StagedProgress | None = None,
 ) -> list[EvaluationRecord]:
-    """TruthfulQA MC1/MC2 of the bare model, or of a steering vector at each α."""
+    """TruthfulQA MC1/MC2 of the bare model, or of a steering vector at each α (relative to
+    the layer's mean residual norm unless ``normalize`` is False)."""
     return evaluate_protocol(
         ws,
         truthfulqa_protocol(data, primer=primer, limit=limit),
