@@ -399,5 +399,5 @@ def generate(
     )
     width = 60
     for label, text in texts.items():
-        click.echo(f"--- {label} " + "-" * max(0, width - len(label) - 5))
+        click.echo((f"--- {label} " + "-" * max(0, width - len(label) - 5)).rstrip())
         click.echo(prompt + text)

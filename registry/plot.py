@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def alpha_label(normalize: bool) -> str:
@@ -11,17 +15,16 @@ def alpha_label(normalize: bool) -> str:
     return "α (× residual norm)" if normalize else "α (absolute)"
 
 
-def accuracy_vs_alpha(
+def alpha_figure(
     series: dict[str, dict[float, float]],
     *,
     base: float | None,
     metric: str,
     title: str,
-    out: str | Path,
     alphas: Sequence[float] | None = None,
     normalize: bool = True,
-) -> Path:
-    """One line per series (α → accuracy), the base model as a dashed line; writes a PNG.
+) -> Figure:
+    """One line per series (α → accuracy), the base model as a dashed line.
 
     The α axis says which α it is: ``normalize`` (crx's default) is α × the layer's mean
     residual norm, else absolute."""
@@ -45,6 +48,25 @@ def accuracy_vs_alpha(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_alpha(
+    series: dict[str, dict[float, float]],
+    *,
+    base: float | None,
+    metric: str,
+    title: str,
+    out: str | Path,
+    alphas: Sequence[float] | None = None,
+    normalize: bool = True,
+) -> Path:
+    """`alpha_figure`, written to ``out`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = alpha_figure(
+        series, base=base, metric=metric, title=title, alphas=alphas, normalize=normalize
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
