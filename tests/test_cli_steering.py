@@ -264,3 +264,36 @@ def test_the_plot_axis_says_which_alpha(tmp_path: Path) -> None:
     plt.close(fig)
     out = accuracy_vs_alpha(series, base=0.4, metric="acc", title="t", out=tmp_path / "a.png")
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_plan_reads_rows_recorded_as_absolute_as_absolute(populated: World) -> None:
+    # Rows written before relative α was the default say normalize: false (what `crx evaluate`
+    # recorded without --normalize); a row recorded by hand may say nothing. Both are absolute.
+    w = populated
+    with w.registry() as reg:
+        vector = reg.save_vector(
+            "joy", "tiny-b", np.ones((2, 16), np.float32), origin="imported"
+        ).record
+        for value, alpha, settings in ((0.3, 4.0, {"normalize": False}), (0.2, 8.0, None)):
+            reg.record_evaluation("tiny-b", "emotion", {"token_accuracy": value},
+                                  vector_id=vector.id, layers=[1], alpha=alpha, n=10,
+                                  settings=settings)  # fmt: skip
+    (item,) = w.json("plan", "--target", "tiny-b", "--concept", "joy")["concepts"]
+    chosen = next(r for r in item["candidates"] if r["vector_id"] == vector.id)["alpha"]
+    assert (chosen["alpha"], chosen["normalize"], chosen["value"]) == (4.0, False, 0.3)
+    assert chosen["alphas_tried"] == [4.0, 8.0]
+    assert chosen["note"].startswith("best token_accuracy over α 4, 8 (absolute)")
+    text = w.ok("plan", "--target", "tiny-b", "--concept", "joy").stdout
+    assert "α 4 (absolute) (token_accuracy 0.300" in text
+
+    # A relative row that scores better wins, in its own unit; the absolute ones are not
+    # listed beside it as if they were comparable.
+    with w.registry() as reg:
+        reg.record_evaluation("tiny-b", "emotion", {"token_accuracy": 0.6}, vector_id=vector.id,
+                              layers=[1], alpha=0.2, n=10,
+                              settings={"normalize": True})  # fmt: skip
+    (item,) = w.json("plan", "--target", "tiny-b", "--concept", "joy")["concepts"]
+    chosen = next(r for r in item["candidates"] if r["vector_id"] == vector.id)["alpha"]
+    assert (chosen["alpha"], chosen["normalize"], chosen["alphas_tried"]) == (0.2, True, [0.2])
+    text = w.ok("plan", "--target", "tiny-b", "--concept", "joy").stdout
+    assert "α 0.2 × residual norm (token_accuracy 0.600" in text

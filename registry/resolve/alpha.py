@@ -70,10 +70,18 @@ def best_alpha(
         and e.dataset_oid == best.dataset_oid
     ]
     base_value = base[-1] if base else None
+    # The α tried in the winner's own unit: relative and absolute values do not compare.
     tried = sorted(
-        {e.alpha for e in rows if e.alpha is not None and e.dataset_oid == best.dataset_oid}
+        {
+            e.alpha
+            for e in rows
+            if e.alpha is not None
+            and e.dataset_oid == best.dataset_oid
+            and e.normalize == best.normalize
+        }
     )
-    note = f"best {metric} over α {', '.join(f'{a:g}' for a in tried)}"
+    unit = "× residual norm" if best.normalize else "(absolute)"
+    note = f"best {metric} over α {', '.join(f'{a:g}' for a in tried)} {unit}"
     if base_value is not None and best.value <= base_value:
         note += f"; no α beat the bare model ({base_value:.3f})"
     return (
