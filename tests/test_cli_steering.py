@@ -183,6 +183,10 @@ def test_generate_steers_with_the_plans_choice_and_says_why(
                "--alpha", "0.3", "--max-new-tokens", "2", prompt).stdout  # fmt: skip
     assert f"vector {ids['native']} (extracted on tgt), layer 2, α 0.3 × residual norm " \
         "(asked): the plan's choice" in _header(out)  # fmt: skip
+    out = w.ok("generate", "--model", "tgt", "--concept", "happiness", "--layer", "0",
+               "--max-new-tokens", "2", prompt).stdout  # fmt: skip
+    assert "layer 0, α 0.2 × residual norm (token_accuracy 0.900 at the plan's layer 1): " \
+        "the plan's choice" in _header(out)  # fmt: skip
     out = w.ok("generate", "--model", "tgt", "--concept", "happiness", "--alpha", "8",
                "--absolute", "--max-new-tokens", "2", prompt).stdout  # fmt: skip
     assert "layer 1, α 8 absolute (asked): the plan's choice" in _header(out)

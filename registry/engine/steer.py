@@ -117,6 +117,9 @@ def residual_norm(loaded: Any, texts: Sequence[str], layer: int, *, batch_size: 
 
     from crx.registry.engine.batching import position_ids_from_mask
 
+    if not 0 <= layer < len(loaded.layers):
+        # As `steer` says it: relative α measures this norm before any hook is installed.
+        raise InvalidInput(f"layer {layer} is out of range ({len(loaded.layers)} layers)")
     total, count = 0.0, 0
     captured: dict[str, Any] = {}
 

@@ -84,23 +84,22 @@ def choose_steering(
     catalog = ws.catalog
     route: Route | None = None
     if vector_id is not None:
+        vector = catalog.get_vector(vector_id)
         why = "the vector asked for"
     elif concept:
         route, reason = _planned(catalog, record, concept)
-        if route is not None:
-            vector_id = route.vector_id
+        if route is not None and route.vector_id is not None:
+            vector = catalog.get_vector(route.vector_id)
             why = f"the plan's choice ({reason})"
         else:
             version = catalog.get_concept(concept, record.name)
             found = catalog.find_vector(version, record)
             if found is None:
                 raise NoVectorOn(version.ref, record.name)
-            vector_id = found.id
+            vector = found
             why = f"the newest vector of {version.ref} on {record.name}; {reason}"
     else:
         return None
-    assert vector_id is not None
-    vector = catalog.get_vector(vector_id)
     chosen_layer = layer if layer is not None else (route.layer if route is not None else None)
     steer_layer = steering_layer(vector, record, chosen_layer)
     planned = route.alpha if route is not None else None
@@ -111,6 +110,8 @@ def choose_steering(
             if planned.evaluated and planned.value is not None
             else "not evaluated"
         )
+        if route is not None and steer_layer != route.layer:
+            note += f" at the plan's layer {route.layer}"  # measured there, not here
     else:
         relative = True if normalize is None else normalize
         if alpha is None and not relative:
