@@ -331,7 +331,7 @@ def test_no_route_reasons_and_steps(reg: Registry, pairs_file: Path) -> None:
     assert [s.command for s in fairness.steps] == [
         "crx extract fairness@1 --model src",
         "crx transplant fairness@1 --source src --target tgt",
-        "crx evaluate fairness@1 --model tgt --alpha 0.05,0.1,0.2,0.4 --normalize --base",
+        "crx evaluate fairness@1 --model tgt --alpha 0.05,0.1,0.2,0.4 --base",
     ]
     # The default concept set: the newest version of every concept with a vector ...
     assert [c.concept for c in reg.plan("tgt").concepts] == ["honesty@1"]
