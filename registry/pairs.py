@@ -69,6 +69,14 @@ def pairs_from_objects(where: str, items: Any) -> list[ContrastPair]:
         ]
     if not isinstance(items, list):
         raise PairsFileError(where, "expected a JSON list or object")
+    if items and all(isinstance(item, str) for item in items):
+        # crx's own registry/data/emotions/*.json look like this: scenarios, one text each.
+        raise PairsFileError(
+            where,
+            f"this is a list of {len(items)} texts (scenarios, like crx's emotion data), not "
+            'contrast pairs: a pairs file is a list of {"positive": ..., "negative": ...} '
+            "objects (`crx demo` builds pairs from the emotion scenarios itself)",
+        )
     return [_pair_from_object(where, i, item) for i, item in enumerate(items)]
 
 

@@ -24,6 +24,8 @@ from crx.registry.db.migrate import HEAD_REVISION
 from tests.cli_world import D_MODEL, N_LAYERS, World, _closed_postgres, tiny_array
 from tests.servers import free_port
 
+EMOTION_DATA = Path(__file__).resolve().parent.parent / "registry" / "data" / "emotions"
+
 # -- the error contract ---------------------------------------------------------------------
 
 
@@ -228,6 +230,11 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     "pairs JSON of the wrong type": lambda w: _pairs(w, "p.json", '"text"', "expected a JSON"),
     "empty pairs list": lambda w: _pairs(w, "p.json", "[]", "holds no pairs"),
     "empty pairs file": lambda w: _pairs(w, "p.jsonl", "", "holds no pairs"),
+    # crx's own emotion data is scenarios, not pairs: the error says what the file is
+    "a scenarios file as pairs": lambda w: Bad(
+        ["register", "concept", "joy", "--pairs", str(EMOTION_DATA / "happiness.json")],
+        "is a list of",
+    ),
     "pairs file does not exist": lambda w: Bad(
         ["register", "concept", "joy", "--pairs", str(w.tmp / "missing.json")],
         "No such file or directory",
