@@ -14,12 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import click
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from crx.cli.context import parse_when
-from crx.registry.errors import InvalidInput
 from crx.schemas.governance import (
     AliasHistoryRecord,
     AliasRecord,
@@ -241,13 +238,7 @@ def alias_history(
     limit: Limit = DEFAULT_LIMIT,
     after: After = None,
 ) -> Any:
-    when = None
-    if at is not None:
-        try:
-            when = parse_when(at, end_of_day=True)
-        except click.BadParameter as exc:
-            raise InvalidInput(f"at: {exc.message}") from None
-    return reg.alias_history(concept, model, alias, at=when, limit=limit, after=after)
+    return reg.alias_history(concept, model, alias, at=at, limit=limit, after=after)
 
 
 @router.get(

@@ -10,10 +10,9 @@ refuses a protected move to a vector without approvals.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from crx.registry.audit import current_actor, display_label, record_event
@@ -30,7 +29,7 @@ from crx.registry.db.tables import (
 from crx.registry.errors import AliasConflict, DeprecatedObject, InvalidInput, ProtectedAlias
 from crx.registry.governance.subjects import Subject, concept_named, deprecated_ids, find_alias
 from crx.registry.names import check_name, check_text
-from crx.registry.timeutil import as_utc, now
+from crx.registry.timeutil import Moment, as_utc, is_date, moment, now
 from crx.schemas.governance import PROTECTED_ALIAS, AliasHistoryRecord, AliasRecord
 
 NO_ALIAS = "none"
@@ -280,7 +279,7 @@ def history(
     model: str,
     name: str | None = None,
     *,
-    at: datetime | None = None,
+    at: Moment | None = None,
     limit: int | None = None,
     after: int | None = None,
 ) -> list[AliasHistoryRecord]:
@@ -307,7 +306,7 @@ def history(
         # alias, however long its history), in the order the changes were made (id).
         last = (
             select(func.max(SqlAliasHistory.id))
-            .where(*subject, SqlAliasHistory.at <= at)
+            .where(*subject, _up_to(at))
             .group_by(SqlAliasHistory.name)
         )
         query = query.where(SqlAliasHistory.id.in_(last))
@@ -341,6 +340,13 @@ def history(
         )
         for row in rows
     ]
+
+
+def _up_to(at: Moment) -> ColumnElement[bool]:
+    """Changes made at or before ``at``; a date alone is its whole day (as `crx audit
+    --until`)."""
+    bound = moment(at, "at", end=True)
+    return SqlAliasHistory.at < bound if is_date(at) else SqlAliasHistory.at <= bound
 
 
 def _version_numbers(session: Session, ids: set[int]) -> dict[int, int]:

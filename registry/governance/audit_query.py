@@ -19,7 +19,6 @@ of a deleted vector or map still finds its events.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false, func, or_, select
@@ -38,10 +37,8 @@ from crx.registry.db.tables import (
 from crx.registry.errors import AliasNotFound, InvalidInput, ModelNotFound, NoVectorOn
 from crx.registry.governance import subjects
 from crx.registry.names import check_text
-from crx.registry.timeutil import as_utc
+from crx.registry.timeutil import Moment, is_date, moment
 from crx.schemas.records import AuditEventRecord, Page
-
-Moment = datetime | date | str
 
 E = SqlAuditEvent
 OBJECT_FORMS = "vector:ID, map:ID, model:NAME, policy:NAME, NAME@VERSION or NAME@ALIAS"
@@ -79,7 +76,7 @@ def query(
     if until is not None:
         bound = moment(until, "until", end=True)
         # A date alone is its whole day: until the start of the next one.
-        clauses.append(E.at < bound if _is_date(until) else E.at <= bound)
+        clauses.append(E.at < bound if is_date(until) else E.at <= bound)
     statement = select(E).where(*clauses)
     # No row has an id past the column's range: every id is before such a cursor (and
     # PostgreSQL would refuse the number), so both backends answer alike.
@@ -102,40 +99,6 @@ def query(
 
 
 # -- filters ------------------------------------------------------------------------------------
-
-
-def _is_date(value: Moment) -> bool:
-    if isinstance(value, datetime):
-        return False
-    if isinstance(value, date):
-        return True
-    try:
-        date.fromisoformat(value.strip())
-    except ValueError:
-        return False
-    return True
-
-
-def moment(value: Moment, option: str, *, end: bool = False) -> datetime:
-    """``value`` as an aware UTC datetime: an ISO 8601 date (its start, or with ``end`` the
-    start of the next day) or datetime (naive = UTC)."""
-    if isinstance(value, datetime):
-        return as_utc(value)
-    if not isinstance(value, date):
-        text = value.strip()
-        try:
-            value = date.fromisoformat(text)
-        except ValueError:
-            try:
-                return as_utc(datetime.fromisoformat(text))
-            except ValueError:
-                shown = text if len(text) <= 40 else text[:37] + "..."
-                raise InvalidInput(
-                    f"--{option} takes an ISO 8601 date or datetime (2026-11-20, "
-                    f"2026-11-20T14:30, 2026-11-20T14:30+02:00; naive = UTC), not {shown!r}"
-                ) from None
-    start = datetime.combine(value, time(), UTC)
-    return start + timedelta(days=1) if end else start
 
 
 def action_clause(action: str) -> ColumnElement[bool]:

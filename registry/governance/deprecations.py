@@ -121,13 +121,3 @@ def listing(session: Session) -> list[DeprecationRecord]:
         to_record(row)
         for row in session.scalars(select(SqlDeprecation).order_by(SqlDeprecation.id))
     ]
-
-
-def deprecated_sets(session: Session) -> dict[str, set[int]]:
-    """kind → ids of deprecated objects (the planner reads this once per plan)."""
-    found: dict[str, set[int]] = {}
-    for kind, object_id in session.execute(
-        select(SqlDeprecation.object_kind, SqlDeprecation.object_id)
-    ):
-        found.setdefault(kind, set()).add(object_id)
-    return found

@@ -9,12 +9,11 @@ aliases whatever the client does.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from sqlalchemy.orm import Session
 
 from crx.registry.catalog.paging import DEFAULT_LIMIT
 from crx.registry.catalog.service import Catalog
+from crx.registry.errors import InvalidInput
 from crx.registry.governance import (
     aliases,
     approvals,
@@ -28,6 +27,7 @@ from crx.registry.governance import (
 )
 from crx.registry.governance.lineage import lineage as lineage_of
 from crx.registry.names import check_name, check_text
+from crx.registry.timeutil import Moment
 from crx.schemas.governance import (
     PROTECTED_ALIAS,
     AliasHistoryRecord,
@@ -94,8 +94,6 @@ class Governance:
         name, _, alias = subjects.parse(ref)
         with self.db.read() as session:
             if alias is None:
-                from crx.registry.errors import InvalidInput
-
                 raise InvalidInput(f"{ref!r} is not an alias reference (CONCEPT@ALIAS)")
             return aliases.to_record(session, subjects.find_alias(session, name, alias, model))
 
@@ -129,7 +127,7 @@ class Governance:
         model: str,
         name: str | None = None,
         *,
-        at: datetime | None = None,
+        at: Moment | None = None,
         limit: int | None = None,
         after: int | None = None,
     ) -> list[AliasHistoryRecord]:
