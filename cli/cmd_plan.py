@@ -18,7 +18,7 @@ def _alpha(route: Route) -> str:
     return f"{a.text} ({a.metric} {a.value:.3f}{base}, n={a.n})"
 
 
-def _route(route: Route) -> str:
+def route_text(route: Route) -> str:
     fit = ""
     if route.fit_r2 is not None:
         fit = f", R² {route.fit_r2:.3f}" + (" est." if route.fit_r2_estimated else "")
@@ -52,12 +52,12 @@ def _concept(item: ConceptPlan) -> None:
         a = item.alias
         click.echo(f"  alias: {a.name} → vector {a.vector_id} (revision {a.revision})")
     if item.chosen is not None:
-        click.echo(f"  chosen: {_route(item.chosen)}")
+        click.echo(f"  chosen: {route_text(item.chosen)}")
         click.echo(f"  why: {item.why}")
         for evidence in item.chosen.evidence:
             click.echo(f"  evidence: {evidence}")
         for n, other in enumerate(item.candidates[1:], start=2):
-            click.echo(f"  #{n}: {_route(other)}")
+            click.echo(f"  #{n}: {route_text(other)}")
     else:
         click.echo(f"  why: {item.why}")
     for reason in item.reasons:

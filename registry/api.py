@@ -357,6 +357,48 @@ class Registry:
         out = out_dir if out_dir is not None else config.crx_home() / "demo"
         return run(self.workspace, emotions=emotions, out_dir=out, progress=progress)
 
+    # -- plots (matplotlib, imported on first use): `crx serve`'s images -------------------
+
+    @staticmethod
+    def alpha_plot(
+        series: dict[str, dict[float, float]],
+        *,
+        base: float | None,
+        metric: str,
+        title: str,
+        normalize: bool = True,
+        fmt: str = "png",
+    ) -> bytes:
+        """`crx.registry.plot.alpha_figure` (metric against α, one line per series) as PNG or
+        SVG bytes."""
+        from crx.registry import plot
+
+        return plot.rendered(
+            lambda: plot.alpha_figure(
+                series, base=base, metric=metric, title=title, normalize=normalize
+            ),
+            fmt,
+        )
+
+    @staticmethod
+    def r2_heatmap(
+        r2: dict[tuple[int, int], float | None],
+        *,
+        source_layers: int,
+        target_layers: int,
+        title: str,
+        fmt: str = "png",
+    ) -> bytes:
+        """`crx.registry.plot.r2_heatmap_figure` (R² by source × target layer) as PNG or SVG."""
+        from crx.registry import plot
+
+        return plot.rendered(
+            lambda: plot.r2_heatmap_figure(
+                r2, source_layers=source_layers, target_layers=target_layers, title=title
+            ),
+            fmt,
+        )
+
     # -- the resolver ---------------------------------------------------------------------
 
     def plan(

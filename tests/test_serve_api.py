@@ -415,7 +415,9 @@ def test_errors_are_json_with_their_status(served: Served) -> None:
     _error(get("/api/aliases/joy/history"), 400, "InvalidInput")  # model is required
     # unknown routes
     assert "/api/nope" in _error(get("/api/nope"), 404, "NotFound")
-    _error(get("/nope/at/all"), 404, "NotFound")
+    # outside /api an unknown route is the catalogue's HTML 404 page (tests/test_serve_pages.py)
+    page = get("/nope/at/all")
+    assert (page.status_code, page.headers["content-type"]) == (404, "text/html; charset=utf-8")
     # writes are not served, on any path but the four token-guarded POSTs
     for method in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
         for path in ("/api/models", "/api/aliases/joy@staging", "/api/nope"):
@@ -463,7 +465,12 @@ def test_openapi_and_docs(served: Served) -> None:
     docs = served.client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
-    assert served.client.get("/", follow_redirects=False).headers["location"] == "/docs"
+    # the catalogue's pages link the docs and the spec from their nav bar
+    home = served.client.get("/")
+    assert home.status_code == 200
+    assert 'href="/docs"' in home.text
+    assert 'href="/openapi.json"' in home.text
+    assert not any(path.startswith(("/models", "/concepts", "/actions")) for path in paths)
 
 
 # -- other servers: an S3 store, several workers, a database that goes away ----------------

@@ -1,11 +1,13 @@
 """`create_app`: the FastAPI application of ``crx serve`` for one `Registry`.
 
-The app reads only through the facade (`crx.cli.web.api`), answers every error as JSON
-(`crx.cli.web.errors`) and names the registry it reads, credentials redacted, in two headers
-on every response (``X-Crx-Database``, ``X-Crx-Store``) and at ``/api/registry``. With several
-uvicorn workers each process builds its own app from `from_environment` (uvicorn's factory),
-which opens the registry ``crx serve`` was given, passed as ``CRX_DATABASE_URL`` /
-``CRX_STORE_URL`` in the workers' environment, exactly as every command resolves them.
+The app serves the catalogue's HTML pages (`crx.cli.web.pages`, from ``/``) and the JSON API
+(`crx.cli.web.api`, under ``/api``), reads only through the facade, answers every error as JSON
+under the API and as an HTML page elsewhere (`crx.cli.web.errors`) and names the registry it
+reads, credentials redacted, in two headers on every response (``X-Crx-Database``,
+``X-Crx-Store``), at ``/api/registry`` and on every page. With several uvicorn workers each
+process builds its own app from `from_environment` (uvicorn's factory), which opens the
+registry ``crx serve`` was given, passed as ``CRX_DATABASE_URL`` / ``CRX_STORE_URL`` in the
+workers' environment, exactly as every command resolves them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
 
-from crx.cli.web import api, errors, writes
+from crx.cli.web import api, errors, pages, writes
 
 if TYPE_CHECKING:
     from crx.registry import Registry
@@ -67,20 +68,16 @@ def create_app(registry: Registry) -> FastAPI:
     app.state.registry = registry
     app.include_router(api.router)
     app.include_router(writes.router)
-    errors.install(app)
+    app.include_router(pages.router)
+    errors.install(app, html=pages.error_page)
     app.add_middleware(
         errors.ReadOnlyGuard,
         headers=[
             (b"x-crx-database", _header(registry.db.display_url)),
             (b"x-crx-store", _header(registry.store.display_url)),
         ],
-        writable=writes.WRITE_PATHS,
+        writable=writes.WRITE_PATHS + pages.ACTION_PATHS,
     )
-
-    @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
     return app
 
 

@@ -1,4 +1,6 @@
-"""Every error a request can meet, as one JSON shape: ``{"error": {"type", "message"}}``.
+"""Every error a request can meet, as one JSON shape: ``{"error": {"type", "message"}}``, or
+under the catalogue's page paths (anything outside `API_PATHS`) as an HTML error page with the
+same status and message, drawn by the renderer `install` is given (`crx.cli.web.pages`).
 
 A `CrxError` keeps its class name and message (the library already redacts credentials in
 them) and gets the status its family means; FastAPI's validation errors are 400s; an unknown
@@ -11,11 +13,12 @@ URL with its password).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,6 +45,14 @@ STATUS: tuple[tuple[type[errors.CrxError], int], ...] = (
 )
 # Not HEAD either: FastAPI's routes answer GET only, so the guard refuses what none serves.
 READ_METHODS = ("GET",)
+# Paths answered in JSON (the API and its documentation); every other path is a page.
+API_PATHS = ("/api/", "/openapi.json", "/docs")
+#: Draws an error page: (request, status, type, message, headers) -> response.
+HtmlError = Callable[[Request, int, str, str, dict[str, str]], Response]
+
+
+def is_api(path: str) -> bool:
+    return path == "/api" or path.startswith(API_PATHS)
 
 
 class WriteRefused(Exception):
@@ -68,40 +79,49 @@ def _json(status: int, kind: str, message: str, **headers: str) -> JSONResponse:
     return JSONResponse(error_body(kind, message), status_code=status, headers=headers or None)
 
 
-async def _crx_error(_request: Request, exc: Exception) -> JSONResponse:
+def answer(request: Request, status: int, kind: str, message: str, **headers: str) -> Response:
+    """The error as JSON under `API_PATHS`, else as the app's HTML error page."""
+    html: HtmlError | None = getattr(request.app.state, "html_error", None)
+    if html is None or is_api(request.url.path):
+        return _json(status, kind, message, **headers)
+    return html(request, status, kind, message, headers)
+
+
+async def _crx_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.CrxError)
-    return _json(status_of(exc), type(exc).__name__, str(exc))
+    return answer(request, status_of(exc), type(exc).__name__, str(exc))
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     found = exc.errors()
     first = found[0] if found else {}
     where = ".".join(str(p) for p in first.get("loc", ()))
     message = str(first.get("msg", "invalid request"))
-    return _json(400, "InvalidInput", f"{where}: {message}" if where else message)
+    return answer(request, 400, "InvalidInput", f"{where}: {message}" if where else message)
 
 
-async def _write_refused(_request: Request, exc: Exception) -> JSONResponse:
+async def _write_refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WriteRefused)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-    return _json(exc.status, exc.kind, exc.message, **headers)
+    return answer(request, exc.status, exc.kind, exc.message, **headers)
 
 
 _HTTP_TYPES = {404: "NotFound", 405: "MethodNotAllowed"}
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = f"no route {request.url.path} (see /docs)"
     else:
         message = str(exc.detail)
-    return _json(exc.status_code, _HTTP_TYPES.get(exc.status_code, "HTTPError"), message)
+    return answer(request, exc.status_code, _HTTP_TYPES.get(exc.status_code, "HTTPError"), message)
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers, and the guard (`ReadOnlyGuard`) outside every route."""
+def install(app: FastAPI, html: HtmlError | None = None) -> None:
+    """Register the handlers (``html`` draws the error pages outside `API_PATHS`)."""
+    app.state.html_error = html
     app.add_exception_handler(errors.CrxError, _crx_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(WriteRefused, _write_refused)
@@ -141,7 +161,8 @@ class ReadOnlyGuard:
             allowed = (
                 (*READ_METHODS, "POST") if scope.get("path") in self.writable else READ_METHODS
             )
-            response = _json(
+            response = self._error(
+                scope,
                 405,
                 "MethodNotAllowed",
                 f"{scope['method']} is not allowed here: only GET, and POST with an API token "
@@ -156,5 +177,14 @@ class ReadOnlyGuard:
             # One line: the class only (a message or traceback could hold a credential).
             log.error("%s %s failed: %s", scope["method"], scope.get("path"), type(exc).__name__)
             if not started:
-                response = _json(500, "InternalError", "internal server error (a bug in crx)")
+                response = self._error(
+                    scope, 500, "InternalError", "internal server error (a bug in crx)"
+                )
                 await response(scope, receive, send_with_headers)
+
+    def _error(
+        self, scope: Scope, status: int, kind: str, message: str, **headers: str
+    ) -> Response:
+        if scope.get("app") is None:  # outside the app: no page renderer to reach
+            return _json(status, kind, message, **headers)
+        return answer(Request(scope), status, kind, message, **headers)

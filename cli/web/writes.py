@@ -32,19 +32,14 @@ READ_ONLY_HINT = (
 )
 
 
-def acting_user(request: Request, reg: Reg) -> str:
-    """The user of the request's live token, or the refusal (403 read-only, 401, 403 on
-    PostgreSQL)."""
+def user_for(reg: Registry, secret: str, missing: str) -> str:
+    """The user of the live token ``secret``, or the refusal: 403 read-only, 401 (``missing``
+    when there is no secret; an unknown or revoked one), 403 on PostgreSQL. The API writes and
+    the catalogue's forms (`crx.cli.web.pages`) both ask here."""
     if not reg.tokens_configured():
         raise WriteRefused(403, "ReadOnly", READ_ONLY_HINT)
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    secret = secret.strip()
-    if scheme.lower() != "bearer" or not secret:
-        raise WriteRefused(
-            401,
-            "Unauthenticated",
-            "this write needs `Authorization: Bearer TOKEN` (a token from `crx token create`)",
-        )
+    if not secret:
+        raise WriteRefused(401, "Unauthenticated", missing)
     user = reg.authenticate_token(secret)
     if user is None:
         raise WriteRefused(401, "Unauthenticated", "the API token is unknown or revoked")
@@ -56,6 +51,16 @@ def acting_user(request: Request, reg: Reg) -> str:
             "record the server's role, not the token's user (use the CLI with your own role)",
         )
     return user
+
+
+def acting_user(request: Request, reg: Reg) -> str:
+    """The user of the request's ``Authorization: Bearer`` token (see `user_for`)."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    return user_for(
+        reg,
+        secret.strip() if scheme.lower() == "bearer" else "",
+        "this write needs `Authorization: Bearer TOKEN` (a token from `crx token create`)",
+    )
 
 
 User = Annotated[str, Depends(acting_user)]
@@ -182,3 +187,12 @@ def promote(reg: Reg, user: User, body: PromotionBody) -> Any:
             reason=body.reason,
         ),
     )
+
+
+# The four writes by name, for the catalogue's forms: the same body models and functions.
+ACTIONS: dict[str, tuple[type[Body], Any]] = {
+    "approve": (ApprovalBody, approve),
+    "reject": (RejectionBody, reject),
+    "alias": (AliasBody, set_alias),
+    "promote": (PromotionBody, promote),
+}

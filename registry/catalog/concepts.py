@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from crx.registry.audit import record_event
 from crx.registry.catalog import models
-from crx.registry.catalog.paging import page
+from crx.registry.catalog.paging import name_contains, page
 from crx.registry.db.tables import SqlAlias, SqlConcept, SqlConceptVersion, SqlModel, is_row_id
 from crx.registry.errors import AliasNotFound, ConceptNotFound
 from crx.registry.hashing import content_sha256
@@ -232,7 +232,9 @@ def mark_for_use(
     return Registered[ConceptVersionRecord](record=version_record(concept, row), created=True)
 
 
-def listing(session: Session, *, limit: int | None, after: int | None) -> Page[ConceptRecord]:
+def listing(
+    session: Session, *, limit: int | None, after: int | None, name: str | None = None
+) -> Page[ConceptRecord]:
     def convert(rows: Sequence[Any]) -> list[ConceptRecord]:
         concepts = [row[0] for row in rows]
         versions: dict[int, list[int]] = {c.id: [] for c in concepts}
@@ -257,7 +259,8 @@ def listing(session: Session, *, limit: int | None, after: int | None) -> Page[C
             for c in concepts
         ]
 
-    return page(session, select(SqlConcept), SqlConcept.id, convert, limit=limit, after=after)
+    statement = name_contains(select(SqlConcept), SqlConcept.name, name)
+    return page(session, statement, SqlConcept.id, convert, limit=limit, after=after)
 
 
 def versions_of(session: Session, name: str) -> list[ConceptVersionRecord]:

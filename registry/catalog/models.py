@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crx.registry.audit import record_event
-from crx.registry.catalog.paging import page
+from crx.registry.catalog.paging import name_contains, page
 from crx.registry.db.tables import SqlAffineMap, SqlModel, SqlVector, is_row_id
 from crx.registry.errors import InvalidInput, ModelNotFound
 from crx.registry.models.facts import ModelFacts
@@ -140,8 +140,11 @@ def _in_use(session: Session, model_id: int) -> bool:
     return session.scalar(vector) is not None or session.scalar(mapped.limit(1)) is not None
 
 
-def listing(session: Session, *, limit: int | None, after: int | None) -> Page[ModelRecord]:
+def listing(
+    session: Session, *, limit: int | None, after: int | None, name: str | None = None
+) -> Page[ModelRecord]:
     def convert(rows: Sequence[Any]) -> list[ModelRecord]:
         return [to_record(row[0]) for row in rows]
 
-    return page(session, select(SqlModel), SqlModel.id, convert, limit=limit, after=after)
+    statement = name_contains(select(SqlModel), SqlModel.name, name)
+    return page(session, statement, SqlModel.id, convert, limit=limit, after=after)

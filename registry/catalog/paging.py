@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Select
+from sqlalchemy import Select, func
 from sqlalchemy.orm import Session
 
 from crx.registry.db.tables import MAX_ROW_ID
@@ -38,3 +38,11 @@ def page(
     items = convert(rows)
     next_after = rows[-1][0].id if more and rows else None
     return Page[T](items=items, next_after=next_after)
+
+
+def name_contains(statement: Select, column: Any, text: str | None) -> Select:
+    """``statement`` narrowed to rows whose ``column`` holds ``text``, case-insensitively
+    (``%`` and ``_`` are literal); None or "" leaves it as it is."""
+    if not text:
+        return statement
+    return statement.where(func.lower(column).contains(text.lower(), autoescape=True))

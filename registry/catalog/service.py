@@ -129,10 +129,15 @@ class Catalog:
             return models.to_record(models.find(session, ref))
 
     def list_models(
-        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
+        self,
+        *,
+        limit: int | None = DEFAULT_LIMIT,
+        after: int | None = None,
+        name_contains: str | None = None,
     ) -> Page[ModelRecord]:
+        """Keyset-paged by id; ``name_contains``: only names holding it (any case)."""
         with self.db.read() as session:
-            return models.listing(session, limit=limit, after=after)
+            return models.listing(session, limit=limit, after=after, name=name_contains)
 
     # -- concepts -----------------------------------------------------------------------
 
@@ -213,10 +218,15 @@ class Catalog:
             return concepts.versions_of(session, name)
 
     def list_concepts(
-        self, *, limit: int | None = DEFAULT_LIMIT, after: int | None = None
+        self,
+        *,
+        limit: int | None = DEFAULT_LIMIT,
+        after: int | None = None,
+        name_contains: str | None = None,
     ) -> Page[ConceptRecord]:
+        """Keyset-paged by id; ``name_contains``: only names holding it (any case)."""
         with self.db.read() as session:
-            return concepts.listing(session, limit=limit, after=after)
+            return concepts.listing(session, limit=limit, after=after, name=name_contains)
 
     def load_pairs(self, ref: str | ConceptVersionRecord) -> list[pairs.ContrastPair]:
         """The contrast pairs a concept version was registered with, exactly."""
