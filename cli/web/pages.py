@@ -100,7 +100,7 @@ templates.env.globals.update(
     vector_url=vector_url,
     lineage_url=lineage_url,
     maps_url=maps_url,
-    q=_q,
+    enc=_q,
     route_text=route_text,
     PROTECTED_ALIAS=PROTECTED_ALIAS,
 )
@@ -448,14 +448,16 @@ def audit_page(
     since: str | None = None,
     until: str | None = None,
     after: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = PAGE_SIZE,
 ) -> Response:
     given = {"object": object, "model": model, "actor": actor, "action": action}
     given |= {"since": since, "until": until}
     filters = {k: v.strip() for k, v in given.items() if v and v.strip()}
-    page = reg.audit(**filters, limit=PAGE_SIZE, after=after)
+    page = reg.audit(**filters, limit=limit, after=after)
     older = None
     if page.next_after is not None:
-        older = "/audit?" + urlencode({**filters, "after": page.next_after})
+        more = {"limit": limit} if limit != PAGE_SIZE else {}
+        older = "/audit?" + urlencode({**filters, **more, "after": page.next_after})
     return render(
         request,
         "audit.html",
