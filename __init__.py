@@ -16,18 +16,21 @@ if TYPE_CHECKING:
     from crx.registry.api import Registry
     from crx.registry.errors import CrxError
 
-__all__ = ["CrxError", "Registry"]
+__all__ = ["CrxError", "Registry", "interop"]
 
 _LAZY = {"Registry": "crx.registry.api", "CrxError": "crx.registry.errors"}
+# Modules under a short name: ``crx.interop.from_repeng(...)`` (peers' vectors, numpy only).
+_MODULES = {"interop": "crx.registry.interop"}
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _LAZY.get(name) or _MODULES.get(name)
     if module is None:
         raise AttributeError(f"module 'crx' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if name in _MODULES else getattr(imported, name)
     globals()[name] = value
     return value
 

@@ -34,6 +34,7 @@ from crx.schemas.declare import ApplyReport, Change
 from crx.schemas.plan import PlanExecution, TransplantPlan
 from crx.schemas.records import (
     EvaluationRecord,
+    ExportReport,
     MapRecord,
     Registered,
     SchemaStatus,
@@ -163,7 +164,6 @@ class Registry:
     get_vector = _catalog(Catalog.get_vector)
     load_vector = _catalog(Catalog.load_vector)
     list_vectors = _catalog(Catalog.list_vectors)
-    export_vector = _catalog(Catalog.export_vector)
 
     # maps
     save_map = _catalog(Catalog.save_map)
@@ -269,6 +269,21 @@ class Registry:
         from crx.registry.workflows.evaluate import evaluate_truthfulqa
 
         return evaluate_truthfulqa(self.workspace, model, data, **options)
+
+    def export_vector(
+        self,
+        ref: str | int,
+        fmt: str = "safetensors",
+        out: str | Path | None = None,
+        **options: Any,
+    ) -> ExportReport:
+        """Write vector ``ref`` (an id, or ``CONCEPT[@V|@ALIAS]`` with ``model``) for other
+        tools, with the layers and strength of its best evaluation baked in (or ``layers``,
+        ``alpha``, ``normalize``, ``from_evaluation``, ``raw``); see
+        `crx.registry.workflows.export`."""
+        from crx.registry.workflows.export import export_vector
+
+        return export_vector(self.workspace, ref, fmt, out, **options)
 
     def generate(self, model: str, prompt: str, **options: Any) -> dict[str, str]:
         """Base and steered greedy continuations; see `crx.registry.workflows.generate`. With

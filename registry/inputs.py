@@ -33,6 +33,22 @@ def read_bytes(path: str | Path, *, limit: int, what: str = "file") -> bytes:
     return data
 
 
+def regular_file(path: str | Path, *, limit: int, what: str = "file") -> Path:
+    """``path``, checked to be a regular file of at most ``limit`` bytes, for a reader that
+    opens it itself (gguf's reader maps the file); else `InvalidInput`."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise InvalidInput(f"cannot read {what} {path}: it is {kind}")
+    if info.st_size > limit:
+        raise InvalidInput(f"{what} {path} is larger than {limit // MIB} MiB")
+    return path
+
+
 def read_text(path: str | Path, *, limit: int, what: str = "file", encoding: str = "utf-8") -> str:
     """`read_bytes`, decoded; a file that is not text is `InvalidInput`."""
     data = read_bytes(path, limit=limit, what=what)

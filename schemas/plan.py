@@ -69,6 +69,7 @@ class AlphaChoice(PlanModel):
     dataset_oid: str | None = None
     alphas_tried: list[float] = Field(default_factory=list)
     note: str = ""
+    evaluation_id: int | None = None  # the evaluation row this α is the best of
 
     @property
     def text(self) -> str:

@@ -212,6 +212,63 @@ class GcReport(Record):
     stale_temporary_files: int = 0  # left by killed writers; removed with the blobs
 
 
+class ExportedLayer(Record):
+    """One layer of an exported vector: the strength baked into it and where it came from."""
+
+    layer: int
+    strength: float  # the file holds strength × the stored row
+    vector_norm: float  # |v[layer]| as stored
+    reference_norm: float | None = None  # the layer's mean residual norm (relative α only)
+    reference_norm_from: str | None = None  # "evaluation 17" or "measured"
+
+
+class ExportReport(Record):
+    """What ``crx export vector`` wrote, and why those layers and that strength."""
+
+    path: str
+    format: Literal["safetensors", "gguf"]
+    vector_id: int
+    concept: str  # NAME@V
+    model: str
+    source: Literal["raw", "best-evaluation", "evaluation", "asked"]
+    evaluation_id: int | None = None
+    alpha: float | None = None
+    normalize: bool | None = None  # True: α × the layer's mean residual norm
+    layers: list[ExportedLayer]
+    dropped_layers: list[int] = Field(default_factory=list)  # chosen but not written (GGUF: 0)
+    why: str
+    notes: list[str] = Field(default_factory=list)
+    llama_cpp_args: list[str] | None = None  # GGUF: the flags that apply it as exported
+
+    def lines(self) -> list[str]:
+        """What ``crx export vector`` prints: the file, the vector, each layer's strength and
+        where it came from, notes, and the llama.cpp flags that apply it."""
+        from crx.schemas.plan import alpha_text
+
+        layers = ", ".join(str(e.layer) for e in self.layers)
+        head = f"wrote {self.path} ({self.format}): vector {self.vector_id} "
+        head += f"({self.concept} on {self.model}), "
+        if self.source == "raw":
+            lines = [head + f"layers {layers} at strength 1: {self.why}"]
+        else:
+            unit = alpha_text(self.alpha or 0.0, bool(self.normalize))
+            parts = []
+            for e in self.layers:
+                if e.reference_norm is not None:
+                    parts.append(
+                        f"layer {e.layer}: strength {e.strength:.4g} = α {self.alpha:g} × "
+                        f"reference norm {e.reference_norm:.4g} ({e.reference_norm_from}) / "
+                        f"|v| {e.vector_norm:.4g}"
+                    )
+                else:
+                    parts.append(f"layer {e.layer}: strength {e.strength:.4g}")
+            lines = [head + f"α {unit}, baked in: {self.why}"] + [f"  {p}" for p in parts]
+        lines += [f"  {note}" for note in self.notes]
+        if self.llama_cpp_args:
+            lines.append("llama.cpp: " + " ".join(self.llama_cpp_args))
+        return lines
+
+
 class InitReport(Record):
     database: str
     store: str

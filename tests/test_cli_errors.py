@@ -412,7 +412,11 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     ),
     "vector file not safetensors": lambda w: Bad(
         _register_vector(w, w.file("v.safetensors", b"GGUF this is not safetensors")).args,
-        "not a valid safetensors file",
+        "not a valid GGUF file",
+    ),
+    "vector file a pickle": lambda w: Bad(
+        _register_vector(w, w.file("v.pt", b"\x80\x04\x95 not unpickled")).args,
+        "crx never unpickles a file",
     ),
     "vector file does not exist": lambda w: Bad(
         _register_vector(w, w.tmp / "missing.safetensors").args, "cannot read"
@@ -706,7 +710,7 @@ def test_corrupt_or_missing_blob_fails_loads_naming_the_oid(populated_sqlite: Wo
         ["show", "vector", "abc"],
         ["list", "models", "--limit", "-1"],
         ["export", "vector", "1", "--format", "onnx", "-o", "x"],
-        ["export", "vector", "1"],  # missing -o
+        ["export", "vector", "1", "--layer", "-1"],
         ["store", "gc", "--grace", "-5"],
     ],
 )

@@ -289,7 +289,10 @@ def test_export_safetensors_and_gguf(populated_sqlite: World) -> None:
     out = w.tmp / "joy.safetensors"
     assert w.ok(
         "export", "vector", vector_id, "--format", "safetensors", "-o", str(out)
-    ).stdout == (f"wrote {out}\n")
+    ).stdout.startswith(
+        f"wrote {out} (safetensors): vector {vector_id} (joy@1 on tiny), layers 0, 1, 2, 3 at "
+        f"strength 1: the raw vector: no evaluation of vector {vector_id} is recorded\n"
+    )
     loaded = load_file(str(out))
     assert list(loaded) == ["vector"]
     np.testing.assert_array_equal(loaded["vector"], stored)

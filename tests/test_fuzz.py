@@ -134,6 +134,30 @@ def test_tensor_files(tmp_path: Path, data: bytes) -> None:
 
 
 @FUZZ
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.builds(_safetensors, tensor_headers, st.binary(max_size=200)),
+        st.builds(lambda tail: b"GGUF" + tail, st.binary(max_size=300)),
+        st.builds(lambda tail: b"\x93NUMPY" + tail, st.binary(max_size=200)),
+        st.builds(lambda tail: b"PK\x03\x04" + tail, st.binary(max_size=200)),
+    )
+)
+def test_vector_files_of_any_format(tmp_path: Path, data: bytes) -> None:
+    """Whatever the first bytes claim, a vector file is read or refused with a CrxError."""
+    from crx.registry.interop import vector_from_tensors
+    from crx.registry.vector_files import read_vector_file
+
+    path = tmp_path / "v.bin"
+    path.write_bytes(data)
+    try:
+        found = read_vector_file(path)
+    except CrxError:
+        return
+    _answer_or_crx_error(vector_from_tensors, found.tensors, 4, 32, str(path))
+
+
+@FUZZ
 @given(document=json_values)
 def test_plan_documents(document: Any) -> None:
     from crx.registry.resolve.execute import read_plan

@@ -76,7 +76,11 @@ def test_register_vector_from_safetensors(
     one = _import(registry, whole, joy, "whole").record
     assert one.origin == "imported"
     assert one.layers is None
-    assert one.settings == {"file": "whole.safetensors", "source_dtype": "float32"}
+    assert one.settings == {
+        "file": "whole.safetensors",
+        "format": "safetensors",
+        "source_dtype": "float32",
+    }
     np.testing.assert_array_equal(registry.load_vector(one.id), array)
 
     per_layer = tmp_path / "per_layer.safetensors"
@@ -132,7 +136,7 @@ def test_register_vector_refuses_bad_tensors(
         with pytest.raises(error, match=text):
             registry.register_vector(joy, "tiny", path)
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(InvalidInput, match="not a valid safetensors"):
+    with pytest.raises(InvalidInput, match="not a vector file crx reads"):
         registry.register_vector(joy, "tiny", tmp_path / "garbage.safetensors")
     with pytest.raises(InvalidInput, match="cannot read"):
         registry.register_vector(joy, "tiny", tmp_path / "absent.safetensors")

@@ -345,7 +345,9 @@ def test_downloads_are_crx_export_files(served: Served, tmp_path: Path) -> None:
             f'attachment; filename="joy-2-tiny-{vector_id}.{fmt}"'
         )
         out = tmp_path / f"exported.{fmt}"
+        # The download is the raw vector (`--raw`): no model is loaded to serve it.
         argv = ["--db", served.db, "--store", served.store, "export", "vector", str(vector_id)]
+        argv.append("--raw")
         result = CliRunner().invoke(cli, [*argv, "--format", fmt, "-o", str(out)])
         assert result.exit_code == 0, result.output
         (tmp_path / f"downloaded.{fmt}").write_bytes(response.content)

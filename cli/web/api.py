@@ -132,7 +132,7 @@ MEDIA_TYPES = {"safetensors": "application/octet-stream", "gguf": "application/o
 
 @router.get(
     "/vectors/{vector_id}/download",
-    summary="A vector's file, as `crx export vector` writes it (safetensors or GGUF)",
+    summary="A vector's file, as `crx export vector ID --raw` writes it (safetensors or GGUF)",
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
@@ -146,9 +146,12 @@ def download_vector(
 ) -> Response:
     record = reg.get_vector(vector_id)
     # The facade writes files (atomically, as `crx export` does); a vector is at most a few
-    # MB, so it is written to a private temporary folder and sent from memory.
+    # MB, so it is written to a private temporary folder and sent from memory. It is the raw
+    # vector (`crx export vector ID --raw`): baking an evaluation's strength may need the
+    # model loaded to measure a norm, which a request must not do.
     with tempfile.TemporaryDirectory(prefix="crx-serve-") as folder:
-        path = reg.export_vector(vector_id, format, Path(folder) / f"vector.{format}")
+        path = Path(folder) / f"vector.{format}"
+        reg.export_vector(vector_id, format, path, raw=True)
         content = path.read_bytes()
     name = f"{record.concept}-{record.concept_version}-{record.model}-{record.id}.{format}"
     return Response(

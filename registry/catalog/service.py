@@ -10,7 +10,7 @@ pointing at a blob that is not stored. It never loads a model or computes a tens
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,14 +26,14 @@ from crx.registry.db import migrate
 from crx.registry.db.session import Database
 from crx.registry.db.tables import SqlAuditEvent
 from crx.registry.errors import InvalidInput, TensorShapeError
-from crx.registry.interop import export_gguf, export_safetensors, vector_from_tensors
+from crx.registry.interop import vector_from_tensors
 from crx.registry.models.facts import read_model_facts
-from crx.registry.outputs import atomic_output
-from crx.registry.store import ObjectStore, sha256_hex, tensors
+from crx.registry.store import ObjectStore, sha256_hex
 from crx.registry.store.maintenance import (
     DEFAULT_GC_GRACE_SECONDS,
 )
 from crx.registry.store.tensors import decode_map, decode_vector, encode_map, encode_vector
+from crx.registry.vector_files import read_vector_file
 from crx.schemas.records import (
     AuditEventRecord,
     ConceptRecord,
@@ -239,20 +239,36 @@ class Catalog:
         self,
         concept_ref: str,
         model: str,
-        file: str | Path,
+        file: str | Path | Mapping[int, Any],
         *,
         hook_point: str = DEFAULT_HOOK_POINT,
         token_position: str = "last",
         estimator: str = "imported",
         replace: bool = False,
     ) -> Registered[VectorRecord]:
-        """Import a vector computed elsewhere from a ``.safetensors`` file."""
+        """Import a vector computed elsewhere: a file of any format `read_vector_file` reads
+        (recognised from its first bytes), or a layer → array mapping (``crx.interop``'s
+        ``from_repeng`` / ``from_steering_vectors``)."""
         concept = self.get_concept(concept_ref)
         target = self.get_model(model)
-        named = tensors.read_file(file)
-        array, layers, source_dtype = vector_from_tensors(
-            named, target.n_layers, target.d_model, str(file)
-        )
+        settings: dict[str, Any]
+        if isinstance(file, Mapping):
+            named = {str(layer): np.asarray(row) for layer, row in file.items()}
+            dtypes = sorted({array.dtype.name for array in named.values()})
+            settings = {"file": None, "format": "python", "source_dtype": ",".join(dtypes)}
+            where = "the layer mapping"
+        else:
+            found = read_vector_file(file)
+            named, where = found.tensors, str(file)
+            settings = {
+                "file": Path(file).name,
+                "format": found.format,
+                "source_dtype": found.source_dtype,
+            }
+            hint = found.metadata.get("controlvector.model_hint")
+            if hint is not None:
+                settings["model_hint"] = str(hint)
+        array, layers = vector_from_tensors(named, target.n_layers, target.d_model, where)
         return self.save_vector(
             concept.ref,
             target.name,
@@ -262,7 +278,7 @@ class Catalog:
             hook_point=hook_point,
             token_position=token_position,
             estimator=estimator,
-            settings={"file": Path(file).name, "source_dtype": source_dtype},
+            settings=settings,
             replace=replace,
         )
 
@@ -388,26 +404,6 @@ class Catalog:
     ) -> Page[VectorRecord]:
         with self.db.read() as session:
             return vectors.listing(session, limit=limit, after=after, concept=concept, model=model)
-
-    def export_vector(
-        self, vector_id: int, fmt: str, out: str | Path, *, force: bool = False
-    ) -> Path:
-        """Write a vector as ``safetensors`` or a llama.cpp ``gguf`` control vector.
-
-        An existing ``out`` is replaced only with ``force``, and never when it is not a
-        regular file (`crx.registry.outputs`).
-        """
-        if fmt not in ("safetensors", "gguf"):
-            raise InvalidInput(f"unknown export format {fmt!r} (safetensors or gguf)")
-        record = self.get_vector(vector_id)
-        array = self.load_vector(vector_id)
-        with atomic_output(out, force=force) as temp:
-            if fmt == "safetensors":
-                export_safetensors(record, array, temp)
-            else:
-                hint = self.get_model(record.model_id).model_type or record.model
-                export_gguf(record, array, hint, temp)
-        return Path(out)
 
     # -- maps ---------------------------------------------------------------------------
 

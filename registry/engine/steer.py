@@ -43,6 +43,29 @@ def _row(vector: Any, layer: int, n_layers: int, d_model: int | None) -> Any:
     return tensor
 
 
+def strength(
+    alpha: float,
+    *,
+    normalize: bool,
+    reference_norm: float | None,
+    row_norm: float,
+    layer: int,
+) -> float:
+    """The factor ``S`` steering multiplies ``v[layer]`` by before adding it: ``alpha`` when
+    absolute, ``alpha * reference_norm / |v[layer]|`` when relative (``normalize``).
+
+    The one conversion of a relative α into an absolute strength: `steer` applies it, and
+    ``crx export vector`` bakes it into a file (llama.cpp adds ``S * v`` as it is stored).
+    """
+    if not normalize:
+        return float(alpha)
+    if reference_norm is None:
+        raise InvalidInput("normalize needs the reference residual norm of each steered layer")
+    if row_norm == 0.0:
+        raise InvalidInput(f"the vector is zero at layer {layer}: cannot normalize it")
+    return float(alpha) * float(reference_norm) / float(row_norm)
+
+
 @contextmanager
 def steer(
     layers: Any,
@@ -76,12 +99,14 @@ def steer(
         if not 0 <= target < n_layers:
             raise InvalidInput(f"layer {target} is out of range ({n_layers} layers)")
         row = _row(vector, target, n_layers, d_model).double()
-        if normalize:
-            length = float(row.norm())
-            if length == 0.0:
-                raise InvalidInput(f"the vector is zero at layer {target}: cannot normalize it")
-            row = row / length * float(norms[index])  # type: ignore[arg-type]
-        additions.append((target, (alpha * row).float()))
+        scale = strength(
+            alpha,
+            normalize=normalize,
+            reference_norm=norms[index],
+            row_norm=float(row.norm()),
+            layer=target,
+        )
+        additions.append((target, (scale * row).float()))
 
     def make_hook(target: int, addition: Any) -> Any:
         cache: dict[tuple[Any, Any], Any] = {}

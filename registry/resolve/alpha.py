@@ -97,6 +97,7 @@ def best_alpha(
             dataset_oid=best.dataset_oid,
             alphas_tried=tried,
             note=note,
+            evaluation_id=best.id,
         ),
         best.layer,
     )

@@ -70,7 +70,8 @@ if TYPE_CHECKING:
 EVALUATE_ALPHAS = ",".join(f"{a:g}" for a in DEFAULT_ALPHAS)
 
 
-def _crx_version() -> str:
+def crx_version() -> str:
+    """The installed crx's version (``unknown`` when run from a tree not installed)."""
     try:
         return metadata.version("crx")
     except metadata.PackageNotFoundError:
@@ -551,7 +552,7 @@ def make_plan(
     plans, pair_steps = _hoist_pair_steps(plans)
     return TransplantPlan(
         created_at=now(),
-        crx_version=_crx_version(),
+        crx_version=crx_version(),
         registry=catalog.db.display_url,
         last_audit_event=last_event,
         target=info,

@@ -11,12 +11,11 @@ and writes blobs without importing torch; the engine converts at its edge.
 
 from __future__ import annotations
 
-import json
-import math
-import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import safetensors
 from safetensors.numpy import load, save
 
 from crx.registry.errors import InvalidInput
@@ -60,22 +59,47 @@ def decode_map(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def read_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a user's ``.safetensors`` file; bfloat16 tensors are widened to float32.
+    """Read a user's ``.safetensors`` file; bfloat16 tensors are widened to float32."""
+    return read_file_with_dtypes(path)[0]
 
-    The file is data, never code: safetensors has no pickle and this parses only its header.
+
+def read_file_with_dtypes(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A user's ``.safetensors`` file: (tensors, each tensor's dtype in the file).
+
+    The dtypes are numpy's names (``bfloat16``, ``float16``, ``float32``...); bfloat16 tensors
+    are widened to float32 (numpy has no bfloat16 arithmetic; ml_dtypes' type reads the bits).
+    The file is data, never code: safetensors has no pickle, and its own parser checks the
+    header (offsets inside the data, no overlap, no gap, sizes matching shapes).
     """
     path = Path(path)
     raw = read_bytes(path, limit=MAX_TENSOR_FILE_BYTES, what="tensor file")
-    if _has_bfloat16(raw):
-        # safetensors.numpy cannot load BF16 (numpy has no such dtype; it raises KeyError).
-        return _read_with_bfloat16(path, raw)
     try:
-        return load(raw)
-    except Exception as exc:
+        flat = safetensors.deserialize(raw)
+    except Exception as exc:  # safetensors raises its own SafetensorError, or a TypeError
         raise InvalidInput(f"{path} is not a valid safetensors file: {exc}") from None
+    out: dict[str, np.ndarray] = {}
+    dtypes: dict[str, str] = {}
+    for name, info in flat:
+        dtype = _NUMPY_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise InvalidInput(
+                f"{path}: tensor {name!r} has the dtype {info['dtype']}, which crx does not read"
+            )
+        if dtype == "bfloat16":
+            import ml_dtypes  # only for such files: most vectors are float32
+
+            dtype = ml_dtypes.bfloat16
+        array = np.frombuffer(info["data"], dtype=dtype).reshape(info["shape"])
+        dtypes[name] = array.dtype.name
+        if array.dtype.name == "bfloat16":
+            array = array.astype(np.float32)
+        out[name] = array
+    return out, dtypes
 
 
-_NUMPY_DTYPES = {
+# safetensors' dtype names, as numpy reads them (BF16: ml_dtypes' type).
+_NUMPY_DTYPES: dict[str, Any] = {
+    "BF16": "bfloat16",
     "F16": "<f2",
     "F32": "<f4",
     "F64": "<f8",
@@ -89,72 +113,3 @@ _NUMPY_DTYPES = {
     "U64": "<u8",
     "BOOL": "?",
 }
-
-
-def _has_bfloat16(raw: bytes) -> bool:
-    """Whether the file's header declares a BF16 tensor (False if it cannot be parsed)."""
-    try:
-        (header_length,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8 : 8 + header_length])
-        return any(
-            isinstance(info, dict) and info.get("dtype") == "BF16"
-            for name, info in header.items()
-            if name != "__metadata__"
-        )
-    except (ValueError, TypeError, AttributeError, struct.error, RecursionError):
-        return False
-
-
-def _read_with_bfloat16(path: Path, raw: bytes) -> dict[str, np.ndarray]:
-    """Parse a safetensors file holding BF16 tensors, checking what the format promises:
-    shapes of non-negative integers whose size matches the byte range, ranges inside the data
-    and together covering it exactly (no overlap, no gap, no trailing bytes)."""
-
-    def invalid(why: str) -> InvalidInput:
-        return InvalidInput(f"{path} is not a valid safetensors file: {why}")
-
-    try:
-        (header_length,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8 : 8 + header_length])
-    except (ValueError, struct.error, RecursionError) as exc:
-        raise invalid(f"its header cannot be read ({exc})") from None
-    if not isinstance(header, dict):
-        raise invalid("its header is not an object")
-    body = memoryview(raw)[8 + header_length :]
-    out: dict[str, np.ndarray] = {}
-    ranges = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise invalid(f"tensor {name!r} lacks dtype, shape or data_offsets") from None
-        if dtype != "BF16" and dtype not in _NUMPY_DTYPES:
-            raise invalid(f"tensor {name!r} has the unknown dtype {dtype!r}")
-        itemsize = 2 if dtype == "BF16" else np.dtype(_NUMPY_DTYPES[dtype]).itemsize
-        if not (
-            isinstance(shape, list)
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        ):
-            raise invalid(f"tensor {name!r} has the shape {shape!r}")
-        if not all(isinstance(o, int) and not isinstance(o, bool) for o in (start, end)):
-            raise invalid(f"tensor {name!r} has the offsets {[start, end]!r}")
-        if not 0 <= start <= end <= len(body) or end - start != itemsize * math.prod(shape):
-            raise invalid(f"tensor {name!r} has offsets {[start, end]} that do not fit its shape")
-        ranges.append((start, end))
-        chunk = body[start:end]
-        if dtype == "BF16":
-            # bfloat16 is the top half of a float32: shift it back into place.
-            array = (np.frombuffer(chunk, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            array = np.frombuffer(chunk, dtype=_NUMPY_DTYPES[dtype])
-        out[name] = array.reshape(shape)
-    covered = 0
-    for start, end in sorted(ranges):
-        if start != covered:
-            raise invalid("its tensors overlap or leave a gap")
-        covered = end
-    if covered != len(body):
-        raise invalid(f"{len(body) - covered} bytes follow the last tensor")
-    return out
