@@ -25,12 +25,10 @@ from click.testing import CliRunner
 from crx.cli.main import cli
 from crx.registry import Registry
 from crx.registry.errors import DatabaseRefused, InvalidInput, NotPermitted
-from tests.databases import postgres_url
+from tests.databases import postgres_url, sqlite_url
 from tests.servers import PostgresServer
 from tests.test_serve_api import _error, server_env, start_server
 from tests.test_serve_writes import _world, bearer
-
-pytestmark = pytest.mark.postgres
 
 
 def _name(kind: str) -> str:
@@ -84,7 +82,6 @@ def site(tmp_path: Path, postgres_server: PostgresServer) -> Iterator[Site]:
     gateway = _name("gateway")
     passwords[gateway] = f"gw-{uuid.uuid4().hex}"
     made = _db(
-        postgres_server,
         "gateway",
         gateway,
         "--password-stdin",
@@ -306,8 +303,15 @@ def test_gateway_and_person_roles_stay_apart(site: Site) -> None:
         site.owner.add_user(site.gateway, "writer")
     with pytest.raises(InvalidInput, match="crx group"):
         site.owner.add_gateway("crx_owner")
-    with pytest.raises(InvalidInput, match="superuser or owns the tables"):
+    with pytest.raises(InvalidInput, match="superuser or holds privileges"):
         site.owner.add_gateway("postgres")
+    # a login role with a privilege of its own would keep it as a gateway: refused
+    holder = _name("holder")
+    site.server.execute(f"CREATE ROLE {holder} LOGIN")
+    with site.owner.db.sql_engine.begin() as connection:
+        connection.execute(sa.text(f"GRANT SELECT ON models TO {holder}"))
+    with pytest.raises(InvalidInput, match="holds privileges on the tables itself"):
+        site.owner.add_gateway(holder)
     refused = _db("gateway", w1, url=db)
     assert refused.exit_code == 1
     assert refused.output.startswith("Error: ")
@@ -356,3 +360,14 @@ def test_the_downgrade_restores_0003s_functions(postgres_server: PostgresServer)
         assert definitions() == head
     finally:
         engine.dispose()
+
+
+def test_a_sqlite_registry_has_no_gateway(tmp_path: Path, sqlite_template: Path) -> None:
+    db = sqlite_url(tmp_path, sqlite_template)
+    with Registry(db, str(tmp_path / "store")) as reg:
+        assert reg.token_writes_served()  # one user's file: the token's user is the actor
+        with pytest.raises(InvalidInput, match="roles are PostgreSQL's"):
+            reg.add_gateway("crx_web")
+    refused = _db("gateway", "crx_web", url=db)
+    assert refused.exit_code == 1
+    assert refused.output.startswith("Error: roles are PostgreSQL's")

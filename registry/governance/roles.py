@@ -100,9 +100,15 @@ def _is_superuser(session: Session, role: str) -> bool:
     )
 
 
-def _owns_tables(session: Session, role: str) -> bool:
+def _holds_tables(session: Session, role: str) -> bool:
+    """Whether ``role`` owns a table of this schema or holds a privilege granted to it on one
+    (not through a group)."""
     found = session.scalar(
-        text("SELECT 1 FROM pg_tables WHERE tableowner = :r AND schemaname = current_schema()"),
+        text(
+            "SELECT 1 FROM pg_class c JOIN pg_roles r ON r.rolname = :r "
+            "WHERE c.relnamespace = current_schema()::regnamespace AND (c.relowner = r.oid "
+            "OR EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee = r.oid)) LIMIT 1"
+        ),
         {"r": role},
     )
     return bool(found)
@@ -227,8 +233,11 @@ def add_gateway(session: Session, name: str, password: str | None) -> RoleReport
     if not _exists(session, name):
         session.execute(text(f"CREATE ROLE {quoted} LOGIN NOINHERIT"))
         created.append(name)
-    elif _is_superuser(session, name) or _owns_tables(session, name):
-        raise InvalidInput(f"{name} is a superuser or owns the tables: a gateway has no privileges")
+    elif _is_superuser(session, name) or _holds_tables(session, name):
+        raise InvalidInput(
+            f"{name} is a superuser or holds privileges on the tables itself: a gateway has no "
+            "privileges of its own (make a new role)"
+        )
     else:
         session.execute(text(f"ALTER ROLE {quoted} LOGIN NOINHERIT"))
     _set_password(session, quoted, password)
