@@ -105,6 +105,11 @@ def roles(as_json: bool) -> None:
     click.echo(f"roles {', '.join(report.roles)}: created {created}; privileges granted")
 
 
+def _password(from_stdin: bool) -> str | None:
+    """The first line of standard input, with ``--password-stdin`` (else no password)."""
+    return sys.stdin.readline().rstrip("\r\n") if from_stdin else None
+
+
 @db.command()
 @click.argument("name")
 @click.option(
@@ -129,12 +134,42 @@ def user(name: str, role: str, password_stdin: bool, as_json: bool) -> None:
     Example:
       printf '%s\\n' "$WRITER1_PASSWORD" | crx db user writer1 --role writer --password-stdin
     """
-    password = None
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    report = registry().add_user(name, role, password)
+    report = registry().add_user(name, role, _password(password_stdin))
     if as_json:
         emit_json(report)
         return
     state = "created" if report.created else "updated"
     click.echo(f"user {name}: {state}, member of {report.roles[0]}")
+
+
+@db.command()
+@click.argument("name")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the gateway's password from the first line of standard input (never echoed).",
+)
+@json_option
+def gateway(name: str, password_stdin: bool, as_json: bool) -> None:
+    """Create a PostgreSQL gateway login NAME (or update it) for `crx serve`'s writes.
+
+    A gateway has no privileges of its own (NOINHERIT, in the group crx_gateway): a server
+    connected as it runs each request as the API token's user (SET LOCAL ROLE), so the
+    database checks that person's privileges and records that person. It may act as
+    crx_reader and as every person of the crx groups; `crx db user` adds each new person.
+
+    \b
+    Example:
+      printf '%s\\n' "$GATEWAY_PASSWORD" | crx db gateway crx_web --password-stdin
+      crx --db postgresql://crx_web@db/crx serve --host 0.0.0.0
+    """
+    report = registry().add_gateway(name, _password(password_stdin))
+    if as_json:
+        emit_json(report)
+        return
+    state = "created" if name in report.created else "updated"
+    people = len([g for g in report.granted if g.startswith(f"{name}: may act as ")]) - 1
+    click.echo(
+        f"gateway {name}: {state}, member of {report.roles[0]}; "
+        f"may act as crx_reader and {people} person(s)"
+    )

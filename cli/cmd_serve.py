@@ -1,4 +1,4 @@
-"""``crx serve``: the registry's read-only JSON API over HTTP (uvicorn running `crx.cli.web`)."""
+"""``crx serve``: the registry's JSON API over HTTP (uvicorn running `crx.cli.web`)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,17 @@ def serve(host: str, port: int, workers: int) -> None:
     It reads the same registry as every other command (--db / --store, or their environment
     variables, else the embedded default), so `crx demo` then `crx serve` shows the demo's
     results. Every response names the registry (X-Crx-Database, X-Crx-Store), credentials
-    redacted. Writes are not served: any method but GET is refused (405).
+    redacted. Writes are served only to API tokens (`crx token create`): approvals,
+    rejections, alias moves and promotions, as the token's user. On PostgreSQL the server
+    must connect as a gateway (`crx db gateway NAME`, then `--db postgresql://NAME@...`), so
+    the database checks and records each token's user; as any other role it refuses writes.
 
     \b
     Example:
       crx serve --port 8000
       curl 'http://127.0.0.1:8000/api/models'
       curl 'http://127.0.0.1:8000/api/plan?target=gemma3-270m&concept=happiness'
+      crx --db postgresql://crx_web@db/crx serve --host 0.0.0.0
     """
     import uvicorn
 

@@ -202,6 +202,7 @@ class Registry:
     lineage = _governance(Governance.lineage)
     ensure_roles = _governance(Governance.ensure_roles)
     add_user = _governance(Governance.add_user)
+    add_gateway = _governance(Governance.add_gateway)
     create_token = _governance(Governance.create_token)
     list_tokens = _governance(Governance.list_tokens)
     revoke_token = _governance(Governance.revoke_token)
@@ -212,8 +213,8 @@ class Registry:
     @staticmethod
     def acting_for(user: str) -> AbstractContextManager[None]:
         """Record ``user`` as the actor of the calls made inside (this thread or task only):
-        on SQLite the actor and label, on PostgreSQL the label beside the role
-        (`crx.registry.audit.acting_for`)."""
+        on SQLite the actor and label, on PostgreSQL the label beside the role, and, when
+        connected as a gateway, that user's role (`crx.registry.audit.acting_for`)."""
         return audit.acting_for(user)
 
     verify_store = _catalog(Catalog.verify_store)

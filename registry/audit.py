@@ -1,13 +1,15 @@
 """The audit trail: every mutating call writes one event in the same transaction as its change.
 
 Who acts: on PostgreSQL the database role the connection authenticated as (``session_user``),
-which a trigger writes over whatever the client sends (migration 0003), so nobody can write as
-somebody else; ``CRX_ACTOR`` is only a display label there. On SQLite (one user's file) it is
-``CRX_ACTOR`` if set, else ``user@host``.
+which a trigger writes over whatever the client sends (migrations 0003 and 0005), so nobody can
+write as somebody else; ``CRX_ACTOR`` is only a display label there. On SQLite (one user's
+file) it is ``CRX_ACTOR`` if set, else ``user@host``.
 
 `acting_for` overrides both for the code it wraps, in this thread or task only (a context
 variable): ``crx serve`` runs an HTTP write as the user its API token belongs to, and two
 requests at once never see each other's user, as a process-wide environment variable would.
+On PostgreSQL that is the label only, unless the server is connected as a gateway: then every
+transaction runs as that person's role (`crx.registry.db.gateway`), which the triggers stamp.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def acting_for(user: str) -> Iterator[None]:
         _acting_for.reset(token)
 
 
+def acting_user() -> str | None:
+    """The `acting_for` user of this context, if any (never ``CRX_ACTOR``: a gateway acts as
+    a person only for the server's own requests)."""
+    return _acting_for.get()
+
+
 def _explicit() -> str | None:
     return _acting_for.get() or os.environ.get(ENV_ACTOR) or None
 
@@ -68,9 +76,11 @@ def display_label() -> str | None:
 
 
 def acting_as(session: Session) -> str:
-    """The identity the database will record for this session's changes."""
+    """The identity the database will record for this session's changes (on PostgreSQL the
+    acting role, migration 0005: a gateway's person; the gateway itself when it acts as
+    nobody, which the database then refuses to let write)."""
     if session.get_bind().dialect.name == "postgresql":
-        return str(session.scalar(text("SELECT session_user")))
+        return str(session.scalar(text("SELECT COALESCE(crx_acting_role(), session_user)")))
     return current_actor()
 
 

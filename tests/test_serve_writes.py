@@ -3,7 +3,8 @@
 Tokens are made with the CLI (``crx token create``), as the owner would; every write goes over
 HTTP to a ``python -m crx serve`` process and is then read back through the facade: who the
 approval and the audit log name, what the policy refused, what moved. PostgreSQL shows the
-read-only and 401 paths and the documented refusal of writes there.
+read-only and 401 paths and the refusal of writes by a server that is not connected as a
+gateway (tests/test_serve_gateway.py serves them through one).
 """
 
 from __future__ import annotations
@@ -194,7 +195,10 @@ def test_postgres_is_read_only_then_refuses_writes(
         assert response.headers["www-authenticate"] == "Bearer"
         _error(client.post("/api/approvals", json=approve), 401, "Unauthenticated")
         refused = client.post("/api/approvals", json=approve, headers=bearer(secret))
-        assert "PostgreSQL" in _error(refused, 403, "WritesNotServed")
+        message = _error(refused, 403, "WritesNotServed")
+        # connected as the superuser, not a gateway: it says how to set one up
+        assert "PostgreSQL" in message
+        assert "crx db gateway" in message
         assert not [a for a in reg.list_approvals(model="tiny") if a.alias == "gold"]
         assert reg.list_tokens()[0].last_used_at is not None
     finally:

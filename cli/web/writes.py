@@ -5,9 +5,10 @@ Each is one facade call run as the token's user (`Registry.acting_for`), so the 
 hold for ``crx approve|reject|alias set|promote`` hold here too and the audit log names that
 user. With no live token in the registry the server is read-only (403, saying how to make
 one); a missing, unknown or revoked token is a 401 with ``WWW-Authenticate: Bearer``. The
-token is never logged, echoed or put in a message. On PostgreSQL writes are refused (403): the
-database records the server's one role for every request (see
-`Governance.token_writes_served`).
+token is never logged, echoed or put in a message. On PostgreSQL the server must be connected
+as a gateway (``crx db gateway``): each request then runs as its user's own role, which the
+database checks and records (`crx.registry.db.gateway`); connected as any other role, writes
+are refused (403 ``WritesNotServed``, see `Governance.token_writes_served`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ READ_ONLY_HINT = (
 
 def user_for(reg: Registry, secret: str, missing: str) -> str:
     """The user of the live token ``secret``, or the refusal: 403 read-only, 401 (``missing``
-    when there is no secret; an unknown or revoked one), 403 on PostgreSQL. The API writes and
+    when there is no secret; an unknown or revoked one), 403 on PostgreSQL without a gateway. The API writes and
     the catalogue's forms (`crx.cli.web.pages`) both ask here."""
     if not reg.tokens_configured():
         raise WriteRefused(403, "ReadOnly", READ_ONLY_HINT)
@@ -47,8 +48,10 @@ def user_for(reg: Registry, secret: str, missing: str) -> str:
         raise WriteRefused(
             403,
             "WritesNotServed",
-            "writes over HTTP are not served on a PostgreSQL registry yet: the database would "
-            "record the server's role, not the token's user (use the CLI with your own role)",
+            "writes over HTTP on a PostgreSQL registry need the server connected as a gateway, "
+            "so the database records the token's user, not the server's role: the owner runs "
+            "`crx db gateway NAME --password-stdin`, then `crx --db postgresql://NAME@HOST/DB "
+            "serve` (or use the CLI with your own role)",
         )
     return user
 

@@ -7,6 +7,9 @@ failing with "database is locked" when it tries to upgrade its lock (pysqlite's 
 deferred ``BEGIN`` cannot wait for that). SQLAlchemy's documented recipe: turn pysqlite's own
 transaction handling off and emit ``BEGIN`` ourselves.
 
+On PostgreSQL a connection that authenticated as a gateway sets its acting person's role at
+the start of each transaction (`crx.registry.db.gateway`).
+
 The busy timeout is ``CRX_SQLITE_BUSY_TIMEOUT_MS`` (default 60 000): a writer that waits longer
 for another process's write lock fails with `DatabaseUnavailable` naming the lock.
 """
@@ -25,6 +28,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 from crx.registry.config import redact, scrub, secrets_of
+from crx.registry.db import gateway
 from crx.registry.errors import DatabaseUnavailable, InvalidInput
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -85,6 +89,8 @@ def make_engine(url: str) -> Engine:
         ) from None
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
+    elif engine.dialect.name == "postgresql":
+        gateway.install(engine)
     return engine
 
 

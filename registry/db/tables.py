@@ -237,7 +237,7 @@ class SqlAlias(Base):
     vector_id: Mapped[int] = mapped_column(ForeignKey("vectors.id", ondelete="RESTRICT"))
     revision: Mapped[int] = mapped_column(Integer)  # 1 when set, +1 per move
     action: Mapped[str] = mapped_column(String(20))  # set | move | promote: the last change
-    actor: Mapped[str] = mapped_column(String(200))  # PostgreSQL: stamped with session_user
+    actor: Mapped[str] = mapped_column(String(200))  # PostgreSQL: stamped with crx_actor() (0005)
     label: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from crx.registry.catalog.paging import DEFAULT_LIMIT
 from crx.registry.catalog.service import Catalog
+from crx.registry.db.gateway import connected_as_gateway
 from crx.registry.errors import InvalidInput
 from crx.registry.governance import (
     aliases,
@@ -314,8 +315,13 @@ class Governance:
         return self.db.write(roles.ensure_roles)
 
     def add_user(self, name: str, role: str, password: str | None = None) -> RoleReport:
-        """Make ``name`` a login role in group ``role`` (reader, writer, approver, owner)."""
+        """Make ``name`` a login role in group ``role`` (reader, writer, approver, owner),
+        whom every gateway may act as."""
         return self.db.write(lambda s: roles.add_user(s, name, role, password))
+
+    def add_gateway(self, name: str, password: str | None = None) -> RoleReport:
+        """Make ``name`` a gateway: the login ``crx serve`` uses to act as each person."""
+        return self.db.write(lambda s: roles.add_gateway(s, name, password))
 
     # -- API tokens (crx serve) -------------------------------------------------------------
 
@@ -340,11 +346,15 @@ class Governance:
 
     def token_writes_served(self) -> bool:
         """Whether ``crx serve`` may act as a token's user here: on SQLite, yes. On PostgreSQL
-        the database stamps every change with the role the server connected as, one role for
-        every request, so approvals by several token users would count as one approver and
-        separation of duties could not hold: writes over HTTP are refused there (use the CLI
-        with your own role) until the server connects as each user."""
-        return self.db.sql_engine.dialect.name != "postgresql"
+        the database stamps every change with the role it runs as, so only when the server
+        is connected as a gateway (`crx.registry.db.gateway`): then each request runs as its
+        user's own role, checked by that role's privileges. Connected as anybody else, every
+        request would be that one role: approvals by several token users would count as one
+        approver, so writes over HTTP are refused."""
+        if self.db.sql_engine.dialect.name != "postgresql":
+            return True
+        with self.db.read() as session:
+            return connected_as_gateway(session)
 
     def authenticate_token(self, secret: str) -> str | None:
         """The user a live token's secret belongs to (stamping its last use), else None."""
