@@ -21,8 +21,6 @@ from pathlib import Path
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-import numpy as np
-
 from crx.registry import audit, config
 from crx.registry.catalog.service import Catalog
 from crx.registry.db.session import Database
@@ -41,6 +39,8 @@ from crx.schemas.records import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np  # only `steer` takes an array; the read commands never import numpy
+
     from crx.registry.engine.loading import LoadedModel
     from crx.registry.workflows.demo import DemoResult
     from crx.registry.workflows.demo import Estimate as DemoEstimate
