@@ -272,6 +272,12 @@ def transplant(
 @absolute_option
 @normalize_option
 @click.option("--base", "with_base", is_flag=True, help="Also evaluate the bare model.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Also draw FILE.png: α against the primary metric for every vector of the concept "
+    "evaluated on this model and dataset (earlier runs included), the base model as a line.",
+)
 @quiet_option
 @json_option
 def evaluate(
@@ -286,6 +292,7 @@ def evaluate(
     absolute: bool,
     normalize: bool,
     with_base: bool,
+    plot: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -303,8 +310,11 @@ def evaluate(
       crx evaluate sadness --model gemma3-270m --alpha 0.1,0.2 --vector 6
       crx evaluate sadness --model gemma3-270m --alpha 2,4,8 --absolute
       crx evaluate honesty --model gemma3-270m --task truthfulqa --data truthfulqa_dev.csv
+      crx evaluate sadness --model gemma3-270m --base --plot sadness.png
     """
     relative = _relative(absolute, normalize)
+    if plot is not None:
+        registry().check_plot_path(plot)  # before the model loads, not after the evaluation
     progress = Reporter(quiet=quiet)
     records = registry().evaluate(
         concept,
@@ -320,8 +330,9 @@ def evaluate(
         progress=progress,
     )
     progress.finish()
+    drawn = None if plot is None else registry().plot_evaluations(records, plot)
     if as_json:
-        emit_json({"items": records})
+        emit_json({"items": records, "plot": None if drawn is None else str(drawn)})
         return
     emit_table(
         ["vector", "alpha", "layers", "metric", "value", "n"],
@@ -338,6 +349,8 @@ def evaluate(
         ],
         "no results",
     )
+    if drawn is not None:
+        click.echo(f"plot: {drawn}")
 
 
 @click.command()

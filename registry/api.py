@@ -314,6 +314,35 @@ class Registry:
         ):
             yield
 
+    def plot_evaluations(self, records: Sequence[EvaluationRecord], out: str | Path) -> Path:
+        """A PNG of α against the task's primary metric for every vector of the concept
+        evaluated on the model and dataset of ``records`` (what `evaluate` returned), the base
+        model as a line; see `crx.registry.workflows.figures`."""
+        from crx.registry.workflows.figures import evaluation_plot
+
+        return evaluation_plot(self.catalog, records, out)
+
+    def plot_maps(self, source: str, target: str, out: str | Path) -> Path:
+        """A PNG heat-map of the held-out R² of the newest fit ``source`` → ``target`` over
+        source × target layers, the chosen pairs marked (`crx.registry.plot.map_r2_figure`)."""
+        from crx.registry.workflows.figures import maps_plot
+
+        return maps_plot(self.catalog, source, target, out)
+
+    def map_grid(self, source: str, target: str) -> dict[str, Any]:
+        """The newest fit ``source`` → ``target``: recipe, R² grid, chosen pairs (``crx show
+        maps``; `crx.registry.workflows.figures.map_grid`)."""
+        from crx.registry.workflows.figures import map_grid
+
+        return map_grid(self.catalog, source, target)
+
+    @staticmethod
+    def check_plot_path(out: str | Path) -> Path:
+        """Refuse, before any work, a plot path that is not a ``.png`` in an existing folder."""
+        from crx.registry.workflows.figures import check_png
+
+        return check_png(out)
+
     def available_models(self) -> list[dict[str, Any]]:
         """The real models crx can pull (``crx models available``), and whether each is here."""
         from crx.registry.workflows.pull import available
