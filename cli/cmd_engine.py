@@ -374,6 +374,7 @@ def evaluate(
 @absolute_option
 @normalize_option
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
+@json_option
 def generate(
     prompt: str,
     model: str,
@@ -384,6 +385,7 @@ def generate(
     absolute: bool,
     normalize: bool,
     max_new_tokens: int,
+    as_json: bool,
 ) -> None:
     """Print the base and the steered continuation of PROMPT side by side (greedy).
 
@@ -396,6 +398,7 @@ def generate(
       crx generate --model gemma3-270m --concept sadness "Today I"
       crx generate --model gemma3-270m --concept sadness --alpha 0.4 "Today I"
       crx generate --model gemma3-270m --vector 6 --alpha 8 --absolute "Today I"
+      crx generate --model gemma3-270m --concept sadness --json "Today I"
     """
     # --absolute: α is absolute. Otherwise a given α is relative, and with none the plan's α
     # is used as it was planned (relative, or absolute if it was evaluated so).
@@ -410,6 +413,19 @@ def generate(
         normalize=mode,
         max_new_tokens=max_new_tokens,
     )
+    if as_json:
+        # The steered entry's label is "steered: <which vector, layer and α, and why>".
+        steered = [(k, v) for k, v in texts.items() if k != "base"]
+        emit_json(
+            {
+                "model": model,
+                "prompt": prompt,
+                "base": texts["base"],
+                "steered": steered[0][1] if steered else None,
+                "steering": steered[0][0].removeprefix("steered: ") if steered else None,
+            }
+        )
+        return
     width = 60
     for label, text in texts.items():
         click.echo((f"--- {label} " + "-" * max(0, width - len(label) - 5)).rstrip())

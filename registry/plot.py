@@ -214,7 +214,12 @@ def map_r2_figure(
             linewidths=1.2,
             label=f"chosen pairs ({len(chosen)})",
         )
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+        # Below the axes: inside, it would hide cells.
+        ax.legend(loc="upper right", bbox_to_anchor=(1.0, -0.1), fontsize=8, frameon=False)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"source layer ({source}, {n_source} blocks)")
     ax.set_ylabel(f"target layer ({target}, {n_target} blocks)")
     ax.set_title(title, fontsize=9)

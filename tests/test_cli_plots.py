@@ -57,7 +57,8 @@ def test_evaluate_plot_draws_every_vector_evaluated_from_the_recorded_rows(
     rows = first["items"] + second["items"]
     with w.registry() as reg:
         data = evaluation_data(reg.catalog, [EvaluationRecord(**r) for r in second["items"]])
-    assert data.metric == "token_accuracy" and data.normalize is True
+    assert data.metric == "token_accuracy"
+    assert data.normalize is True
     expected = {
         f"vector {native}: native, layer 3": {
             r["alpha"]: r["value"]
@@ -72,9 +73,12 @@ def test_evaluate_plot_draws_every_vector_evaluated_from_the_recorded_rows(
     }
     assert data.series == expected
     assert set(expected[f"vector {native}: native, layer 3"]) == {0.1, 0.4}
-    [base] = [r["value"] for r in rows if r["vector_id"] is None and r["metric"] == "token_accuracy"]
+    [base] = [
+        r["value"] for r in rows if r["vector_id"] is None and r["metric"] == "token_accuracy"
+    ]
     assert data.base == base
-    assert "anger on src" in data.title and "held-out scenarios" in data.title
+    assert "anger on src" in data.title
+    assert "held-out scenarios" in data.title
 
     # The text output names the file too.
     again = w.tmp / "again.png"
@@ -91,7 +95,8 @@ def test_a_plot_path_that_is_not_a_png_is_refused_before_anything_is_evaluated(
     for bad, why in (("plot.jpg", "does not end in .png"), ("nowhere/plot.png", "does not exist")):
         result = w.run("evaluate", "anger", "--model", "src", "--plot", str(w.tmp / bad))
         assert result.exit_code == 1, result.output
-        assert result.stderr.startswith("Error: ") and why in result.stderr
+        assert result.stderr.startswith("Error: ")
+        assert why in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     with w.registry() as reg:
         assert reg.list_evaluations(limit=None).items == []
@@ -106,10 +111,12 @@ def test_show_maps_plots_the_recorded_r2_grid_with_the_chosen_pairs(
     out = w.tmp / "maps.png"
     shown = w.json("show", "maps", "--source", "src", "--target", "tgt", "--plot", str(out))
     assert out.read_bytes().startswith(PNG)
-    assert shown["plot"] == str(out) and shown["split"] == "validation"
+    assert shown["plot"] == str(out)
+    assert shown["split"] == "validation"
     # An auto fit: one map per target block (3), each column its recorded validation R² of
     # every source block (4), and the kept maps are the chosen pairs.
-    assert len(shown["matrix"]) == 4 and {len(row) for row in shown["matrix"]} == {3}
+    assert len(shown["matrix"]) == 4
+    assert {len(row) for row in shown["matrix"]} == {3}
     for m in maps:
         column = [row[m["target_layer"]] for row in shown["matrix"]]
         assert column == pytest.approx(m["solver_settings"]["auto_val_r2"])
@@ -120,7 +127,8 @@ def test_show_maps_plots_the_recorded_r2_grid_with_the_chosen_pairs(
     assert text.startswith(f"src -> tgt: {len(maps)} maps, ridge, pairs=auto")
 
     missing = w.run("show", "maps", "--source", "tgt", "--target", "src")
-    assert missing.exit_code == 1 and "no maps from tgt to src" in missing.stderr
+    assert missing.exit_code == 1
+    assert "no maps from tgt to src" in missing.stderr
 
 
 def _map(i: int, source: int, target: int, r2: float | None) -> MapRecord:
@@ -135,8 +143,10 @@ def test_the_grid_of_an_all_pairs_fit_is_each_maps_test_r2_and_the_best_source_i
     maps = [_map(1, 0, 0, 0.5), _map(2, 1, 0, 0.8), _map(3, 0, 1, 0.9), _map(4, 1, 1, None)]
     grid = map_r2_grid(maps, n_source=3, n_target=2)
     assert grid.split == "test"
-    assert grid.matrix[0] == [0.5, 0.9] and grid.matrix[1][0] == 0.8
-    assert math.isnan(grid.matrix[1][1]) and all(math.isnan(v) for v in grid.matrix[2])
+    assert grid.matrix[0] == [0.5, 0.9]
+    assert grid.matrix[1][0] == 0.8
+    assert math.isnan(grid.matrix[1][1])
+    assert all(math.isnan(v) for v in grid.matrix[2])
     assert grid.chosen == [(0, 1), (1, 0)]
     # A plain matrix draws as well (what the web catalogue may pass).
     fig = map_r2_figure([[0.1, 0.2], [0.3, math.nan]], source="a", target="b", title="t")
@@ -163,6 +173,7 @@ def test_the_series_keep_the_newest_row_and_one_alpha_mode() -> None:
         _evaluation(5, None, None, 0.35),
     ]
     series, base = evaluation_series(rows, "token_accuracy", normalize=True, labels={5: "v5"})
-    assert series == {"v5, layer 2": {0.1: 0.45}} and base == 0.35
+    assert series == {"v5, layer 2": {0.1: 0.45}}
+    assert base == 0.35
     absolute, _ = evaluation_series(rows, "token_accuracy", normalize=False)
     assert absolute == {"vector 5, layer 2": {8.0: 0.9}}

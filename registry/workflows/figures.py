@@ -92,9 +92,7 @@ def evaluation_data(catalog: Catalog, records: Sequence[EvaluationRecord]) -> Ev
     return EvaluationFigure(series, base, metric, normalize, title)
 
 
-def evaluation_plot(
-    catalog: Catalog, records: Sequence[EvaluationRecord], out: str | Path
-) -> Path:
+def evaluation_plot(catalog: Catalog, records: Sequence[EvaluationRecord], out: str | Path) -> Path:
     """`evaluation_data` drawn by `crx.registry.plot.alpha_figure` into ``out`` (a PNG)."""
     path = check_png(out)
     data = evaluation_data(catalog, records)
