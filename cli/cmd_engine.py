@@ -272,6 +272,12 @@ def transplant(
 @absolute_option
 @normalize_option
 @click.option("--base", "with_base", is_flag=True, help="Also evaluate the bare model.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Also draw FILE.png: α against the primary metric for every vector of the concept "
+    "evaluated on this model and dataset (earlier runs included), the base model as a line.",
+)
 @quiet_option
 @json_option
 def evaluate(
@@ -286,6 +292,7 @@ def evaluate(
     absolute: bool,
     normalize: bool,
     with_base: bool,
+    plot: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -303,8 +310,11 @@ def evaluate(
       crx evaluate sadness --model gemma3-270m --alpha 0.1,0.2 --vector 6
       crx evaluate sadness --model gemma3-270m --alpha 2,4,8 --absolute
       crx evaluate honesty --model gemma3-270m --task truthfulqa --data truthfulqa_dev.csv
+      crx evaluate sadness --model gemma3-270m --base --plot sadness.png
     """
     relative = _relative(absolute, normalize)
+    if plot is not None:
+        registry().check_plot_path(plot)  # before the model loads, not after the evaluation
     progress = Reporter(quiet=quiet)
     records = registry().evaluate(
         concept,
@@ -320,8 +330,9 @@ def evaluate(
         progress=progress,
     )
     progress.finish()
+    drawn = None if plot is None else registry().plot_evaluations(records, plot)
     if as_json:
-        emit_json({"items": records})
+        emit_json({"items": records, "plot": None if drawn is None else str(drawn)})
         return
     emit_table(
         ["vector", "alpha", "layers", "metric", "value", "n"],
@@ -338,6 +349,8 @@ def evaluate(
         ],
         "no results",
     )
+    if drawn is not None:
+        click.echo(f"plot: {drawn}")
 
 
 @click.command()
@@ -361,6 +374,7 @@ def evaluate(
 @absolute_option
 @normalize_option
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
+@json_option
 def generate(
     prompt: str,
     model: str,
@@ -371,6 +385,7 @@ def generate(
     absolute: bool,
     normalize: bool,
     max_new_tokens: int,
+    as_json: bool,
 ) -> None:
     """Print the base and the steered continuation of PROMPT side by side (greedy).
 
@@ -383,6 +398,7 @@ def generate(
       crx generate --model gemma3-270m --concept sadness "Today I"
       crx generate --model gemma3-270m --concept sadness --alpha 0.4 "Today I"
       crx generate --model gemma3-270m --vector 6 --alpha 8 --absolute "Today I"
+      crx generate --model gemma3-270m --concept sadness --json "Today I"
     """
     # --absolute: α is absolute. Otherwise a given α is relative, and with none the plan's α
     # is used as it was planned (relative, or absolute if it was evaluated so).
@@ -397,6 +413,19 @@ def generate(
         normalize=mode,
         max_new_tokens=max_new_tokens,
     )
+    if as_json:
+        # The steered entry's label is "steered: <which vector, layer and α, and why>".
+        steered = [(k, v) for k, v in texts.items() if k != "base"]
+        emit_json(
+            {
+                "model": model,
+                "prompt": prompt,
+                "base": texts["base"],
+                "steered": steered[0][1] if steered else None,
+                "steering": steered[0][0].removeprefix("steered: ") if steered else None,
+            }
+        )
+        return
     width = 60
     for label, text in texts.items():
         click.echo((f"--- {label} " + "-" * max(0, width - len(label) - 5)).rstrip())

@@ -318,3 +318,45 @@ def show_map(ref: int, as_json: bool) -> None:
         emit_json(record)
     else:
         emit_fields(list(record.model_dump().items()))
+
+
+@show.command("maps")
+@click.option("--source", required=True, help="Source model of the maps.")
+@click.option("--target", required=True, help="Target model of the maps.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Also draw FILE.png: the R² heat-map over source x target layers, chosen pairs circled.",
+)
+@json_option
+def show_maps(source: str, target: str, plot: str | None, as_json: bool) -> None:
+    """Show the newest fit of maps SOURCE -> TARGET: its recipe, and the layer pairs it chose
+    with their held-out R² (an auto fit: validation R² of every source layer per target).
+
+    \b
+    Example:
+      crx show maps --source smollm2-135m-instruct --target gemma3-270m
+      crx show maps --source smollm2-135m-instruct --target gemma3-270m --plot maps.png
+    """
+    reg = registry()
+    if plot is not None:
+        reg.check_plot_path(plot)
+    grid = reg.map_grid(source, target)
+    drawn = None if plot is None else reg.plot_maps(source, target, plot)
+    if as_json:
+        emit_json({**grid, "plot": None if drawn is None else str(drawn)})
+        return
+    click.echo(
+        f"{grid['source']} -> {grid['target']}: {grid['n_maps']} maps, {grid['solver']}, "
+        f"pairs={grid['pairs']}, corpus {(grid['corpus_oid'] or '-')[:12]}"
+    )
+    emit_table(
+        ["source_layer", "target_layer", f"r2_{grid['split']}", "map", "test_r2"],
+        [
+            (c["source_layer"], c["target_layer"], c["r2"], c["map_id"], c["test_r2"])
+            for c in grid["chosen"]
+        ],
+        "no chosen pairs",
+    )
+    if drawn is not None:
+        click.echo(f"plot: {drawn}")

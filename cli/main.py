@@ -6,31 +6,61 @@ click's usage errors exit 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
-from crx.cli import (
-    cmd_audit,
-    cmd_declare,
-    cmd_demo,
-    cmd_engine,
-    cmd_export,
-    cmd_governance,
-    cmd_lifecycle,
-    cmd_list,
-    cmd_models,
-    cmd_plan,
-    cmd_policy,
-    cmd_register,
-    cmd_serve,
-    cmd_store,
-    cmd_token,
-)
-from crx.cli.context import State
+from crx.cli.context import State, importing
+
+# Each command's module is imported when that command runs (or when --help lists them all), so
+# `crx show model` loads cmd_list and what it needs, not every command's imports.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("cmd_lifecycle", "init"),
+    "db": ("cmd_lifecycle", "db"),
+    "register": ("cmd_register", "register"),
+    "list": ("cmd_list", "list_"),
+    "show": ("cmd_list", "show"),
+    "export": ("cmd_export", "export"),
+    "store": ("cmd_store", "store"),
+    "models": ("cmd_models", "models"),
+    "extract": ("cmd_engine", "extract"),
+    "fit": ("cmd_engine", "fit"),
+    "transplant": ("cmd_engine", "transplant"),
+    "evaluate": ("cmd_engine", "evaluate"),
+    "generate": ("cmd_engine", "generate"),
+    "plan": ("cmd_plan", "plan"),
+    "diff": ("cmd_declare", "diff"),
+    "apply": ("cmd_declare", "apply"),
+    "policy": ("cmd_policy", "policy"),
+    "demo": ("cmd_demo", "demo"),
+    "alias": ("cmd_governance", "alias"),
+    "approve": ("cmd_governance", "approve"),
+    "reject": ("cmd_governance", "reject"),
+    "approvals": ("cmd_governance", "approvals"),
+    "promote": ("cmd_governance", "promote"),
+    "deprecate": ("cmd_governance", "deprecate"),
+    "deprecations": ("cmd_governance", "deprecations"),
+    "audit": ("cmd_audit", "audit"),
+    "lineage": ("cmd_audit", "lineage"),
+    "serve": ("cmd_serve", "serve"),
+    "token": ("cmd_token", "token"),
+}
 
 
 class CrxGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in COMMANDS:
+            module, name = COMMANDS[cmd_name]
+            with importing():
+                command = getattr(importlib.import_module(f"crx.cli.{module}"), name)
+            self.add_command(command, cmd_name)
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         from crx.registry.errors import CrxError
 
@@ -76,37 +106,6 @@ def cli(ctx: click.Context, database_url: str | None, store_url: str | None) -> 
     state = State(database_url, store_url)
     ctx.obj = state
     ctx.call_on_close(state.close)
-
-
-cli.add_command(cmd_lifecycle.init)
-cli.add_command(cmd_lifecycle.db)
-cli.add_command(cmd_register.register)
-cli.add_command(cmd_list.list_)
-cli.add_command(cmd_list.show)
-cli.add_command(cmd_export.export)
-cli.add_command(cmd_store.store)
-cli.add_command(cmd_models.models)
-cli.add_command(cmd_engine.extract)
-cli.add_command(cmd_engine.fit)
-cli.add_command(cmd_engine.transplant)
-cli.add_command(cmd_engine.evaluate)
-cli.add_command(cmd_engine.generate)
-cli.add_command(cmd_plan.plan)
-cli.add_command(cmd_declare.diff)
-cli.add_command(cmd_declare.apply)
-cli.add_command(cmd_policy.policy)
-cli.add_command(cmd_demo.demo)
-cli.add_command(cmd_governance.alias)
-cli.add_command(cmd_governance.approve)
-cli.add_command(cmd_governance.reject)
-cli.add_command(cmd_governance.approvals)
-cli.add_command(cmd_governance.promote)
-cli.add_command(cmd_governance.deprecate)
-cli.add_command(cmd_governance.deprecations)
-cli.add_command(cmd_audit.audit)
-cli.add_command(cmd_audit.lineage)
-cli.add_command(cmd_serve.serve)
-cli.add_command(cmd_token.token)
 
 
 def main() -> None:

@@ -21,8 +21,6 @@ from pathlib import Path
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-import numpy as np
-
 from crx.registry import audit, config
 from crx.registry.catalog.service import Catalog
 from crx.registry.db.session import Database
@@ -42,6 +40,8 @@ from crx.schemas.records import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np  # only `steer` takes an array; the read commands never import numpy
+
     from crx.registry.engine.loading import LoadedModel
     from crx.registry.workflows.demo import DemoResult
     from crx.registry.workflows.demo import Estimate as DemoEstimate
@@ -330,6 +330,35 @@ class Registry:
         ):
             yield
 
+    def plot_evaluations(self, records: Sequence[EvaluationRecord], out: str | Path) -> Path:
+        """A PNG of α against the task's primary metric for every vector of the concept
+        evaluated on the model and dataset of ``records`` (what `evaluate` returned), the base
+        model as a line; see `crx.registry.workflows.figures`."""
+        from crx.registry.workflows.figures import evaluation_plot
+
+        return evaluation_plot(self.catalog, records, out)
+
+    def plot_maps(self, source: str, target: str, out: str | Path) -> Path:
+        """A PNG heat-map of the held-out R² of the newest fit ``source`` → ``target`` over
+        source × target layers, the chosen pairs marked (`crx.registry.plot.map_r2_figure`)."""
+        from crx.registry.workflows.figures import maps_plot
+
+        return maps_plot(self.catalog, source, target, out)
+
+    def map_grid(self, source: str, target: str) -> dict[str, Any]:
+        """The newest fit ``source`` → ``target``: recipe, R² grid, chosen pairs (``crx show
+        maps``; `crx.registry.workflows.figures.map_grid`)."""
+        from crx.registry.workflows.figures import map_grid
+
+        return map_grid(self.catalog, source, target)
+
+    @staticmethod
+    def check_plot_path(out: str | Path) -> Path:
+        """Refuse, before any work, a plot path that is not a ``.png`` in an existing folder."""
+        from crx.registry.workflows.figures import check_png
+
+        return check_png(out)
+
     def available_models(self) -> list[dict[str, Any]]:
         """The real models crx can pull (``crx models available``), and whether each is here."""
         from crx.registry.workflows.pull import available
@@ -396,24 +425,13 @@ class Registry:
             fmt,
         )
 
-    @staticmethod
-    def r2_heatmap(
-        r2: dict[tuple[int, int], float | None],
-        *,
-        source_layers: int,
-        target_layers: int,
-        title: str,
-        fmt: str = "png",
-    ) -> bytes:
-        """`crx.registry.plot.r2_heatmap_figure` (R² by source × target layer) as PNG or SVG."""
+    def maps_image(self, source: str, target: str, fmt: str = "png") -> bytes:
+        """The R² heat-map of `plot_maps` (the newest fit ``source`` → ``target``) as PNG or
+        SVG bytes."""
         from crx.registry import plot
+        from crx.registry.workflows.figures import maps_figure
 
-        return plot.rendered(
-            lambda: plot.r2_heatmap_figure(
-                r2, source_layers=source_layers, target_layers=target_layers, title=title
-            ),
-            fmt,
-        )
+        return plot.rendered(lambda: maps_figure(self.catalog, source, target), fmt)
 
     # -- the resolver ---------------------------------------------------------------------
 

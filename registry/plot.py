@@ -1,14 +1,24 @@
-"""The paper's figure: emotion accuracy against α for base, transplanted and native vectors;
-and the held-out R² of a model pair's maps as a heat-map (`crx serve`'s maps page)."""
+"""Figures: accuracy against α (the paper's figure; ``crx evaluate --plot``, ``crx demo``) and
+the held-out R² of the maps over source × target layers (``crx show maps --plot``).
+
+Each figure has a function that draws plain data (`alpha_figure`, `map_r2_figure`) and one that
+builds that data from recorded rows (`evaluation_series`, `map_r2_grid`), so the web catalogue
+can draw the same pictures and a test can check that what is drawn is what was recorded.
+matplotlib is imported only when a figure is drawn; `rendered` gives a figure as PNG or SVG
+bytes (``crx serve``'s images), one figure at a time.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crx.registry.errors import InvalidInput
+from crx.schemas.records import EvaluationRecord, MapRecord
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -66,46 +76,156 @@ def accuracy_vs_alpha(
     normalize: bool = True,
 ) -> Path:
     """`alpha_figure`, written to ``out`` as a PNG."""
-    import matplotlib.pyplot as plt
-
     fig = alpha_figure(
         series, base=base, metric=metric, title=title, alphas=alphas, normalize=normalize
     )
+    return save_png(fig, out)
+
+
+def save_png(fig: Figure, out: str | Path) -> Path:
+    """Write ``fig`` to ``out`` as a PNG (its folder created) and free it."""
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, format="png")
     plt.close(fig)
     return out
 
 
-def r2_heatmap_figure(
-    r2: dict[tuple[int, int], float | None],
+# -- evaluations: α against a metric, one line per (vector, layer) ---------------------------
+
+
+def evaluation_series(
+    records: Sequence[EvaluationRecord],
+    metric: str,
     *,
-    source_layers: int,
-    target_layers: int,
+    normalize: bool,
+    labels: dict[int, str] | None = None,
+) -> tuple[dict[str, dict[float, float]], float | None]:
+    """``(series, base)`` for `alpha_figure` from evaluation rows of one model and dataset.
+
+    One series per (vector, steered layer): α → ``metric``, of the rows whose α is relative
+    (``normalize``) or absolute as asked; where α was evaluated more than once, the newest row
+    counts. ``base`` is the newest bare-model row's value (None without one). ``labels`` names
+    the vectors (default ``vector ID``)."""
+    newest: dict[tuple[int, int | None, float], EvaluationRecord] = {}
+    base: EvaluationRecord | None = None
+    for r in sorted(records, key=lambda r: r.id):
+        if r.metric != metric:
+            continue
+        if r.vector_id is None:
+            base = r
+        elif r.alpha is not None and bool(r.settings.get("normalize")) == normalize:
+            layer = r.layers[0] if r.layers else None
+            newest[(r.vector_id, layer, float(r.alpha))] = r
+    series: dict[str, dict[float, float]] = {}
+    for (vector_id, layer, alpha), r in sorted(newest.items(), key=lambda kv: kv[0][:2]):
+        name = (labels or {}).get(vector_id, f"vector {vector_id}")
+        label = name if layer is None else f"{name}, layer {layer}"
+        series.setdefault(label, {})[alpha] = r.value
+    return series, None if base is None else base.value
+
+
+# -- maps: held-out R² over source × target layers ---------------------------------------------
+
+
+@dataclass
+class R2Grid:
+    """Held-out R² per (source layer, target layer) of one fit, and the pairs it chose."""
+
+    matrix: list[list[float]]  # [source layer][target layer]; NaN where nothing was measured
+    chosen: list[tuple[int, int]] = field(default_factory=list)  # (source, target) pairs
+    split: str = "test"  # which held-out split the values are R² on: "validation" or "test"
+
+
+def _r2(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def map_r2_grid(maps: Sequence[MapRecord], n_source: int, n_target: int) -> R2Grid:
+    """The R² grid of one fit's maps (same solver, corpus and layer-pair choice).
+
+    An ``auto`` fit measured every source layer for each target on the validation split
+    (``solver_settings.auto_val_r2``) and kept the best: the grid is that validation R², and the
+    kept maps are the chosen pairs. Otherwise (``all`` or explicit pairs) each map is one cell,
+    its test R², and the chosen pair of a target layer is its best source layer."""
+    matrix = [[math.nan] * n_target for _ in range(n_source)]
+    swept = [m for m in maps if isinstance(m.solver_settings.get("auto_val_r2"), list)]
+    if swept:
+        for m in swept:
+            for source, value in enumerate(m.solver_settings["auto_val_r2"][:n_source]):
+                matrix[source][m.target_layer] = _r2(value)
+        chosen = sorted({(m.source_layer, m.target_layer) for m in swept})
+        return R2Grid(matrix, chosen, "validation")
+    best: dict[int, tuple[float, int]] = {}
+    for m in maps:
+        value = _r2(m.r2)
+        matrix[m.source_layer][m.target_layer] = value
+        if not math.isnan(value) and value > best.get(m.target_layer, (-math.inf, 0))[0]:
+            best[m.target_layer] = (value, m.source_layer)
+    return R2Grid(matrix, sorted((s, t) for t, (_, s) in best.items()), "test")
+
+
+def map_r2_figure(
+    grid: R2Grid | Sequence[Sequence[float]],
+    *,
+    source: str,
+    target: str,
     title: str,
+    chosen: Sequence[tuple[int, int]] | None = None,
+    split: str | None = None,
 ) -> Figure:
-    """Held-out R² of each fitted map, source layer (rows) × target layer (columns); a pair
-    without a map (or without an R²) is left blank."""
+    """A heat-map of R² over source layers (x) × target layers (y), the chosen pairs circled.
+
+    ``grid`` is an `R2Grid` or a plain ``[source][target]`` matrix (NaN: not measured, drawn
+    blank); ``chosen`` and ``split`` override the grid's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    grid = np.full((source_layers, target_layers), np.nan)
-    for (source, target), value in r2.items():
-        if value is not None and 0 <= source < source_layers and 0 <= target < target_layers:
-            grid[source, target] = value
-    width = min(12.0, 3 + 0.35 * target_layers)
-    height = min(12.0, 2.5 + 0.3 * source_layers)
-    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
-    # R² is at most 1; a bad fit can be far below 0, so the scale stops at -1.
-    image = ax.imshow(grid, cmap="viridis", vmin=-1.0, vmax=1.0, origin="lower", aspect="auto")
-    ax.set_xlabel("target layer")
-    ax.set_ylabel("source layer")
+    if isinstance(grid, R2Grid):
+        matrix, chosen, split = grid.matrix, grid.chosen if chosen is None else chosen, split
+        split = split or grid.split
+    else:
+        matrix = [list(row) for row in grid]
+    values = np.asarray(matrix, dtype=float).T  # rows: target layers, columns: source layers
+    n_target, n_source = values.shape
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=120)
+    finite = values[np.isfinite(values)]
+    low = min(0.0, float(finite.min())) if finite.size else 0.0
+    image = ax.imshow(
+        np.ma.masked_invalid(values),
+        origin="lower",
+        aspect="auto",
+        cmap="viridis",
+        vmin=low,
+        vmax=1.0,
+        interpolation="nearest",
+    )
+    colorbar = fig.colorbar(image, ax=ax)
+    colorbar.set_label(f"held-out R² ({split or 'held-out'} split)")
+    if chosen:
+        ax.scatter(
+            [s for s, _ in chosen],
+            [t for _, t in chosen],
+            s=28,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=1.2,
+            label=f"chosen pairs ({len(chosen)})",
+        )
+        # Below the axes: inside, it would hide cells.
+        ax.legend(loc="upper right", bbox_to_anchor=(1.0, -0.1), fontsize=8, frameon=False)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"source layer ({source}, {n_source} blocks)")
+    ax.set_ylabel(f"target layer ({target}, {n_target} blocks)")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="held-out R²")
     fig.tight_layout()
     return fig
 

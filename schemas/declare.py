@@ -20,7 +20,7 @@ ObjectKind = Literal["model", "concept", "extraction", "map", "transplant", "eva
 
 
 class _Document(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class FieldChange(_Document):

@@ -29,7 +29,7 @@ DEPRECATABLE = ("concept_version", "vector", "map", "model")
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
 
 class EvidenceRule(BaseModel):

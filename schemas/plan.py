@@ -31,7 +31,7 @@ ConceptStatus = Literal["ready", "to-transplant", "needs-steps", "no-route"]
 
 class PlanModel(BaseModel):
     # A plan read back must be exactly a plan: unknown keys are refused, not ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class MapHop(PlanModel):

@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
 
 class ModelRecord(Record):

@@ -173,6 +173,12 @@ def test_generate_steers_with_the_plans_choice_and_says_why(
         asked = reg.generate("tgt", prompt, vector_id=ids["native"], layer=1, alpha=0.2,
                              max_new_tokens=4)  # fmt: skip
     assert out.splitlines()[-1] == prompt + list(asked.values())[1]
+    # --json: the same continuations and header, as stable fields.
+    doc = w.json("generate", "--model", "tgt", "--concept", "happiness", "--max-new-tokens", "4",
+                 prompt)  # fmt: skip
+    assert (doc["model"], doc["prompt"]) == ("tgt", prompt)
+    assert (doc["base"], doc["steered"]) == tuple(asked.values())
+    assert _header(out).removeprefix("--- steered: ").startswith(doc["steering"][:40])
 
     # --vector, --layer and --alpha override the plan's; --absolute makes α absolute.
     out = w.ok("generate", "--model", "tgt", "--concept", "happiness", "--vector",

@@ -2,14 +2,14 @@
 model pair's held-out R² over source × target layers from its fitted maps.
 
 The data comes from the facade's lists; the drawing is the library's (`Registry.alpha_plot`,
-`Registry.r2_heatmap`, the figure ``crx demo`` draws), as PNG or SVG.
+`Registry.maps_image`, the figure ``crx demo`` draws), as PNG or SVG.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi.responses import Response
 
@@ -99,14 +99,5 @@ def latest_maps(maps: Sequence[MapRecord]) -> dict[tuple[int, int], MapRecord]:
 
 
 def maps_image(reg: Registry, source: str, target: str, fmt: str) -> bytes:
-    _format(fmt)
-    src, tgt = reg.get_model(source), reg.get_model(target)
-    maps = reg.list_maps(source=source, target=target, limit=None).items
-    cells: dict[tuple[int, int], Any] = {k: m.r2 for k, m in latest_maps(maps).items()}
-    return reg.r2_heatmap(
-        cells,
-        source_layers=src.n_layers,
-        target_layers=tgt.n_layers,
-        title=f"held-out R² of the maps {source} → {target} ({len(cells)} layer pairs)",
-        fmt=fmt,
-    )
+    """The heat-map ``crx show maps --plot`` draws (the newest fit, chosen pairs circled)."""
+    return reg.maps_image(source, target, _format(fmt))

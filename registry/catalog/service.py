@@ -12,28 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crx.registry import audit, names, pairs
 from crx.registry.catalog import concepts, evaluations, maps, models, upkeep, vectors
 from crx.registry.catalog.paging import DEFAULT_LIMIT, page
-from crx.registry.catalog.vectors import layer_norms
 from crx.registry.db import migrate
 from crx.registry.db.session import Database
 from crx.registry.db.tables import SqlAuditEvent
 from crx.registry.errors import InvalidInput, TensorShapeError
-from crx.registry.interop import vector_from_tensors
 from crx.registry.models.facts import read_model_facts
 from crx.registry.store import ObjectStore, sha256_hex
 from crx.registry.store.maintenance import (
     DEFAULT_GC_GRACE_SECONDS,
 )
-from crx.registry.store.tensors import decode_map, decode_vector, encode_map, encode_vector
-from crx.registry.vector_files import read_vector_file
 from crx.schemas.records import (
     AuditEventRecord,
     ConceptRecord,
@@ -48,6 +43,11 @@ from crx.schemas.records import (
     VectorRecord,
     VerifyReport,
 )
+
+if TYPE_CHECKING:
+    # numpy, safetensors and the tensor codecs are imported by the methods that move tensors,
+    # so the read commands (`crx show`, `crx list`) never load them.
+    import numpy as np
 
 T = TypeVar("T")
 DEFAULT_TEMPLATE = "{text}"
@@ -250,6 +250,11 @@ class Catalog:
         (recognised from its first bytes), or a layer → array mapping (``crx.interop``'s
         ``from_repeng`` / ``from_steering_vectors``)."""
         concept = self.get_concept(concept_ref)
+        import numpy as np
+
+        from crx.registry.interop import vector_from_tensors
+        from crx.registry.vector_files import read_vector_file
+
         target = self.get_model(model)
         settings: dict[str, Any]
         if isinstance(file, Mapping):
@@ -307,6 +312,11 @@ class Catalog:
         names.check_text("token position", token_position, 50)
         names.check_text("estimator", estimator, 100)
         concept = self._concept(concept_ref)
+        import numpy as np
+
+        from crx.registry.catalog.vectors import layer_norms
+        from crx.registry.store.tensors import encode_vector
+
         target = self._model(model)
         array = np.ascontiguousarray(array, dtype=np.float32)
         if tuple(array.shape) != (target.n_layers, target.d_model):
@@ -392,6 +402,8 @@ class Catalog:
 
     def load_vector(self, vector_id: int) -> np.ndarray:
         """The ``[n_layers, d_model]`` float32 array of a vector (verified against its oid)."""
+        from crx.registry.store.tensors import decode_vector
+
         return decode_vector(self.store.get(self.get_vector(vector_id).oid))
 
     def list_vectors(
@@ -436,6 +448,8 @@ class Catalog:
             raise TensorShapeError("the map's W", list(weight.shape), [tgt.d_model, src.d_model])
         if bias is not None and tuple(bias.shape) != (tgt.d_model,):
             raise TensorShapeError("the map's b", list(bias.shape), [tgt.d_model])
+        from crx.registry.store.tensors import encode_map
+
         data = encode_map(weight, bias)
         oid = self.store.put(data)
         return self._write_rows(
@@ -468,6 +482,8 @@ class Catalog:
             return maps.by_ids(session, map_ids)
 
     def load_map(self, map_id: int) -> tuple[np.ndarray, np.ndarray | None]:
+        from crx.registry.store.tensors import decode_map
+
         return decode_map(self.store.get(self.get_map(map_id).oid))
 
     def list_maps(

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
@@ -24,11 +23,16 @@ from crx.registry.hashing import json_safe
 from crx.registry.timeutil import as_utc, now
 from crx.schemas.records import Page, Registered, VectorRecord
 
+if TYPE_CHECKING:
+    import numpy as np  # imported where a norm is computed: listing vectors needs no numpy
+
 ORIGINS = ("extracted", "imported", "mapped")
 
 
 def layer_norms(array: np.ndarray) -> list[float]:
     """The L2 norm of each layer's row, as a vector row records them."""
+    import numpy as np
+
     return [float(x) for x in np.linalg.norm(array.astype(np.float64), axis=1)]
 
 

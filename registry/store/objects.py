@@ -20,10 +20,9 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import fsspec
+from typing import TYPE_CHECKING, Any
 
 from crx.registry.config import redact, scrub
 from crx.registry.errors import BlobCorrupt, BlobMissing, StoreUnavailable
@@ -34,6 +33,9 @@ OID_LENGTH = 64
 PRIVATE_FOLDER = 0o700
 PRIVATE_BLOB = 0o400
 _HEX = frozenset("0123456789abcdef")
+
+if TYPE_CHECKING:
+    import fsspec
 
 
 def sha256_hex(data: bytes) -> str:
@@ -50,12 +52,17 @@ class BlobStatus(enum.Enum):
     CORRUPT = "corrupt"
 
 
-def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str, bool]:
-    """(filesystem, root path inside it, whether it is the local disk)."""
+def _local_root(url: str) -> str | None:
+    """The folder of a local store's URL (a path or ``file://``), else None."""
     if "://" not in url or url.startswith("file://"):
-        local = url.removeprefix("file://")
-        root = str(Path(local).expanduser().resolve())
-        return fsspec.filesystem("file"), root, True
+        return str(Path(url.removeprefix("file://")).expanduser().resolve())
+    return None
+
+
+def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, root path inside it) of a store that is not on the local disk."""
+    import fsspec
+
     protocol = url.split("://", 1)[0]
     options: dict[str, Any] = {}
     if protocol in ("s3", "s3a"):
@@ -73,7 +80,7 @@ def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str, bool]:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:
         raise StoreUnavailable(redact(url), scrub(str(exc), url)) from None
-    return fs, root.rstrip("/"), False
+    return fs, root.rstrip("/")
 
 
 class ObjectStore:
@@ -82,7 +89,21 @@ class ObjectStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.display_url = redact(url)  # safe to show: any password replaced
-        self.fs, self.root, self.is_local = _filesystem(url)
+        local_root = _local_root(url)
+        self.is_local = local_root is not None
+        if local_root is not None:
+            # Local blobs go through os and pathlib; fsspec (~25 ms to import) is loaded only
+            # when something asks for `fs`, so `crx show` and `crx list` never import it.
+            self.root = local_root
+        else:
+            self.fs, self.root = _filesystem(url)
+
+    @cached_property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem (on a local store, built on first use)."""
+        import fsspec
+
+        return fsspec.filesystem("file")
 
     def __repr__(self) -> str:
         return f"ObjectStore({redact(self.url)!r})"

@@ -1,0 +1,98 @@
+"""A CLI that answers quickly: the read commands import only what they use.
+
+``crx show`` and ``crx list`` run in a fresh interpreter (a subprocess, as a user runs them) on
+a real SQLite registry, and afterwards numpy, torch, transformers, safetensors, fsspec and
+matplotlib are not in ``sys.modules``: a behaviour, not a timing (the timings are
+``benchmarks/catalog_bench.py``). Shell completion is click's, through the same lazy commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crx import Registry
+from tests.tiny_models import PAIRS
+
+HEAVY = ("numpy", "torch", "transformers", "safetensors", "fsspec", "matplotlib", "gguf")
+# What the probe also looks for and must find: the command really reached the database.
+NEEDED = ("sqlalchemy",)
+
+# Runs one crx command in this interpreter, then prints the heavy modules it imported.
+PROBE = """
+import json, sys
+from crx.cli.main import cli
+try:
+    cli(sys.argv[1:], prog_name="crx")
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.stdin.read())))
+print("HEAVY=" + json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    with Registry(f"sqlite:///{tmp_path / 'registry.db'}", str(tmp_path / "store")) as reg:
+        reg.init()
+        reg.register_model("tiny", str(tiny_model_dir))
+        reg.register_concept("joy", PAIRS)
+        reg.save_vector("joy", "tiny", np.ones((4, 32), np.float32), origin="imported")
+    return tmp_path
+
+
+def _probe(home: Path, *args: str) -> tuple[int, list[str], str]:
+    env = {
+        **os.environ,
+        "CRX_DATABASE_URL": f"sqlite:///{home / 'registry.db'}",
+        "CRX_STORE_URL": str(home / "store"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        input=json.dumps(HEAVY + NEEDED),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    line = result.stdout.splitlines()[-1]
+    assert line.startswith("HEAVY="), result.stdout + result.stderr
+    found = json.loads(line.removeprefix("HEAVY="))
+    return found["code"], found["heavy"], result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("show", "model", "tiny"),
+        ("show", "concept", "joy"),
+        ("show", "vector", "1"),
+        ("list", "vectors", "--limit", "100"),
+        ("list", "models", "--json"),
+        ("list", "concepts"),
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_read_commands_import_no_numpy_torch_or_transformers(home: Path, args: tuple) -> None:
+    code, heavy, out = _probe(home, *args)
+    assert code in (0, None), out
+    assert "tiny" in out or "joy" in out  # the command did its work
+    assert heavy == list(NEEDED)
+
+
+def test_shell_completion_is_served_by_the_crx_entry_point() -> None:
+    crx = Path(sys.executable).with_name("crx")
+    env = {**os.environ, "_CRX_COMPLETE": "bash_source"}
+    script = subprocess.run([str(crx)], env=env, capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0
+    assert "_crx_completion" in script.stdout
+    env = {**os.environ, "_CRX_COMPLETE": "bash_complete", "COMP_WORDS": "crx show m",
+           "COMP_CWORD": "2"}  # fmt: skip
+    words = subprocess.run([str(crx)], env=env, capture_output=True, text=True, timeout=60)
+    assert words.stdout.split() == ["plain,map", "plain,maps", "plain,model"]
