@@ -213,6 +213,9 @@ def measure(
         load = drive(server.url, draws, clients, seconds, think)
         server_cpu = cpu_seconds(server.process.pid) - server_cpu
         loadavg_end = [round(x, 2) for x in os.getloadavg()]
+    # What the server said beyond its access lines (a failed request may show there).
+    log_lines = server.log.read_text(errors="replace").splitlines()
+    server_notes = [line for line in log_lines if '" 200' not in line][-20:]
     requests = sum(len(v) for v in load.latencies.values()) + sum(load.errors.values())
     return {
         "workers": workers,
@@ -223,6 +226,7 @@ def measure(
         "errors": sum(load.errors.values()),
         "errors_by_route": load.errors,
         "error_samples": load.error_samples,
+        "server_log_not_200": server_notes,
         "throughput_rps": round(requests / load.seconds, 1),
         "client_cpu_s": round(load.client_cpu_s, 2),
         "server_cpu_s": round(server_cpu, 2),
