@@ -32,15 +32,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -169,6 +172,78 @@ def load_governance(engine: Engine, stamp: datetime) -> tuple[dict[str, int], di
     return counts, prod_on
 
 
+@dataclass
+class Built:
+    """What `build_catalogue` loaded: row counts and times, and per model (by id) the
+    concepts that have ``prod`` there."""
+
+    load: dict[str, Any]
+    governance: dict[str, int]
+    governance_seconds: float
+    prod_on: dict[int, list[str]]
+
+
+def build_catalogue(reg: Registry, scale: dict[str, int]) -> Built:
+    """The benchmark catalogue in ``reg``'s (new, empty) database: the schema, `catalog_bench`'s
+    bulk rows, the evaluations and the governance rows (`load_governance`)."""
+    reg.init()
+    print(f"loading {scale} ...", flush=True)
+    load = bulk_load(reg.db.sql_engine, scale)
+    stamp = datetime.now(UTC)
+    with reg.db.sql_engine.begin() as connection:
+        for batch in chunks(evaluation_rows(scale, stamp)):
+            connection.execute(SqlEvaluation.__table__.insert(), batch)
+    print(f"loaded in {load['seconds']} s: {load['rows']}", flush=True)
+    started = time.perf_counter()
+    governance, prod_on = load_governance(reg.db.sql_engine, stamp)
+    governance_seconds = round(time.perf_counter() - started, 1)
+    print(f"governance rows in {governance_seconds} s: {governance}", flush=True)
+    return Built(load, governance, governance_seconds, prod_on)
+
+
+def cached_catalogue(label: str, cache: Path) -> tuple[Path, Built]:
+    """The catalogue of scale ``label`` as a SQLite file under ``cache``, built once.
+
+    The file's name carries a fingerprint of everything that decides its rows and schema (this
+    file, `catalog_bench`, the migrations), so a change to any of them builds a new one. The
+    readers of a cached file (``serve_load``) must not write to it.
+    """
+    digest = hashlib.sha256()
+    migrations = sorted((ROOT / "migrations").rglob("*.py"))
+    for source in [Path(__file__), ROOT / "benchmarks" / "catalog_bench.py", *migrations]:
+        digest.update(source.read_bytes())
+    folder = cache / f"plan-catalogue-{label}-{digest.hexdigest()[:12]}"
+    facts = folder / "facts.json"
+    if facts.exists():
+        saved = json.loads(facts.read_text())
+        saved["prod_on"] = {int(k): v for k, v in saved["prod_on"].items()}
+        return folder / "registry.db", Built(**saved)
+    if folder.exists():  # an interrupted build
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    reg = Registry(f"sqlite:///{folder / 'registry.db'}", str(folder / "store"))
+    try:
+        built = build_catalogue(reg, SCALES[label])
+    finally:
+        reg.close()
+    # Written last: its presence means the build finished.
+    facts.write_text(json.dumps(asdict(built)))
+    return folder / "registry.db", built
+
+
+def routed_concepts(rng: random.Random, scale: dict[str, int]) -> tuple[str, list[str]]:
+    """A target and three concepts that each have a route into it (see the docstring)."""
+    per_class = scale["models"] // (scale["vectors"] // scale["concepts"])
+    classes = scale["concepts"] // per_class
+    t = rng.randint(1, scale["models"])
+    picked = []
+    for _ in range(3):
+        m = (t - 1 - rng.randint(1, 6)) % scale["models"] + 1  # maps reach t from m
+        v = (m - 1) % per_class + 1 + per_class * rng.randrange(classes)
+        picked.append(f"concept-{v:04d}")
+    return f"model-{t:04d}", picked
+
+
 @contextmanager
 def ungoverned() -> Iterator[None]:
     """The planner without governance: nothing aliased, nothing deprecated (its two reads
@@ -264,18 +339,9 @@ def main() -> None:
         work = Path(tmp)
         url = f"sqlite:///{work / 'registry.db'}"
         reg = Registry(url, str(work / "store"))
-        reg.init()
-        print(f"loading {scale} ...", flush=True)
-        load = bulk_load(reg.db.sql_engine, scale)
-        stamp = datetime.now(UTC)
-        with reg.db.sql_engine.begin() as connection:
-            for batch in chunks(evaluation_rows(scale, stamp)):
-                connection.execute(SqlEvaluation.__table__.insert(), batch)
-        print(f"loaded in {load['seconds']} s: {load['rows']}", flush=True)
-        started = time.perf_counter()
-        governance, prod_on = load_governance(reg.db.sql_engine, stamp)
-        governance_seconds = round(time.perf_counter() - started, 1)
-        print(f"governance rows in {governance_seconds} s: {governance}", flush=True)
+        built = build_catalogue(reg, scale)
+        load, governance, prod_on = built.load, built.governance, built.prod_on
+        governance_seconds = built.governance_seconds
         n_objects = 0 if args.plan_only else write_specs(reg, work / "specs", scale)
 
         def target() -> str:
@@ -285,17 +351,8 @@ def main() -> None:
             return [f"concept-{rng.randint(1, scale['concepts']):04d}" for _ in range(3)]
 
         def routed() -> tuple[str, list[str]]:
-            """A target and three concepts that each have a route into it (see the docstring)."""
-            t = rng.randint(1, scale["models"])
-            picked = []
-            for _ in range(3):
-                m = (t - 1 - rng.randint(1, 6)) % scale["models"] + 1  # maps reach t from m
-                v = (m - 1) % per_class + 1 + per_class * rng.randrange(classes)
-                picked.append(f"concept-{v:04d}")
-            return f"model-{t:04d}", picked
+            return routed_concepts(rng, scale)
 
-        per_class = scale["models"] // (scale["vectors"] // scale["concepts"])
-        classes = scale["concepts"] // per_class
         aliased_models = sorted(m for m, names in prod_on.items() if len(names) >= 3)
 
         def aliased() -> tuple[str, list[str]]:

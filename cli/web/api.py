@@ -45,7 +45,9 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 
 
-def registry(request: Request) -> Registry:
+async def registry(request: Request) -> Registry:
+    # async: FastAPI runs a plain def dependency in its thread pool, one more thread hop per
+    # request for a lookup that never blocks.
     return request.app.state.registry
 
 

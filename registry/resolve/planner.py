@@ -30,6 +30,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 EVALUATE_ALPHAS = ",".join(f"{a:g}" for a in DEFAULT_ALPHAS)
 
 
+@cache  # reading the installed metadata costs ~1 ms, a plan's query work a few: read once
 def crx_version() -> str:
     """The installed crx's version (``unknown`` when run from a tree not installed)."""
     try:

@@ -78,7 +78,7 @@ class MapSearch:
     _layers: list[int] | None = None
     _reachable: set[int] | None = None
     _by_model: dict[int, dict[int, list[tuple[int, Chain]]]] = field(default_factory=dict)
-    _usable: dict[int, list[MapFact]] = field(default_factory=dict)
+    _usable: dict[int, dict[int, list[MapFact]]] = field(default_factory=dict)
 
     def steering_layers(self) -> list[int]:
         """Target layers some map reaches, the one nearest depth 0.75 first."""
@@ -124,8 +124,8 @@ class MapSearch:
                 continue
             chain = best[node]
             visited = {m.source_model_id for m in chain.maps} | {self.target.id}
-            for edge in self._maps_into(model_id):
-                if edge.target_layer != at_layer or edge.source_model_id in visited:
+            for edge in self._maps_into(model_id, at_layer):
+                if edge.source_model_id in visited:
                     continue
                 if edge.r2 is None or edge.r2 < self.min_r2 or edge.r2 <= 0:
                     score = edge.r2 if edge.r2 is not None else float("nan")
@@ -142,11 +142,12 @@ class MapSearch:
         del best[start]
         return best
 
-    def _maps_into(self, model_id: int) -> list[MapFact]:
-        """The maps into ``model_id`` still in use: deprecated maps and maps leaving a
-        deprecated model are dropped (and noted) once per model, not once per layer searched."""
-        usable = self._usable.get(model_id)
-        if usable is None:
+    def _maps_into(self, model_id: int, layer: int) -> list[MapFact]:
+        """The maps into (``model_id``, ``layer``) still in use: deprecated maps and maps leaving
+        a deprecated model are dropped (and noted) once per model, not once per layer searched,
+        and the rest grouped by target layer once (a search visits every layer of a model)."""
+        by_layer = self._usable.get(model_id)
+        if by_layer is None:
             usable = self.view.maps_into(model_id)
             if self.deprecated:
                 maps, models = self.deprecated.ids("map"), self.deprecated.ids("model")
@@ -156,8 +157,11 @@ class MapSearch:
                     if (edge.id not in maps and edge.source_model_id not in models)
                     or not self._deprecated(edge)  # notes why
                 ]
-            self._usable[model_id] = usable
-        return usable
+            by_layer = {}
+            for edge in usable:
+                by_layer.setdefault(edge.target_layer, []).append(edge)
+            self._usable[model_id] = by_layer
+        return by_layer.get(layer, [])
 
     def _deprecated(self, edge: MapFact) -> bool:
         """Whether ``edge`` is out of use (deprecated, or from a deprecated model), noted."""

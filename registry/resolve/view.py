@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import String, bindparam, cast, func, select
 from sqlalchemy.orm import Session
@@ -44,8 +44,10 @@ class ModelFact:
     path: str
 
 
-@dataclass(frozen=True)
-class MapFact:
+class MapFact(NamedTuple):
+    """A tuple, not a frozen dataclass: a plan builds hundreds of them (every map into each model
+    its search reaches), and a tuple is several times cheaper to make."""
+
     id: int
     oid: str
     source_model_id: int
@@ -151,7 +153,8 @@ class Deprecations:
         return any(self._ids.values())
 
 
-# Statements built once: constructing one costs more than running these on their indexes.
+# Statements built once: constructing one costs more than running these on their indexes, and
+# SQLAlchemy reuses a cached statement's result set-up only for the very object it compiled.
 _ALIASES_ON = (
     select(
         SqlAlias.name,
@@ -188,6 +191,70 @@ _DEPRECATION_REASONS = select(SqlDeprecation.object_id, SqlDeprecation.reason).w
     SqlDeprecation.object_kind == bindparam("kind"),
     SqlDeprecation.object_id.in_(bindparam("ids", expanding=True)),
 )
+_MODEL_COLUMNS = (
+    SqlModel.id,
+    SqlModel.name,
+    SqlModel.n_layers,
+    SqlModel.d_model,
+    SqlModel.role,
+    SqlModel.path,
+)
+_MODEL_NAMED = select(*_MODEL_COLUMNS).where(SqlModel.name == bindparam("name"))
+_MODELS = select(*_MODEL_COLUMNS).where(SqlModel.id.in_(bindparam("ids", expanding=True)))
+_MAP_COLUMNS = (
+    SqlAffineMap.id,
+    SqlAffineMap.oid,
+    SqlAffineMap.source_model_id,
+    SqlAffineMap.target_model_id,
+    SqlAffineMap.source_layer,
+    SqlAffineMap.target_layer,
+    SqlAffineMap.solver,
+    SqlAffineMap.r2,
+)
+_MAPS_INTO = select(*_MAP_COLUMNS).where(SqlAffineMap.target_model_id == bindparam("model_id"))
+_MAPS = select(*_MAP_COLUMNS).where(SqlAffineMap.id.in_(bindparam("ids", expanding=True)))
+_CONCEPT_VERSIONS = (
+    select(SqlConceptVersion.id, SqlConcept.name, SqlConceptVersion.version)
+    .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
+    .where(SqlConcept.name.in_(bindparam("names", expanding=True)))
+)
+_VECTORS_OF = (
+    select(
+        SqlVector.concept_version_id,
+        SqlVector.id,
+        SqlVector.model_id,
+        SqlVector.origin,
+        SqlVector.d_model,
+        SqlVector.layers,
+        SqlVector.source_vector_id,
+        SqlVector.map_ids,
+    )
+    .where(SqlVector.concept_version_id.in_(bindparam("ids", expanding=True)))
+    .order_by(SqlVector.id)
+)
+_VECTOR_SETTINGS = select(SqlVector.id, SqlVector.settings).where(
+    SqlVector.id.in_(bindparam("ids", expanding=True))
+)
+_EVALUATIONS = select(
+    SqlEvaluation.id,
+    SqlEvaluation.vector_id,
+    SqlEvaluation.task,
+    SqlEvaluation.dataset_oid,
+    SqlEvaluation.layers,
+    SqlEvaluation.alpha,
+    SqlEvaluation.settings,
+    SqlEvaluation.metric,
+    SqlEvaluation.value,
+    SqlEvaluation.n,
+).order_by(SqlEvaluation.id)
+_ON_MODEL = SqlEvaluation.model_id == bindparam("model_id")
+_OF_VECTORS = SqlEvaluation.vector_id.in_(bindparam("ids", expanding=True))
+# (with the bare model's rows, with vectors asked) → the statement
+_EVALUATIONS_OF = {
+    (True, False): _EVALUATIONS.where(_ON_MODEL, SqlEvaluation.vector_id.is_(None)),
+    (True, True): _EVALUATIONS.where(_ON_MODEL, SqlEvaluation.vector_id.is_(None) | _OF_VECTORS),
+    (False, True): _EVALUATIONS.where(_ON_MODEL, _OF_VECTORS),
+}
 
 
 class CatalogView:
@@ -249,17 +316,8 @@ class CatalogView:
 
     # -- models ---------------------------------------------------------------------------
 
-    _MODEL_COLUMNS = (
-        SqlModel.id,
-        SqlModel.name,
-        SqlModel.n_layers,
-        SqlModel.d_model,
-        SqlModel.role,
-        SqlModel.path,
-    )
-
     def model_named(self, name: str) -> ModelFact | None:
-        row = self._execute(select(*self._MODEL_COLUMNS).where(SqlModel.name == name)).first()
+        row = self._execute(_MODEL_NAMED, {"name": name}).first()
         if row is None:
             return None
         fact = ModelFact(*row)
@@ -269,7 +327,7 @@ class CatalogView:
     def models(self, ids: Iterable[int]) -> dict[int, ModelFact]:
         missing = {i for i in ids if i not in self._models}
         if missing:
-            rows = self._execute(select(*self._MODEL_COLUMNS).where(SqlModel.id.in_(missing))).all()
+            rows = self._execute(_MODELS, {"ids": sorted(missing)}).all()
             for row in rows:
                 self._models[row[0]] = ModelFact(*row)
         return {i: self._models[i] for i in ids if i in self._models}
@@ -279,36 +337,23 @@ class CatalogView:
 
     def aligned_models(self) -> list[ModelFact]:
         rows = self._execute(
-            select(*self._MODEL_COLUMNS).where(SqlModel.role == "aligned").order_by(SqlModel.id)
+            select(*_MODEL_COLUMNS).where(SqlModel.role == "aligned").order_by(SqlModel.id)
         ).all()
         return [ModelFact(*row) for row in rows]
 
     # -- maps -----------------------------------------------------------------------------
 
-    _MAP_COLUMNS = (
-        SqlAffineMap.id,
-        SqlAffineMap.oid,
-        SqlAffineMap.source_model_id,
-        SqlAffineMap.target_model_id,
-        SqlAffineMap.source_layer,
-        SqlAffineMap.target_layer,
-        SqlAffineMap.solver,
-        SqlAffineMap.r2,
-    )
-
     def maps_into(self, model_id: int) -> list[MapFact]:
         if model_id not in self._maps_into:
-            rows = self._execute(
-                select(*self._MAP_COLUMNS).where(SqlAffineMap.target_model_id == model_id)
-            ).all()
-            self._maps_into[model_id] = [MapFact(*row) for row in rows]
+            rows = self._execute(_MAPS_INTO, {"model_id": model_id}).all()
+            self._maps_into[model_id] = [MapFact._make(row) for row in rows]
         return self._maps_into[model_id]
 
     def maps(self, ids: Iterable[int]) -> dict[int, MapFact]:
         wanted = set(ids)
         if not wanted:
             return {}
-        rows = self._execute(select(*self._MAP_COLUMNS).where(SqlAffineMap.id.in_(wanted))).all()
+        rows = self._execute(_MAPS, {"ids": sorted(wanted)}).all()
         return {row[0]: MapFact(*row) for row in rows}
 
     # -- concepts, vectors, evaluations ---------------------------------------------------
@@ -321,11 +366,7 @@ class CatalogView:
         The latest is the newest version whose id is not in ``skip`` (deprecated ones), or the
         newest of all when every version is skipped."""
         names = {name for name, _ in refs}
-        rows = self._execute(
-            select(SqlConceptVersion.id, SqlConcept.name, SqlConceptVersion.version)
-            .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
-            .where(SqlConcept.name.in_(names))
-        ).all()
+        rows = self._execute(_CONCEPT_VERSIONS, {"names": sorted(names)}).all()
         by_name: dict[str, dict[int, ConceptFact]] = defaultdict(dict)
         for version_id, concept_name, number in rows:
             by_name[concept_name][number] = ConceptFact(version_id, concept_name, number)
@@ -386,30 +427,13 @@ class CatalogView:
         found: dict[int, list[VectorFact]] = defaultdict(list)
         if not wanted:
             return found
-        rows = self._execute(
-            select(
-                SqlVector.concept_version_id,
-                SqlVector.id,
-                SqlVector.model_id,
-                SqlVector.origin,
-                SqlVector.d_model,
-                SqlVector.layers,
-                SqlVector.source_vector_id,
-                SqlVector.map_ids,
-            )
-            .where(SqlVector.concept_version_id.in_(wanted))
-            .order_by(SqlVector.id)
-        ).all()
+        rows = self._execute(_VECTORS_OF, {"ids": sorted(wanted)}).all()
         # Only a mapped vector's settings matter here (its map per layer): read just those.
         mapped = [row[1] for row in rows if row[3] == "mapped"]
         settings: dict[int, Any] = {}
         for start in range(0, len(mapped), 5_000):
             settings.update(
-                self._execute(
-                    select(SqlVector.id, SqlVector.settings).where(
-                        SqlVector.id.in_(mapped[start : start + 5_000])
-                    )
-                ).all()
+                self._execute(_VECTOR_SETTINGS, {"ids": mapped[start : start + 5_000]}).all()
             )
         for cv, vid, model_id, origin, d, layers, source, map_ids in rows:
             maps = (settings.get(vid) or {}).get("maps") or {}
@@ -440,27 +464,10 @@ class CatalogView:
     def _evaluations(
         self, model_id: int, wanted: list[int], with_base: bool
     ) -> list[EvaluationFact]:
-        condition: Any = SqlEvaluation.vector_id.is_(None)
-        if not with_base:
-            condition = SqlEvaluation.vector_id.in_(wanted)
-        elif wanted:
-            condition = condition | SqlEvaluation.vector_id.in_(wanted)
-        rows = self._execute(
-            select(
-                SqlEvaluation.id,
-                SqlEvaluation.vector_id,
-                SqlEvaluation.task,
-                SqlEvaluation.dataset_oid,
-                SqlEvaluation.layers,
-                SqlEvaluation.alpha,
-                SqlEvaluation.settings,
-                SqlEvaluation.metric,
-                SqlEvaluation.value,
-                SqlEvaluation.n,
-            )
-            .where(SqlEvaluation.model_id == model_id, condition)
-            .order_by(SqlEvaluation.id)
-        ).all()
+        params: dict[str, Any] = {"model_id": model_id}
+        if wanted or not with_base:
+            params["ids"] = wanted
+        rows = self._execute(_EVALUATIONS_OF[(with_base, "ids" in params)], params).all()
         return [
             EvaluationFact(
                 id=eid,
