@@ -1,4 +1,4 @@
-"""``crx serve``: the registry's JSON API over HTTP (uvicorn running `crx.cli.web`)."""
+"""``crx serve``: the registry's web catalogue and JSON API over HTTP (uvicorn running `crx.cli.web`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import os
 import click
 
 from crx.cli.context import State, registry
+
+# Longer than the idle time of common HTTP clients' pools (httpx and requests keep 5 s), so the
+# server does not close a connection at the moment a client reuses it (a client's ReadError
+# under load; uvicorn's default is 5 s too).
+KEEP_ALIVE_S = 30
 
 
 @click.command()
@@ -21,7 +26,8 @@ from crx.cli.context import State, registry
     help="Worker processes (each opens its own connections to the registry).",
 )
 def serve(host: str, port: int, workers: int) -> None:
-    """Serve the registry's read-only JSON API (/api/..., docs at /docs) until interrupted.
+    """Serve the registry as a web catalogue (pages at /) and a JSON API (/api/..., docs at
+    /docs) until interrupted.
 
     It reads the same registry as every other command (--db / --store, or their environment
     variables, else the embedded default), so `crx demo` then `crx serve` shows the demo's
@@ -33,7 +39,7 @@ def serve(host: str, port: int, workers: int) -> None:
 
     \b
     Example:
-      crx serve --port 8000
+      crx serve --port 8000          # then open http://127.0.0.1:8000/
       curl 'http://127.0.0.1:8000/api/models'
       curl 'http://127.0.0.1:8000/api/plan?target=gemma3-270m&concept=happiness'
       crx --db postgresql://crx_web@db/crx serve --host 0.0.0.0
@@ -49,7 +55,13 @@ def serve(host: str, port: int, workers: int) -> None:
     if workers == 1:
         from crx.cli.web.app import create_app
 
-        uvicorn.run(create_app(reg), host=host, port=port, log_level="info")
+        uvicorn.run(
+            create_app(reg),
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
         return
     # Workers are new processes: they open the registry from the environment, as given here
     # (an option or the environment; nothing set means the embedded default there too).
@@ -69,4 +81,5 @@ def serve(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         log_level="info",
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
