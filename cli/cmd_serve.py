@@ -1,4 +1,5 @@
-"""``crx serve``: the registry's web catalogue and JSON API over HTTP (uvicorn running `crx.cli.web`)."""
+"""``crx serve``: the registry's web catalogue and JSON API over HTTP (uvicorn running
+`crx.cli.web`)."""
 
 from __future__ import annotations
 
