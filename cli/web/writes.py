@@ -35,8 +35,8 @@ READ_ONLY_HINT = (
 
 def user_for(reg: Registry, secret: str, missing: str) -> str:
     """The user of the live token ``secret``, or the refusal: 403 read-only, 401 (``missing``
-    when there is no secret; an unknown or revoked one), 403 on PostgreSQL without a gateway. The API writes and
-    the catalogue's forms (`crx.cli.web.pages`) both ask here."""
+    when there is no secret; an unknown or revoked one), 403 on PostgreSQL without a gateway.
+    The API writes and the catalogue's forms (`crx.cli.web.pages`) both ask here."""
     if not reg.tokens_configured():
         raise WriteRefused(403, "ReadOnly", READ_ONLY_HINT)
     if not secret:
