@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,11 +141,16 @@ def populate(reg: Registry, folder: Path) -> dict[str, Any]:
     return {"v1": v1.id, "v2": v2.id, "v3": v3.id, "map": fitted.id}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def served(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+def served_backend(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_template: Path,
+    prefix: str,
+    fill: Callable[[Registry, Path], dict[str, Any]],
 ) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp(f"serve-{request.param}")
+    """A module fixture's body: a registry on ``request.param`` (sqlite or postgres) filled by
+    ``fill`` through the Python API, and one ``crx serve`` process over it."""
+    folder = tmp_path_factory.mktemp(f"{prefix}-{request.param}")
     if request.param == "sqlite":
         db = sqlite_url(folder, sqlite_template)
     else:
@@ -157,7 +162,7 @@ def served(
         mp.delenv("CRX_STORE_URL", raising=False)
         reg = Registry(db, store)
         reg.init()
-        facts = populate(reg, folder)
+        facts = fill(reg, folder)
     process, client, log = start_server(db, store, folder, server_env(folder / "home"))
     server = Served(process, client, reg, db, store, log, facts)
     yield server
@@ -165,6 +170,13 @@ def served(
     # Nothing the server logged, in any test, shows a credential or a traceback.
     assert SUPERUSER_PASSWORD not in text
     assert "Traceback" not in text
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[Served]:
+    yield from served_backend(request, tmp_path_factory, sqlite_template, "serve", populate)
 
 
 def dumped(value: Any) -> Any:

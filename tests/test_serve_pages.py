@@ -25,7 +25,7 @@ from crx.registry import Registry
 from crx.schemas.governance import EvidenceRule, PolicySpec
 from tests.databases import postgres_url, sqlite_url
 from tests.servers import SUPERUSER_PASSWORD, PostgresServer
-from tests.test_serve_api import Served, server_env, start_server
+from tests.test_serve_api import Served, served_backend, server_env, start_server
 from tests.test_serve_writes import crx
 from tests.web_world import ALPHAS, catalogue
 
@@ -37,25 +37,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
 ) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp(f"pages-{request.param}")
-    if request.param == "sqlite":
-        db = sqlite_url(folder, sqlite_template)
-    else:
-        db = postgres_url(request.getfixturevalue("postgres_server"))
-    store = str(folder / "store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CRX_ACTOR", "tester")
-        mp.delenv("CRX_DATABASE_URL", raising=False)
-        mp.delenv("CRX_STORE_URL", raising=False)
-        reg = Registry(db, store)
-        reg.init()
-        facts = catalogue(reg, folder)
-    process, client, log = start_server(db, store, folder, server_env(folder / "home"))
-    server = Served(process, client, reg, db, store, log, facts)
-    yield server
-    text = server.stop()
-    assert SUPERUSER_PASSWORD not in text
-    assert "Traceback" not in text
+    yield from served_backend(request, tmp_path_factory, sqlite_template, "pages", catalogue)
 
 
 def page(site: Served, path: str, status: int = 200, **params: Any) -> str:
