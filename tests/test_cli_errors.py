@@ -119,6 +119,13 @@ def _alias_bomb(w: World) -> Bad:
     return Bad(["diff", str(spec)], "expands to more than 100,000 values")
 
 
+def _zero_config(w: World) -> Path:
+    folder = w.tmp / "zero-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").symlink_to("/dev/zero")
+    return folder
+
+
 def _deep_config(w: World) -> Path:
     folder = w.tmp / "deep-model"
     folder.mkdir(exist_ok=True)
@@ -285,6 +292,20 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     ),
     "pairs JSON nested 100,000 deep": lambda w: _pairs(
         w, "deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"
+    ),
+    # found by benchmarks/hostile_campaign.py: a UnicodeEncodeError traceback when hashing
+    "pairs JSON with a lone surrogate escape": lambda w: _pairs(
+        w, "p.json", '[{"positive": "a \\ud800 b", "negative": "x"}]', "not valid UTF-8"
+    ),
+    "pairs JSONL with a lone surrogate escape": lambda w: _pairs(
+        w, "p.jsonl", '{"positive": "a", "negative": "\\udcff"}\n', "pair 1's negative text"
+    ),
+    "a config.json linked to /dev/zero": lambda w: Bad(
+        ["register", "model", "zero", "--path", str(_zero_config(w))], "not a regular file"
+    ),
+    "fit layer pairs of 5,000 digits": lambda w: Bad(
+        ["fit", "--source", "tiny", "--target", "tiny-b", "--pairs", "9" * 5000 + ":1"],
+        "layer pairs must be auto, all or LS:LT",
     ),
     "pairs JSON with a 5,000-digit number": lambda w: _pairs(
         w, "digits.json", '[{"positive": ' + "9" * 5000 + "}]", "invalid JSON"
