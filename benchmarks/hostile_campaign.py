@@ -1534,6 +1534,29 @@ def campaign(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def render(report: dict[str, Any]) -> str:
+    """The before/after table (Markdown) and the non-clean cases of each run."""
+    runs = report["runs"]
+    labels = list(runs)
+    lines = [
+        "| outcome | " + " | ".join(f"{x} (`{runs[x]['commit'][:7]}`)" for x in labels) + " |",
+        "|---|" + "---:|" * len(labels),
+        "| inputs tried | " + " | ".join(str(runs[x]["inputs_tried"]) for x in labels) + " |",
+    ]
+    for category in CATEGORIES:
+        values = [str(runs[x]["counts"][category]) for x in labels]
+        lines.append(f"| {category} | " + " | ".join(values) + " |")
+    lines.append("| **not clean** | " + " | ".join(f"**{runs[x]['not_clean']}**" for x in labels)
+                 + " |")  # fmt: skip
+    lines.append("| wall time (s) | " + " | ".join(str(runs[x]["wall_seconds"]) for x in labels)
+                 + " |")  # fmt: skip
+    for label in labels:
+        lines.append(f"\nnot clean on {label}:")
+        for r in runs[label]["non_clean_cases"] or [{"category": "-", "id": "none", "why": ""}]:
+            lines.append(f"- {r['category']}: {r['id']}: {r['why'][:120]}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
@@ -1550,7 +1573,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=max(2, min(6, os.cpu_count() or 2)))
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per case")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--render", type=Path, help="print the tables of a results file")
     options = parser.parse_args(argv)
+    if options.render:
+        print(render(json.loads(options.render.read_text())))
+        return 0
     runs = []
     for spec in options.run or [f"main={ROOT}"]:
         label, _, folder = spec.partition("=")

@@ -303,6 +303,32 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     "a config.json linked to /dev/zero": lambda w: Bad(
         ["register", "model", "zero", "--path", str(_zero_config(w))], "not a regular file"
     ),
+    "a plan from /dev/zero": lambda w: Bad(
+        ["transplant", "--plan", "/dev/zero"], "not a regular file"
+    ),
+    "a plan with a lone surrogate escape": lambda w: Bad(
+        [
+            "transplant",
+            "--plan",
+            str(
+                w.file(
+                    "p.json",
+                    '{"kind": "crx.transplant-plan", "concepts": [{"concept": "joy\\ud800"}]}',
+                )
+            ),
+        ],
+        "it holds text that is not UTF-8",
+    ),
+    "a spec whose alias contains itself": lambda w: Bad(
+        ["diff", str(w.file("rec.yaml", "models: &a [*a]\n"))], "a recursive alias"
+    ),
+    "plan --min-r2 nan": lambda w: Bad(
+        ["plan", "--target", "tiny-b", "--min-r2", "nan"], "--min-r2 must be a number, not nan"
+    ),
+    "fit layer pairs past the models' layers": lambda w: Bad(
+        ["fit", "--source", "tiny", "--target", "tiny-b", "--pairs", "99:99"],
+        "layer 99 is out of range for tiny (4 layers)",
+    ),
     "fit layer pairs of 5,000 digits": lambda w: Bad(
         ["fit", "--source", "tiny", "--target", "tiny-b", "--pairs", "9" * 5000 + ":1"],
         "layer pairs must be auto, all or LS:LT",
@@ -502,6 +528,12 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         ["register", "concept", "joy2", "--pairs", str(w.pairs)],
         "cannot use the store s3://crx-unreachable/store",
         store="s3://crx-unreachable/store",
+        env=_closed_s3_env(),
+    ),
+    "credentials in the bucket's place (botocore's message spans lines)": lambda w: Bad(
+        ["store", "verify"],
+        "Invalid bucket name",
+        store="s3://AKIAX:s3cret@bucket/crx",
         env=_closed_s3_env(),
     ),
     "unreachable bucket (verify)": lambda w: Bad(

@@ -161,6 +161,13 @@ def fit(
     catalog = ws.catalog
     src, tgt = catalog.get_model(source), catalog.get_model(target)
     wanted = parse_pairs(pairs)
+    for layer_s, layer_t in [] if isinstance(wanted, str) else wanted:
+        # before the corpus blob is stored: a refused fit leaves nothing behind
+        for model, layer in ((src, layer_s), (tgt, layer_t)):
+            if layer >= model.n_layers:
+                raise InvalidInput(
+                    f"layer {layer} is out of range for {model.name} ({model.n_layers} layers)"
+                )
     lines, corpus_bytes = load_corpus(corpus)
     corpus_oid = catalog.store.put(corpus_bytes)
     if not force:
