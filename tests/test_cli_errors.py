@@ -319,6 +319,11 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         ],
         "it holds text that is not UTF-8",
     ),
+    "a spec model family of 101 characters": lambda w: _spec_bad(
+        w,
+        f"models:\n  - {{name: fam, path: {w.model_dir}, family: {'f' * 101}}}\n",
+        "models[0].family: it is longer than 100 characters (101)",
+    ),
     "a spec whose alias contains itself": lambda w: Bad(
         ["diff", str(w.file("rec.yaml", "models: &a [*a]\n"))], "a recursive alias"
     ),
