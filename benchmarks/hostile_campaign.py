@@ -1073,13 +1073,17 @@ def readonly_cases(inputs: Inputs) -> Iterable[Case]:
     ]
     reads = [["list", "models"], ["show", "vector", "1"], ["store", "verify"],
              ["export", "vector", "1", "-o", "{case}/v.safetensors"]]  # fmt: skip
+
+    def what(args: list[str]) -> str:
+        return " ".join(Path(a).name if "/" in a else a for a in args[:2])
+
     for args in writes:
         # init and db upgrade of an up-to-date database write nothing: success is right too
         expect = "either" if args[0] in ("init", "db") else "refuse"
-        yield Case(f"read-only role -> {' '.join(args[:2])} [postgres]", "readonly", "postgres",
+        yield Case(f"read-only role -> {what(args)} [postgres]", "readonly", "postgres",
                    args, expect, db="{reader}")  # fmt: skip
     for args in reads:
-        yield Case(f"read-only role -> {' '.join(args[:2])} [postgres]", "readonly", "postgres",
+        yield Case(f"read-only role -> {what(args)} [postgres]", "readonly", "postgres",
                    args, "accept", db="{reader}")  # fmt: skip
 
 
@@ -1422,7 +1426,8 @@ def _classify(
     after: Any,
 ) -> tuple[str, str]:
     output = stdout + stderr
-    if rc == 2 and ("No such command" in stderr or "No such option" in stderr):
+    # (not "No such option: -1": click reads a negative id as an option, a plain usage error)
+    if rc == 2 and ("No such command" in stderr or "No such option: --" in stderr):
         return "no_such_command", stderr.strip().splitlines()[-1][:200]
     if timed_out:
         return "timeout", "ran past the time limit"
