@@ -265,8 +265,9 @@ class StoreError(CrxError):
 
 class StoreUnavailable(StoreError):
     def __init__(self, url: str, why: str) -> None:
-        self.url, self.why = url, why
-        super().__init__(f"cannot use the store {url}: {why}")
+        # botocore's messages span lines; the CLI's error is one line
+        self.url, self.why = url, " ".join(why.split())
+        super().__init__(f"cannot use the store {url}: {self.why}")
 
 
 class BlobCorrupt(StoreError):

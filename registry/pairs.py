@@ -92,6 +92,14 @@ def _pair(where: str, index: int, positive: Any, negative: Any) -> ContrastPair:
     for label, value in (("positive", positive), ("negative", negative)):
         if not isinstance(value, str) or not value.strip():
             raise PairsFileError(where, f"pair {index + 1} has no {label} text")
+        try:
+            # a JSON escape such as "\ud800" decodes to a lone surrogate, which no UTF-8
+            # blob (nor a tokenizer) can hold
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PairsFileError(
+                where, f"pair {index + 1}'s {label} text is not valid UTF-8 (a lone surrogate)"
+            ) from None
     return ContrastPair(positive, negative)
 
 

@@ -156,6 +156,17 @@ ModelName = Annotated[str, AfterValidator(_model_name)]
 ConceptName = Annotated[str, AfterValidator(_concept_name)]
 ConceptRef = Annotated[str, AfterValidator(_concept_ref)]
 NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+
+
+def _at_most(length: int) -> AfterValidator:
+    def check(value: str) -> str:
+        if len(value) > length:
+            raise ValueError(f"it is longer than {length} characters ({len(value)})")
+        return value
+
+    return AfterValidator(check)
+
+
 PolicyName = Annotated[str, AfterValidator(_policy_name)]
 AliasName = Annotated[str, AfterValidator(_alias_name)]
 Layer = Annotated[int, Field(ge=0)]
@@ -223,8 +234,10 @@ class ModelSpec(_Spec):
     # validate_default: the "exactly one of pull and path" check must run when path is absent.
     path: NonEmpty | None = Field(None, validate_default=True)
     gguf_file: NonEmpty | None = Field(None, validate_default=True)
-    revision: NonEmpty | None = None
-    family: NonEmpty | None = None
+    # the catalogue's column lengths, checked here too: apply must refuse on SQLite what
+    # PostgreSQL would (`crx register model` refuses the same at its input)
+    revision: Annotated[NonEmpty, _at_most(200)] | None = None
+    family: Annotated[NonEmpty, _at_most(100)] | None = None
     role: Literal["aligned", "base"] | None = None
     tags: dict[str, str | int | float | bool] = Field(default_factory=dict)
 

@@ -119,6 +119,13 @@ def _alias_bomb(w: World) -> Bad:
     return Bad(["diff", str(spec)], "expands to more than 100,000 values")
 
 
+def _zero_config(w: World) -> Path:
+    folder = w.tmp / "zero-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").symlink_to("/dev/zero")
+    return folder
+
+
 def _deep_config(w: World) -> Path:
     folder = w.tmp / "deep-model"
     folder.mkdir(exist_ok=True)
@@ -285,6 +292,51 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     ),
     "pairs JSON nested 100,000 deep": lambda w: _pairs(
         w, "deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"
+    ),
+    # found by benchmarks/hostile_campaign.py: a UnicodeEncodeError traceback when hashing
+    "pairs JSON with a lone surrogate escape": lambda w: _pairs(
+        w, "p.json", '[{"positive": "a \\ud800 b", "negative": "x"}]', "not valid UTF-8"
+    ),
+    "pairs JSONL with a lone surrogate escape": lambda w: _pairs(
+        w, "p.jsonl", '{"positive": "a", "negative": "\\udcff"}\n', "pair 1's negative text"
+    ),
+    "a config.json linked to /dev/zero": lambda w: Bad(
+        ["register", "model", "zero", "--path", str(_zero_config(w))], "not a regular file"
+    ),
+    "a plan from /dev/zero": lambda w: Bad(
+        ["transplant", "--plan", "/dev/zero"], "not a regular file"
+    ),
+    "a plan with a lone surrogate escape": lambda w: Bad(
+        [
+            "transplant",
+            "--plan",
+            str(
+                w.file(
+                    "p.json",
+                    '{"kind": "crx.transplant-plan", "concepts": [{"concept": "joy\\ud800"}]}',
+                )
+            ),
+        ],
+        "it holds text that is not UTF-8",
+    ),
+    "a spec model family of 101 characters": lambda w: _spec_bad(
+        w,
+        f"models:\n  - {{name: fam, path: {w.model_dir}, family: {'f' * 101}}}\n",
+        "models[0].family: it is longer than 100 characters (101)",
+    ),
+    "a spec whose alias contains itself": lambda w: Bad(
+        ["diff", str(w.file("rec.yaml", "models: &a [*a]\n"))], "a recursive alias"
+    ),
+    "plan --min-r2 nan": lambda w: Bad(
+        ["plan", "--target", "tiny-b", "--min-r2", "nan"], "--min-r2 must be a number, not nan"
+    ),
+    "fit layer pairs past the models' layers": lambda w: Bad(
+        ["fit", "--source", "tiny", "--target", "tiny-b", "--pairs", "99:99"],
+        "layer 99 is out of range for tiny (4 layers)",
+    ),
+    "fit layer pairs of 5,000 digits": lambda w: Bad(
+        ["fit", "--source", "tiny", "--target", "tiny-b", "--pairs", "9" * 5000 + ":1"],
+        "layer pairs must be auto, all or LS:LT",
     ),
     "pairs JSON with a 5,000-digit number": lambda w: _pairs(
         w, "digits.json", '[{"positive": ' + "9" * 5000 + "}]", "invalid JSON"
@@ -485,6 +537,12 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         ["register", "concept", "joy2", "--pairs", str(w.pairs)],
         "cannot use the store s3://crx-unreachable/store",
         store="s3://crx-unreachable/store",
+        env=_closed_s3_env(),
+    ),
+    "credentials in the bucket's place (botocore's message spans lines)": lambda w: Bad(
+        ["store", "verify"],
+        "Invalid bucket name",
+        store="s3://AKIAX:s3cret@bucket/crx",
         env=_closed_s3_env(),
     ),
     "unreachable bucket (verify)": lambda w: Bad(

@@ -222,6 +222,7 @@ def _check_size(file: Path, root: yaml.Node) -> None:
     bomb is a few hundred bytes): sizes are counted once per distinct node, so this costs the
     file's size, not the expansion's."""
     sizes: dict[int, int] = {}
+    started: set[int] = set()  # nodes whose children are being counted
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
@@ -233,6 +234,12 @@ def _check_size(file: Path, root: yaml.Node) -> None:
         elif isinstance(node, yaml.SequenceNode):
             children = list(node.value)
         if not children_done:
+            if id(node) in started:
+                # met again before it was counted: it contains itself (``a: &a [*a]``), which
+                # would expand forever
+                why = "a YAML alias refers to a value that contains it (a recursive alias)"
+                raise SpecError(file, _line(node), None, why)
+            started.add(id(node))
             stack.append((node, True))
             stack.extend((c, False) for c in children if id(c) not in sizes)
             continue

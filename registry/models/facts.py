@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from crx.registry.errors import InvalidInput
+from crx.registry.inputs import read_bytes
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # real configs are a few KiB
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -75,14 +78,13 @@ def read_model_facts(
 
 def _from_folder(folder: Path) -> ModelFacts:
     config_path = folder / "config.json"
+    if not config_path.exists() and not config_path.is_symlink():
+        raise InvalidInput(f"{folder} has no config.json (is it a transformers model folder?)")
+    # a regular file of bounded size only: a config.json linked to /dev/zero read until OOM
+    raw = read_bytes(config_path, limit=MAX_CONFIG_BYTES, what="model config")
     try:
-        raw = config_path.read_bytes()
         config = json.loads(raw)
-    except FileNotFoundError:
-        raise InvalidInput(
-            f"{folder} has no config.json (is it a transformers model folder?)"
-        ) from None
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise InvalidInput(f"cannot read {config_path}: {exc}") from None
     except RecursionError:
         raise InvalidInput(f"cannot read {config_path}: the JSON is nested too deeply") from None

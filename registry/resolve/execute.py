@@ -23,11 +23,14 @@ from pydantic import ValidationError
 
 from crx.registry.db.tables import MAX_ROW_ID
 from crx.registry.errors import InvalidInput, first_error
+from crx.registry.inputs import read_text
 from crx.registry.workflows.transplant import lineage_key
 from crx.schemas.plan import ConceptPlan, PlanExecution, Route, TransplantPlan
 
 if TYPE_CHECKING:
     from crx.registry.catalog.service import Catalog
+
+MAX_PLAN_BYTES = 64 * 1024 * 1024  # a plan of thousands of concepts is a few MiB
 
 
 def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> TransplantPlan:
@@ -39,11 +42,19 @@ def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> Transplan
         raise InvalidInput(f"{type(source).__name__} is not a plan, a plan file or a plan's JSON")
     if not isinstance(source, dict):
         where = str(source)
+        if not Path(source).exists() and not Path(source).is_symlink():
+            raise InvalidInput(f"plan file {where} does not exist")
+        # a regular file of bounded size only (/dev/zero as a plan read until out of memory)
+        text = read_text(source, limit=MAX_PLAN_BYTES, what="plan")
         try:
-            source = json.loads(Path(source).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InvalidInput(f"plan file {where} does not exist") from None
-        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+            source = json.loads(text)
+            # a "\ud800" escape decodes to a lone surrogate, which no name or query can hold
+            json.dumps(source, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                f"cannot read plan {where}: it holds text that is not UTF-8"
+            ) from None
+        except ValueError as exc:  # JSONDecodeError included
             raise InvalidInput(f"cannot read plan {where}: {exc}") from None
         except RecursionError:
             raise InvalidInput(f"cannot read plan {where}: nested too deeply") from None

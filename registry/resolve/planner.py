@@ -26,6 +26,7 @@ Governance (`crx.registry.governance`) decides before ranking does:
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -519,6 +520,8 @@ def make_plan(
 
     if max_hops < 1:
         raise InvalidInput("--max-hops must be at least 1")
+    if not math.isfinite(min_r2):  # NaN compares false with every R²: nothing would be refused
+        raise InvalidInput(f"--min-r2 must be a number, not {min_r2}")
     alias_name = PROTECTED_ALIAS if alias is None else alias
     names.check_name("alias", alias_name)
     if alias_name.isdigit():

@@ -8,6 +8,7 @@ snapshot); `fit` computes what is missing and records it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from crx.registry.workflows.workspace import Workspace
 
 LayerPairs = list[tuple[int, int]] | str
+_LAYER = re.compile(r"[0-9]{1,9}")
 
 
 def parse_pairs(spec: str) -> LayerPairs:
@@ -31,8 +33,9 @@ def parse_pairs(spec: str) -> LayerPairs:
     pairs = []
     for item in spec.split(","):
         source, sep, target = item.strip().partition(":")
-        if not sep or not source.strip().isdigit() or not target.strip().isdigit():
-            raise InvalidInput(f"layer pairs must be auto, all or LS:LT,...; not {spec!r}")
+        # ASCII digits, at most 9 of them: int() of thousands of digits raises ValueError
+        if not sep or not _LAYER.fullmatch(source.strip()) or not _LAYER.fullmatch(target.strip()):
+            raise InvalidInput(f"layer pairs must be auto, all or LS:LT,...; not {spec[:80]!r}")
         pairs.append((int(source), int(target)))
     return pairs
 
@@ -158,6 +161,13 @@ def fit(
     catalog = ws.catalog
     src, tgt = catalog.get_model(source), catalog.get_model(target)
     wanted = parse_pairs(pairs)
+    for layer_s, layer_t in [] if isinstance(wanted, str) else wanted:
+        # before the corpus blob is stored: a refused fit leaves nothing behind
+        for model, layer in ((src, layer_s), (tgt, layer_t)):
+            if layer >= model.n_layers:
+                raise InvalidInput(
+                    f"layer {layer} is out of range for {model.name} ({model.n_layers} layers)"
+                )
     lines, corpus_bytes = load_corpus(corpus)
     corpus_oid = catalog.store.put(corpus_bytes)
     if not force:
