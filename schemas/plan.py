@@ -58,7 +58,7 @@ def alpha_text(alpha: float, normalize: bool, *, short: bool = False) -> str:
 class AlphaChoice(PlanModel):
     """The steering strength, and where it came from."""
 
-    alpha: float
+    alpha: float = Field(allow_inf_nan=False)  # a NaN or infinite α would steer nonsense
     normalize: bool  # True: alpha is relative to the layer's mean residual norm
     evaluated: bool  # False: a default, "not evaluated" on this target
     task: str | None = None

@@ -590,6 +590,9 @@ def test_a_tampered_plan_is_refused_and_registers_nothing(reg: Registry, pairs_f
         "a huge map id": (tampered(hop0_map_id=2**70), "is not a map id"),
         "an unknown map": (tampered(hop0_map_id=999), "no map '999'"),
     }
+    nan_alpha = tampered()
+    nan_alpha["concepts"][0]["chosen"]["alpha"]["alpha"] = float("nan")
+    cases["a NaN alpha"] = (nan_alpha, "finite number")
     before = len(reg.list_vectors(limit=0).items)
     for name, (plan, message) in cases.items():
         with pytest.raises(CrxError, match=re.escape(message)):
