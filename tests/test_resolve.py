@@ -599,3 +599,14 @@ def test_a_tampered_plan_is_refused_and_registers_nothing(reg: Registry, pairs_f
             reg.execute_plan(read_plan(plan))
         assert len(reg.list_vectors(limit=0).items) == before, name
     assert reg.execute_plan(read_plan(document))[0].status == "registered"
+
+
+def test_a_target_that_is_a_folder_without_config_says_how_it_was_read(
+    reg: Registry, tmp_path: Path
+) -> None:
+    """An unregistered name that is also a folder here is read as that folder, and the error
+    says so (found by the hostile campaign: "x has no config.json" for `--target x`)."""
+    folder = tmp_path / "x"
+    folder.mkdir()
+    with pytest.raises(CrxError, match="is not a registered model, so it was read as the folder"):
+        reg.plan(str(folder), ["honesty"])

@@ -113,9 +113,18 @@ def _resolve_target(view: CatalogView, target: str) -> tuple[TargetInfo, list[Pl
         return TargetInfo(name=target, registered=False), [step]
     local = Path(target).expanduser()
     if local.exists():
+        from crx.registry.errors import InvalidInput
         from crx.registry.models.facts import read_model_facts
 
-        facts = read_model_facts(str(local))
+        try:
+            facts = read_model_facts(str(local))
+        except InvalidInput as error:
+            # A name that is also a path here (a folder "x" in the working directory) is read
+            # as that folder: say so, or "has no config.json" reads as nonsense for a name.
+            raise InvalidInput(
+                f"target {target!r} is not a registered model, so it was read as the folder "
+                f"{local.resolve()}: {error}"
+            ) from None
         name = _model_name_for(target)
         step = PlanStep(
             action="register-model",
