@@ -20,6 +20,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +100,21 @@ def _run_tour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, download: bool
     commands = [s.command for s in steps]
     assert sum(c.startswith("crx register") for c in commands) >= 4
     assert (work / ".crx" / "registry.db").is_file()
+    # the Python API's first example, in the same folder and registry
+    api = README.read_text(encoding="utf-8").split("## Python API", 1)[1]
+    block = api.split("```python\n", 1)[1].split("\n```", 1)[0]
+    names: dict[str, Any] = {}
+    exec(compile(block, "README.md: Python API", "exec"), names)
+    reg = names["reg"]
+    try:
+        assert names["version"].ref == "sadness@1"
+        assert len(names["pairs"]) == 114
+        assert reg.get_concept("sadness@1").pairs_oid == names["version"].pairs_oid
+        (vector,) = reg.list_vectors(model="smollm2-135m-instruct").items
+        assert (vector.id, vector.origin, vector.n_layers) == (names["vec"].id, "imported", 30)
+        assert len(reg.list_concepts().items) == 2  # registering again made nothing new
+    finally:
+        reg.close()
 
 
 def test_the_readme_tour_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,3 +126,16 @@ def test_the_readme_tour_runs_as_written_with_the_real_download(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _run_tour(tmp_path, monkeypatch, download=True)
+
+
+def test_the_readme_cpu_torch_install_names_the_pinned_version() -> None:
+    text = README.read_text(encoding="utf-8")
+    pins = (README.parent / "constraints.txt").read_text(encoding="utf-8").splitlines()
+    (pin,) = [line for line in pins if line.startswith("torch==")]
+    block = text.split("**The CPU build of torch.**", 1)[1].split("```sh\n", 1)[1]
+    block = block.split("\n```", 1)[0]
+    assert f"pip install {pin} --index-url https://download.pytorch.org/whl/cpu" in block
+    # then the README's own install command, as its first block has it
+    first = text.split("```sh\n", 1)[1].split("\n", 1)[0]
+    install = first.split(" && ")[-1]
+    assert install in block.splitlines()
