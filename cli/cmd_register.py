@@ -28,6 +28,7 @@ def register() -> None:
     \b
     Example:
       crx register model smollm2-135m-instruct --path ~/models/smollm2 --role aligned
+      crx register concept sadness --emotion sadness
       crx register concept happiness --pairs pairs.json
       crx register vector happiness@1 --model smollm2-135m-instruct --file happy.safetensors
     """
