@@ -712,7 +712,7 @@ def test_corrupt_or_missing_blob_fails_loads_naming_the_oid(populated_sqlite: Wo
 @pytest.mark.parametrize(
     "args",
     [
-        ["register", "concept", "joy"],  # missing --pairs
+        ["register", "concept", "joy", "--emotion"],  # --emotion without its value
         ["register", "vector", "joy", "--file", "v.safetensors"],  # missing --model
         ["register", "model", "tiny", "--path", "x", "--role", "chief"],
         ["register", "model", "tiny", "--path", "x", "--tag", "novalue"],
