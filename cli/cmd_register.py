@@ -115,7 +115,8 @@ def register_concept(
 
     Prints NAME@VERSION. Registering identical content again returns the existing version.
     --emotion builds the pairs `crx demo` registers (a scenario of the emotion against one of
-    another emotion, training half only, in ConTrans' template), so it needs no file.
+    another emotion, training half only, in ConTrans' template), so it needs no file; name
+    the concept after its emotion, since `crx evaluate` scores an emotion concept by its name.
 
     \b
     Example:
