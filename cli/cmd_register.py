@@ -8,6 +8,7 @@ import click
 
 from crx.cli.context import json_option, registry
 from crx.cli.render import describe_changes, emit_json
+from crx.registry.errors import InvalidInput
 
 
 def _parse_tags(values: tuple[str, ...]) -> dict[str, Any]:
@@ -27,6 +28,7 @@ def register() -> None:
     \b
     Example:
       crx register model smollm2-135m-instruct --path ~/models/smollm2 --role aligned
+      crx register concept sadness --emotion sadness
       crx register concept happiness --pairs pairs.json
       crx register vector happiness@1 --model smollm2-135m-instruct --file happy.safetensors
     """
@@ -85,9 +87,13 @@ def register_model(
 @click.option(
     "--pairs",
     "pairs_file",
-    required=True,
     type=click.Path(),
     help='Contrast pairs: JSON ([{"positive","negative"}] or {"pos":[],"neg":[]}), JSONL or CSV.',
+)
+@click.option(
+    "--emotion",
+    help="Instead of --pairs: crx's own RepE scenarios of this emotion (happiness, sadness, "
+    "anger, fear, disgust or surprise), paired as `crx demo` does.",
 )
 @click.option("--description", help="What the concept is (stored on the concept).")
 @click.option("--template", help="Prompt template with {text} where each scenario goes.")
@@ -97,23 +103,38 @@ def register_model(
 @json_option
 def register_concept(
     name: str,
-    pairs_file: str,
+    pairs_file: str | None,
+    emotion: str | None,
     description: str | None,
     template: str | None,
     use: bool,
     as_json: bool,
 ) -> None:
-    """Register a new version of a concept from a file of contrast pairs.
+    """Register a new version of a concept from a file of contrast pairs (--pairs), or from
+    the emotion scenarios that ship with crx (--emotion).
 
     Prints NAME@VERSION. Registering identical content again returns the existing version.
+    --emotion builds the pairs `crx demo` registers (a scenario of the emotion against one of
+    another emotion, training half only, in ConTrans' template), so it needs no file; name
+    the concept after its emotion, since `crx evaluate` scores an emotion concept by its name.
 
     \b
     Example:
-      crx register concept happiness --pairs refine_happiness.json --description "RepE emotion"
+      crx register concept sadness --emotion sadness
+      crx register concept honesty --pairs honesty.json --description "true vs false statements"
     """
-    result = registry().register_concept(
-        name, pairs_file, description=description, template=template, use=use
-    )
+    if (pairs_file is None) == (emotion is None):
+        raise InvalidInput("give either --pairs FILE or --emotion EMOTION")
+    if emotion is not None and template is not None:
+        raise InvalidInput("--template goes with --pairs: --emotion uses ConTrans' template")
+    reg = registry()
+    if emotion is not None:
+        result = reg.register_emotion(name, emotion, description=description, use=use)
+    else:
+        assert pairs_file is not None
+        result = reg.register_concept(
+            name, pairs_file, description=description, template=template, use=use
+        )
     if as_json:
         emit_json(result)
         return

@@ -31,6 +31,7 @@ from crx.registry.workflows.workspace import Workspace
 from crx.schemas.declare import ApplyReport, Change
 from crx.schemas.plan import PlanExecution, TransplantPlan
 from crx.schemas.records import (
+    ConceptVersionRecord,
     EvaluationRecord,
     ExportReport,
     MapRecord,
@@ -380,6 +381,16 @@ class Registry:
         from crx.registry.progress import unit
 
         return unit(stage)
+
+    def register_emotion(
+        self, name: str, emotion: str, *, description: str | None = None, use: bool = False
+    ) -> Registered[ConceptVersionRecord]:
+        """Register concept ``name`` from crx's own RepE scenarios of ``emotion`` (one of
+        ``crx.registry.engine.emotion.EMOTIONS``), exactly as ``crx demo`` does: the training
+        half's contrast pairs in ConTrans' template; the held-out half is what `evaluate` scores."""
+        from crx.registry.workflows.demo import register_emotion
+
+        return register_emotion(self.catalog, name, emotion, description=description, use=use)
 
     def demo_estimate(self, emotions: Sequence[str] | None = None) -> DemoEstimate:
         """What ``crx demo`` measured to take and need, and which slow steps are done here

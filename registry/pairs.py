@@ -75,7 +75,8 @@ def pairs_from_objects(where: str, items: Any) -> list[ContrastPair]:
             where,
             f"this is a list of {len(items)} texts (scenarios, like crx's emotion data), not "
             'contrast pairs: a pairs file is a list of {"positive": ..., "negative": ...} '
-            "objects (`crx demo` builds pairs from the emotion scenarios itself)",
+            "objects (for crx's emotions, `crx register concept NAME --emotion EMOTION` builds "
+            "the pairs from these scenarios)",
         )
     return [_pair_from_object(where, i, item) for i, item in enumerate(items)]
 

@@ -240,7 +240,22 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
     # crx's own emotion data is scenarios, not pairs: the error says what the file is
     "a scenarios file as pairs": lambda w: Bad(
         ["register", "concept", "joy", "--pairs", str(EMOTION_DATA / "happiness.json")],
-        "is a list of",
+        "--emotion EMOTION` builds the pairs",
+    ),
+    "register concept with neither --pairs nor --emotion": lambda w: Bad(
+        ["register", "concept", "joy"], "give either --pairs FILE or --emotion EMOTION"
+    ),
+    "register concept with both --pairs and --emotion": lambda w: Bad(
+        ["register", "concept", "joy", "--pairs", str(w.pairs), "--emotion", "sadness"],
+        "give either --pairs FILE or --emotion EMOTION",
+    ),
+    "register concept from an unknown emotion": lambda w: Bad(
+        ["register", "concept", "joy", "--emotion", "Sadness"],
+        "unknown emotion 'Sadness': the emotions are happiness, sadness, anger, fear, disgust",
+    ),
+    "register concept from an emotion with a template": lambda w: Bad(
+        ["register", "concept", "joy", "--emotion", "sadness", "--template", "{text}!"],
+        "--template goes with --pairs",
     ),
     "pairs file does not exist": lambda w: Bad(
         ["register", "concept", "joy", "--pairs", str(w.tmp / "missing.json")],
@@ -759,7 +774,7 @@ def test_corrupt_or_missing_blob_fails_loads_naming_the_oid(populated_sqlite: Wo
 @pytest.mark.parametrize(
     "args",
     [
-        ["register", "concept", "joy"],  # missing --pairs
+        ["register", "concept", "joy", "--emotion"],  # --emotion without its value
         ["register", "vector", "joy", "--file", "v.safetensors"],  # missing --model
         ["register", "model", "tiny", "--path", "x", "--role", "chief"],
         ["register", "model", "tiny", "--path", "x", "--tag", "novalue"],

@@ -328,3 +328,53 @@ def test_export_safetensors_and_gguf(populated_sqlite: World) -> None:
     reader = GGUFReader(str(gguf_out))
     assert reader.fields["controlvector.layer_count"].contents() == 1
     assert [t.name for t in reader.tensors] == ["direction.2"]
+
+
+# -- a concept from the emotion data that ships with crx ------------------------------------
+
+
+def test_register_concept_from_a_shipped_emotion_is_the_demos_concept(world: World) -> None:
+    from crx.registry.engine import emotion as task
+    from crx.registry.workflows.demo import PAIR_CONSTRUCTION, register_emotions
+
+    w = world
+    assert w.ok("register", "concept", "sadness", "--emotion", "sadness").stdout == "sadness@1\n"
+    again = w.ok("register", "concept", "sadness", "--emotion", "sadness").stdout
+    assert again == "sadness@1 (unchanged)\n"
+    shown = w.json("show", "concept", "sadness")
+    assert shown["template"] == task.TEMPLATE
+    assert shown["pair_construction"] == PAIR_CONSTRUCTION
+    assert shown["description"] == "RepE sadness scenarios vs other emotions (training half)"
+    # the pairs: every training scenario of sadness once as a positive, no held-out one anywhere
+    scenarios = {e: task.split_scenarios(task.load_scenarios(e)) for e in task.EMOTIONS}
+    reg = w.registry()
+    try:
+        pairs = reg.load_pairs("sadness@1")
+        assert [p.positive for p in pairs] == scenarios["sadness"].train
+        held_out = {s for split in scenarios.values() for s in split.test}
+        assert not held_out & {text for p in pairs for text in (p.positive, p.negative)}
+        assert {p.negative for p in pairs} <= {
+            s for e, split in scenarios.items() if e != "sadness" for s in split.train
+        }
+        # the demo's own registration is this very version: no second one
+        assert register_emotions(reg.catalog, ["sadness"]) == {"sadness": "sadness@1"}
+        # the Python API: another name, a description of one's own, marked for use
+        made = reg.register_emotion("grief", "sadness", description="mine", use=True).record
+        assert (made.ref, made.description, made.pairs_oid) == (
+            "grief@1",
+            "mine",
+            shown["pairs_oid"],
+        )
+    finally:
+        reg.close()
+    assert [c["name"] for c in w.json("list", "concepts")["items"]] == ["sadness", "grief"]
+
+
+def test_the_emotion_options_help_names_every_shipped_emotion() -> None:
+    from crx.cli.main import cli
+    from crx.registry.engine.emotion import EMOTIONS
+
+    command = cli.commands["register"].commands["concept"]  # type: ignore[attr-defined]
+    (option,) = [p for p in command.params if p.name == "emotion"]
+    listed = re.findall(r"[a-z]+", option.help.split("(", 1)[1].split(")", 1)[0])
+    assert [word for word in listed if word != "or"] == list(EMOTIONS)

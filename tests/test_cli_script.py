@@ -52,9 +52,13 @@ def test_subprocess_exit_codes_and_stderr(pairs_file: Path) -> None:
     assert "No such command 'modelz'" in usage.stderr
     assert "Traceback" not in usage.stderr
 
+    # --pairs or --emotion: neither is one Error line, as two options that contradict are
     missing = crx_subprocess("register", "concept", "joy")
-    assert missing.returncode == 2
-    assert "Missing option '--pairs'" in missing.stderr
+    assert missing.returncode == 1
+    assert missing.stderr == "Error: give either --pairs FILE or --emotion EMOTION\n"
+    required = crx_subprocess("register", "model", "tiny")
+    assert required.returncode == 2
+    assert "Missing option '--path'" in required.stderr
 
 
 def test_subprocess_store_verify_exits_1_on_a_corrupt_blob(populated_sqlite: World) -> None:

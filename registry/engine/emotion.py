@@ -90,6 +90,14 @@ def build_pairs(emotion: str, train: dict[str, list[str]], *, seed: int = 0) -> 
     return pairs
 
 
+def training_pairs(emotion: str) -> list[ContrastPair]:
+    """The pairs of ``emotion``'s concept: `build_pairs` over the training half of every
+    emotion's shipped scenarios (the test half stays for `accuracy`)."""
+    check_emotions([emotion])
+    train = {e: split_scenarios(load_scenarios(e)).train for e in EMOTIONS}
+    return build_pairs(emotion, train)
+
+
 def label_token_ids(tokenizer: Any) -> list[int]:
     """First token of `` <emotion>`` for each emotion, as the prompts' answers are written."""
     ids = []

@@ -32,6 +32,7 @@ from crx.registry.workflows.pull import pull_model
 if TYPE_CHECKING:
     from crx.registry.catalog.service import Catalog
     from crx.registry.workflows.workspace import Workspace
+    from crx.schemas.records import ConceptVersionRecord, Registered
 
 SOURCE = "smollm2-135m-instruct"
 TARGET = "gemma3-270m"
@@ -104,26 +105,38 @@ def estimate(ws: Workspace, emotions: Sequence[str] | None = None) -> Estimate:
     )
 
 
+def register_emotion(
+    catalog: Catalog,
+    name: str,
+    emotion: str,
+    *,
+    description: str | None = None,
+    use: bool = False,
+) -> Registered[ConceptVersionRecord]:
+    """Register concept ``name`` from the training half of ``emotion``'s RepE scenarios, as the
+    demo does (``crx register concept NAME --emotion EMOTION``): same pairs, template and pair
+    construction, so the same content gives the same version whichever registered it first."""
+    from crx.registry.engine import emotion as task
+
+    return catalog.register_concept(
+        name,
+        task.training_pairs(emotion),
+        template=task.TEMPLATE,
+        pair_construction=PAIR_CONSTRUCTION,
+        description=description or f"RepE {emotion} scenarios vs other emotions (training half)",
+        use=use,
+    )
+
+
 def register_emotions(
     catalog: Catalog, emotions: Sequence[str], progress: StagedProgress | None = None
 ) -> dict[str, str]:
-    """Register each emotion concept from the training half of the RepE scenarios."""
-    from crx.registry.engine import emotion as task
-
-    train = {e: task.split_scenarios(task.load_scenarios(e)).train for e in task.EMOTIONS}
+    """Register each emotion concept (named as the emotion) with `register_emotion`."""
     refs = {}
     for k, e in enumerate(emotions):
         if progress is not None:
             progress("register concepts", k, len(emotions))
-        pairs = task.build_pairs(e, train)
-        result = catalog.register_concept(
-            e,
-            pairs,
-            template=task.TEMPLATE,
-            pair_construction=PAIR_CONSTRUCTION,
-            description=f"RepE {e} scenarios vs other emotions (training half)",
-        )
-        refs[e] = result.record.ref
+        refs[e] = register_emotion(catalog, e, e).record.ref
     if progress is not None:
         progress("register concepts", len(emotions), len(emotions))
     return refs
