@@ -436,13 +436,22 @@ class Registry:
             fmt,
         )
 
-    def maps_image(self, source: str, target: str, fmt: str = "png") -> bytes:
-        """The R² heat-map of `plot_maps` (the newest fit ``source`` → ``target``) as PNG or
-        SVG bytes."""
+    def maps_image(
+        self, source: str, target: str, fmt: str = "png", *, map_id: int | None = None
+    ) -> bytes:
+        """The R² heat-map of `plot_maps` (the newest fit ``source`` → ``target``, or the fit
+        of map ``map_id``) as PNG or SVG bytes."""
         from crx.registry import plot
         from crx.registry.workflows.figures import maps_figure
 
-        return plot.rendered(lambda: maps_figure(self.catalog, source, target), fmt)
+        return plot.rendered(lambda: maps_figure(self.catalog, source, target, map_id), fmt)
+
+    @staticmethod
+    def map_fits(maps: Sequence[MapRecord]) -> list[list[MapRecord]]:
+        """``maps`` grouped by fit (solver, corpus, layer pairs), the newest fit first."""
+        from crx.registry.workflows.figures import fits
+
+        return fits(maps)
 
     # -- the resolver ---------------------------------------------------------------------
 

@@ -228,9 +228,26 @@ def test_maps_page(site: Served) -> None:
     text = page(site, "/maps")
     assert {"/maps?source=tiny&target=tiny-b", "/maps?source=tiny&target=tiny-c"} <= links(text)
     text = page(site, "/maps", source="tiny", target="tiny-c")
-    assert 'src="/plots/maps.png?source=tiny&amp;target=tiny-c"' in text
-    table = rows(element(text, "maps"))
     maps = reg.list_maps(source="tiny", target="tiny-c").items
+    fits = reg.map_fits(maps)
+    assert sum(len(fit) for fit in fits) == len(maps)
+    # One heat-map per fit, newest first, each drawn from one of its maps.
+    sources = re.findall(
+        r'src="/plots/maps.png\?source=tiny&amp;target=tiny-c&amp;map=(\d+)"', text
+    )
+    assert [int(x) for x in sources] == [fit[0].id for fit in fits]
+    for fit in fits:
+        svg = site.client.get(
+            "/plots/maps.svg", params={"source": "tiny", "target": "tiny-c", "map": fit[0].id}
+        ).text
+        assert f"tiny → tiny-c: {fit[0].solver} maps" in svg
+    assert (
+        site.client.get(
+            "/plots/maps.png", params={"source": "tiny", "target": "tiny-c", "map": 10**6}
+        ).status_code
+        == 400
+    )
+    table = rows(element(text, "maps"))
     assert [int(r[0]) for r in table] == [m.id for m in reversed(maps)]
     assert [r[1] for r in table] == [f"{m.source_layer} → {m.target_layer}" for m in reversed(maps)]
     page(site, "/maps", 404, source="tiny", target="nope")

@@ -320,6 +320,7 @@ def maps_page(
         context.update(
             title=f"Maps {source} → {target}",
             maps=list(reversed(maps)),
+            fits=reg.map_fits(maps),
             cells=len(plots.latest_maps(maps)),
             shape=(src.n_layers, tgt.n_layers),
         )
@@ -488,8 +489,8 @@ def alpha_plot(reg: Reg, fmt: str, vector: int) -> Response:
 
 
 @router.get("/plots/maps.{fmt}")
-def maps_plot(reg: Reg, fmt: str, source: str, target: str) -> Response:
-    return plots.image(plots.maps_image(reg, source, target, fmt), fmt)
+def maps_plot(reg: Reg, fmt: str, source: str, target: str, map: int | None = None) -> Response:
+    return plots.image(plots.maps_image(reg, source, target, fmt, map), fmt)
 
 
 # -- actions ------------------------------------------------------------------------------

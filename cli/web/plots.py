@@ -98,6 +98,9 @@ def latest_maps(maps: Sequence[MapRecord]) -> dict[tuple[int, int], MapRecord]:
     return out
 
 
-def maps_image(reg: Registry, source: str, target: str, fmt: str) -> bytes:
-    """The heat-map ``crx show maps --plot`` draws (the newest fit, chosen pairs circled)."""
-    return reg.maps_image(source, target, _format(fmt))
+def maps_image(
+    reg: Registry, source: str, target: str, fmt: str, map_id: int | None = None
+) -> bytes:
+    """The heat-map ``crx show maps --plot`` draws (the newest fit, or map ``map_id``'s fit;
+    chosen pairs circled)."""
+    return reg.maps_image(source, target, _format(fmt), map_id=map_id)

@@ -110,26 +110,37 @@ def evaluation_plot(catalog: Catalog, records: Sequence[EvaluationRecord], out: 
     return _write(fig, path)
 
 
-def newest_fit(maps: Sequence[MapRecord]) -> list[MapRecord]:
-    """The maps of the newest fit among ``maps`` (one solver, corpus and layer-pair choice)."""
-    if not maps:
-        return []
+def _recipe(m: MapRecord) -> tuple[str, str | None, object, object]:
+    # One fit: one solver, corpus, layer-pair choice and dtype.
+    s = m.solver_settings
+    return (m.solver, m.corpus_oid, s.get("pairs"), s.get("dtype"))
 
-    def recipe(m: MapRecord) -> tuple[str, str | None, object, object]:
-        s = m.solver_settings
-        return (m.solver, m.corpus_oid, s.get("pairs"), s.get("dtype"))
 
-    latest = recipe(max(maps, key=lambda m: m.id))
-    return [m for m in maps if recipe(m) == latest]
+def fits(maps: Sequence[MapRecord]) -> list[list[MapRecord]]:
+    """``maps`` grouped by fit, the newest fit first."""
+    groups: dict[tuple[str, str | None, object, object], list[MapRecord]] = {}
+    for m in sorted(maps, key=lambda m: m.id, reverse=True):
+        groups.setdefault(_recipe(m), []).append(m)
+    return list(groups.values())
+
+
+def newest_fit(maps: Sequence[MapRecord], map_id: int | None = None) -> list[MapRecord]:
+    """The maps of the newest fit among ``maps``, or of the fit map ``map_id`` belongs to."""
+    for fit in fits(maps):
+        if map_id is None or any(m.id == map_id for m in fit):
+            return fit
+    return []
 
 
 def _fit_grid(
-    catalog: Catalog, source: str, target: str
+    catalog: Catalog, source: str, target: str, map_id: int | None = None
 ) -> tuple[ModelRecord, ModelRecord, list[MapRecord], plot.R2Grid]:
     src, tgt = catalog.get_model(source), catalog.get_model(target)
-    fit = newest_fit(catalog.list_maps(source=src.name, target=tgt.name, limit=0).items)
+    maps = catalog.list_maps(source=src.name, target=tgt.name, limit=0).items
+    fit = newest_fit(maps, map_id)
     if not fit:
-        raise InvalidInput(f"no maps from {src.name} to {tgt.name} (see `crx fit`)")
+        which = f"map {map_id}" if map_id is not None else "maps"
+        raise InvalidInput(f"no {which} from {src.name} to {tgt.name} (see `crx fit`)")
     return src, tgt, fit, plot.map_r2_grid(fit, src.n_layers, tgt.n_layers)
 
 
@@ -161,10 +172,10 @@ def map_grid(catalog: Catalog, source: str, target: str) -> dict[str, Any]:
     }
 
 
-def maps_figure(catalog: Catalog, source: str, target: str) -> Figure:
-    """The held-out R² heat-map of the newest fit source → target, its chosen pairs marked
-    (``crx show maps --plot`` and ``crx serve``'s maps page draw this one figure)."""
-    src, tgt, fit, grid = _fit_grid(catalog, source, target)
+def maps_figure(catalog: Catalog, source: str, target: str, map_id: int | None = None) -> Figure:
+    """The held-out R² heat-map of the newest fit source → target (or of map ``map_id``'s
+    fit), its chosen pairs marked (``crx show maps --plot`` and ``crx serve``'s maps page)."""
+    src, tgt, fit, grid = _fit_grid(catalog, source, target, map_id)
     m = fit[0]
     corpus = (m.corpus_oid or "?")[:12]
     title = (
