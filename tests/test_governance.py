@@ -398,3 +398,29 @@ def test_a_read_only_role_reads_and_each_write_is_one_clear_refusal(
         assert "permission denied" in line or "registry owner" in line, line
         assert str(password) not in line
     assert _state(registry) == before
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # roles are PostgreSQL's
+def test_a_reader_is_refused_before_any_blob_is_stored(
+    registry: Registry, world: dict[str, int], team: Team, tmp_path: Path
+) -> None:
+    """A role that may not write is refused before its content reaches the store: a refused
+    command leaves no unreferenced blob behind (found by benchmarks/hostile_campaign.py)."""
+    reader = team.person("reader")
+    pairs = tmp_path / "new-pairs.json"
+    pairs.write_text('[{"positive": "a reader\'s own text", "negative": "not stored"}]')
+    blobs = set(registry.store.iter_oids())
+    with pytest.raises(DatabaseRefused, match="may not write to this registry"):
+        reader.register_concept("readers-concept", pairs)
+    with pytest.raises(DatabaseRefused, match="may not write to this registry"):
+        reader.save_vector(
+            "joy@1",
+            "tiny",
+            np.full((4, 32), 0.5, np.float32),
+            origin="imported",
+            estimator="readers",
+        )
+    assert set(registry.store.iter_oids()) == blobs
+    # a writer still stores and records
+    writer = team.person("writer")
+    assert writer.register_concept("writers-concept", pairs).record.version == 1

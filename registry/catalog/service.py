@@ -65,6 +65,8 @@ class Catalog:
     def __init__(self, db: Database, store: ObjectStore) -> None:
         self.db = db
         self.store = store
+        # A role its database will refuse stores no blob first (it would be left unreferenced).
+        store.before_new_blob = db.check_writable
 
     def __repr__(self) -> str:
         return f"Catalog(database={self.db.display_url!r}, store={self.store.display_url!r})"

@@ -194,6 +194,22 @@ class Database:
         with self.connected(), transaction(self.sql_engine, write=False) as session:
             yield session
 
+    def check_writable(self) -> None:
+        """Refuse (`DatabaseRefused`) a role that may not record anything here, before work
+        whose results it could not record: on PostgreSQL, a role without INSERT on
+        ``audit_events`` (every write records an event). SQLite: the file's owner writes."""
+        if self.sql_engine.dialect.name != "postgresql":
+            return
+        with self.read() as session:
+            may = session.scalar(text("SELECT has_table_privilege('audit_events', 'INSERT')"))
+            role = session.scalar(text("SELECT current_user"))
+        if not may:
+            raise DatabaseRefused(
+                self.display_url,
+                f"role {role} may not write to this registry (it has no INSERT on audit_events;"
+                " the owner grants crx_writer with `crx db user NAME --role writer`)",
+            )
+
     def write(self, operation: Callable[[Session], T], *, deletes_blobs: bool = False) -> T:
         """Run ``operation`` in one write transaction, again from the start on a uniqueness race.
 

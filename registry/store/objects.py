@@ -19,7 +19,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +89,10 @@ class ObjectStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.display_url = redact(url)  # safe to show: any password replaced
+        # Called before a blob that is not yet stored is written: the catalogue sets it to
+        # refuse a writer its database will refuse anyway (a read-only role), so a refused
+        # command leaves no blob behind (`crx.registry.catalog.service.Catalog`).
+        self.before_new_blob: Callable[[], None] | None = None
         local_root = _local_root(url)
         self.is_local = local_root is not None
         if local_root is not None:
@@ -184,6 +188,8 @@ class ObjectStore:
         oid = sha256_hex(data)
         if self.status(oid) is BlobStatus.OK:
             return oid
+        if self.before_new_blob is not None:
+            self.before_new_blob()
         self._write(oid, data)
         return oid
 
