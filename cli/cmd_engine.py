@@ -8,6 +8,7 @@ from crx.cli.context import json_option, registry
 from crx.cli.progress import Reporter, quiet_option
 from crx.cli.render import alpha_cell, emit_json, emit_table
 from crx.registry.errors import InvalidInput
+from crx.schemas.spec import MAX_BATCH_SIZE
 
 # α is relative to the layer's mean residual norm unless --absolute; --normalize, which asked
 # for relative α when absolute was the default, is kept so old scripts run unchanged.
@@ -53,7 +54,13 @@ def _alphas(text: str) -> list[float]:
     show_default=True,
     help="Read the last token or the mean over tokens.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=MAX_BATCH_SIZE),
+    default=32,
+    show_default=True,
+    help="Prompts per forward pass.",
+)
 @click.option("--force", is_flag=True, help="Recompute even if this vector exists.")
 @quiet_option
 @json_option
@@ -124,7 +131,13 @@ def extract(
     type=click.Choice(["float32", "float64"]),
     help="Dtype of the ridge sweep's per-pair products (default float32; lstsq-svd: float64).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=MAX_BATCH_SIZE),
+    default=32,
+    show_default=True,
+    help="Prompts per forward pass.",
+)
 @click.option("--force", is_flag=True, help="Fit again even if identical maps exist.")
 @quiet_option
 @json_option

@@ -277,12 +277,17 @@ class ModelSpec(_Spec):
         return f"model:{self.name}"
 
 
+#: The most prompts in one forward pass: more is no batch any model here runs, and a spec or a
+#: command line that asks for it is refused up front (`crx diff` as `crx apply` and the CLI).
+MAX_BATCH_SIZE = 4096
+
+
 class ExtractionSpec(_Spec):
     """How a concept's vector is extracted (``crx extract``)."""
 
     method: Literal["mean", "pca"] = "mean"
     token: Literal["last", "mean"] = "last"
-    batch_size: Annotated[int, Field(ge=1)] = 32
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] = 32
 
 
 class ConceptSpec(_Spec):

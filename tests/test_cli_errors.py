@@ -339,6 +339,22 @@ BAD_INPUT: dict[str, Callable[[World], Bad]] = {
         f"models:\n  - {{name: fam, path: {w.model_dir}, family: {'f' * 101}}}\n",
         "models[0].family: it is longer than 100 characters (101)",
     ),
+    # diff refuses what apply would refuse after its slow part (found by the hostile campaign)
+    "a spec transplant at a layer the target lacks": lambda w: _spec_bad(
+        w,
+        "transplants:\n  - {concept: joy, source: tiny, target: tiny-b, layer: 99}\n",
+        "layer 99 is out of range for tiny-b (2 layers)",
+    ),
+    "a spec transplant with no map into its target": lambda w: _spec_bad(
+        w,
+        "transplants:\n  - {concept: joy, source: tiny-b, target: tiny}\n",
+        "no map from tiny-b to tiny: declare one under maps",
+    ),
+    "a spec batch_size of 40 digits": lambda w: _spec_bad(
+        w,
+        f"concepts:\n  - {{name: joy, pairs: {w.pairs}, extraction: {{batch_size: {'9' * 40}}}}}\n",
+        "less than or equal to 4096",
+    ),
     "a spec whose alias contains itself": lambda w: Bad(
         ["diff", str(w.file("rec.yaml", "models: &a [*a]\n"))], "a recursive alias"
     ),

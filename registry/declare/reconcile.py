@@ -605,8 +605,23 @@ def _diff_transplant(
     name = parse_versioned(spec.concept)[0]
     compute = [f"transplant {spec.concept} {spec.source} -> {spec.target}"]
     create = Change(key=spec.key, kind="transplant", action="create", compute=compute, where=where)
+    # What apply would refuse after its slow part, diff refuses now: a layer the target does
+    # not have, and no map into the target (none registered at that layer, none declared).
+    n_layers = _layer_count(out, snapshot, spec.target)
+    if spec.layer is not None and n_layers is not None and not 0 <= spec.layer < n_layers:
+        raise InvalidInput(
+            f"{where}: layer {spec.layer} is out of range for {spec.target} ({n_layers} layers)"
+        )
+    declared = _map_keys_into(out, spec.source, spec.target)
+    if not declared and not choose_maps(
+        snapshot.maps_between(spec.source, spec.target), layer=spec.layer, solver=None
+    ):
+        at = "" if spec.layer is None else f" at layer {spec.layer}"
+        raise InvalidInput(
+            f"{where}: no map from {spec.source} to {spec.target}{at}: declare one under maps"
+        )
     version = _concept_version(out, snapshot, spec.concept, where)
-    upstream = [f"extraction:{name}:{spec.source}", *_map_keys_into(out, spec.source, spec.target)]
+    upstream = [f"extraction:{name}:{spec.source}", *declared]
     if version is None or any(out.pending(k) for k in upstream):
         return create
     source = _source_vector(out, snapshot, version, name, spec.source)
