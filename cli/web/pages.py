@@ -173,11 +173,18 @@ def stylesheet() -> FileResponse:
     return FileResponse(HERE / "static" / "crx.css", media_type="text/css")
 
 
-def _model_rows(reg: Registry, models: list[Any]) -> list[dict[str, Any]]:
+def _model_rows(
+    reg: Registry, models: list[Any], vectors: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    """Per model: its concepts (with versions) that have vectors, its aliases and prod;
+    ``vectors`` are the one model's vectors when the caller has them already."""
     rows = []
     for m in models:
         by_concept: dict[str, set[int]] = defaultdict(set)
-        for v in reg.list_vectors(model=m.name, limit=None).items:
+        listed = (
+            vectors if vectors is not None else reg.list_vectors(model=m.name, limit=None).items
+        )
+        for v in listed:
             by_concept[v.concept].add(v.concept_version)
         aliases = reg.list_aliases(model=m.name)
         rows.append(
@@ -207,8 +214,8 @@ def models_page(request: Request, reg: Reg, after: int | None = None) -> Respons
 @router.get("/models/{name}")
 def model_page(request: Request, reg: Reg, name: str) -> Response:
     model = reg.get_model(name)
-    [row] = _model_rows(reg, [model])
     vectors = reg.list_vectors(model=name, limit=None).items
+    [row] = _model_rows(reg, [model], vectors)
     pairs: dict[tuple[str, str], int] = defaultdict(int)
     for m in [
         *reg.list_maps(source=name, limit=None).items,
