@@ -23,6 +23,15 @@ normalize_option = click.option(
     help="No-op, kept for old scripts: α is relative to the residual norm by default.",
 )
 
+# extract and fit read their prompts in batches of the same bound (a spec's batch_size too).
+batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=MAX_BATCH_SIZE),
+    default=32,
+    show_default=True,
+    help="Prompts per forward pass.",
+)
+
 
 def _relative(absolute: bool, normalize: bool) -> bool:
     if absolute and normalize:
@@ -54,13 +63,7 @@ def _alphas(text: str) -> list[float]:
     show_default=True,
     help="Read the last token or the mean over tokens.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1, max=MAX_BATCH_SIZE),
-    default=32,
-    show_default=True,
-    help="Prompts per forward pass.",
-)
+@batch_size_option
 @click.option("--force", is_flag=True, help="Recompute even if this vector exists.")
 @quiet_option
 @json_option
@@ -131,13 +134,7 @@ def extract(
     type=click.Choice(["float32", "float64"]),
     help="Dtype of the ridge sweep's per-pair products (default float32; lstsq-svd: float64).",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1, max=MAX_BATCH_SIZE),
-    default=32,
-    show_default=True,
-    help="Prompts per forward pass.",
-)
+@batch_size_option
 @click.option("--force", is_flag=True, help="Fit again even if identical maps exist.")
 @quiet_option
 @json_option
