@@ -23,7 +23,7 @@ from crx.registry.catalog.paging import DEFAULT_LIMIT, page
 from crx.registry.db import migrate
 from crx.registry.db.session import Database
 from crx.registry.db.tables import SqlAuditEvent
-from crx.registry.errors import InvalidInput, TensorShapeError
+from crx.registry.errors import InvalidInput, NoVectorOn, TensorShapeError
 from crx.registry.models.facts import read_model_facts
 from crx.registry.store import ObjectStore, sha256_hex
 from crx.registry.store.maintenance import (
@@ -214,6 +214,19 @@ class Catalog:
             return None
         with self.db.read() as session:
             return concepts.find_alias(session, name, alias, model).vector_id
+
+    def vector_for(self, concept_ref: str, model: str) -> VectorRecord:
+        """The vector ``CONCEPT[@V|@ALIAS]`` names on ``model``: its alias's vector, else the
+        newest vector of that version there (`NoVectorOn` when there is none)."""
+        record = self.get_model(model)
+        aliased = self.aliased_vector(concept_ref, record.name)
+        if aliased is not None:
+            return self.get_vector(aliased)
+        concept = self.get_concept(concept_ref, record.name)
+        found = self.find_vector(concept, record)
+        if found is None:
+            raise NoVectorOn(concept.ref, record.name)
+        return found
 
     def concept_versions(self, name: str) -> list[ConceptVersionRecord]:
         with self.db.read() as session:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crx.registry.errors import InvalidInput, NoVectorOn
+from crx.registry.errors import InvalidInput
 from crx.registry.hashing import canonical_json
 from crx.registry.inputs import MIB, read_bytes
 from crx.registry.progress import Progress, StagedProgress, offset, one_step, staged
@@ -327,12 +327,7 @@ def evaluate(
     if task not in TASKS:
         raise InvalidInput(f"task must be one of {', '.join(TASKS)}, not {task!r}")
     if vector_id is None:
-        vector_id = catalog.aliased_vector(concept_ref, record.name)
-    if vector_id is None:
-        found = catalog.find_vector(concept, record)
-        if found is None:
-            raise NoVectorOn(concept.ref, record.name)
-        vector_id = found.id
+        vector_id = catalog.vector_for(concept_ref, record.name).id
     if task == "truthfulqa":
         if data is None:
             raise InvalidInput("--task truthfulqa needs --data FILE")

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crx.registry.engine.steer import strength
-from crx.registry.errors import InvalidInput, NoVectorOn
+from crx.registry.errors import InvalidInput
 from crx.registry.interop import export_gguf, export_safetensors
 from crx.registry.outputs import atomic_output
 from crx.registry.resolve.alpha import best_alpha
@@ -66,15 +66,7 @@ def resolve_vector(ws: Workspace, ref: str | int, model: str | None) -> VectorRe
         raise InvalidInput(
             f"{ref} names a concept: say on which model (--model M), or give a vector id"
         )
-    record = catalog.get_model(model)
-    aliased = catalog.aliased_vector(str(ref), record.name)
-    if aliased is not None:
-        return catalog.get_vector(aliased)
-    concept = catalog.get_concept(str(ref), record.name)
-    found = catalog.find_vector(concept, record)
-    if found is None:
-        raise NoVectorOn(concept.ref, record.name)
-    return found
+    return catalog.vector_for(str(ref), model)
 
 
 def _fact(row: EvaluationRecord) -> EvaluationFact:
