@@ -139,6 +139,10 @@ async def _clients(
         async def client(number: int) -> None:
             rng = random.Random(seed * 1000 + number)
             turn = number  # clients start on different routes
+            if think:
+                # Each client starts at a random point of its think cycle, as users arrive
+                # over time (a load tool's ramp-up), not all in the run's first millisecond.
+                await asyncio.sleep(rng.uniform(0, 2 * think))
             while time.perf_counter() < deadline:
                 route = ROUTES[turn % len(ROUTES)]
                 turn += 1

@@ -4,10 +4,17 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
 from crx.cli.context import State, registry
+from crx.cli.web import DEFAULT_THREADS, THREADS_VARIABLE
+
+if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
 
 # Longer than the idle time of common HTTP clients' pools (httpx and requests keep 5 s), so the
 # server does not close a connection at the moment a client reuses it (a client's ReadError
@@ -26,7 +33,14 @@ KEEP_ALIVE_S = 30
     show_default=True,
     help="Worker processes (each opens its own connections to the registry).",
 )
-def serve(host: str, port: int, workers: int) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=DEFAULT_THREADS,
+    show_default=True,
+    help="Requests each worker runs at once (more only help a slow database's waits).",
+)
+def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the registry as a web catalogue (pages at /) and a JSON API (/api/..., docs at
     /docs) until interrupted.
 
@@ -42,7 +56,7 @@ def serve(host: str, port: int, workers: int) -> None:
     Example:
       crx serve --port 8000          # then open http://127.0.0.1:8000/
       curl 'http://127.0.0.1:8000/api/models'
-      curl 'http://127.0.0.1:8000/api/plan?target=gemma3-270m&concept=happiness'
+      curl 'http://127.0.0.1:8000/api/plan?target=gemma3-270m&concept=sadness'
       crx --db postgresql://crx_web@db/crx serve --host 0.0.0.0
     """
     import uvicorn
@@ -53,11 +67,11 @@ def serve(host: str, port: int, workers: int) -> None:
     # the embedded default it also creates the registry once, before any worker starts.
     reg.list_models(limit=1)
     click.echo(f"crx serve: database {reg.db.display_url}, store {reg.store.display_url}", err=True)
-    if workers == 1:
-        from crx.cli.web.app import create_app
+    from crx.cli.web.app import create_app
 
+    if workers == 1:
         uvicorn.run(
-            create_app(reg),
+            create_app(reg, threads),
             host=host,
             port=port,
             log_level="info",
@@ -71,16 +85,54 @@ def serve(host: str, port: int, workers: int) -> None:
     for name, value in (
         ("CRX_DATABASE_URL", state.database_url),
         ("CRX_STORE_URL", state.store_url),
+        (THREADS_VARIABLE, str(threads)),
     ):
         if value:
             os.environ[name] = value
     reg.close()
-    uvicorn.run(
-        "crx.cli.web.app:from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        timeout_keep_alive=KEEP_ALIVE_S,
+    _run_workers(
+        uvicorn.Config(
+            "crx.cli.web.app:from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     )
+
+
+def _run_workers(config: uvicorn.Config) -> None:
+    """What ``uvicorn.run(..., workers=N)`` does, on `listening_socket`'s socket."""
+    import inspect
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    sock = listening_socket(config)
+    server = uvicorn.Server(config)
+    # Multiprocess took the worker's target until uvicorn 0.5x; newer ones make their own.
+    if "target" in inspect.signature(Multiprocess).parameters:
+        Multiprocess(config, target=server.run, sockets=[sock]).run()  # type: ignore[call-arg]
+    else:
+        Multiprocess(config, sockets=[sock]).run()
+
+
+def listening_socket(config: uvicorn.Config) -> socket.socket:
+    """The workers' shared socket, bound by uvicorn, with Nagle's algorithm off for every
+    connection it accepts.
+
+    uvicorn binds it with ``proto=0``; accepted connections inherit that and asyncio sets
+    ``TCP_NODELAY`` only on ``IPPROTO_TCP`` sockets, so with several workers every keep-alive
+    response waited ~40 ms for the client's delayed ACK (uvicorn issue #3149). The same
+    socket, re-wrapped with its true protocol, gets ``TCP_NODELAY`` again.
+    """
+    import socket
+
+    bound = config.bind_socket()
+    if bound.family not in (socket.AF_INET, socket.AF_INET6) or bound.proto != 0:
+        return bound
+    sock = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
+    sock.set_inheritable(True)
+    return sock

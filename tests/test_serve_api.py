@@ -537,6 +537,44 @@ def test_two_workers_serve_the_same_registry(tmp_path: Path, sqlite_template: Pa
     assert "Traceback" not in text
 
 
+def test_the_workers_socket_turns_nagle_off_for_each_connection() -> None:
+    """uvicorn's own socket for ``--workers N`` leaves Nagle on (its issue #3149): each
+    keep-alive response then waits ~40 ms for the client's delayed ACK. The socket crx serve
+    hands its workers must give every accepted connection ``TCP_NODELAY``, as asyncio sets it
+    on an ``IPPROTO_TCP`` socket."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from crx.cli.cmd_serve import listening_socket
+
+    config = uvicorn.Config("crx.cli.web.app:from_environment", host="127.0.0.1", port=0)
+    # uvicorn's bare socket: the case the fix is for (proto 0, so no TCP_NODELAY)
+    assert config.bind_socket().proto == 0
+    sock = listening_socket(config)
+    assert sock.proto == socket.IPPROTO_TCP
+    assert sock.get_inheritable()
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Report(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted = transport.get_extra_info("socket")
+                seen.set_result(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Report, sock=sock)
+        async with server:
+            _reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
 def test_a_database_that_goes_away_is_a_503(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:

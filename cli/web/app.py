@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from fastapi import FastAPI
 
-from crx.cli.web import api, errors, pages, writes
+from crx.cli.web import DEFAULT_THREADS, THREADS_VARIABLE, api, errors, pages, writes
 
 if TYPE_CHECKING:
     from crx.registry import Registry
@@ -51,11 +51,15 @@ def _version() -> str:
         return "0"
 
 
-def create_app(registry: Registry) -> FastAPI:
-    """The app serving ``registry`` (closed when the app shuts down)."""
+def create_app(registry: Registry, threads: int = DEFAULT_THREADS) -> FastAPI:
+    """The app serving ``registry`` (closed when the app shuts down), running at most
+    ``threads`` requests at once."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        from anyio.to_thread import current_default_thread_limiter
+
+        current_default_thread_limiter().total_tokens = threads
         yield
         registry.close()
 
@@ -83,7 +87,10 @@ def create_app(registry: Registry) -> FastAPI:
 
 def from_environment() -> FastAPI:
     """uvicorn's factory for worker processes: the registry of ``CRX_DATABASE_URL`` /
-    ``CRX_STORE_URL`` (else the embedded default), as `crx serve` set them."""
+    ``CRX_STORE_URL`` (else the embedded default) and the threads of ``CRX_SERVE_THREADS``,
+    as `crx serve` set them."""
+    import os
+
     from crx.registry import Registry
 
-    return create_app(Registry())
+    return create_app(Registry(), int(os.environ.get(THREADS_VARIABLE, DEFAULT_THREADS)))

@@ -45,19 +45,31 @@ def is_protected(session: Session, name: str) -> bool:
 
 def to_record(session: Session, row: SqlAlias) -> AliasRecord:
     concept = session.get_one(SqlConcept, row.concept_id)
-    version = session.get_one(SqlConceptVersion, row.concept_version_id)
-    return AliasRecord(
-        id=row.id,
+    return _record(
+        row,
         concept=concept.name,
         model=session.get_one(SqlModel, row.model_id).name,
-        name=row.name,
-        ref=f"{concept.name}@{row.name}",
-        concept_version=version.version,
-        concept_version_ref=f"{concept.name}@{version.version}",
-        vector_id=row.vector_id,
-        vector_oid=session.get_one(SqlVector, row.vector_id).oid,
-        revision=row.revision,
+        version=session.get_one(SqlConceptVersion, row.concept_version_id).version,
+        oid=session.get_one(SqlVector, row.vector_id).oid,
         protected=is_protected(session, row.name),
+    )
+
+
+def _record(
+    row: Any, *, concept: str, model: str, version: int, oid: str, protected: bool
+) -> AliasRecord:
+    return AliasRecord(
+        id=row.id,
+        concept=concept,
+        model=model,
+        name=row.name,
+        ref=f"{concept}@{row.name}",
+        concept_version=version,
+        concept_version_ref=f"{concept}@{version}",
+        vector_id=row.vector_id,
+        vector_oid=oid,
+        revision=row.revision,
+        protected=protected,
         action=row.action,
         actor=row.actor,
         label=row.label,
@@ -265,12 +277,37 @@ def delete(
 def listing(
     session: Session, *, model: str | None = None, concept: str | None = None
 ) -> list[AliasRecord]:
-    query = select(SqlAlias).order_by(SqlAlias.model_id, SqlAlias.concept_id, SqlAlias.name)
+    # One joined query, not four lookups per alias: a model page lists hundreds.
+    query = (
+        select(
+            SqlAlias,
+            SqlConcept.name,
+            SqlModel.name,
+            SqlConceptVersion.version,
+            SqlVector.oid,
+        )
+        .join(SqlConcept, SqlConcept.id == SqlAlias.concept_id)
+        .join(SqlModel, SqlModel.id == SqlAlias.model_id)
+        .join(SqlConceptVersion, SqlConceptVersion.id == SqlAlias.concept_version_id)
+        .join(SqlVector, SqlVector.id == SqlAlias.vector_id)
+        .order_by(SqlAlias.model_id, SqlAlias.concept_id, SqlAlias.name)
+    )
     if model is not None:
         query = query.where(SqlAlias.model_id == models.find(session, model).id)
     if concept is not None:
         query = query.where(SqlAlias.concept_id == concept_named(session, concept).id)
-    return [to_record(session, row) for row in session.scalars(query)]
+    governed = {PROTECTED_ALIAS, *session.scalars(select(SqlPolicy.alias).distinct())}
+    return [
+        _record(
+            row,
+            concept=concept_name,
+            model=model_name,
+            version=version,
+            oid=oid,
+            protected=row.name in governed,
+        )
+        for row, concept_name, model_name, version, oid in session.execute(query)
+    ]
 
 
 def history(
