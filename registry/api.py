@@ -165,6 +165,7 @@ class Registry:
     get_vector = _catalog(Catalog.get_vector)
     load_vector = _catalog(Catalog.load_vector)
     list_vectors = _catalog(Catalog.list_vectors)
+    concepts_on = _catalog(Catalog.concepts_on)
 
     # maps
     save_map = _catalog(Catalog.save_map)

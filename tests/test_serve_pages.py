@@ -109,6 +109,42 @@ def test_models_page(site: Served) -> None:
     assert {"/models", "/concepts", "/maps", "/audit", "/docs", "/openapi.json"} <= links(text)
 
 
+def test_models_page_reads_its_summary_in_bulk_and_cuts_long_lists(
+    site: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list reads every model's concepts and aliases in two queries (`concepts_on`,
+    `list_aliases(models=...)`), the same as one model at a time; past ``SHOWN_PER_MODEL``
+    it shows the first ones and links the model's page for the rest."""
+    from fastapi.testclient import TestClient
+
+    from crx.cli.web import pages
+    from crx.cli.web.app import create_app
+
+    reg = site.reg
+    names = [m.name for m in reg.list_models().items]
+    summary = reg.concepts_on([*names, "no-such-model"])
+    for name in names:
+        one_by_one: dict[str, set[int]] = {}
+        for v in reg.list_vectors(model=name, limit=None).items:
+            one_by_one.setdefault(v.concept, set()).add(v.concept_version)
+        assert summary[name] == {c: sorted(vs) for c, vs in sorted(one_by_one.items())}
+    assert summary["no-such-model"] == {}
+    assert reg.list_aliases(models=["tiny", "tiny-b"]) == [
+        a for a in reg.list_aliases() if a.model in ("tiny", "tiny-b")
+    ]
+    assert reg.list_aliases(models=["tiny"]) == reg.list_aliases(model="tiny")
+    assert reg.list_aliases(models=[]) == []
+
+    monkeypatch.setattr(pages, "SHOWN_PER_MODEL", 1)
+    with TestClient(create_app(reg)) as client:
+        text = client.get("/models").text
+    tiny = rows(element(text, "models"))[0]
+    assert tiny[8] == "calm (v1) and 1 more"
+    assert '<a class="more" href="/models/tiny">and 1 more</a>' in text
+    # the model's own page still lists them all
+    assert "joy@staging" in page(site, "/models/tiny")
+
+
 def test_model_page(site: Served) -> None:
     reg, f = site.reg, site.facts
     text = page(site, "/models/tiny")

@@ -49,6 +49,8 @@ CSRF_COOKIE = "crx_csrf"
 _CSRF_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,64}")
 ACTION_PATHS = ("/actions/approve", "/actions/reject", "/actions/promote")
 PAGE_SIZE = 50
+# Concepts and aliases the models list shows per model; the model's own page has them all.
+SHOWN_PER_MODEL = 12
 PAIRS_PREVIEW = 5
 #: What a page says after a form's write (the 303 names the action, never free text).
 DONE = {"approve": "approved", "reject": "rejected", "promote": "promoted"}
@@ -173,29 +175,23 @@ def stylesheet() -> FileResponse:
     return FileResponse(HERE / "static" / "crx.css", media_type="text/css")
 
 
-def _model_rows(
-    reg: Registry, models: list[Any], vectors: list[Any] | None = None
-) -> list[dict[str, Any]]:
-    """Per model: its concepts (with versions) that have vectors, its aliases and prod;
-    ``vectors`` are the one model's vectors when the caller has them already."""
-    rows = []
-    for m in models:
-        by_concept: dict[str, set[int]] = defaultdict(set)
-        listed = (
-            vectors if vectors is not None else reg.list_vectors(model=m.name, limit=None).items
-        )
-        for v in listed:
-            by_concept[v.concept].add(v.concept_version)
-        aliases = reg.list_aliases(model=m.name)
-        rows.append(
-            {
-                "model": m,
-                "concepts": {c: sorted(vs) for c, vs in sorted(by_concept.items())},
-                "aliases": aliases,
-                "prod": [a for a in aliases if a.name == PROTECTED_ALIAS],
-            }
-        )
-    return rows
+def _model_rows(reg: Registry, models: list[Any]) -> list[dict[str, Any]]:
+    """Per model: its concepts (with versions) that have vectors, its aliases and prod; two
+    queries for the whole page, whatever its number of models and vectors."""
+    names = [m.name for m in models]
+    concepts = reg.concepts_on(names)
+    by_model: dict[str, list[Any]] = defaultdict(list)
+    for alias in reg.list_aliases(models=names):
+        by_model[alias.model].append(alias)
+    return [
+        {
+            "model": m,
+            "concepts": concepts[m.name],
+            "aliases": by_model[m.name],
+            "prod": [a for a in by_model[m.name] if a.name == PROTECTED_ALIAS],
+        }
+        for m in models
+    ]
 
 
 @router.get("/")
@@ -207,6 +203,7 @@ def models_page(request: Request, reg: Reg, after: int | None = None) -> Respons
         "models.html",
         title="Models",
         rows=_model_rows(reg, page.items),
+        shown=SHOWN_PER_MODEL,
         next_after=page.next_after,
     )
 
@@ -215,7 +212,7 @@ def models_page(request: Request, reg: Reg, after: int | None = None) -> Respons
 def model_page(request: Request, reg: Reg, name: str) -> Response:
     model = reg.get_model(name)
     vectors = reg.list_vectors(model=name, limit=None).items
-    [row] = _model_rows(reg, [model], vectors)
+    [row] = _model_rows(reg, [model])
     pairs: dict[tuple[str, str], int] = defaultdict(int)
     for m in [
         *reg.list_maps(source=name, limit=None).items,

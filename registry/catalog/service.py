@@ -432,6 +432,11 @@ class Catalog:
         with self.db.read() as session:
             return vectors.listing(session, limit=limit, after=after, concept=concept, model=model)
 
+    def concepts_on(self, models: Sequence[str]) -> dict[str, dict[str, list[int]]]:
+        """Per model name: the concepts that have a vector on it, with those versions."""
+        with self.db.read() as session:
+            return vectors.concepts_on(session, models)
+
     # -- maps ---------------------------------------------------------------------------
 
     def save_map(

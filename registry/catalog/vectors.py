@@ -241,3 +241,21 @@ def listing(
         return [to_record(*row) for row in rows]
 
     return page(session, statement, SqlVector.id, convert, limit=limit, after=after)
+
+
+def concepts_on(session: Session, models: Sequence[str]) -> dict[str, dict[str, list[int]]]:
+    """Per model of ``models``: the concepts with a vector on it, each with its versions
+    that have one (sorted); one grouped query, however many vectors there are."""
+    rows = session.execute(
+        select(SqlModel.name, SqlConcept.name, SqlConceptVersion.version)
+        .join(SqlVector, SqlVector.model_id == SqlModel.id)
+        .join(SqlConceptVersion, SqlVector.concept_version_id == SqlConceptVersion.id)
+        .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
+        .where(SqlModel.name.in_(list(models)))
+        .group_by(SqlModel.name, SqlConcept.name, SqlConceptVersion.version)
+        .order_by(SqlModel.name, SqlConcept.name, SqlConceptVersion.version)
+    )
+    found: dict[str, dict[str, list[int]]] = {name: {} for name in models}
+    for model, concept, version in rows:
+        found[model].setdefault(concept, []).append(version)
+    return found

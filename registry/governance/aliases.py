@@ -10,6 +10,7 @@ refuses a protected move to a vector without approvals.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
@@ -275,7 +276,11 @@ def delete(
 
 
 def listing(
-    session: Session, *, model: str | None = None, concept: str | None = None
+    session: Session,
+    *,
+    model: str | None = None,
+    concept: str | None = None,
+    on_models: Sequence[str] | None = None,
 ) -> list[AliasRecord]:
     # One joined query, not four lookups per alias: a model page lists hundreds.
     query = (
@@ -296,6 +301,8 @@ def listing(
         query = query.where(SqlAlias.model_id == models.find(session, model).id)
     if concept is not None:
         query = query.where(SqlAlias.concept_id == concept_named(session, concept).id)
+    if on_models is not None:
+        query = query.where(SqlModel.name.in_(list(on_models)))
     governed = {PROTECTED_ALIAS, *session.scalars(select(SqlPolicy.alias).distinct())}
     return [
         _record(

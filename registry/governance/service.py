@@ -9,6 +9,8 @@ aliases whatever the client does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy.orm import Session
 
 from crx.registry.catalog.paging import DEFAULT_LIMIT
@@ -117,10 +119,16 @@ class Governance:
         )
 
     def list_aliases(
-        self, *, model: str | None = None, concept: str | None = None
+        self,
+        *,
+        model: str | None = None,
+        concept: str | None = None,
+        models: Sequence[str] | None = None,
     ) -> list[AliasRecord]:
+        """The aliases, by model, concept and name; only ``model``'s (or those on any of
+        ``models``, names that are not models match nothing) and ``concept``'s if given."""
         with self.db.read() as session:
-            return aliases.listing(session, model=model, concept=concept)
+            return aliases.listing(session, model=model, concept=concept, on_models=models)
 
     def alias_history(
         self,
