@@ -18,7 +18,6 @@ README after a change of output).
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +58,6 @@ def own_server() -> Iterator[PostgresServer]:
 def test_the_readme_governance_walkthrough_runs_as_written(
     own_server: PostgresServer,
     model_dirs: dict[str, Path],
-    pairs_file: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -72,7 +70,6 @@ def test_the_readme_governance_walkthrough_runs_as_written(
 
     work = tmp_path / "work"
     work.mkdir()
-    shutil.copy(pairs_file, work / "happiness.json")
     (work / "neutral.txt").write_text("\n".join(CORPUS) + "\n")
     variables = {
         "OWNER": url("postgres"),
