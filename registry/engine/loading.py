@@ -388,7 +388,17 @@ def load_model(
     except CrxError:
         raise
     except Exception as exc:
-        raise ModelLoadError(label, _first_line(exc)) from None
+        why = _first_line(exc)
+        if not gguf_file and not Path(path).expanduser().exists():  # a hub id
+            from crx.registry.models.hub import offline
+
+            why += (
+                " (HF_HUB_OFFLINE is set: only the local Hugging Face cache is read; unset it "
+                "to download)"
+                if offline()
+                else " (without the hub, HF_HUB_OFFLINE=1 loads from the local cache)"
+            )
+        raise ModelLoadError(label, why) from None
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

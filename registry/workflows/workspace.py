@@ -2,6 +2,7 @@
 
 A model is loaded once per workspace (the facade keeps one for its lifetime) and checked against
 its registered shape, so a folder changed after registration is an error, not a wrong vector.
+A hub model loads at its registered commit, its config and tokenizer hashes checked first.
 Every load uses the workspace's one `LoadSettings` (device, dtype, memory budget, offload
 folder): set them once with `use`, and every workflow step loads the same way.
 """
@@ -46,11 +47,16 @@ class Workspace:
         a model already loaded reports nothing.
         """
         from crx.registry.engine.loading import LoadSettings, load_model, plan_load
+        from crx.registry.models.facts import check_hub_pins, is_hub_id
 
         record = model if isinstance(model, ModelRecord) else self.catalog.get_model(model)
         if record.name not in self._loaded:
             # Resolved before the stage starts, so its name says where the model goes.
             plan = plan_load(self.settings or LoadSettings())
+            if record.revision and record.gguf_file is None and is_hub_id(record.path):
+                check_hub_pins(
+                    record.path, record.revision, record.config_sha256, record.tokenizer_sha256
+                )
             loaded = load_model(
                 record.path,
                 name=record.name,
