@@ -65,6 +65,7 @@ def load_options(f: F) -> F:
     options = [
         click.option(
             "--device",
+            metavar="auto|cpu|cuda|cuda:N|mps",
             help="auto (default: CUDA if torch sees it, else cpu), cpu, cuda (every GPU, "
             "accelerate's device_map), cuda:N or mps.",
         ),
@@ -145,6 +146,7 @@ def extract(
     \b
     Example:
       crx extract happiness --model smollm2-135m-instruct
+      crx extract happiness --model llama-70b --device cuda --max-memory 0=76GiB,1=76GiB,cpu=64GiB
     """
     progress = Reporter(quiet=quiet)
     result = registry().extract(
