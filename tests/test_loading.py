@@ -71,7 +71,9 @@ def test_bfloat16_loads_bf16_and_extracts_close_to_float32(
     result = w.ok(*args)
     # The progress line says where and as what the model loaded.
     assert "loading src (cpu, bfloat16)" in result.stderr
-    half = _array(w, json.loads(result.stdout)["record"]["id"])
+    record = json.loads(result.stdout)["record"]
+    assert record["settings"]["loaded"] == "cpu, bfloat16"  # recorded with the vector
+    half = _array(w, record["id"])
     with w.registry() as reg:
         reg.use_loading(dtype="bfloat16")
         loaded = reg.load_model("src")
