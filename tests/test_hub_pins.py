@@ -102,3 +102,21 @@ def test_an_id_missing_from_the_offline_cache_names_hf_hub_offline(
     assert "'org/absent'" in line
     with Registry(w.db, str(w.store)) as reg:
         assert reg.list_models(limit=0).items == []
+
+
+def test_weights_missing_from_the_offline_cache_name_hf_hub_offline(
+    sqlite_world: World, model_dirs: dict[str, Path]
+) -> None:
+    # Registration reads only the config and tokenizer; the weights are needed at load time.
+    w = sqlite_world
+    cache = _hub_cache(w.tmp, model_dirs["llama"])
+    for weights in (cache / "models--org--tiny" / "snapshots" / COMMIT).glob("*.safetensors"):
+        weights.unlink()
+    assert _crx(w, cache, "register", "model", "hubby", "--path", "org/tiny").returncode == 0
+    with Registry(w.db, str(w.store)) as reg:
+        reg.register_concept("happiness", PAIRS)
+    line = _one_error(_crx(w, cache, "extract", "happiness", "--model", "hubby"))
+    assert line.startswith("Error: cannot load model hubby: "), line
+    assert "HF_HUB_OFFLINE is set" in line, line
+    with Registry(w.db, str(w.store)) as reg:
+        assert reg.list_vectors(limit=0).items == []
