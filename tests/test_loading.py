@@ -163,7 +163,7 @@ def test_bad_loading_options_are_one_error_line_and_change_nothing(
     assert snapshot(w) == before
 
 
-def test_offload_folder_that_is_a_file_is_refused(sqlite_world: World, tmp_path: Path) -> None:
+def test_offload_folder_that_is_a_file_is_refused(tmp_path: Path) -> None:
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
     with pytest.raises(InvalidInput, match="is not a folder"):
