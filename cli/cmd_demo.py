@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from crx.cli.cmd_engine import load_options
 from crx.cli.context import json_option, registry
 from crx.cli.progress import Reporter, quiet_option
 from crx.cli.render import emit_json, emit_table
@@ -27,6 +28,7 @@ from crx.cli.render import emit_json, emit_table
     default=None,
     help="Folder for the plot (default $CRX_HOME/demo).",
 )
+@load_options
 @quiet_option
 @json_option
 def demo(emotions: tuple[str, ...], out_dir: str | None, quiet: bool, as_json: bool) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
 import click
 
 from crx.cli.context import json_option, registry
@@ -9,6 +13,8 @@ from crx.cli.progress import Reporter, quiet_option
 from crx.cli.render import alpha_cell, emit_json, emit_table
 from crx.registry.errors import InvalidInput
 from crx.schemas.spec import MAX_BATCH_SIZE
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # α is relative to the layer's mean residual norm unless --absolute; --normalize, which asked
 # for relative α when absolute was the default, is kept so old scripts run unchanged.
@@ -31,6 +37,60 @@ batch_size_option = click.option(
     show_default=True,
     help="Prompts per forward pass.",
 )
+
+
+def load_options(f: F) -> F:
+    """``--device``, ``--dtype``, ``--max-memory``, ``--offload-folder``: where and as what the
+    command loads its models (one `LoadSettings` on the registry, used by every load).
+
+    The command itself never sees them: they are set on the registry before it runs, and a
+    device torch cannot use is refused then, before anything is loaded or recorded.
+    """
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        device: str | None,
+        dtype: str | None,
+        max_memory: str | None,
+        offload_folder: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        if (device, dtype, max_memory, offload_folder) != (None, None, None, None):
+            registry().use_loading(
+                device=device, dtype=dtype, max_memory=max_memory, offload_folder=offload_folder
+            )
+        return f(*args, **kwargs)
+
+    options = [
+        click.option(
+            "--device",
+            metavar="auto|cpu|cuda|cuda:N|mps",
+            help="auto (default: CUDA if torch sees it, else cpu), cpu, cuda (every GPU, "
+            "accelerate's device_map), cuda:N or mps.",
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["float32", "bfloat16", "float16"]),
+            help="Weights' dtype (default: bfloat16 on CUDA, float32 elsewhere; float16 on a "
+            "CPU works but is slow).",
+        ),
+        click.option(
+            "--max-memory",
+            metavar="BUDGET",
+            help="Memory per device for accelerate, e.g. 0=20GiB,1=20GiB,cpu=64GiB: only the "
+            "devices named are used, the rest goes to --offload-folder.",
+        ),
+        click.option(
+            "--offload-folder",
+            type=click.Path(file_okay=False),
+            help="Folder for the weights that fit in no device's memory (accelerate's offload).",
+        ),
+    ]
+    decorated: Any = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return cast(F, decorated)
 
 
 def _relative(absolute: bool, normalize: bool) -> bool:
@@ -64,6 +124,7 @@ def _alphas(text: str) -> list[float]:
     help="Read the last token or the mean over tokens.",
 )
 @batch_size_option
+@load_options
 @click.option("--force", is_flag=True, help="Recompute even if this vector exists.")
 @quiet_option
 @json_option
@@ -85,6 +146,7 @@ def extract(
     \b
     Example:
       crx extract happiness --model smollm2-135m-instruct
+      crx extract happiness --model llama-70b --device cuda --max-memory 0=76GiB,1=76GiB,cpu=64GiB
     """
     progress = Reporter(quiet=quiet)
     result = registry().extract(
@@ -135,6 +197,7 @@ def extract(
     help="Dtype of the ridge sweep's per-pair products (default float32; lstsq-svd: float64).",
 )
 @batch_size_option
+@load_options
 @click.option("--force", is_flag=True, help="Fit again even if identical maps exist.")
 @quiet_option
 @json_option
@@ -204,6 +267,7 @@ def fit(
     type=click.Path(dir_okay=False),
     help="Carry out a plan from `crx plan -o` instead (every concept in it).",
 )
+@load_options
 @json_option
 def transplant(
     concept: str | None,
@@ -288,6 +352,7 @@ def transplant(
     help="Also draw FILE.png: α against the primary metric for every vector of the concept "
     "evaluated on this model and dataset (earlier runs included), the base model as a line.",
 )
+@load_options
 @quiet_option
 @json_option
 def evaluate(
@@ -384,6 +449,7 @@ def evaluate(
 @absolute_option
 @normalize_option
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
+@load_options
 @json_option
 def generate(
     prompt: str,

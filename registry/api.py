@@ -15,7 +15,7 @@ database transaction for all rows plus their audit event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import MethodType
@@ -43,7 +43,7 @@ from crx.schemas.records import (
 if TYPE_CHECKING:
     import numpy as np  # only `steer` takes an array; the read commands never import numpy
 
-    from crx.registry.engine.loading import LoadedModel
+    from crx.registry.engine.loading import LoadedModel, LoadSettings
     from crx.registry.workflows.demo import DemoResult
     from crx.registry.workflows.demo import Estimate as DemoEstimate
     from crx.registry.workflows.pull import PullResult
@@ -224,9 +224,32 @@ class Registry:
 
     # -- the ConTrans steps (torch; imported on first use) --------------------------------
 
-    def load_model(self, name: str, *, device: str | None = None) -> LoadedModel:
-        """Load a registered model for hooks (`LoadedModel`), cached for this registry object."""
-        return self.workspace.load(name, device=device)
+    def use_loading(
+        self,
+        settings: LoadSettings | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_memory: str | Mapping[Any, Any] | None = None,
+        offload_folder: str | Path | None = None,
+    ) -> LoadSettings:
+        """Load every model from now on with ``settings`` (or those built from the text
+        fields, ``max_memory="0=20GiB,cpu=64GiB"``): device, dtype, memory budget, offload
+        folder; see `crx.registry.engine.loading.LoadSettings`. A device torch cannot use is
+        refused now, before anything loads or is recorded."""
+        from crx.registry.engine.loading import LoadSettings
+
+        if settings is None:
+            settings = LoadSettings.parse(
+                device=device, dtype=dtype, max_memory=max_memory, offload_folder=offload_folder
+            )
+        self.workspace.use(settings)
+        return settings
+
+    def load_model(self, name: str) -> LoadedModel:
+        """Load a registered model for hooks (`LoadedModel`), cached for this registry object;
+        where and as what: `use_loading` (default: CPU float32; CUDA bf16)."""
+        return self.workspace.load(name)
 
     def extract(self, concept_ref: str, model: str, **options: Any) -> Registered[VectorRecord]:
         """Extract (or reuse) a concept vector on a model; see `crx.registry.workflows.extract`."""

@@ -6,12 +6,12 @@
 - `Stage`: ``(stage)``, a stage announced once (``crx apply``'s compute steps).
 
 Library code never prints: it calls these, and the caller renders them. A stage's name starts
-with a word that says what it counts (`unit`): ``load NAME`` (steps), ``states NAME`` (corpus
-lines), ``extract C on M`` (texts), ``fit S -> T (...)`` (solver steps: a source layer or a
-map), ``transplant ...`` (maps), ``norm M@L`` (steps), ``evaluate ...`` (items: prompts or
-questions, over every α), ``download`` (packages), ``assemble`` and ``verify`` (bytes). A
-stage starts with ``done`` 0 (or what was already done) and ends with ``done == total``; the
-same name may start again later (a second fit), from a lower count.
+with a word that says what it counts (`unit`): ``load NAME (WHERE, DTYPE)`` (steps),
+``states NAME`` (corpus lines), ``extract C on M`` (texts), ``fit S -> T (...)`` (solver steps:
+a source layer or a map), ``transplant ...`` (maps), ``norm M@L`` (steps), ``evaluate ...``
+(items: prompts or questions, over every α), ``download`` (packages), ``assemble`` and
+``verify`` (bytes). A stage starts with ``done`` 0 (or what was already done) and ends with
+``done == total``; the same name may start again later (a second fit), from a lower count.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from crx.registry.engine.capture import residual_states
-from crx.registry.engine.loading import LoadedModel, load_model
+from crx.registry.engine.loading import LoadedModel, LoadSettings, load_model
 from crx.registry.errors import InvalidInput
 from tests.tiny_models import TEXTS, no_hooks, single_pass_blocks
 
@@ -48,7 +48,7 @@ def test_residual_states_batch_size_does_not_matter(llama: LoadedModel) -> None:
 def test_residual_states_are_block_outputs(model_dirs: dict[str, Path], which: str) -> None:
     # A copy of its own: output_hidden_states makes transformers 5 install permanent forward
     # hooks on the blocks, and the shared models must stay hook-free for the steering tests.
-    loaded = load_model(str(model_dirs[which]), device="cpu")
+    loaded = load_model(str(model_dirs[which]), settings=LoadSettings(device="cpu"))
     text = TEXTS[1]
     ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
     with torch.inference_mode():

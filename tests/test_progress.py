@@ -76,9 +76,9 @@ def test_fit_extract_evaluate_report_increasing_counts(
     reg.fit("src", "tgt", corpus=corpus_file, batch_size=8, progress=seen)
     stages = seen.by_stage()
     assert list(stages) == [
-        "load src",
+        "load src (cpu, float32)",  # the stage says where and as what the model loads
         "states src",
-        "load tgt",
+        "load tgt (cpu, float32)",
         "states tgt",
         "fit src -> tgt (ridge, auto)",
     ]
@@ -89,7 +89,7 @@ def test_fit_extract_evaluate_report_increasing_counts(
     assert n_lines >= 20
     assert len(stages["states src"]) == -(-n_lines // 8)  # after every batch of 8 lines
     assert stages["fit src -> tgt (ridge, auto)"][-1] == (4 + 3, 4 + 3)  # 4 sources, 3 maps
-    assert stages["load src"] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert stages["load src (cpu, float32)"] == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
     # A second fit (another solver) reuses the states and reports only its own stage.
     again = Recorder()
@@ -272,9 +272,9 @@ def test_commands_report_each_stage_on_stderr(
                for line in lines), lines  # fmt: skip
     done = [line.split(" ... ")[0] for line in lines if " ... done (" in line]
     assert done[:5] == [
-        "loading src",
+        "loading src (cpu, float32)",
         "corpus states of src",
-        "loading tgt",
+        "loading tgt (cpu, float32)",
         "corpus states of tgt",
         "fit src -> tgt (ridge, auto)",
     ]

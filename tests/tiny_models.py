@@ -23,7 +23,7 @@ import torch
 from crx.registry import Registry
 from crx.registry.engine.emotion import EMOTIONS, six_shot_prefix
 from crx.registry.engine.layers import block_output
-from crx.registry.engine.loading import LoadedModel, load_model
+from crx.registry.engine.loading import LoadedModel, LoadSettings, load_model
 from crx.registry.engine.steer import steer
 from crx.registry.pairs import ContrastPair
 
@@ -191,12 +191,12 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def llama(model_dirs: dict[str, Path]) -> LoadedModel:
-    return load_model(str(model_dirs["llama"]), name="llama", device="cpu")
+    return load_model(str(model_dirs["llama"]), name="llama", settings=LoadSettings(device="cpu"))
 
 
 @pytest.fixture(scope="session")
 def gpt2(model_dirs: dict[str, Path]) -> LoadedModel:
-    return load_model(str(model_dirs["gpt2"]), name="gpt2", device="cpu")
+    return load_model(str(model_dirs["gpt2"]), name="gpt2", settings=LoadSettings(device="cpu"))
 
 
 @pytest.fixture

@@ -87,7 +87,8 @@ def register(
     if role is not None and role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     wanted: dict[str, Any] = {field: getattr(facts, field) for field in _FACT_FIELDS}
-    wanted.update(revision=revision, family=family, role=role, tags=tags)
+    # A hub id's revision is the commit it resolved to, whatever branch or tag was asked for.
+    wanted.update(revision=facts.revision or revision, family=family, role=role, tags=tags)
     row = session.scalar(select(SqlModel).where(SqlModel.name == name))
     if row is None:
         stamp = now()

@@ -163,8 +163,9 @@ def _compute_extractions(work: Work) -> None:
                 continue
             work.stage(f"extract {name} on {model}")
             ex = dc.spec.extraction
+            loaded = work.load(model)
             array = extraction.compute(
-                work.load(model),
+                loaded,
                 dc.pairs,
                 template=dc.spec.template,
                 method=ex.method,
@@ -186,6 +187,7 @@ def _compute_extractions(work: Work) -> None:
                     batch_size=ex.batch_size,
                     n_pairs=len(dc.pairs),
                     template=dc.spec.template,
+                    loaded=loaded.label,
                 ),
             )
 

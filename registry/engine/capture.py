@@ -87,15 +87,18 @@ def residual_states(
                     prefix_sums[layer] = hidden[0].double().sum(dim=0)
                 return
             batch = state["batch"]
+            # A model spread over devices (accelerate's device_map) runs each block where it
+            # sits: read the batch's positions there, and the states come back to the CPU.
             if token == "last":
                 rows = torch.arange(hidden.shape[0], device=hidden.device)
-                picked = hidden[rows, batch.last]
+                picked = hidden[rows, batch.last.to(hidden.device)]
             else:
-                mask = batch.tail_mask.unsqueeze(-1).to(hidden.dtype)
+                tail_mask = batch.tail_mask.to(hidden.device)
+                mask = tail_mask.unsqueeze(-1).to(hidden.dtype)
                 total = (hidden * mask).double().sum(dim=1)
                 if prefix_length:
                     total = total + prefix_sums[layer]
-                picked = total / (batch.tail_mask.sum(dim=1, keepdim=True) + prefix_length)
+                picked = total / (tail_mask.sum(dim=1, keepdim=True) + prefix_length)
             out[state["rows"], slot[layer]] = picked.float().cpu()
             if layer == deepest:
                 raise _StopForward

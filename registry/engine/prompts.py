@@ -51,9 +51,12 @@ def read_next_tokens(
         )
         for done, (rows, batch) in enumerate(batches, start=1):
             hidden = model.base_model(**batch.inputs).last_hidden_state
-            logits = head(hidden[torch.arange(len(rows), device=device), batch.last]).float()
+            # the last block (and the head) may sit on another device than the inputs
+            at = hidden.device
+            picked = hidden[torch.arange(len(rows), device=at), batch.last.to(at)]
+            logits = head(picked).float()
             top1[rows] = logits.argmax(dim=-1).cpu()
-            chosen[rows] = logits[:, candidates].cpu()
+            chosen[rows] = logits[:, candidates.to(logits.device)].cpu()
             if progress is not None:
                 progress(min(done * batch_size, len(prompts)), len(prompts))
     return Readout(top1=top1, candidate_logits=chosen)

@@ -165,8 +165,9 @@ def residual_norm(loaded: Any, texts: Sequence[str], layer: int, *, batch_size: 
                     position_ids=position_ids_from_mask(mask),
                     use_cache=False,
                 )
-                norms = captured["hidden"].float().norm(dim=-1)  # [b, seq]
-                keep = mask.clone()
+                # on the CPU: the block may sit on another device than the inputs
+                norms = captured["hidden"].float().norm(dim=-1).cpu()  # [b, seq]
+                keep = mask.to("cpu", copy=True)
                 first = keep.int().argmax(dim=1)
                 keep[torch.arange(keep.shape[0]), first] = 0  # drop each text's first token
                 total += float((norms * keep).sum())

@@ -1,8 +1,9 @@
 """Facts about a model read from its config, never from its weights.
 
 Sources, in order: a local folder's ``config.json``; a GGUF file's metadata header (memory-mapped
-by the ``gguf`` package, tensors untouched); a hub id through ``transformers.AutoConfig`` (which
-needs the hub or its local cache). ``trust_remote_code`` stays off: a config is data.
+by the ``gguf`` package, tensors untouched); a hub id resolved to one commit (`crx.registry.models
+.hub`: the hub or, with ``HF_HUB_OFFLINE=1``, its local cache), whose config and tokenizer files
+are read and hashed like a folder's. ``trust_remote_code`` stays off: a config is data.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class ModelFacts:
     config_sha256: str | None
     tokenizer_sha256: str | None
     weights_sha256: str | None
+    revision: str | None = None  # a hub model's resolved commit
 
 
 def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
@@ -55,6 +57,11 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
 
 def _looks_local(path: str) -> bool:
     return path.startswith(("/", ".", "~")) or Path(path).expanduser().exists()
+
+
+def is_hub_id(path: str) -> bool:
+    """Whether a registered path names a hub model (not a local folder or file)."""
+    return not _looks_local(path)
 
 
 def read_model_facts(
@@ -202,27 +209,31 @@ def _from_gguf(folder: Path, gguf_file: str) -> ModelFacts:
 
 
 def _from_hub(hub_id: str, revision: str | None) -> ModelFacts:
-    try:
-        from transformers import AutoConfig
+    from dataclasses import replace
 
-        config = AutoConfig.from_pretrained(hub_id, revision=revision, trust_remote_code=False)
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInput(
-            f"cannot read the config of {hub_id!r} (not a local folder; the hub said: {first_line})"
-        ) from None
-    as_dict = config.to_dict()
-    n_layers, d_model, vocab = _shape_from_config(as_dict, hub_id)
-    architectures = as_dict.get("architectures") or [None]
-    return ModelFacts(
-        path=hub_id,
-        gguf_file=None,
-        architecture=architectures[0],
-        model_type=as_dict.get("model_type"),
-        n_layers=n_layers,
-        d_model=d_model,
-        vocab_size=vocab,
-        config_sha256=None,
-        tokenizer_sha256=None,
-        weights_sha256=None,
-    )
+    from crx.registry.models.hub import resolve
+
+    snapshot = resolve(hub_id, revision, ("config.json", *TOKENIZER_FILES))
+    facts = _from_folder(snapshot.folder)
+    return replace(facts, path=hub_id, revision=snapshot.commit)
+
+
+def check_hub_pins(hub_id: str, commit: str, config: str | None, tokenizer: str | None) -> None:
+    """Before loading ``hub_id`` at its registered ``commit``: its config and tokenizer files
+    must hash as registered (``config`` and ``tokenizer``, the recorded sha256s): a cache
+    edited by hand is refused, not loaded."""
+    from crx.registry.models.hub import resolve
+
+    snapshot = resolve(hub_id, commit, ("config.json", *TOKENIZER_FILES))
+    config_file = snapshot.folder / "config.json"
+    found = {
+        "config.json": file_sha256(config_file) if config_file.is_file() else None,
+        "tokenizer files": tokenizer_sha256(snapshot.folder),
+    }
+    wanted = {"config.json": config, "tokenizer files": tokenizer}
+    for what, digest in found.items():
+        if wanted[what] is not None and digest != wanted[what]:
+            raise InvalidInput(
+                f"{hub_id} at commit {commit}: its {what} hash {digest or 'nothing'}, but were "
+                f"registered as {wanted[what]}: re-register the model to accept the change"
+            )

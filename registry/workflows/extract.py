@@ -33,15 +33,17 @@ def check_method(method: str) -> str:
 
 
 def extraction_settings(
-    *, method: str, token: str, batch_size: int, n_pairs: int, template: str
+    *, method: str, token: str, batch_size: int, n_pairs: int, template: str, loaded: str
 ) -> dict[str, Any]:
-    """What a vector row records about how it was extracted."""
+    """What a vector row records about how it was extracted; ``loaded``: where and as what
+    the model ran (``"cpu, bfloat16"``), since a bf16 vector is not float32's."""
     return {
         "method": method,
         "token": token,
         "batch_size": batch_size,
         "n_pairs": n_pairs,
         "template": template,
+        "loaded": loaded,
     }
 
 
@@ -96,8 +98,9 @@ def extract(
         if existing is not None:
             return Registered[VectorRecord](record=existing, created=False)
     pairs = catalog.load_pairs(concept)
+    loaded = ws.load(record, progress=progress)
     array = compute(
-        ws.load(record, progress=progress),
+        loaded,
         pairs,
         template=concept.template,
         method=method,
@@ -119,5 +122,6 @@ def extract(
             batch_size=batch_size,
             n_pairs=len(pairs),
             template=concept.template,
+            loaded=loaded.label,
         ),
     )
