@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crx.registry.engine.fit.checks import as_states
+from crx.registry.engine.fit.checks import LayeredStates, as_states
 from crx.registry.engine.fit.lstsq import SvdSource
 from crx.registry.engine.fit.maps import FittedMap
 from crx.registry.engine.fit.metrics import COSINE_DEFINITION, R2_DEFINITION, held_out_metrics, r2
@@ -38,8 +38,8 @@ from crx.registry.progress import Progress
 
 
 def fit_pairs(
-    X: np.ndarray | torch.Tensor,
-    Y: np.ndarray | torch.Tensor,
+    X: np.ndarray | torch.Tensor | LayeredStates,
+    Y: np.ndarray | torch.Tensor | LayeredStates,
     pairs: list[tuple[int, int]] | str = "auto",
     *,
     solver: str = "ridge",
@@ -51,6 +51,10 @@ def fit_pairs(
     progress: Progress | None = None,
 ) -> list[FittedMap]:
     """Fit ``Y[:, lt] ≈ W · X[:, ls] + b`` for the chosen layer pairs.
+
+    ``X`` and ``Y``: ``[N, L, d]`` arrays or :class:`~.checks.LayeredStates` read a layer at a
+    time (per-layer shards on disk); either way the fit holds about one layer of each in
+    float64 at a time, and the results are the same.
 
     ``pairs``: an explicit list of ``(source block, target block)`` (maps come back in that
     order); ``"all"``: every pair, ordered by source then target block; ``"auto"``: for each
@@ -148,7 +152,8 @@ def _fit_auto(
     by_lambda = np.full((n_src, n_tgt, len(grid)), np.nan)
     for ls in range(n_src):
         source = _make_source(data, solver, ls)
-        scores = source.validation_scores(all_targets, grid)  # [n_tgt, n_grid]
+        # only the scores are kept of this pass: the chosen pairs are solved in the second
+        scores = source.validation_scores(all_targets, grid, keep=False)  # [n_tgt, n_grid]
         by_lambda[ls] = scores
         pick = pick_lambda(scores)
         val_r2[ls] = scores[np.arange(n_tgt), pick]
@@ -214,7 +219,7 @@ def _fit_source(
         if r2_val is None:
             r2_val = r2(*source.predict(wt, bias, lt, "val"))
         r2_test, mse, cosine = held_out_metrics(
-            *source.predict(wt, bias, lt, "test"), data.y_mean[lt]
+            *source.predict(wt, bias, lt, "test"), data.target(lt).mean
         )
         settings = dict(base_settings)
         settings.update(info)
