@@ -28,6 +28,10 @@ class SvdSource(Source):
         self.u, self.s, self.q = u[:, :rank], s[:rank], vh[:rank].T
         self.rank, self.cutoff = rank, cutoff
         self._g: dict[int, torch.Tensor] = {}
+        self._k: torch.Tensor | None = None
+
+    def forget(self, lt: int) -> None:
+        self._g.pop(lt, None)
 
     def _coords(self, lt: int) -> torch.Tensor:
         """``G = Uᵀ·Y_train`` for target ``lt``, ``[rank, dt]``."""
@@ -38,8 +42,11 @@ class SvdSource(Source):
     def validation_scores(
         self, targets: list[int], grid: tuple[float, ...], keep: bool = True
     ) -> np.ndarray:
-        # X_val·pinv(X_train) first ([n_val, n_train]): cheaper than forming every Wᵀ.
-        k = ((self.x_part["val"] @ self.q) / self.s) @ self.u.T
+        # X_val·pinv(X_train) first ([n_val, n_train]): cheaper than forming every Wᵀ; made
+        # once per source, it serves every target
+        if self._k is None:
+            self._k = ((self.x_part["val"] @ self.q) / self.s) @ self.u.T
+        k = self._k
         sse = torch.empty(len(targets), dtype=torch.float64)
         sst = torch.empty(len(targets), dtype=torch.float64)
         for i, lt in enumerate(targets):  # one target block at a time: bounded memory

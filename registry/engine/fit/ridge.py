@@ -47,6 +47,10 @@ class RidgeSource(Source):
         self.v_work = v.to(work)
         self.z_train = xc.to(work) @ self.v_work
         self._p: dict[int, torch.Tensor] = {}
+        self._val: tuple[tuple[float, ...], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def forget(self, lt: int) -> None:
+        self._p.pop(lt, None)
 
     def _shrink(self, lam: float) -> torch.Tensor:
         return 1.0 / (self.e + lam * self.scale)
@@ -71,11 +75,13 @@ class RidgeSource(Source):
         # so the grid costs O(ds²) per λ once ZᵀYc_t and P_t·P_tᵀ are formed: λ is nearly
         # free, where predicting the validation rows would cost n_val·ds·dt per λ and target.
         data = self.data
-        z = (self.x_part["val"] - self.x_mean) @ self.v  # [n_val, ds]
-        gram = z.T @ z
-        z_work = z.to(data.work)
-        shrink = torch.stack([self._shrink(lam) for lam in grid], dim=1)  # [ds, G]
-        blocks = _symmetric_blocks(z.shape[1])
+        if self._val is None or self._val[0] != grid:
+            # the validation rows in the eigenbasis serve every target: made once per source
+            z = (self.x_part["val"] - self.x_mean) @ self.v  # [n_val, ds]
+            shrink = torch.stack([self._shrink(lam) for lam in grid], dim=1)  # [ds, G]
+            self._val = (grid, z.T @ z, z.to(data.work), shrink)
+        _, gram, z_work, shrink = self._val
+        blocks = _symmetric_blocks(z_work.shape[1])
         out = torch.empty(len(targets), len(grid), dtype=torch.float64)
         sst = torch.empty(len(targets), dtype=torch.float64)
         for i, lt in enumerate(targets):

@@ -87,7 +87,8 @@ class Data:
         work: torch.dtype = torch.float64,
     ) -> None:
         self.xs, self.ys, self.work = xs, ys, work
-        self.n_src, self.n_tgt, self.dt = xs.shape[1], ys.shape[1], ys.shape[2]
+        self.n_src, self.n_tgt = xs.shape[1], ys.shape[1]
+        self.ds, self.dt = xs.shape[2], ys.shape[2]
         self.idx = {
             "train": torch.from_numpy(tr),
             "val": torch.from_numpy(va),
@@ -131,6 +132,9 @@ class Source:
 
     def train_r2(self, lt: int, lam: float) -> float:
         raise NotImplementedError
+
+    def forget(self, lt: int) -> None:
+        """Drop what was kept for target block ``lt`` (it is not asked for again)."""
 
     def predict(
         self, wt: torch.Tensor, bias: torch.Tensor | None, lt: int, part: str
