@@ -148,13 +148,15 @@ def fit_pairs(
 #: How much memory the source layers factorised together may take. The target layers stream
 #: past a block of sources one at a time (each read and converted to float64 once per block),
 #: so a bigger block reads the targets fewer times; results do not depend on it.
-SOURCE_BLOCK_BYTES = 256 * 2**20
+SOURCE_BLOCK_BYTES = 128 * 2**20
 
 
 def source_blocks(data: Data, layers: list[int]) -> list[list[int]]:
     """``layers`` cut into runs whose sources fit in :data:`SOURCE_BLOCK_BYTES` together."""
     n, ds = data.n_train + data.n_val + data.n_test, data.ds
-    per_source = 8 * (2 * n * ds + 2 * ds * ds)  # float64 rows, centred rows, eigenbasis, Gram
+    # about what a source keeps: its rows (training ones as float32 in the eigenbasis, the
+    # held-out ones in float64), the eigenbasis in two dtypes and the validation Gram matrix
+    per_source = 8 * n * ds + 8 * 3 * ds * ds
     size = max(1, SOURCE_BLOCK_BYTES // per_source)
     return [layers[i : i + size] for i in range(0, len(layers), size)]
 

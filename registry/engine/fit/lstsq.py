@@ -27,6 +27,7 @@ class SvdSource(Source):
         rank = int((s > cutoff).sum())
         self.u, self.s, self.q = u[:, :rank], s[:rank], vh[:rank].T
         self.rank, self.cutoff = rank, cutoff
+        del self.x_part["train"]  # u, s and q hold what is needed of it: less memory per source
         self._g: dict[int, torch.Tensor] = {}
         self._k: torch.Tensor | None = None
 

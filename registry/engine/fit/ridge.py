@@ -46,6 +46,7 @@ class RidgeSource(Source):
         #: training rows in the eigenbasis (z_trainᵀ z_train = n·diag(e)), in the work dtype
         self.v_work = v.to(work)
         self.z_train = xc.to(work) @ self.v_work
+        del self.x_part["train"]  # z_train holds what is needed of it: less memory per source
         self._p: dict[int, torch.Tensor] = {}
         self._val: tuple[tuple[float, ...], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
