@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+NEW: Path | None = None  # --new: a folder holding the new code as crx/ (default: this one's)
 STEPS = (("scratch", "auto"), ("cached", "auto"), ("cached", "pair"), ("scratch", "pair"))
 
 
@@ -83,6 +84,8 @@ def run_fit(
     env.pop("PYTHONPATH", None)
     if code == "old":
         env["PYTHONPATH"] = str(old)
+    elif NEW is not None:
+        env["PYTHONPATH"] = str(NEW)
     cmd = [sys.executable, "-m", "crx", "fit", "--source", source, "--target", target]
     cmd += ["--pairs", pairs, "--force", "-q", "--json"]
     start = time.perf_counter()
@@ -186,6 +189,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", type=Path, help="a folder holding the old code as crx/")
     ap.add_argument(
+        "--new", type=Path, help="a folder holding the new code as crx/ (default: ours)"
+    )
+    ap.add_argument(
         "--home",
         type=Path,
         action="append",
@@ -212,6 +218,8 @@ def main() -> None:
         list(STEPS) if args.steps == "all" else [tuple(s.split()) for s in args.steps.split(",")]
     )
     where = Path(tempfile.mkdtemp(prefix="fit-memory-", dir=args.work))
+    global NEW
+    NEW = args.new
     import crx
 
     results: dict[str, Any] = {
@@ -223,7 +231,7 @@ def main() -> None:
             "loadavg_start": os.getloadavg()[0],
         },
         "old_code": str(args.old / "crx"),
-        "new_code": str(Path(crx.__file__).parent),
+        "new_code": str(args.new / "crx") if args.new else str(Path(crx.__file__).parent),
         "pairs": [],
     }
     try:
