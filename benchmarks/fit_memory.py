@@ -78,7 +78,7 @@ def fresh_home(registry: Path, cache_from: Path | None, where: Path) -> Path:
 
 
 def run_fit(
-    code: str, old: Path, home: Path, source: str, target: str, pairs: str
+    code: str, old: Path, home: Path, source: str, target: str, pairs: str, corpus: Path | None
 ) -> dict[str, Any]:
     env = dict(os.environ, CRX_HOME=str(home), OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
@@ -88,6 +88,7 @@ def run_fit(
         env["PYTHONPATH"] = str(NEW)
     cmd = [sys.executable, "-m", "crx", "fit", "--source", source, "--target", target]
     cmd += ["--pairs", pairs, "--force", "-q", "--json"]
+    cmd += [] if corpus is None else ["--corpus", str(corpus)]
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -110,7 +111,12 @@ def run_fit(
 
 
 def measure(
-    spec: str, old: Path, registry: Path, where: Path, steps: list[tuple[str, str]]
+    spec: str,
+    old: Path,
+    registry: Path,
+    where: Path,
+    steps: list[tuple[str, str]],
+    corpus: Path | None,
 ) -> dict[str, Any]:
     source, target, ls, lt = spec.split(":")
     pair = f"{ls}:{lt}"
@@ -122,7 +128,8 @@ def measure(
             if states == "cached" and cache is None:
                 raise SystemExit("a cached step needs the scratch auto step before it")
             home = fresh_home(registry, cache, where)
-            result = run_fit(code, old, home, source, target, "auto" if pairs == "auto" else pair)
+            wanted = "auto" if pairs == "auto" else pair
+            result = run_fit(code, old, home, source, target, wanted, corpus)
             if states == "scratch" and pairs == "auto":
                 caches[code] = home  # kept: the cached steps start from its states
             else:
@@ -203,6 +210,13 @@ def main() -> None:
         "--steps", default="all", help="all, or a comma list like 'scratch auto,cached auto'"
     )
     ap.add_argument("--work", type=Path, default=None, help="where the temporary homes go")
+    ap.add_argument(
+        "--lines",
+        type=int,
+        default=None,
+        help="fit on the first N lines of the default corpus (default: all 2,000)",
+    )
+    ap.add_argument("--merge", action="store_true", help="add to the pairs already in --out")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "fit_memory.json")
     ap.add_argument("--render", type=Path)
     args = ap.parse_args()
@@ -234,10 +248,27 @@ def main() -> None:
         "new_code": str(args.new / "crx") if args.new else str(Path(crx.__file__).parent),
         "pairs": [],
     }
+    corpus = None
+    if args.lines is not None:
+        from crx.registry.workflows.corpus import load_corpus
+
+        corpus = where / "corpus.txt"
+        corpus.write_text("\n".join(load_corpus(None)[0][: args.lines]) + "\n", encoding="utf-8")
+        results["corpus_lines"] = args.lines
+    if args.merge and args.out.exists():
+        earlier = json.loads(args.out.read_text())
+        results["pairs"] = earlier["pairs"]
+        results["earlier_runs"] = [
+            {"command": earlier["command"], "machine": earlier["machine"]},
+            *earlier.get("earlier_runs", []),
+        ]
     try:
         for spec, home in zip(args.pair, homes, strict=True):
-            base = base_home(home, where)
-            results["pairs"].append(measure(spec, args.old, base, where, steps))  # type: ignore[arg-type]
+            base, load = base_home(home, where), os.getloadavg()[0]
+            row = measure(spec, args.old, base, where, steps, corpus)  # type: ignore[arg-type]
+            row["corpus_lines"] = args.lines or 2000
+            row["loadavg_start_end"] = [load, os.getloadavg()[0]]
+            results["pairs"].append(row)
             results["machine"]["loadavg_end"] = os.getloadavg()[0]
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(
