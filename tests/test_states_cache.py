@@ -191,12 +191,14 @@ def test_a_killed_capture_leaves_no_shard_that_reads_as_complete(
     oid = registry.store.put(raw)
     folder = states_folder(src, oid)
     folder.mkdir(parents=True)
-    done = subprocess.run([sys.executable, "-c", KILLED, str(folder)], check=False)
-    assert done.returncode == -9  # killed mid-write, as a machine losing power would
-    assert [p.name for p in folder.iterdir()] == ["layer-002.safetensors.partial"]
-    assert (folder / "layer-002.safetensors.partial").stat().st_size > 40 * 32 * 4
+    killed = subprocess.Popen([sys.executable, "-c", KILLED, str(folder)])
+    assert killed.wait() == -9  # killed mid-write, as a machine losing power would
+    (partial,) = folder.iterdir()
+    assert partial.name == f"layer-002.safetensors.{killed.pid}.partial"
+    assert partial.stat().st_size > 40 * 32 * 4  # preallocated: its size says nothing
     assert cached_states(src, oid) is None  # a partial shard is no shard
 
+    # The next capture of that layer removes the dead process's file and writes a whole shard.
     states = corpus_states(registry.workspace, src, lines, oid, layers=[2])
     assert sorted(p.name for p in folder.iterdir()) == ["layer-002.safetensors"]
     full = residual_states(registry.load_model("src"), lines, layers=[2])

@@ -151,6 +151,10 @@ def corpus_states(
         )
         for writer in writers.values():
             writer.commit()
+    except BaseException:
+        for writer in writers.values():
+            writer.discard()
+        raise
     finally:
         for writer in writers.values():
             writer.close()

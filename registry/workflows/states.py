@@ -7,9 +7,10 @@ with one file per decoder block, ``layer-012.safetensors`` (one float32 tensor `
 - a capture writes each batch's rows straight into a preallocated shard at their offsets (a
   safetensors file is 8 bytes of header length, a JSON header, then the raw little-endian
   data), so the whole ``[n, L, d]`` tensor never exists;
-- a shard is written as ``layer-012.safetensors.partial``, fsynced, then renamed: a killed
-  capture leaves ``.partial`` files that are never read and are overwritten next time, never a
-  shard that reads as complete;
+- a shard is written as ``layer-012.safetensors.PID.partial``, fsynced, then renamed: a killed
+  capture leaves ``.partial`` files that are never read (and are removed by the next capture of
+  that layer), never a shard that reads as complete; two processes capturing the same layer
+  write their own files and the last rename wins, with the same content;
 - a reader (:class:`CachedStates`) loads one layer when asked for it;
 - a capture runs only the layers not cached yet (a later fit needing more layers computes only
   the missing ones, in one pass stopping after the deepest of them).
@@ -51,12 +52,26 @@ def _header(n_rows: int, d_model: int) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+def _running(pid: str) -> bool:
+    """Whether process ``pid`` (from a ``.partial`` name) still runs on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 class ShardWriter:
     """One layer's shard, filled row by row at its offsets, then committed (fsync, rename)."""
 
     def __init__(self, folder: Path, layer: int, n_rows: int, d_model: int) -> None:
         self.final = folder / shard_name(layer)
-        self.temp = folder / (shard_name(layer) + _PARTIAL)
+        self.temp = folder / f"{shard_name(layer)}.{os.getpid()}{_PARTIAL}"
+        for stale in folder.glob(f"{shard_name(layer)}.*{_PARTIAL}"):
+            if not _running(stale.name.split(".")[-2]):
+                stale.unlink(missing_ok=True)  # left by a killed capture
         self.n_rows, self.row_bytes = n_rows, d_model * 4
         head = _header(n_rows, d_model)
         self.data_start = len(head)
@@ -85,6 +100,11 @@ class ShardWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def discard(self) -> None:
+        """Close and remove the unfinished file (a capture that failed)."""
+        self.close()
+        self.temp.unlink(missing_ok=True)
 
 
 class CachedStates:
