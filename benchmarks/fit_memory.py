@@ -77,6 +77,58 @@ def fresh_home(registry: Path, cache_from: Path | None, where: Path) -> Path:
     return home
 
 
+def synthetic_caches(registry: Path, where: Path, models: tuple[str, ...]) -> dict[str, Path]:
+    """Homes whose caches hold random states of the models' shapes on the default corpus: the
+    old single file for "old", per-layer shards for "new" (the same numbers in both).
+
+    For a fit from cached states of a pair too slow to capture here; the memory and time of a fit
+    from the cache do not depend on the values.
+    """
+    import numpy as np
+
+    from crx import Registry
+    from crx.registry.store.objects import sha256_hex
+    from crx.registry.workflows.corpus import _states_path, load_corpus, states_folder
+    from crx.registry.workflows.states import ShardWriter
+
+    lines, raw = load_corpus(None)
+    oid, n = sha256_hex(raw), len(lines)
+    homes = {code: fresh_home(registry, None, where) for code in ("old", "new")}
+    saved = os.environ.get("CRX_HOME")
+    rng = np.random.default_rng(0)
+    try:
+        for name in models:
+            os.environ["CRX_HOME"] = str(homes["old"])
+            reg = Registry()
+            record = reg.get_model(name)
+            reg.close()
+            from safetensors.numpy import save_file
+
+            shape = (n, record.n_layers, record.d_model)
+            # a residual stream's large per-dimension offset, then unit noise
+            states = rng.standard_normal(shape, dtype=np.float32)
+            states += rng.normal(scale=4.0, size=(1, record.n_layers, record.d_model)).astype(
+                np.float32
+            )
+            legacy = _states_path(record, oid)
+            legacy.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"states": states}, str(legacy))
+            os.environ["CRX_HOME"] = str(homes["new"])
+            folder = states_folder(record, oid)
+            folder.mkdir(parents=True, exist_ok=True)
+            for layer in range(record.n_layers):
+                writer = ShardWriter(folder, layer, n, record.d_model)
+                writer.write(range(n), states[:, layer])
+                writer.commit()
+            del states
+    finally:
+        if saved is None:
+            os.environ.pop("CRX_HOME", None)
+        else:
+            os.environ["CRX_HOME"] = saved
+    return homes
+
+
 def run_fit(
     code: str, old: Path, home: Path, source: str, target: str, pairs: str, corpus: Path | None
 ) -> dict[str, Any]:
@@ -117,10 +169,11 @@ def measure(
     where: Path,
     steps: list[tuple[str, str]],
     corpus: Path | None,
+    synthetic: bool = False,
 ) -> dict[str, Any]:
     source, target, ls, lt = spec.split(":")
     pair = f"{ls}:{lt}"
-    caches: dict[str, Path] = {}
+    caches = synthetic_caches(registry, where, (source, target)) if synthetic else {}
     rows: list[dict[str, Any]] = []
     for states, pairs in steps:
         for code in ("old", "new"):
@@ -217,6 +270,11 @@ def main() -> None:
         help="fit on the first N lines of the default corpus (default: all 2,000)",
     )
     ap.add_argument("--merge", action="store_true", help="add to the pairs already in --out")
+    ap.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="cached steps only, from random states of the models' shapes (no capture)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "fit_memory.json")
     ap.add_argument("--render", type=Path)
     args = ap.parse_args()
@@ -231,6 +289,8 @@ def main() -> None:
     steps = (
         list(STEPS) if args.steps == "all" else [tuple(s.split()) for s in args.steps.split(",")]
     )
+    if args.synthetic and any(states == "scratch" for states, _ in steps):
+        ap.error("--synthetic measures cached steps only: give --steps 'cached auto,cached pair'")
     where = Path(tempfile.mkdtemp(prefix="fit-memory-", dir=args.work))
     global NEW
     NEW = args.new
@@ -265,8 +325,9 @@ def main() -> None:
     try:
         for spec, home in zip(args.pair, homes, strict=True):
             base, load = base_home(home, where), os.getloadavg()[0]
-            row = measure(spec, args.old, base, where, steps, corpus)  # type: ignore[arg-type]
+            row = measure(spec, args.old, base, where, steps, corpus, args.synthetic)  # type: ignore[arg-type]
             row["corpus_lines"] = args.lines or 2000
+            row["states"] = "synthetic (random, seed 0)" if args.synthetic else "real"
             row["loadavg_start_end"] = [load, os.getloadavg()[0]]
             results["pairs"].append(row)
             results["machine"]["loadavg_end"] = os.getloadavg()[0]
