@@ -225,7 +225,8 @@ def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def render(results: dict[str, Any]) -> None:
     print(f"machine: {results['machine']}")
     for pair in results["pairs"]:
-        print(f"\n{pair['source']} -> {pair['target']}")
+        states = f"{pair.get('corpus_lines', 2000)} lines, {pair.get('states', 'real')} states"
+        print(f"\n{pair['source']} -> {pair['target']} ({states})")
         print(
             "| states | pairs | old peak RSS | new peak RSS | new/old | old s | new s | same oids |"
         )
