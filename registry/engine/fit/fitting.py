@@ -53,8 +53,9 @@ def fit_pairs(
     """Fit ``Y[:, lt] ≈ W · X[:, ls] + b`` for the chosen layer pairs.
 
     ``X`` and ``Y``: ``[N, L, d]`` arrays or :class:`~.checks.LayeredStates` read a layer at a
-    time (per-layer shards on disk); either way the fit holds about one layer of each in
-    float64 at a time, and the results are the same.
+    time (per-layer shards on disk); either way the fit holds one target layer in float64 and
+    a block of factorised source layers (:data:`SOURCE_BLOCK_BYTES`) at a time, and the results
+    are the same bit for bit.
 
     ``pairs``: an explicit list of ``(source block, target block)`` (maps come back in that
     order); ``"all"``: every pair, ordered by source then target block; ``"auto"``: for each

@@ -73,7 +73,8 @@ class Data:
 
     A source layer is read when a :class:`Source` is made for it; a target layer when a solver
     asks for it, converted to float64 once (:class:`Target`) and kept until another target
-    layer is asked for, so the fit holds one layer of each model at a time, never ``[n, L, d]``.
+    layer is asked for, so the fit holds one target layer and the sources it has made (a block
+    of them, `fitting.source_blocks`), never ``[n, L, d]``.
     ``work`` is the dtype of the per-pair products.
     """
 
