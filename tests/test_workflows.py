@@ -101,8 +101,12 @@ def test_contrans_extract_fit_transplant(
         "auto",
         "explicit",
     }
-    # A second fit reuses the cached corpus states (one file per model) and the same rows.
-    assert len(list((crx_home() / "cache" / "states").glob("*.safetensors"))) == 2
+    # A second fit reuses the cached corpus states (one shard per layer, a folder per model).
+    cached = sorted((crx_home() / "cache" / "states").glob("*/layer-*.safetensors"))
+    assert sorted(p.name for p in cached) == sorted(
+        [f"layer-{i:03d}.safetensors" for i in range(4)]
+        + [f"layer-{i:03d}.safetensors" for i in range(3)]
+    )
     reg.fit("src", "tgt", corpus=corpus_file, pairs="1:2")
     assert counts(reg)[2] == 16
 
@@ -210,13 +214,13 @@ def test_corpus_states_are_cached_per_model_not_per_config(
     assert a.config_sha256 == b.config_sha256
     lines, raw = load_corpus(corpus_file)
     oid = reg.store.put(raw)
-    states_a = corpus_states(reg.workspace, a, lines, oid)
-    states_b = corpus_states(reg.workspace, b, lines, oid)
+    states_a = corpus_states(reg.workspace, a, lines, oid).tensor()
+    states_b = corpus_states(reg.workspace, b, lines, oid).tensor()
     fresh_b = residual_states(reg.load_model(b), lines)
     torch.testing.assert_close(states_b, fresh_b, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(states_a, states_b, atol=1e-2)
-    # Cached: a second call reads the file, with the same numbers.
-    assert torch.equal(corpus_states(reg.workspace, b, lines, oid), states_b)
+    # Cached: a second call reads the shards, with the same numbers.
+    assert torch.equal(corpus_states(reg.workspace, b, lines, oid).tensor(), states_b)
 
 
 def test_contrans_bad_input_registers_nothing(

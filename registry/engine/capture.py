@@ -45,8 +45,14 @@ def residual_states(
     padding_side: str = "right",
     share_prefix: bool = True,
     progress: Progress | None = None,
+    sink: Callable[[Any, int, Any], None] | None = None,
 ) -> Any:
     """States of each text at each requested block: float32 tensor ``[n_texts, n_layers, d]``.
+
+    With ``sink``, nothing is gathered and None is returned: each batch's states at each block
+    go to ``sink(rows, layer, states)`` as they are read (``rows``: the batch's text indices,
+    ``states``: float32 ``[len(rows), d]`` on the CPU), so memory is one batch, not
+    ``[n_texts, n_layers, d]`` (the corpus cache writes them to per-layer shards).
 
     ``layers`` defaults to every block; ``token`` is ``"last"`` (the last non-pad token) or
     ``"mean"`` (the mean over non-pad tokens, the shared prefix's included). Neither
@@ -75,7 +81,11 @@ def residual_states(
     prefix_length = shared_prefix_length(encoded) if share_prefix else 0
     deepest = max(wanted)
     slot = {layer: k for k, layer in enumerate(wanted)}
-    out = torch.empty((len(texts), len(wanted), loaded.d_model), dtype=torch.float32)
+    out = (
+        None
+        if sink is not None
+        else torch.empty((len(texts), len(wanted), loaded.d_model), dtype=torch.float32)
+    )
     state: dict[str, Any] = {}  # the batch being read; none yet during the prefix's pass
     prefix_sums: dict[int, Any] = {}  # per block, the sum of the prefix tokens' states
 
@@ -99,7 +109,11 @@ def residual_states(
                 if prefix_length:
                     total = total + prefix_sums[layer]
                 picked = total / (tail_mask.sum(dim=1, keepdim=True) + prefix_length)
-            out[state["rows"], slot[layer]] = picked.float().cpu()
+            if out is None:
+                assert sink is not None
+                sink(state["rows"], layer, picked.float().cpu())
+            else:
+                out[state["rows"], slot[layer]] = picked.float().cpu()
             if layer == deepest:
                 raise _StopForward
 

@@ -275,15 +275,29 @@ class LoadPlan:
     label: str  # "cpu, float32"; "device_map auto over 0, 1, cpu, disk, bfloat16"
 
 
+def _device(settings: LoadSettings) -> str:
+    import torch
+
+    if settings.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return settings.device
+
+
+def resolved_dtype(settings: LoadSettings) -> str:
+    """The dtype ``settings`` load a model in here: the one asked, else bfloat16 on CUDA and
+    float32 elsewhere."""
+    if settings.dtype:
+        return settings.dtype
+    return "bfloat16" if _device(settings).startswith("cuda") else "float32"
+
+
 def plan_load(settings: LoadSettings) -> LoadPlan:
     """The ``dtype``, ``device_map``, ``max_memory`` and ``offload_folder`` to load with."""
     import torch
 
     check_device(settings)
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype_name = settings.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    device = _device(settings)
+    dtype_name = resolved_dtype(settings)
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype_name)}
     if settings.accelerated:
         from accelerate.utils import get_max_memory

@@ -79,6 +79,9 @@ def measured_r2(catalog: Catalog, hops: Sequence[MapHop]) -> float | None:
     target = cached_states(catalog.get_model(last.target_model), last.corpus_oid)
     if source is None or target is None or source.shape[0] != target.shape[0]:
         return None
+    ls, lt = hops[0].source_layer, hops[-1].target_layer
+    if ls not in source.layers() or lt not in target.layers():
+        return None
     settings = last.solver_settings
     _, _, test = split_indices(
         int(source.shape[0]),
@@ -89,8 +92,8 @@ def measured_r2(catalog: Catalog, hops: Sequence[MapHop]) -> float | None:
     if len(test) < 2:
         return None
     weight, bias = load_route(catalog, hops)
-    x = source[test, hops[0].source_layer].double().numpy()
-    y = target[test, hops[-1].target_layer].double().numpy()
+    x = source.layer(ls)[test].double().numpy()  # one layer of each read, not all of them
+    y = target.layer(lt)[test].double().numpy()
     predicted = x @ weight.T + bias
     total = float(((y - y.mean(axis=0)) ** 2).sum())
     return 1.0 - float(((y - predicted) ** 2).sum()) / total if total > 0 else None

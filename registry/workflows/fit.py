@@ -123,13 +123,21 @@ def compute(
 ) -> list[FittedMap]:
     """Fit the maps of ``wanted`` on the corpus states of both models (cached per model).
 
+    Explicit pairs capture and read only their own source and target layers; ``auto`` and
+    ``all`` need every layer. The fit reads the cached states a layer at a time.
     Reports the stages of `corpus_states` for each model, then ``fit S -> T (solver, pairs)``.
     """
     from crx.registry.engine.fit import fit_pairs, resolve_precision
 
     resolved = resolve_precision(solver, precision)
-    x = corpus_states(ws, src, lines, corpus_oid, batch_size=batch_size, progress=progress)
-    y = corpus_states(ws, tgt, lines, corpus_oid, batch_size=batch_size, progress=progress)
+    src_layers = None if isinstance(wanted, str) else sorted({ls for ls, _ in wanted})
+    tgt_layers = None if isinstance(wanted, str) else sorted({lt for _, lt in wanted})
+    x = corpus_states(
+        ws, src, lines, corpus_oid, layers=src_layers, batch_size=batch_size, progress=progress
+    )
+    y = corpus_states(
+        ws, tgt, lines, corpus_oid, layers=tgt_layers, batch_size=batch_size, progress=progress
+    )
     name = f"fit {src.name} -> {tgt.name} ({solver}, {pairs_label(wanted)})"
     return fit_pairs(
         x, y, wanted, solver=solver, precision=resolved, progress=staged(progress, name)

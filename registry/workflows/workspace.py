@@ -74,3 +74,18 @@ class Workspace:
                 )
             self._loaded[record.name] = loaded
         return self._loaded[record.name]
+
+    def dtype(self) -> str:
+        """The dtype models load in under this workspace's settings (``float32`` on a CPU by
+        default), without loading one."""
+        from crx.registry.engine.loading import LoadSettings, resolved_dtype
+
+        return resolved_dtype(self.settings or LoadSettings())
+
+    def is_loaded(self, model: str | ModelRecord) -> bool:
+        """Whether this workspace holds the model loaded."""
+        return (model.name if isinstance(model, ModelRecord) else model) in self._loaded
+
+    def release(self, model: str | ModelRecord) -> None:
+        """Forget a loaded model, so its memory is freed once nothing else holds it."""
+        self._loaded.pop(model.name if isinstance(model, ModelRecord) else model, None)

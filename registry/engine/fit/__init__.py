@@ -3,7 +3,8 @@
 Input: the last-token states of the same N texts in both models, ``X`` ``[N, Ls, ds]`` (source,
 every decoder block) and ``Y`` ``[N, Lt, dt]`` (target, every decoder block). Output: one
 :class:`FittedMap` ``target ≈ W·source + b`` per chosen (source layer, target layer) pair, with
-metrics on rows the fit never saw. No model, no file, no database: numpy or torch in, numpy out.
+metrics on rows the fit never saw. No model, no file, no database: numpy or torch in (or states
+read a layer at a time, :class:`LayeredStates`, so a fit never holds every layer), numpy out.
 
 Layer indices are **0-based decoder block indices** (block ``i``'s output). ConTrans' code indexes
 ``hidden_states``, where 0 is the embedding output, so its hidden-state ``h`` is our block
@@ -25,6 +26,7 @@ The package owns the whole fit, one job a module; everything callers use is impo
 - :mod:`.checks`: the argument checks the modules share.
 """
 
+from crx.registry.engine.fit.checks import LayeredStates, TensorStates
 from crx.registry.engine.fit.fitting import Progress, fit_pairs
 from crx.registry.engine.fit.maps import FittedMap, map_vector
 from crx.registry.engine.fit.metrics import COSINE_DEFINITION, R2_DEFINITION
@@ -46,7 +48,9 @@ __all__ = [
     "R2_DEFINITION",
     "SOLVERS",
     "FittedMap",
+    "LayeredStates",
     "Progress",
+    "TensorStates",
     "fit_pairs",
     "map_vector",
     "relative_depth_pair",

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crx.registry.engine.fit.checks import as_states
+from crx.registry.engine.fit.checks import LayeredStates, as_states
 from crx.registry.engine.fit.lstsq import SvdSource
 from crx.registry.engine.fit.maps import FittedMap
 from crx.registry.engine.fit.metrics import COSINE_DEFINITION, R2_DEFINITION, held_out_metrics, r2
@@ -38,8 +38,8 @@ from crx.registry.progress import Progress
 
 
 def fit_pairs(
-    X: np.ndarray | torch.Tensor,
-    Y: np.ndarray | torch.Tensor,
+    X: np.ndarray | torch.Tensor | LayeredStates,
+    Y: np.ndarray | torch.Tensor | LayeredStates,
     pairs: list[tuple[int, int]] | str = "auto",
     *,
     solver: str = "ridge",
@@ -51,6 +51,11 @@ def fit_pairs(
     progress: Progress | None = None,
 ) -> list[FittedMap]:
     """Fit ``Y[:, lt] ≈ W · X[:, ls] + b`` for the chosen layer pairs.
+
+    ``X`` and ``Y``: ``[N, L, d]`` arrays or :class:`~.checks.LayeredStates` read a layer at a
+    time (per-layer shards on disk); either way the fit holds one target layer in float64 and
+    a block of factorised source layers (:data:`SOURCE_BLOCK_BYTES`) at a time, and the results
+    are the same bit for bit.
 
     ``pairs``: an explicit list of ``(source block, target block)`` (maps come back in that
     order); ``"all"``: every pair, ordered by source then target block; ``"auto"``: for each
@@ -125,12 +130,36 @@ def fit_pairs(
     for ls, lt in explicit:
         by_source.setdefault(ls, []).append(lt)
     fitted: dict[tuple[int, int], FittedMap] = {}
-    for done, (ls, targets) in enumerate(by_source.items(), start=1):
-        for fm in _fit_source(data, solver, grid, ls, targets, None, base_settings):
-            fitted[(fm.source_layer, fm.target_layer)] = fm
-        if progress is not None:
-            progress(done, len(by_source))
+    done = 0
+    for block in source_blocks(data, list(by_source)):
+        sources = [_make_source(data, solver, ls) for ls in block]
+        for lt in sorted({lt for ls in block for lt in by_source[ls]}):
+            for source in sources:
+                if lt in by_source[source.ls]:
+                    fm = _fit_pair(data, source, grid, lt, None, base_settings)
+                    fitted[(source.ls, lt)] = fm
+        del sources
+        for _ in block:
+            done += 1
+            if progress is not None:
+                progress(done, len(by_source))
     return [fitted[p] for p in explicit]
+
+
+#: How much memory the source layers factorised together may take. The target layers stream
+#: past a block of sources one at a time (each read and converted to float64 once per block),
+#: so a bigger block reads the targets fewer times; results do not depend on it.
+SOURCE_BLOCK_BYTES = 128 * 2**20
+
+
+def source_blocks(data: Data, layers: list[int]) -> list[list[int]]:
+    """``layers`` cut into runs whose sources fit in :data:`SOURCE_BLOCK_BYTES` together."""
+    n, ds = data.n_train + data.n_val + data.n_test, data.ds
+    # about what a source keeps: its rows (training ones as float32 in the eigenbasis, the
+    # held-out ones in float64), the eigenbasis in two dtypes and the validation Gram matrix
+    per_source = 8 * n * ds + 8 * 3 * ds * ds
+    size = max(1, SOURCE_BLOCK_BYTES // per_source)
+    return [layers[i : i + size] for i in range(0, len(layers), size)]
 
 
 def _fit_auto(
@@ -142,29 +171,33 @@ def _fit_auto(
 ) -> list[FittedMap]:
     n_src, n_tgt = data.n_src, data.n_tgt
     total, done = n_src + n_tgt, 0
-    all_targets = list(range(n_tgt))
     val_r2 = np.full((n_src, n_tgt), np.nan)
     best_lam = np.full((n_src, n_tgt), np.nan)
     by_lambda = np.full((n_src, n_tgt, len(grid)), np.nan)
-    for ls in range(n_src):
-        source = _make_source(data, solver, ls)
-        scores = source.validation_scores(all_targets, grid)  # [n_tgt, n_grid]
-        by_lambda[ls] = scores
-        pick = pick_lambda(scores)
-        val_r2[ls] = scores[np.arange(n_tgt), pick]
-        best_lam[ls] = np.asarray(grid)[pick]
-        done += 1
-        if progress is not None:
-            progress(done, total)
+    for block in source_blocks(data, list(range(n_src))):
+        sources = [_make_source(data, solver, ls) for ls in block]
+        for lt in range(n_tgt):
+            for source in sources:
+                # only the scores are kept of this pass: the chosen pairs are solved in the next
+                by_lambda[source.ls, lt] = source.validation_scores([lt], grid, keep=False)[0]
+        del sources
+        for ls in block:
+            pick = pick_lambda(by_lambda[ls])
+            val_r2[ls] = by_lambda[ls][np.arange(n_tgt), pick]
+            best_lam[ls] = np.asarray(grid)[pick]
+            done += 1
+            if progress is not None:
+                progress(done, total)
 
     chosen: dict[int, list[int]] = {}
     for lt in range(n_tgt):
         chosen.setdefault(pick_source(val_r2[:, lt], n_src, n_tgt, lt), []).append(lt)
     fitted: dict[int, FittedMap] = {}
     for ls, targets in chosen.items():
-        lam = {lt: float(best_lam[ls, lt]) for lt in targets}
-        known = {lt: float(val_r2[ls, lt]) for lt in targets}
-        for fm in _fit_source(data, solver, grid, ls, targets, (lam, known), base_settings):
+        source = _make_source(data, solver, ls)
+        for lt in targets:
+            known = (float(best_lam[ls, lt]), float(val_r2[ls, lt]))
+            fm = _fit_pair(data, source, grid, lt, known, base_settings)
             extra = {
                 "auto_val_r2": [_json_float(r) for r in val_r2[:, fm.target_layer]],
                 "auto_selection": "best validation R2, ties by relative depth",
@@ -179,65 +212,57 @@ def _fit_auto(
     return [fitted[lt] for lt in range(n_tgt)]
 
 
-def _fit_source(
+def _fit_pair(
     data: Data,
-    solver: str,
+    source: Source,
     grid: tuple[float, ...],
-    ls: int,
-    targets: list[int],
-    chosen: tuple[dict[int, float], dict[int, float]] | None,
+    lt: int,
+    chosen: tuple[float, float] | None,
     base_settings: dict[str, Any],
-) -> list[FittedMap]:
-    """Every map from source block ``ls`` to ``targets``.
+) -> FittedMap:
+    """The map from ``source``'s block to target block ``lt``.
 
-    ``chosen``: λ and validation R² per target, already known (``"auto"``'s second pass);
-    otherwise λ is picked on validation here.
+    ``chosen``: λ and validation R², already known (``"auto"``'s second pass); otherwise λ is
+    picked on validation here.
     """
-    source = _make_source(data, solver, ls)
     scores: np.ndarray | None = None
-    val_known: dict[int, float] = {}
+    r2_val: float | None = None
     if chosen is not None:
-        lambdas, val_known = chosen
+        lam, r2_val = chosen
+    elif len(grid) > 1:
+        scores = source.validation_scores([lt], grid)[0]
+        pick = int(pick_lambda(scores[None])[0])
+        lam, r2_val = grid[pick], float(scores[pick])
     else:
-        if len(grid) > 1:
-            scores = source.validation_scores(targets, grid)
-            picks = pick_lambda(scores)
-            val_known = {lt: float(scores[i, picks[i]]) for i, lt in enumerate(targets)}
-        else:
-            picks = np.zeros(len(targets), dtype=np.int64)
-        lambdas = {lt: grid[int(k)] for lt, k in zip(targets, picks, strict=True)}
-    out = []
-    for i, lt in enumerate(targets):
-        wt, bias, info = source.solve(lt, lambdas[lt])  # wt: [ds, dt], bias float64
-        # the validation search already computed it (exactly, up to rounding)
-        r2_val = val_known.get(lt)
-        if r2_val is None:
-            r2_val = r2(*source.predict(wt, bias, lt, "val"))
-        r2_test, mse, cosine = held_out_metrics(
-            *source.predict(wt, bias, lt, "test"), data.y_mean[lt]
-        )
-        settings = dict(base_settings)
-        settings.update(info)
-        if scores is not None:
-            settings["val_r2_by_lambda"] = [_json_float(r) for r in scores[i]]
-        out.append(
-            FittedMap(
-                source_layer=ls,
-                target_layer=lt,
-                weight=np.ascontiguousarray(wt.T.to(torch.float32).numpy()),
-                bias=None if bias is None else bias.to(torch.float32).numpy().copy(),
-                r2=r2_test,
-                mse=mse,
-                cosine=cosine,
-                r2_train=source.train_r2(lt, lambdas[lt]),
-                r2_val=r2_val,
-                n_train=data.n_train,
-                n_val=data.n_val,
-                n_test=data.n_test,
-                settings=settings,
-            )
-        )
-    return out
+        lam = grid[0]
+    wt, bias, info = source.solve(lt, lam)  # wt: [ds, dt], bias float64
+    # the validation search already computed it (exactly, up to rounding)
+    if r2_val is None:
+        r2_val = r2(*source.predict(wt, bias, lt, "val"))
+    r2_test, mse, cosine = held_out_metrics(
+        *source.predict(wt, bias, lt, "test"), data.target(lt).mean
+    )
+    settings = dict(base_settings)
+    settings.update(info)
+    if scores is not None:
+        settings["val_r2_by_lambda"] = [_json_float(r) for r in scores]
+    fm = FittedMap(
+        source_layer=source.ls,
+        target_layer=lt,
+        weight=np.ascontiguousarray(wt.T.to(torch.float32).numpy()),
+        bias=None if bias is None else bias.to(torch.float32).numpy().copy(),
+        r2=r2_test,
+        mse=mse,
+        cosine=cosine,
+        r2_train=source.train_r2(lt, lam),
+        r2_val=r2_val,
+        n_train=data.n_train,
+        n_val=data.n_val,
+        n_test=data.n_test,
+        settings=settings,
+    )
+    source.forget(lt)  # what it kept of this target is not needed again
+    return fm
 
 
 def _make_source(data: Data, solver: str, ls: int) -> Source:

@@ -27,23 +27,36 @@ class SvdSource(Source):
         rank = int((s > cutoff).sum())
         self.u, self.s, self.q = u[:, :rank], s[:rank], vh[:rank].T
         self.rank, self.cutoff = rank, cutoff
+        del self.x_part["train"]  # u, s and q hold what is needed of it: less memory per source
         self._g: dict[int, torch.Tensor] = {}
+        self._k: torch.Tensor | None = None
+
+    def forget(self, lt: int) -> None:
+        self._g.pop(lt, None)
 
     def _coords(self, lt: int) -> torch.Tensor:
         """``G = Uᵀ·Y_train`` for target ``lt``, ``[rank, dt]``."""
         if lt not in self._g:
-            self._g[lt] = self.u.T @ self.data.y["train"][:, lt]
+            self._g[lt] = self.u.T @ self.data.target(lt).y["train"]
         return self._g[lt]
 
-    def validation_scores(self, targets: list[int], grid: tuple[float, ...]) -> np.ndarray:
-        data, dt = self.data, self.data.dt
-        # X_val·pinv(X_train) first ([n_val, n_train]): cheaper than forming every Wᵀ.
-        k = ((self.x_part["val"] @ self.q) / self.s) @ self.u.T
-        pred = k @ data.y_cols("train", targets, centred=False)
-        resid = data.y_cols("val", targets, centred=False) - pred
-        sse = (resid**2).sum(0).reshape(len(targets), dt).sum(1)
-        assert data.sst_val is not None
-        return r2_from(sse, data.sst_val[targets])[:, None].repeat(len(grid), axis=1)
+    def validation_scores(
+        self, targets: list[int], grid: tuple[float, ...], keep: bool = True
+    ) -> np.ndarray:
+        # X_val·pinv(X_train) first ([n_val, n_train]): cheaper than forming every Wᵀ; made
+        # once per source, it serves every target
+        if self._k is None:
+            self._k = ((self.x_part["val"] @ self.q) / self.s) @ self.u.T
+        k = self._k
+        sse = torch.empty(len(targets), dtype=torch.float64)
+        sst = torch.empty(len(targets), dtype=torch.float64)
+        for i, lt in enumerate(targets):  # one target block at a time: bounded memory
+            target = self.data.target(lt)
+            resid = target.y["val"] - k @ target.y["train"]
+            sse[i] = (resid**2).sum(0).sum()
+            assert target.sst_val is not None
+            sst[i] = target.sst_val
+        return r2_from(sse, sst)[:, None].repeat(len(grid), axis=1)
 
     def solve(
         self, lt: int, lam: float
@@ -53,7 +66,7 @@ class SvdSource(Source):
 
     def train_r2(self, lt: int, lam: float) -> float:
         # The training prediction is U·Uᵀ·Y, so SSE = ‖Y‖² − ‖Uᵀ·Y‖².
-        y = self.data.y["train"][:, lt]
+        y = self.data.target(lt).y["train"]
         sse = float((y**2).sum()) - float((self._coords(lt) ** 2).sum())
         sst = float(((y - y.mean(0)) ** 2).sum())
         return r2_value(max(sse, 0.0), sst)

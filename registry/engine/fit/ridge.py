@@ -46,44 +46,58 @@ class RidgeSource(Source):
         #: training rows in the eigenbasis (z_trainᵀ z_train = n·diag(e)), in the work dtype
         self.v_work = v.to(work)
         self.z_train = xc.to(work) @ self.v_work
+        del self.x_part["train"]  # z_train holds what is needed of it: less memory per source
         self._p: dict[int, torch.Tensor] = {}
+        self._val: tuple[tuple[float, ...], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def forget(self, lt: int) -> None:
+        self._p.pop(lt, None)
 
     def _shrink(self, lam: float) -> torch.Tensor:
         return 1.0 / (self.e + lam * self.scale)
 
-    def _proj(self, lt: int) -> torch.Tensor:
+    def _proj(self, lt: int, keep: bool = True) -> torch.Tensor:
         """``P_t = Vᵀ·XcᵀYc_t/n`` for target block ``lt``, ``[ds, dt]``, in the work dtype."""
         # One target at a time on purpose: the same flops as one product over every target's
         # columns, but each result is a few MB that the allocator reuses, where [ds, Lt·dt]
         # temporaries are fresh pages on every source layer (measured ~1.5× slower overall).
-        if lt not in self._p:
-            self._p[lt] = (self.z_train.T @ self.data.yc_work["train"][:, lt]).div_(self.n)
-        return self._p[lt]
+        p = self._p.get(lt)
+        if p is None:
+            p = (self.z_train.T @ self.data.target(lt).yc_work["train"]).div_(self.n)
+            if keep:
+                self._p[lt] = p
+        return p
 
-    def validation_scores(self, targets: list[int], grid: tuple[float, ...]) -> np.ndarray:
+    def validation_scores(
+        self, targets: list[int], grid: tuple[float, ...], keep: bool = True
+    ) -> np.ndarray:
         # For target t with Wᵀ = V·D·P_t (D = diag(1/(e + λ_abs))) and Z = (X_val − x̄)·V:
         #   SSE_t(λ) = ‖Yc_t‖² − 2·Σ_k d_k·Σ_j (ZᵀYc_t)_kj·(P_t)_kj + dᵀ·(ZᵀZ ⊙ P_t·P_tᵀ)·d,
         # so the grid costs O(ds²) per λ once ZᵀYc_t and P_t·P_tᵀ are formed: λ is nearly
         # free, where predicting the validation rows would cost n_val·ds·dt per λ and target.
         data = self.data
-        z = (self.x_part["val"] - self.x_mean) @ self.v  # [n_val, ds]
-        gram = z.T @ z
-        z_work = z.to(data.work)
-        shrink = torch.stack([self._shrink(lam) for lam in grid], dim=1)  # [ds, G]
-        blocks = _symmetric_blocks(z.shape[1])
+        if self._val is None or self._val[0] != grid:
+            # the validation rows in the eigenbasis serve every target: made once per source
+            z = (self.x_part["val"] - self.x_mean) @ self.v  # [n_val, ds]
+            shrink = torch.stack([self._shrink(lam) for lam in grid], dim=1)  # [ds, G]
+            self._val = (grid, z.T @ z, z.to(data.work), shrink)
+        _, gram, z_work, shrink = self._val
+        blocks = _symmetric_blocks(z_work.shape[1])
         out = torch.empty(len(targets), len(grid), dtype=torch.float64)
+        sst = torch.empty(len(targets), dtype=torch.float64)
         for i, lt in enumerate(targets):
-            p = self._proj(lt)
-            cross = (z_work.T @ data.yc_work["val"][:, lt]).mul_(p).sum(1).double()  # [ds]
+            p, target = self._proj(lt, keep), data.target(lt)
+            cross = (z_work.T @ target.yc_work["val"]).mul_(p).sum(1).double()  # [ds]
             quad = torch.zeros(len(grid), dtype=torch.float64)
             for k, bk in enumerate(blocks):
                 for bl in blocks[k:]:
                     h = (p[bk] @ p[bl].T).double().mul_(gram[bk, bl])
                     term = ((h @ shrink[bl]) * shrink[bk]).sum(0)
                     quad += term if bk == bl else 2.0 * term
-            out[i] = data.ss_centred["val"][lt] - 2.0 * (cross @ shrink) + quad
-        assert data.sst_val is not None
-        return r2_from(out.clamp(min=0.0), data.sst_val[targets][:, None])
+            out[i] = target.ss_centred["val"] - 2.0 * (cross @ shrink) + quad
+            assert target.sst_val is not None
+            sst[i] = target.sst_val
+        return r2_from(out.clamp(min=0.0), sst[:, None])
 
     def solve(
         self, lt: int, lam: float
@@ -92,7 +106,7 @@ class RidgeSource(Source):
         # W = (D·P)ᵀ·Vᵀ is computed as [dt, ds] directly, the layout the map is stored in;
         # Wᵀ is its transposed view.
         wt = ((self._shrink(lam).to(p.dtype)[:, None] * p).T @ self.v_work.T).T
-        bias = self.data.y_mean[lt] - (self.x_mean.to(wt.dtype) @ wt).double()
+        bias = self.data.target(lt).mean - (self.x_mean.to(wt.dtype) @ wt).double()
         return wt, bias, {"lambda": float(lam), "lambda_abs": float(lam * self.scale)}
 
     def predict(
@@ -101,12 +115,13 @@ class RidgeSource(Source):
         # The centred form x·W + b = (x − x̄)·W + ȳ: in float32 the uncentred product would
         # lose the digits the large mean of residual states cancels out of it.
         centred = (self.x_part[part] - self.x_mean).to(wt.dtype)
-        return self.data.y[part][:, lt], (centred @ wt).double() + self.data.y_mean[lt]
+        target = self.data.target(lt)
+        return target.y[part], (centred @ wt).double() + target.mean
 
     def train_r2(self, lt: int, lam: float) -> float:
         # ‖Yc − Z·D·P‖² = ‖Yc‖² − n·Σ_k (2·d_k − e_k·d_k²)·P_kj², as ZᵀZ = n·E and ZᵀYc = n·P.
         p, d = self._proj(lt), self._shrink(lam)
-        sst = float(self.data.ss_centred["train"][lt])
+        sst = float(self.data.target(lt).ss_centred["train"])
         squares = p.square().sum(1).double()
         sse = sst - self.n * float((2.0 * d - self.e * d**2) @ squares)
         return r2_value(max(sse, 0.0), sst)

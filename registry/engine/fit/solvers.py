@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crx.registry.engine.fit.checks import LayeredStates
 from crx.registry.errors import InvalidInput
 
 SOLVERS: tuple[str, ...] = ("ridge", "lstsq-svd")
@@ -51,49 +52,63 @@ def resolve_lambdas(lambdas: Sequence[float] | None, solver: str) -> tuple[float
     return tuple(sorted(set(values)))
 
 
-class Data:
-    """The split states; targets converted to float64 once and kept as ``[n, Lt, dt]``.
+class Target:
+    """One target block's split states in float64 and the sums every solver needs of them."""
 
-    ``work`` is the dtype of the per-pair products; ``yc_work`` holds the centred targets in it.
+    def __init__(self, ys: torch.Tensor, idx: dict[str, torch.Tensor], work: torch.dtype) -> None:
+        self.y = {part: ys[i].to(torch.float64) for part, i in idx.items()}
+        self.mean = self.y["train"].mean(0)  # [dt]
+        #: training and validation targets centred by the *training* mean
+        self.yc = {part: self.y[part] - self.mean for part in ("train", "val")}
+        self.yc_work = {part: y.to(work) for part, y in self.yc.items()}
+        yv = self.y["val"]
+        #: Σ (y − ȳ_val)² over validation rows and dims
+        self.sst_val = ((yv - yv.mean(0)) ** 2).sum() if len(yv) else None
+        #: Σ (y − ȳ_train)² over the training and the validation rows
+        self.ss_centred = {part: (y**2).sum() for part, y in self.yc.items()}
+
+
+class Data:
+    """The split states, read one layer at a time (:class:`~.checks.LayeredStates`).
+
+    A source layer is read when a :class:`Source` is made for it; a target layer when a solver
+    asks for it, converted to float64 once (:class:`Target`) and kept until another target
+    layer is asked for, so the fit holds one target layer and the sources it has made (a block
+    of them, `fitting.source_blocks`), never ``[n, L, d]``.
+    ``work`` is the dtype of the per-pair products.
     """
 
     def __init__(
         self,
-        xs: torch.Tensor,
-        ys: torch.Tensor,
+        xs: LayeredStates,
+        ys: LayeredStates,
         tr: np.ndarray,
         va: np.ndarray,
         te: np.ndarray,
         work: torch.dtype = torch.float64,
     ) -> None:
-        self.xs, self.work = xs, work
-        self.n_src, self.n_tgt, self.dt = xs.shape[1], ys.shape[1], ys.shape[2]
+        self.xs, self.ys, self.work = xs, ys, work
+        self.n_src, self.n_tgt = xs.shape[1], ys.shape[1]
+        self.ds, self.dt = xs.shape[2], ys.shape[2]
         self.idx = {
             "train": torch.from_numpy(tr),
             "val": torch.from_numpy(va),
             "test": torch.from_numpy(te),
         }
         self.n_train, self.n_val, self.n_test = len(tr), len(va), len(te)
-        self.y = {part: ys[i].to(torch.float64) for part, i in self.idx.items()}
-        self.y_mean = self.y["train"].mean(0)  # [Lt, dt]
-        #: training and validation targets centred by the *training* mean
-        self.yc = {part: self.y[part] - self.y_mean for part in ("train", "val")}
-        self.yc_work = {part: y.to(work) for part, y in self.yc.items()}
-        yv = self.y["val"]
-        #: per target layer, Σ (y − ȳ_val)² over validation rows and dims
-        self.sst_val = ((yv - yv.mean(0)) ** 2).sum(dim=(0, 2)) if self.n_val else None
-        #: per target layer, Σ (y − ȳ_train)² over the training and the validation rows
-        self.ss_centred = {part: (self.yc[part] ** 2).sum(dim=(0, 2)) for part in self.yc}
+        self._target: tuple[int, Target] | None = None
 
-    def x(self, ls: int, part: str) -> torch.Tensor:
-        return self.xs[self.idx[part], ls].to(torch.float64)
+    def x(self, ls: int) -> dict[str, torch.Tensor]:
+        """Source block ``ls``'s rows of each split, float64."""
+        layer = self.xs.layer(ls)
+        return {part: layer[i].to(torch.float64) for part, i in self.idx.items()}
 
-    def y_cols(self, part: str, targets: list[int], centred: bool) -> torch.Tensor:
-        """``[n, len(targets)·dt]``; a view when ``targets`` is every layer in order."""
-        y = self.yc[part] if centred else self.y[part]
-        if targets != list(range(self.n_tgt)):
-            y = y[:, targets]
-        return y.reshape(y.shape[0], -1)
+    def target(self, lt: int) -> Target:
+        """Target block ``lt`` (the last one asked for is kept; solvers ask target by target)."""
+        if self._target is None or self._target[0] != lt:
+            self._target = None  # the previous target's memory is free before the next is made
+            self._target = (lt, Target(self.ys.layer(lt), self.idx, self.work))
+        return self._target[1]
 
 
 class Source:
@@ -101,10 +116,13 @@ class Source:
 
     def __init__(self, data: Data, ls: int) -> None:
         self.data, self.ls = data, ls
-        self.x_part = {part: data.x(ls, part) for part in ("train", "val", "test")}
+        self.x_part = data.x(ls)
 
-    def validation_scores(self, targets: list[int], grid: tuple[float, ...]) -> np.ndarray:
-        """Validation R², ``[len(targets), len(grid)]``."""
+    def validation_scores(
+        self, targets: list[int], grid: tuple[float, ...], keep: bool = True
+    ) -> np.ndarray:
+        """Validation R², ``[len(targets), len(grid)]``; ``keep``: keep what `solve` can reuse
+        (False when only the scores are wanted: less memory)."""
         raise NotImplementedError
 
     def solve(
@@ -116,10 +134,13 @@ class Source:
     def train_r2(self, lt: int, lam: float) -> float:
         raise NotImplementedError
 
+    def forget(self, lt: int) -> None:
+        """Drop what was kept for target block ``lt`` (it is not asked for again)."""
+
     def predict(
         self, wt: torch.Tensor, bias: torch.Tensor | None, lt: int, part: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self.x_part[part] @ wt
         if bias is not None:
             pred = pred + bias
-        return self.data.y[part][:, lt], pred
+        return self.data.target(lt).y[part], pred
