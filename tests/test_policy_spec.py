@@ -548,7 +548,7 @@ def test_the_readme_example_is_a_valid_policy(tmp_path: Path) -> None:
     [spec] = load_specs(write(tmp_path / "prod-gate.yaml", example)).catalog.policies
     assert (spec.name, spec.concept, spec.model, spec.approvals) == (
         "prod-gate",
-        "happiness",
+        "sadness",
         "gemma3-270m",
         2,
     )
