@@ -38,10 +38,13 @@ NO_ALIAS = "none"
 MOVE_ATTEMPTS = 50
 
 
+def protected_names(session: Session) -> set[str]:
+    """``prod`` and every alias a policy governs: the aliases only promotion moves."""
+    return {PROTECTED_ALIAS, *session.scalars(select(SqlPolicy.alias).distinct())}
+
+
 def is_protected(session: Session, name: str) -> bool:
-    if name == PROTECTED_ALIAS:
-        return True
-    return session.scalar(select(SqlPolicy.id).where(SqlPolicy.alias == name).limit(1)) is not None
+    return name in protected_names(session)
 
 
 def to_record(session: Session, row: SqlAlias) -> AliasRecord:
@@ -303,7 +306,7 @@ def listing(
         query = query.where(SqlAlias.concept_id == concept_named(session, concept).id)
     if on_models is not None:
         query = query.where(SqlModel.name.in_(list(on_models)))
-    governed = {PROTECTED_ALIAS, *session.scalars(select(SqlPolicy.alias).distinct())}
+    governed = protected_names(session)
     return [
         _record(
             row,
