@@ -186,10 +186,18 @@ def extract(
 )
 @click.option(
     "--solver",
-    type=click.Choice(["ridge", "lstsq-svd"]),
+    type=click.Choice(["ridge", "lstsq-svd", "anchored"]),
     default="ridge",
     show_default=True,
-    help="ridge: centred, bias, λ on validation; lstsq-svd: ConTrans'.",
+    help="ridge: centred, bias, λ on validation; lstsq-svd: ConTrans'; anchored: ridge plus "
+    "the paired vectors of every concept extracted on both models (`crx bank extract`).",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="CONCEPT",
+    help="anchored: never anchor on this concept, nor on any sharing its contrast texts "
+    "(the concepts the maps will transplant; repeatable).",
 )
 @click.option(
     "--precision",
@@ -207,6 +215,7 @@ def fit(
     corpus: str | None,
     pairs: str,
     solver: str,
+    exclude: tuple[str, ...],
     precision: str | None,
     batch_size: int,
     force: bool,
@@ -223,6 +232,8 @@ def fit(
       crx fit --source smollm2-135m-instruct --target gemma3-270m
       crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs 22:13 --solver lstsq-svd
       crx fit --source smollm2-135m-instruct --target gemma3-270m --pairs all --precision float64
+      crx fit --source smollm2-135m-instruct --target gemma3-270m --solver anchored \\
+          --exclude sadness
     """
     progress = Reporter(quiet=quiet)
     maps = registry().fit(
@@ -231,6 +242,7 @@ def fit(
         corpus=corpus,
         pairs=pairs,
         solver=solver,
+        exclude=exclude,
         precision=precision,
         batch_size=batch_size,
         force=force,
@@ -256,7 +268,9 @@ def fit(
 @click.option("--target", help="Model to transplant it into.")
 @click.option("--layer", type=int, help="Only this target layer (default: every mapped layer).")
 @click.option(
-    "--solver", type=click.Choice(["ridge", "lstsq-svd"]), help="Only maps of this solver."
+    "--solver",
+    type=click.Choice(["ridge", "lstsq-svd", "anchored"]),
+    help="Only maps of this solver.",
 )
 @click.option(
     "--vector", "vector_id", type=int, help="Source vector id (default: the extracted one)."

@@ -307,17 +307,23 @@ def show_vector(ref: int, as_json: bool) -> None:
 @click.argument("ref", type=int)
 @json_option
 def show_map(ref: int, as_json: bool) -> None:
-    """Show an affine map by id.
+    """Show an affine map by id (an anchored map: also the concept versions it was fitted on).
 
     \b
     Example:
       crx show map 1
     """
-    record = registry().get_map(ref)
+    reg = registry()
+    record = reg.get_map(ref)
+    # an anchored map's anchor concept versions (lineage: what its fit was given)
+    anchors = [a.ref for a in reg.map_anchors([ref]).get(ref, [])]
     if as_json:
-        emit_json(record)
+        emit_json({**record.model_dump(mode="json"), "anchors": anchors})
     else:
-        emit_fields(list(record.model_dump().items()))
+        fields = list(record.model_dump().items())
+        if anchors:
+            fields.append(("anchors", f"{len(anchors)}: {', '.join(anchors)}"))
+        emit_fields(fields)
 
 
 @show.command("maps")

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("cmd_export", "export"),
     "store": ("cmd_store", "store"),
     "models": ("cmd_models", "models"),
+    "bank": ("cmd_bank", "bank"),
     "extract": ("cmd_engine", "extract"),
     "fit": ("cmd_engine", "fit"),
     "transplant": ("cmd_engine", "transplant"),

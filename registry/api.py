@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import numpy as np  # only `steer` takes an array; the read commands never import numpy
 
     from crx.registry.engine.loading import LoadedModel, LoadSettings
+    from crx.registry.workflows.bank import BankConcept
     from crx.registry.workflows.demo import DemoResult
     from crx.registry.workflows.demo import Estimate as DemoEstimate
     from crx.registry.workflows.pull import PullResult
@@ -171,6 +172,7 @@ class Registry:
     save_map = _catalog(Catalog.save_map)
     get_map = _catalog(Catalog.get_map)
     get_maps = _catalog(Catalog.get_maps)
+    map_anchors = _catalog(Catalog.map_anchors)
     load_map = _catalog(Catalog.load_map)
     list_maps = _catalog(Catalog.list_maps)
 
@@ -262,6 +264,19 @@ class Registry:
         from crx.registry.workflows.fit import fit
 
         return fit(self.workspace, source, target, **options)
+
+    def bank(self) -> list[BankConcept]:
+        """The concept bank shipped with crx (`crx.registry.workflows.bank`)."""
+        from crx.registry.workflows.bank import bank_index
+
+        return bank_index()
+
+    def extract_bank(self, model: str, **options: Any) -> list[tuple[VectorRecord, bool]]:
+        """Register the concept bank and extract it on ``model`` (``crx bank extract``):
+        ``(vector, created)`` per concept; see `crx.registry.workflows.bank.extract_bank`."""
+        from crx.registry.workflows.bank import extract_bank
+
+        return extract_bank(self.workspace, model, **options)
 
     def transplant(
         self, concept_ref: str, source: str, target: str, **options: Any

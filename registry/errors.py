@@ -9,7 +9,8 @@ that identify what went wrong, so callers never format messages themselves.
     │   ├── InvalidName
     │   ├── PairsFileError
     │   ├── SpecError
-    │   └── TensorShapeError
+    │   ├── TensorShapeError
+    │   └── AnchorLeak          a concept would go through a map fitted on it
     ├── NotFound
     │   ├── ModelNotFound
     │   ├── ConceptNotFound
@@ -135,6 +136,22 @@ class MapNotFound(NotFound):
     def __init__(self, ref: str) -> None:
         self.ref = ref
         super().__init__(f"no map {ref!r} in the registry (see `crx list maps`)")
+
+
+class AnchorLeak(InvalidInput):
+    """A concept would be transplanted through an anchored map that was fitted on it (or on a
+    concept sharing its contrast texts): its evaluation would measure the fit, not a transfer."""
+
+    def __init__(self, concept: str, map_ids: list[int], anchors: list[str], fix: str) -> None:
+        self.concept, self.map_ids, self.anchors = concept, map_ids, anchors
+        shown = ", ".join(anchors[:4]) + (
+            f" and {len(anchors) - 4} more" if len(anchors) > 4 else ""
+        )
+        maps = ", ".join(map(str, map_ids[:6])) + ("..." if len(map_ids) > 6 else "")
+        super().__init__(
+            f"{concept} cannot go through anchored map {maps}: it was fitted on {shown}, which "
+            f"is {concept} itself or shares its contrast texts ({fix})"
+        )
 
 
 class NoMapBetween(MapNotFound):

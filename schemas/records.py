@@ -107,6 +107,20 @@ class MapRecord(Record):
     created_at: datetime
 
 
+class MapAnchorRecord(Record):
+    """A concept version whose native vectors on both models anchored a map's fit."""
+
+    concept: str
+    version: int
+    concept_version_id: int
+    source_vector_id: int
+    target_vector_id: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.concept}@{self.version}"
+
+
 def _layer_pairs(pairs: list[tuple[int, int]]) -> str:
     if len(pairs) <= 3:
         return ",".join(f"{s}->{t}" for s, t in pairs)

@@ -36,6 +36,7 @@ CATALOGUE_TABLES = {
     "concept_versions",
     "vectors",
     "affine_maps",
+    "map_anchors",
     "evaluations",
     "aliases",
     "alias_history",

@@ -10,11 +10,18 @@ from sqlalchemy.orm import Session, aliased
 
 from crx.registry.audit import record_event
 from crx.registry.catalog.paging import page
-from crx.registry.db.tables import SqlAffineMap, SqlModel, is_row_id
+from crx.registry.db.tables import (
+    SqlAffineMap,
+    SqlConcept,
+    SqlConceptVersion,
+    SqlMapAnchor,
+    SqlModel,
+    is_row_id,
+)
 from crx.registry.errors import MapNotFound
 from crx.registry.hashing import content_sha256, json_safe
 from crx.registry.timeutil import as_utc, now
-from crx.schemas.records import MapRecord, Page, Registered
+from crx.schemas.records import MapAnchorRecord, MapRecord, Page, Registered
 
 _Source = aliased(SqlModel)
 _Target = aliased(SqlModel)
@@ -86,8 +93,14 @@ def add(
     mse: float | None,
     cosine: float | None,
     metrics: dict[str, Any] | None = None,
+    anchors: Sequence[tuple[int, int, int]] = (),
 ) -> Registered[MapRecord]:
-    """Insert a map, or refresh the row of the same pair and fit recipe (audited)."""
+    """Insert a map, or refresh the row of the same pair and fit recipe (audited).
+
+    ``anchors``: ``(concept version id, source vector id, target vector id)`` of each concept
+    an anchored fit used; recorded with a new row (the recipe's hash covers them, so a refreshed
+    row has the same ones).
+    """
     identity = {
         "source_model_id": source_model_id,
         "target_model_id": target_model_id,
@@ -129,6 +142,10 @@ def add(
     row = SqlAffineMap(**identity, **content, created_at=now())
     session.add(row)
     session.flush()
+    session.add_all(
+        SqlMapAnchor(map_id=row.id, concept_version_id=cv, source_vector_id=sv, target_vector_id=tv)
+        for cv, sv, tv in anchors
+    )
     record_event(
         session,
         "register",
@@ -173,3 +190,29 @@ def between(session: Session, pairs: set[tuple[str, str]]) -> list[MapRecord]:
     )
     rows = session.execute(statement).all()
     return [to_record(*row) for row in rows if (row[1], row[2]) in pairs]
+
+
+def anchors_of(session: Session, map_ids: Sequence[int]) -> dict[int, list[MapAnchorRecord]]:
+    """The anchors of each of ``map_ids`` (maps without anchors are left out), by concept."""
+    wanted = sorted({i for i in map_ids if is_row_id(i)})
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(SqlMapAnchor, SqlConcept.name, SqlConceptVersion.version)
+        .join(SqlConceptVersion, SqlMapAnchor.concept_version_id == SqlConceptVersion.id)
+        .join(SqlConcept, SqlConceptVersion.concept_id == SqlConcept.id)
+        .where(SqlMapAnchor.map_id.in_(wanted))
+        .order_by(SqlMapAnchor.map_id, SqlConcept.name, SqlConceptVersion.version)
+    ).all()
+    out: dict[int, list[MapAnchorRecord]] = {}
+    for anchor, name, version in rows:
+        out.setdefault(anchor.map_id, []).append(
+            MapAnchorRecord(
+                concept=name,
+                version=version,
+                concept_version_id=anchor.concept_version_id,
+                source_vector_id=anchor.source_vector_id,
+                target_vector_id=anchor.target_vector_id,
+            )
+        )
+    return out

@@ -36,6 +36,7 @@ from crx.schemas.records import (
     EvaluationRecord,
     GcReport,
     InitReport,
+    MapAnchorRecord,
     MapRecord,
     ModelRecord,
     Page,
@@ -456,8 +457,10 @@ class Catalog:
         mse: float | None = None,
         cosine: float | None = None,
         metrics: dict[str, Any] | None = None,
+        anchors: Sequence[tuple[int, int, int]] = (),
     ) -> Registered[MapRecord]:
-        """Store a fitted map ``target ≈ W · source + b`` for one layer pair."""
+        """Store a fitted map ``target ≈ W · source + b`` for one layer pair; ``anchors``:
+        ``(concept version id, source vector id, target vector id)`` of an anchored fit."""
         src, tgt = self._model(source), self._model(target)
         for model, layer in ((src, source_layer), (tgt, target_layer)):
             if not 0 <= layer < model.n_layers:
@@ -489,8 +492,14 @@ class Catalog:
                 mse=mse,
                 cosine=cosine,
                 metrics=metrics,
+                anchors=anchors,
             ),
         )
+
+    def map_anchors(self, map_ids: Sequence[int]) -> dict[int, list[MapAnchorRecord]]:
+        """The anchor concept versions of each anchored map among ``map_ids``, in one read."""
+        with self.db.read() as session:
+            return maps.anchors_of(session, map_ids)
 
     def get_map(self, map_id: int) -> MapRecord:
         with self.db.read() as session:

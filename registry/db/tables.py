@@ -149,6 +149,23 @@ class SqlAffineMap(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SqlMapAnchor(Base):
+    """One anchor of a concept-anchored map: a concept version whose native vectors on the
+    map's two models were rows of its fit (lineage; a transplant of that concept refuses it)."""
+
+    __tablename__ = "map_anchors"
+    __table_args__ = (Index("ix_map_anchors_concept_version_id", "concept_version_id"),)
+
+    map_id: Mapped[int] = mapped_column(
+        ForeignKey("affine_maps.id", ondelete="CASCADE"), primary_key=True
+    )
+    concept_version_id: Mapped[int] = mapped_column(
+        ForeignKey("concept_versions.id", ondelete="RESTRICT"), primary_key=True
+    )
+    source_vector_id: Mapped[int] = mapped_column(ForeignKey("vectors.id", ondelete="RESTRICT"))
+    target_vector_id: Mapped[int] = mapped_column(ForeignKey("vectors.id", ondelete="RESTRICT"))
+
+
 class SqlVector(Base):
     """A concept vector on one model: a ``[n_layers, d_model]`` tensor blob plus lineage."""
 

@@ -21,6 +21,7 @@ from crx.registry.progress import Stage, StagedProgress
 from crx.registry.workflows import evaluate as evaluation
 from crx.registry.workflows import extract as extraction
 from crx.registry.workflows import fit as fitting
+from crx.registry.workflows.anchors import split_leaky
 from crx.registry.workflows.transplant import choose_maps, map_layers
 from crx.schemas.records import ConceptVersionRecord, ModelRecord
 from crx.schemas.spec import CatalogSpec, EvaluationSpec
@@ -274,6 +275,9 @@ def _compute_transplants(work: Work, specs: CatalogSpec) -> None:
         # Per target layer, the best held-out R² among registered maps and maps fitted now.
         candidates: dict[int, tuple[float, Any]] = {}
         registered = catalog.list_maps(source=spec.source, target=spec.target, limit=0).items
+        if version is not None:
+            # anchored maps fitted on this concept (or its texts) are never candidates for it
+            registered = split_leaky(catalog, version, registered)[0]
         for lt, record in choose_maps(registered, layer=spec.layer, solver=None).items():
             candidates[lt] = (record.r2 if record.r2 is not None else float("-inf"), record)
         for pm in work.maps:

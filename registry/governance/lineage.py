@@ -28,12 +28,14 @@ from crx.registry.db.tables import (
     SqlConceptVersion,
     SqlDeprecation,
     SqlEvaluation,
+    SqlMapAnchor,
     SqlModel,
     SqlVector,
     is_row_id,
 )
 from crx.registry.errors import InvalidInput, NoVectorOn, VectorNotFound
 from crx.registry.governance import subjects
+from crx.registry.hashing import content_sha256
 from crx.registry.governance.aliases import is_protected
 from crx.registry.timeutil import as_utc
 from crx.schemas.governance import Lineage, LineageNode
@@ -209,7 +211,33 @@ class _Graph:
             corpus = f"corpus:{row.corpus_oid}"
             self.add(corpus, "corpus", f"corpus {_short(row.corpus_oid)}", {"oid": row.corpus_oid})
             inputs.append(corpus)
+        anchors = self.anchors(row.id)
+        if anchors is not None:
+            inputs.append(anchors)
         self.nodes[key]["inputs"] = inputs
+        return key
+
+    def anchors(self, map_id: int) -> str | None:
+        """An anchored map's anchor concept versions, one node per distinct set (the maps of
+        one fit share it); None for a map without anchors."""
+        rows = self.session.execute(
+            select(SqlConcept.name, SqlConceptVersion.version, SqlConceptVersion.id)
+            .join(SqlConceptVersion, SqlConceptVersion.concept_id == SqlConcept.id)
+            .join(SqlMapAnchor, SqlMapAnchor.concept_version_id == SqlConceptVersion.id)
+            .where(SqlMapAnchor.map_id == map_id)
+            .order_by(SqlConcept.name, SqlConceptVersion.version)
+        ).all()
+        if not rows:
+            return None
+        refs = [f"{name}@{version}" for name, version, _ in rows]
+        key = "anchors:" + content_sha256(sorted(cv for _, _, cv in rows))[:16]
+        shown = ", ".join(refs[:3]) + (f" and {len(refs) - 3} more" if len(refs) > 3 else "")
+        self.add(
+            key,
+            "anchors",
+            f"anchors: {len(refs)} concept versions ({shown})",
+            {"n_concepts": len(refs), "concepts": ", ".join(refs)},
+        )
         return key
 
     def concept_version(self, concept: SqlConcept, version: SqlConceptVersion) -> str:

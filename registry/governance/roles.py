@@ -48,6 +48,7 @@ ALL_TABLES = (
     "concepts",
     "concept_versions",
     "affine_maps",
+    "map_anchors",
     "vectors",
     "evaluations",
     "aliases",
@@ -67,7 +68,8 @@ GRANTS: dict[str, list[str]] = {
         "UPDATE (last_used_at) ON api_tokens",
     ],
     "crx_writer": [
-        "INSERT, UPDATE ON models, concepts, concept_versions, affine_maps, vectors, evaluations",
+        "INSERT, UPDATE ON models, concepts, concept_versions, affine_maps, map_anchors, vectors, "
+        "evaluations",
         "INSERT ON audit_events, deprecations",
         "INSERT, UPDATE, DELETE ON aliases",
     ],
@@ -75,7 +77,8 @@ GRANTS: dict[str, list[str]] = {
     "crx_owner": [
         "INSERT, UPDATE, DELETE ON policies",
         "INSERT, UPDATE ON api_tokens",
-        "DELETE ON models, concepts, concept_versions, affine_maps, vectors, evaluations",
+        "DELETE ON models, concepts, concept_versions, affine_maps, map_anchors, vectors, "
+        "evaluations",
     ],
 }
 INCLUDES = {"crx_writer": "crx_reader", "crx_approver": "crx_writer", "crx_owner": "crx_approver"}

@@ -71,13 +71,24 @@ def read_plan(source: str | Path | TransplantPlan | dict[str, Any]) -> Transplan
         raise InvalidInput(f"{where} is not a valid plan: {first_error(exc)}") from None
 
 
-def route_vector(catalog: Catalog, route: Route, n_layers: int, d_model: int) -> np.ndarray:
-    """The ``[n_layers, d_model]`` target vector of a route (only its layer is non-zero)."""
+def route_vector(
+    catalog: Catalog, concept: str, route: Route, n_layers: int, d_model: int
+) -> np.ndarray:
+    """The ``[n_layers, d_model]`` target vector of a route (only its layer is non-zero).
+
+    A route through an anchored map fitted on ``concept`` (or its texts) is refused
+    (`AnchorLeak`): a plan made before that map existed cannot carry the concept through it.
+    """
     if route.vector_id is not None:
         return catalog.load_vector(route.vector_id)
     from crx.registry.resolve.compose import load_route
+    from crx.registry.workflows.anchors import leak_fix, refuse_leaks
     from crx.registry.workflows.transplant import map_layers
 
+    version = catalog.get_concept(concept, route.source_model)
+    maps = list(catalog.get_maps([h.map_id for h in route.hops]).values())
+    fix = leak_fix(version.concept, route.source_model, route.hops[-1].target_model)
+    refuse_leaks(catalog, version, maps, fix)
     source = catalog.load_vector(route.source_vector_id)
     weight, _bias = load_route(catalog, route.hops)  # the bias cancels for a difference of states
     return map_layers(
@@ -232,7 +243,7 @@ def execute_plan(catalog: Catalog, source: Any) -> list[PlanExecution]:
                 normalize=route.alpha.normalize,
             )
         else:
-            array = route_vector(catalog, route, target.n_layers, target.d_model)
+            array = route_vector(catalog, item.concept, route, target.n_layers, target.d_model)
             pending.append((item, route, array))
     for item, route, array in pending:
         map_ids = [h.map_id for h in route.hops]
@@ -283,7 +294,7 @@ def steer_plan(catalog: Catalog, model: Any, source: Any, *, scope: str = "all")
         if route is None:
             continue
         check_route(catalog, item.concept, route, target)
-        array = route_vector(catalog, route, target.n_layers, target.d_model)
+        array = route_vector(catalog, item.concept, route, target.n_layers, target.d_model)
         norm = reference_norm(model, route.layer) if route.alpha.normalize else None
         prepared.append((route, array, norm))
     with ExitStack() as stack:

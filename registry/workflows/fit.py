@@ -20,6 +20,7 @@ from crx.schemas.records import MapRecord, ModelRecord
 
 if TYPE_CHECKING:
     from crx.registry.engine.fit import FittedMap
+    from crx.registry.workflows.anchors import AnchorSet
     from crx.registry.workflows.workspace import Workspace
 
 LayerPairs = list[tuple[int, int]] | str
@@ -80,11 +81,13 @@ def fitted_before(
     solver: str,
     corpus_oid: str,
     precision: str | None = None,
+    anchors_sha256: str | None = None,
 ) -> list[MapRecord]:
     """Among ``maps`` (src → tgt), those of an identical earlier fit; [] if none or only part.
 
     ``precision`` None accepts a fit in either precision (they agree to ~1e-6); a precision
-    asked for explicitly needs maps fitted in it.
+    asked for explicitly needs maps fitted in it. An anchored fit is identical only with the
+    same anchor set (``anchors_sha256``).
     """
     label = pairs_label(wanted)
     same = [
@@ -94,6 +97,7 @@ def fitted_before(
         and m.corpus_oid == corpus_oid
         and m.solver_settings.get("pairs") == label
         and precision in (None, m.solver_settings.get("dtype", "float64"))
+        and m.solver_settings.get("anchors_sha256") == anchors_sha256
     ]
     found = {(m.source_layer, m.target_layer): m for m in same}
     if wanted == "auto":
@@ -118,16 +122,19 @@ def compute(
     *,
     solver: str,
     precision: str | None = None,
+    anchors: AnchorSet | None = None,
     batch_size: int = 32,
     progress: StagedProgress | None = None,
 ) -> list[FittedMap]:
-    """Fit the maps of ``wanted`` on the corpus states of both models (cached per model).
+    """Fit the maps of ``wanted`` on the corpus states of both models (cached per model);
+    ``anchors``: the anchored solver's paired concept vectors (`workflows.anchors.anchor_set`).
 
     Explicit pairs capture and read only their own source and target layers; ``auto`` and
     ``all`` need every layer. The fit reads the cached states a layer at a time.
     Reports the stages of `corpus_states` for each model, then ``fit S -> T (solver, pairs)``.
     """
     from crx.registry.engine.fit import fit_pairs, resolve_precision
+    from crx.registry.engine.fit.anchored import Anchors
 
     resolved = resolve_precision(solver, precision)
     src_layers = None if isinstance(wanted, str) else sorted({ls for ls, _ in wanted})
@@ -140,8 +147,36 @@ def compute(
     )
     name = f"fit {src.name} -> {tgt.name} ({solver}, {pairs_label(wanted)})"
     return fit_pairs(
-        x, y, wanted, solver=solver, precision=resolved, progress=staged(progress, name)
+        x,
+        y,
+        wanted,
+        solver=solver,
+        precision=resolved,
+        anchors=None
+        if anchors is None
+        else Anchors(anchors.source, anchors.target, anchors.groups),
+        progress=staged(progress, name),
     )
+
+
+def anchors_for(
+    ws: Workspace, src: ModelRecord, tgt: ModelRecord, solver: str, exclude: Sequence[str]
+) -> AnchorSet | None:
+    """The anchored solver's anchor set (None for the other solvers, which refuse exclusions)."""
+    if solver != "anchored":
+        if exclude:
+            raise InvalidInput("--exclude applies to the anchored solver only")
+        return None
+    from crx.registry.workflows.anchors import anchor_set
+
+    return anchor_set(ws, src, tgt, exclude=exclude)
+
+
+def anchored_settings(anchors: AnchorSet | None, exclude: Sequence[str]) -> dict[str, Any]:
+    """What a map row records about its anchors (nothing for the other solvers)."""
+    if anchors is None:
+        return {}
+    return {**anchors.settings(), "anchor_exclude": sorted(set(exclude))}
 
 
 def fit(
@@ -153,6 +188,7 @@ def fit(
     pairs: str = "auto",
     solver: str = "ridge",
     precision: str | None = None,
+    exclude: Sequence[str] = (),
     batch_size: int = 32,
     force: bool = False,
     progress: StagedProgress | None = None,
@@ -160,8 +196,11 @@ def fit(
     """Fit and record affine maps source → target on a neutral corpus.
 
     Maps already fitted with the same solver, layer-pair choice and corpus (and precision, when
-    one is asked for) are returned as they are (content addressing); ``force`` fits again.
-    ``precision``: the ridge sweep's product dtype, float32 by default (`crx.registry.engine.fit`).
+    one is asked for; and anchor set, for ``anchored``) are returned as they are (content
+    addressing); ``force`` fits again. ``precision``: the ridge sweep's product dtype, float32
+    by default (`crx.registry.engine.fit`). ``exclude`` (``anchored``): concepts that must not
+    anchor the maps, nor any concept sharing a contrast text with them (the ones the maps will
+    transplant; `crx.registry.workflows.anchors`).
     """
     from crx.registry.engine.fit import resolve_precision
 
@@ -176,11 +215,21 @@ def fit(
                 raise InvalidInput(
                     f"layer {layer} is out of range for {model.name} ({model.n_layers} layers)"
                 )
+    anchors = anchors_for(ws, src, tgt, solver, exclude)
     lines, corpus_bytes = load_corpus(corpus)
     corpus_oid = catalog.store.put(corpus_bytes)
     if not force:
         registered = catalog.list_maps(source=src.name, target=tgt.name, limit=0).items
-        existing = fitted_before(registered, src, tgt, wanted, solver, corpus_oid, precision)
+        existing = fitted_before(
+            registered,
+            src,
+            tgt,
+            wanted,
+            solver,
+            corpus_oid,
+            precision,
+            None if anchors is None else anchors.digest,
+        )
         if existing:
             return existing
     fitted = compute(
@@ -192,19 +241,27 @@ def fit(
         wanted,
         solver=solver,
         precision=precision,
+        anchors=anchors,
         batch_size=batch_size,
         progress=progress,
     )
     label = pairs_label(wanted)
-    return [
-        catalog.save_map(
-            src,
-            tgt,
-            weight=fm.weight,
-            bias=fm.bias,
-            solver=solver,
-            corpus_oid=corpus_oid,
-            **fitted_row(fm, label),
-        ).record
-        for fm in fitted
-    ]
+    extra = anchored_settings(anchors, exclude)
+    lineage = [] if anchors is None else anchors.lineage
+    out = []
+    for fm in fitted:
+        row = fitted_row(fm, label)
+        row["solver_settings"].update(extra)
+        out.append(
+            catalog.save_map(
+                src,
+                tgt,
+                weight=fm.weight,
+                bias=fm.bias,
+                solver=solver,
+                corpus_oid=corpus_oid,
+                anchors=lineage,
+                **row,
+            ).record
+        )
+    return out

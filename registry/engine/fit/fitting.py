@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from crx.registry.engine.fit.anchored import Anchors, solve_anchored
 from crx.registry.engine.fit.checks import LayeredStates, as_states
 from crx.registry.engine.fit.lstsq import SvdSource
 from crx.registry.engine.fit.maps import FittedMap
@@ -48,6 +50,7 @@ def fit_pairs(
     shuffle: bool = False,
     seed: int = 0,
     precision: str | None = None,
+    anchors: Anchors | None = None,
     progress: Progress | None = None,
 ) -> list[FittedMap]:
     """Fit ``Y[:, lt] ≈ W · X[:, ls] + b`` for the chosen layer pairs.
@@ -70,6 +73,11 @@ def fit_pairs(
     (:mod:`.ridge`). ``progress(done, total)`` is called after each unit of work: a source
     layer (scoring or fitting) or, in the second pass of ``"auto"``, a map.
 
+    ``anchors`` (the ``anchored`` solver only, which needs them): paired concept vectors of
+    both models, fitted as extra rows with weight and λ chosen leaving concepts out
+    (:mod:`.anchored`); ``"auto"`` picks each target block's source block as ridge does (best
+    validation R² on the corpus), then fits the anchored map there.
+
     Raises :class:`~registry.errors.InvalidInput` for arrays that are not ``[N, L, d]`` or
     disagree on N, non-finite values, an unknown solver, a layer out of range, or splits too
     small to fit and select on.
@@ -77,6 +85,12 @@ def fit_pairs(
     if solver not in SOLVERS:
         raise InvalidInput(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
     precision = resolve_precision(solver, precision)
+    if (solver == "anchored") != (anchors is not None):
+        raise InvalidInput(
+            "the anchored solver needs anchors (paired concept vectors)"
+            if anchors is None
+            else f"anchors apply to the anchored solver only, not to {solver!r}"
+        )
     xs = as_states(X, "the source states X")
     ys = as_states(Y, "the target states Y")
     if xs.shape[0] != ys.shape[0]:
@@ -100,8 +114,8 @@ def fit_pairs(
     data = Data(xs, ys, tr, va, te, getattr(torch, precision))
     base_settings: dict[str, Any] = {
         "solver": solver,
-        "centring": solver == "ridge",
-        "bias": solver == "ridge",
+        "centring": solver != "lstsq-svd",
+        "bias": solver != "lstsq-svd",
         "pairs": mode,
         "split": [float(f) for f in fractions],
         "shuffle": bool(shuffle),
@@ -124,6 +138,8 @@ def fit_pairs(
         base_settings["lambda_relative_to"] = "mean eigenvalue of Xc^T Xc / n (train)"
         base_settings["lambda_selection"] = "best validation R2 per pair" if len(grid) > 1 else None
 
+    if anchors is not None:
+        return _fit_anchored(data, anchors, mode, explicit, grid, base_settings, progress)
     if mode == "auto":
         return _fit_auto(data, solver, grid, base_settings, progress)
     by_source: dict[int, list[int]] = {}
@@ -162,15 +178,32 @@ def source_blocks(data: Data, layers: list[int]) -> list[list[int]]:
     return [layers[i : i + size] for i in range(0, len(layers), size)]
 
 
-def _fit_auto(
-    data: Data,
-    solver: str,
-    grid: tuple[float, ...],
-    base_settings: dict[str, Any],
-    progress: Progress | None,
-) -> list[FittedMap]:
+@dataclass
+class _AutoScores:
+    """The first pass of ``"auto"``: every pair's validation R² at its best λ."""
+
+    val_r2: np.ndarray  # [n_src, n_tgt]
+    best_lam: np.ndarray  # [n_src, n_tgt]
+    by_lambda: np.ndarray  # [n_src, n_tgt, len(grid)]
+
+    def source_for(self, lt: int) -> int:
+        n_src, n_tgt = self.val_r2.shape
+        return pick_source(self.val_r2[:, lt], n_src, n_tgt, lt)
+
+    def choice_settings(self, lt: int) -> dict[str, Any]:
+        n_src, n_tgt = self.val_r2.shape
+        return {
+            "auto_val_r2": [_json_float(r) for r in self.val_r2[:, lt]],
+            "auto_selection": "best validation R2, ties by relative depth",
+            "relative_depth_source_layer": relative_depth_pair(n_src, n_tgt, lt),
+        }
+
+
+def _auto_scores(
+    data: Data, solver: str, grid: tuple[float, ...], progress: Progress | None, total: int
+) -> _AutoScores:
     n_src, n_tgt = data.n_src, data.n_tgt
-    total, done = n_src + n_tgt, 0
+    done = 0
     val_r2 = np.full((n_src, n_tgt), np.nan)
     best_lam = np.full((n_src, n_tgt), np.nan)
     by_lambda = np.full((n_src, n_tgt, len(grid)), np.nan)
@@ -188,21 +221,31 @@ def _fit_auto(
             done += 1
             if progress is not None:
                 progress(done, total)
+    return _AutoScores(val_r2, best_lam, by_lambda)
+
+
+def _fit_auto(
+    data: Data,
+    solver: str,
+    grid: tuple[float, ...],
+    base_settings: dict[str, Any],
+    progress: Progress | None,
+) -> list[FittedMap]:
+    n_src, n_tgt = data.n_src, data.n_tgt
+    total, done = n_src + n_tgt, n_src
+    scores = _auto_scores(data, solver, grid, progress, total)
+    val_r2, best_lam, by_lambda = scores.val_r2, scores.best_lam, scores.by_lambda
 
     chosen: dict[int, list[int]] = {}
     for lt in range(n_tgt):
-        chosen.setdefault(pick_source(val_r2[:, lt], n_src, n_tgt, lt), []).append(lt)
+        chosen.setdefault(scores.source_for(lt), []).append(lt)
     fitted: dict[int, FittedMap] = {}
     for ls, targets in chosen.items():
         source = _make_source(data, solver, ls)
         for lt in targets:
             known = (float(best_lam[ls, lt]), float(val_r2[ls, lt]))
             fm = _fit_pair(data, source, grid, lt, known, base_settings)
-            extra = {
-                "auto_val_r2": [_json_float(r) for r in val_r2[:, fm.target_layer]],
-                "auto_selection": "best validation R2, ties by relative depth",
-                "relative_depth_source_layer": relative_depth_pair(n_src, n_tgt, fm.target_layer),
-            }
+            extra = scores.choice_settings(fm.target_layer)
             if solver == "ridge" and len(grid) > 1:
                 extra["val_r2_by_lambda"] = [_json_float(r) for r in by_lambda[ls, fm.target_layer]]
             fitted[fm.target_layer] = _with_settings(fm, extra)
@@ -263,6 +306,60 @@ def _fit_pair(
     )
     source.forget(lt)  # what it kept of this target is not needed again
     return fm
+
+
+def _fit_anchored(
+    data: Data,
+    anchors: Anchors,
+    mode: str,
+    explicit: list[tuple[int, int]],
+    grid: tuple[float, ...],
+    base_settings: dict[str, Any],
+    progress: Progress | None,
+) -> list[FittedMap]:
+    """The anchored maps: at ridge's ``auto`` pairs (its first pass) or the pairs given."""
+    extra: dict[int, dict[str, Any]] = {}
+    done = total = 0
+    if mode == "auto":
+        # the source block as ridge picks it (a pass of validation scores, nothing solved)
+        total = data.n_src + data.n_tgt
+        scores = _auto_scores(data, "ridge", grid, progress, total)
+        pairs = [(scores.source_for(lt), lt) for lt in range(data.n_tgt)]
+        extra = {lt: scores.choice_settings(lt) for lt in range(data.n_tgt)}
+        done = data.n_src
+    else:
+        pairs, total = explicit, len(explicit)
+    out = []
+    for ls, lt in pairs:
+        x, target = data.x(ls), data.target(lt)
+        vs, vt = anchors.at(ls, lt)
+        sol = solve_anchored(x["train"], target.y["train"], vs, vt, list(anchors.groups))
+        wt = sol.wt
+        bias = target.mean - x["train"].mean(0) @ wt
+        fits = {part: (target.y[part], x[part] @ wt + bias) for part in ("train", "val", "test")}
+        r2_test, mse, cosine = held_out_metrics(*fits["test"], target.mean)
+        settings = {**base_settings, **sol.settings(), **extra.get(lt, {})}
+        out.append(
+            FittedMap(
+                source_layer=ls,
+                target_layer=lt,
+                weight=np.ascontiguousarray(wt.T.to(torch.float32).numpy()),
+                bias=bias.to(torch.float32).numpy().copy(),
+                r2=r2_test,
+                mse=mse,
+                cosine=cosine,
+                r2_train=r2(*fits["train"]),
+                r2_val=r2(*fits["val"]),
+                n_train=data.n_train,
+                n_val=data.n_val,
+                n_test=data.n_test,
+                settings=settings,
+            )
+        )
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    return out
 
 
 def _make_source(data: Data, solver: str, ls: int) -> Source:

@@ -1,9 +1,10 @@
 """What every solver shares: the solver, λ and precision options, the split states (:class:`Data`)
 and the interface a solver implements for one source block (:class:`Source`).
 
-Two solvers: ``"ridge"`` (the default, :mod:`.ridge`) and ConTrans' ``"lstsq-svd"``
-(:mod:`.lstsq`). Precision applies to the ridge sweep only: ``"float32"`` (its default) or
-``"float64"``; ``lstsq-svd`` is always float64.
+Three solvers: ``"ridge"`` (the default, :mod:`.ridge`), ConTrans' ``"lstsq-svd"``
+(:mod:`.lstsq`) and ``"anchored"`` (:mod:`.anchored`: ridge plus paired concept vectors as rows).
+Precision applies to the ridge sweep only (the anchored solver's choice of source block runs
+one): ``"float32"`` (its default) or ``"float64"``; ``lstsq-svd`` is always float64.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 from crx.registry.engine.fit.checks import LayeredStates
 from crx.registry.errors import InvalidInput
 
-SOLVERS: tuple[str, ...] = ("ridge", "lstsq-svd")
+SOLVERS: tuple[str, ...] = ("ridge", "lstsq-svd", "anchored")
+#: The solvers that run ridge's λ sweep (and so take its precision and λ grid).
+RIDGE_SWEEP: tuple[str, ...] = ("ridge", "anchored")
 PRECISIONS: tuple[str, ...] = ("float64", "float32")
 #: Ridge penalties relative to the mean eigenvalue of the centred training covariance.
 DEFAULT_LAMBDAS: tuple[float, ...] = tuple(10.0**k for k in range(-6, 3))
@@ -26,10 +29,10 @@ DEFAULT_LAMBDAS: tuple[float, ...] = tuple(10.0**k for k in range(-6, 3))
 def resolve_precision(solver: str, precision: str | None) -> str:
     """``precision`` checked against ``solver``, or the solver's default when it is None."""
     if precision is None:
-        return "float32" if solver == "ridge" else "float64"
+        return "float32" if solver in RIDGE_SWEEP else "float64"
     if precision not in PRECISIONS:
         raise InvalidInput(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision != "float64" and solver != "ridge":
+    if precision != "float64" and solver not in RIDGE_SWEEP:
         raise InvalidInput(f"precision {precision} applies to the ridge solver only")
     return precision
 
@@ -37,7 +40,7 @@ def resolve_precision(solver: str, precision: str | None) -> str:
 def resolve_lambdas(lambdas: Sequence[float] | None, solver: str) -> tuple[float, ...]:
     """The λ grid, sorted and without repeats: :data:`DEFAULT_LAMBDAS` when None; ``(0.0,)``
     for a solver without λ."""
-    if solver != "ridge":
+    if solver not in RIDGE_SWEEP:
         if lambdas is not None:
             raise InvalidInput(f"lambdas apply to the ridge solver only, not to {solver!r}")
         return (0.0,)

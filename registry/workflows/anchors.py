@@ -1,0 +1,202 @@
+"""Anchors of the ``anchored`` solver: paired native vectors of concepts on two models, and the
+leakage rule that keeps a concept from being transplanted through a map fitted on it.
+
+`anchor_set` gathers every concept version extracted natively on both models (mean difference,
+last token; the bank's and the team's own), minus the concepts excluded and **every concept that
+shares a contrast text with one of them** (concepts built from the same scenarios are one
+family: the six emotions share theirs). Concepts that share texts with each other are one
+*group*, so leave-concepts-out validation never validates on a concept whose texts it trained on.
+
+`leaks` is the rule a transplant checks (`crx transplant`, plans, ``crx apply``): a map leaks for
+a concept version when any of its anchors is a version of the same concept or shares a contrast
+text with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from crx.registry.errors import AnchorLeak, InvalidInput
+from crx.registry.hashing import content_sha256
+from crx.schemas.records import (
+    ConceptVersionRecord,
+    MapAnchorRecord,
+    MapRecord,
+    ModelRecord,
+    VectorRecord,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from crx.registry.catalog.service import Catalog
+    from crx.registry.workflows.workspace import Workspace
+
+ESTIMATOR, TOKEN = "mean_diff", "last"
+
+
+@dataclass(frozen=True)
+class AnchorSet:
+    """The anchors of one fit: ``source`` ``[K, Ls, ds]``, ``target`` ``[K, Lt, dt]``."""
+
+    source: np.ndarray
+    target: np.ndarray
+    groups: list[str]
+    refs: list[str]
+    lineage: list[tuple[int, int, int]]  # (concept version id, source vector, target vector)
+
+    @property
+    def digest(self) -> str:
+        """What identifies the set in a map's recipe: the exact versions and vectors."""
+        return content_sha256(sorted(self.lineage))
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "anchors_sha256": self.digest,
+            "n_anchor_concepts": len(self.refs),
+            "n_anchor_groups": len(set(self.groups)),
+        }
+
+
+def _texts(catalog: Catalog, concept: ConceptVersionRecord) -> set[str]:
+    return {t for p in catalog.load_pairs(concept) for t in (p.positive, p.negative)}
+
+
+def _native(catalog: Catalog, model: ModelRecord) -> dict[int, VectorRecord]:
+    """The newest native mean-difference vector of each concept version on ``model``."""
+    found: dict[int, VectorRecord] = {}
+    for v in catalog.list_vectors(model=model.name, limit=None).items:
+        native = v.origin == "extracted" and v.estimator == ESTIMATOR and v.layers is None
+        if native and v.token_position == TOKEN:
+            newest = found.get(v.concept_version_id)
+            if newest is None or v.id > newest.id:
+                found[v.concept_version_id] = v
+    return found
+
+
+def _families(texts: dict[int, set[str]]) -> dict[int, int]:
+    """Union of concept versions that share any text: each version's family representative."""
+    parent = {k: k for k in texts}
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    owner: dict[str, int] = {}
+    for k, words in texts.items():
+        for text in words:
+            other = owner.setdefault(text, k)
+            if other != k:
+                parent[root(k)] = root(other)
+    return {k: root(k) for k in texts}
+
+
+def anchor_set(
+    ws: Workspace,
+    source: ModelRecord,
+    target: ModelRecord,
+    *,
+    exclude: Iterable[str] = (),
+    limit: int | None = None,
+) -> AnchorSet:
+    """Every concept version natively on both models, minus ``exclude`` (concept names) and
+    their families; ``limit``: only the first N anchor concepts by name (for ablations)."""
+    import numpy as np
+
+    catalog = ws.catalog
+    on_source, on_target = _native(catalog, source), _native(catalog, target)
+    both = sorted(set(on_source) & set(on_target))
+    excluded = set(exclude)
+    versions = {cv: catalog.get_concept(_ref(on_source[cv])) for cv in both}
+    # the excluded concepts' texts, from every version registered (extracted or not)
+    banned: set[str] = set()
+    for name in excluded:
+        for version in catalog.concept_versions(name):
+            banned |= _texts(catalog, version)
+    texts = {cv: _texts(catalog, versions[cv]) for cv in both}
+    family = _families(texts)
+    leaky_families = {family[cv] for cv in both if versions[cv].concept in excluded}
+    leaky_families |= {family[cv] for cv in both if texts[cv] & banned}
+    kept = [cv for cv in both if family[cv] not in leaky_families]
+    kept.sort(key=lambda cv: versions[cv].ref)
+    if limit is not None:
+        kept = kept[:limit]
+    if not kept:
+        raise InvalidInput(
+            f"no concept is extracted on both {source.name} and {target.name} to anchor a map "
+            f"(after excluding {', '.join(sorted(excluded)) or 'nothing'}): run `crx bank "
+            f"extract --model {source.name}` and `crx bank extract --model {target.name}` first"
+        )
+    src = np.stack([catalog.load_vector(on_source[cv].id) for cv in kept])
+    tgt = np.stack([catalog.load_vector(on_target[cv].id) for cv in kept])
+    groups = [versions[family[cv]].ref for cv in kept]
+    return AnchorSet(
+        source=src.astype(np.float32),
+        target=tgt.astype(np.float32),
+        groups=groups,
+        refs=[versions[cv].ref for cv in kept],
+        lineage=[(cv, on_source[cv].id, on_target[cv].id) for cv in kept],
+    )
+
+
+def _ref(vector: VectorRecord) -> str:
+    return f"{vector.concept}@{vector.concept_version}"
+
+
+def leaks(
+    catalog: Catalog, concept: ConceptVersionRecord, anchors: Sequence[MapAnchorRecord]
+) -> list[str]:
+    """The anchors (refs) that make a map unusable for ``concept``: a version of the same
+    concept, or a concept sharing a contrast text with it; [] when the map is clean."""
+    if not anchors:
+        return []
+    own = _texts(catalog, concept)
+    bad = []
+    for anchor in anchors:
+        if anchor.concept == concept.concept:
+            bad.append(anchor.ref)
+            continue
+        other = catalog.get_concept(anchor.ref)
+        if other.pairs_oid == concept.pairs_oid or own & _texts(catalog, other):
+            bad.append(anchor.ref)
+    return bad
+
+
+def split_leaky(
+    catalog: Catalog, concept: ConceptVersionRecord, maps: Sequence[MapRecord]
+) -> tuple[list[MapRecord], dict[int, list[str]]]:
+    """``maps`` without the anchored ones that leak for ``concept``, and those (id → anchors)."""
+    anchored = [m.id for m in maps if m.solver == "anchored"]
+    if not anchored:
+        return list(maps), {}
+    verdicts: dict[tuple[int, ...], list[str]] = {}
+    leaky: dict[int, list[str]] = {}
+    for map_id, anchors in catalog.map_anchors(anchored).items():
+        key = tuple(a.concept_version_id for a in anchors)
+        if key not in verdicts:
+            verdicts[key] = leaks(catalog, concept, anchors)
+        if verdicts[key]:
+            leaky[map_id] = verdicts[key]
+    return [m for m in maps if m.id not in leaky], leaky
+
+
+def refuse_leaks(
+    catalog: Catalog, concept: ConceptVersionRecord, maps: Sequence[MapRecord], fix: str
+) -> None:
+    """`AnchorLeak` when any of ``maps`` is an anchored map that leaks for ``concept``."""
+    _, leaky = split_leaky(catalog, concept, maps)
+    if leaky:
+        anchors = sorted({a for found in leaky.values() for a in found})
+        raise AnchorLeak(concept.ref, sorted(leaky), anchors, fix)
+
+
+def leak_fix(concept: str, source: str, target: str) -> str:
+    """How to get a map that may carry ``concept``."""
+    return (
+        f"fit maps without it: `crx fit --source {source} --target {target} --solver anchored "
+        f"--exclude {concept}`"
+    )

@@ -1,0 +1,132 @@
+"""The concept bank: generic contrast concepts shipped with crx, registered and extracted in bulk.
+
+The bank (``registry/data/bank/``: ``index.json`` plus one pairs file per concept, see
+``registry/data/NOTICE.md``) holds concepts unrelated to any evaluated task (tense, topics,
+register, languages, antonyms ...). Extracted natively on two models, its concepts are the
+anchors of the ``anchored`` map solver (`crx.registry.engine.fit.anchored`). Each is registered
+as ``bank.NAME`` with the plain template ``{text}``; `extract_bank` registers what is missing and
+extracts, with the model loaded once, every bank concept that has no vector on the model yet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import TYPE_CHECKING
+
+from crx.registry.errors import InvalidInput
+from crx.registry.pairs import ContrastPair, pairs_from_objects
+from crx.registry.progress import StagedProgress, staged
+from crx.schemas.records import ConceptVersionRecord, VectorRecord
+
+if TYPE_CHECKING:
+    from crx.registry.workflows.workspace import Workspace
+
+PREFIX = "bank."
+TEMPLATE = "{text}"
+
+
+@dataclass(frozen=True)
+class BankConcept:
+    """One bank entry: its file name, group and one-line description."""
+
+    name: str
+    group: str
+    description: str
+
+    @property
+    def concept(self) -> str:
+        """The registry name it is registered under."""
+        return PREFIX + self.name
+
+
+def _folder() -> Traversable:
+    return resources.files("crx.registry").joinpath("data", "bank")
+
+
+def bank_index() -> list[BankConcept]:
+    """Every bank concept, in the index's order."""
+    entries = json.loads(_folder().joinpath("index.json").read_text(encoding="utf-8"))
+    return [BankConcept(e["name"], e["group"], e["description"]) for e in entries]
+
+
+def select(names: Sequence[str] | None = None, limit: int | None = None) -> list[BankConcept]:
+    """The bank concepts named (``NAME`` or ``bank.NAME``; None: all), then the first ``limit``."""
+    index = bank_index()
+    if names:
+        by_name = {c.name: c for c in index}
+        wanted = [n.removeprefix(PREFIX) for n in names]
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            raise InvalidInput(
+                f"not in the concept bank: {', '.join(unknown[:5])} (`crx bank list` names all "
+                f"{len(index)})"
+            )
+        index = [by_name[n] for n in dict.fromkeys(wanted)]
+    if limit is not None:
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, not {limit}")
+        index = index[:limit]
+    return index
+
+
+def bank_pairs(entry: BankConcept) -> list[ContrastPair]:
+    """The contrast pairs of one bank concept."""
+    text = _folder().joinpath(f"{entry.name}.json").read_text(encoding="utf-8")
+    return pairs_from_objects(f"bank/{entry.name}.json", json.loads(text))
+
+
+def register_bank(ws: Workspace, entries: Sequence[BankConcept]) -> list[ConceptVersionRecord]:
+    """Register (or find) every entry's concept; identical pairs are a no-op."""
+    catalog = ws.catalog
+    return [
+        catalog.register_concept(
+            entry.concept,
+            bank_pairs(entry),
+            description=f"concept bank ({entry.group}): {entry.description}",
+            template=TEMPLATE,
+            pair_construction="concept bank",
+        ).record
+        for entry in entries
+    ]
+
+
+def extract_bank(
+    ws: Workspace,
+    model: str,
+    *,
+    names: Sequence[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    force: bool = False,
+    progress: StagedProgress | None = None,
+) -> list[tuple[VectorRecord, bool]]:
+    """Register the bank's concepts and extract each on ``model``: ``(vector, created)`` each.
+
+    Reports ``load MODEL`` when it computes anything, then one stage ``bank on MODEL``
+    counting concepts.
+    """
+    from crx.registry.workflows.extract import extract
+
+    entries = select(names, limit)
+    catalog = ws.catalog
+    record = catalog.get_model(model)
+    concepts = register_bank(ws, entries)
+    missing = force or any(
+        catalog.find_vector(c, record, origin="extracted", estimator="mean_diff", token="last")
+        is None
+        for c in concepts
+    )
+    if missing:
+        ws.load(record, progress=progress)  # reported once, as its own stage
+    report = staged(progress, f"bank on {record.name}")
+    out = []
+    for done, concept in enumerate(concepts, start=1):
+        result = extract(ws, concept.ref, record.name, batch_size=batch_size, force=force)
+        out.append((result.record, result.created))
+        if report is not None:
+            report(done, len(concepts))
+    return out

@@ -1,0 +1,124 @@
+"""The concept-anchored solver (`crx.registry.engine.fit.anchored`): what it fits and chooses.
+
+Synthetic states with a known truth: the corpus follows one linear map and the concept vectors
+another (as a model's concept directions need not be where its neutral-text variance is), so
+only the anchors can teach the second, and leave-concepts-out validation must see that.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from crx.registry.engine.fit import fit_pairs
+from crx.registry.engine.fit.anchored import Anchors, fold_of, solve_anchored
+from crx.registry.errors import InvalidInput
+
+N, DS, DT, K = 300, 24, 20, 40
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    rng = np.random.default_rng(7)
+    w_corpus = rng.normal(size=(DT, DS))
+    w_concepts = w_corpus + 2.0 * rng.normal(size=(DT, DS))
+    x = rng.normal(size=(N, 2, DS))
+    y = np.stack([x[:, i] @ w_corpus.T + 0.3 * rng.normal(size=(N, DT)) for i in range(2)], 1)
+    vs = rng.normal(size=(K, 2, DS)) * rng.uniform(0.5, 5.0, size=(K, 1, 1))  # norms vary
+    vt = np.stack([vs[:, i] @ w_concepts.T for i in range(2)], 1)
+    return {"x": x, "y": y, "vs": vs, "vt": vt, "w_concepts": w_concepts, "rng": rng}
+
+
+def test_anchors_teach_the_concept_map_the_corpus_cannot(world: dict) -> None:
+    groups = [f"c{k}" for k in range(K)]
+    anchored = fit_pairs(
+        world["x"], world["y"], [(0, 0)], solver="anchored",
+        anchors=Anchors(world["vs"], world["vt"], groups),
+    )[0]  # fmt: skip
+    ridge = fit_pairs(world["x"], world["y"], [(0, 0)])[0]
+    # a concept never seen: its true target direction comes from the concepts' map
+    fresh = world["rng"].normal(size=DS)
+    truth = world["w_concepts"] @ fresh
+    assert _cos(anchored.weight @ fresh, truth) > 0.95
+    assert _cos(ridge.weight @ fresh, truth) < 0.8
+    settings = anchored.settings
+    assert settings["anchor_weight"] != 0.0  # validation chose to use the anchors
+    assert settings["anchor_cv_best"] > 0.9
+    assert settings["n_anchors"] == K
+    assert settings["n_anchor_groups"] == K
+    # the table it chose from: one row per weight, one column per λ, best where it says
+    table = np.array(settings["anchor_cv_cosine"], dtype=float)
+    assert table.shape == (len(settings["anchor_weight_grid"]), len(settings["anchor_lambda_grid"]))
+    assert np.nanmax(table) == pytest.approx(settings["anchor_cv_best"])
+    # the corpus fit it records is real (held out) and worse than ridge's, which only fits it
+    assert anchored.r2 < ridge.r2
+
+
+def test_consistent_anchors_are_not_needed_when_the_corpus_already_agrees(world: dict) -> None:
+    # concept vectors that follow the corpus's own map: the corpus alone already transfers them,
+    # so whatever weight is chosen, a fresh concept comes out right
+    rng = np.random.default_rng(3)
+    w_corpus = np.linalg.lstsq(world["x"][:, 0], world["y"][:, 0], rcond=None)[0].T
+    vs = rng.normal(size=(K, 2, DS))
+    vt = np.stack([vs[:, i] @ w_corpus.T for i in range(2)], 1)
+    fm = fit_pairs(
+        world["x"], world["y"], [(0, 0)], solver="anchored",
+        anchors=Anchors(vs, vt, [f"c{k}" for k in range(K)]),
+    )[0]  # fmt: skip
+    fresh = rng.normal(size=DS)
+    assert _cos(fm.weight @ fresh, w_corpus @ fresh) > 0.98
+
+
+def test_leave_concepts_out_never_validates_on_a_group_it_trained_on() -> None:
+    groups = ["a", "a", "b", "c", "c", "c", "d", "e", "f"]
+    folds = fold_of(groups, 3)
+    for g in set(groups):
+        assert len({int(f) for f, h in zip(folds, groups, strict=True) if h == g}) == 1
+    assert set(folds.tolist()) == {0, 1, 2}
+
+
+def test_grouped_copies_cannot_vouch_for_each_other() -> None:
+    # 20 copies of one concept (one group) plus 4 unrelated noise concepts: if copies were
+    # validated on each other, the anchors would look perfect; grouped, they cannot
+    rng = np.random.default_rng(11)
+    v = rng.normal(size=DS)
+    vs = np.vstack([np.tile(v, (20, 1)), rng.normal(size=(4, DS))])
+    vt = np.vstack([np.tile(rng.normal(size=DT), (20, 1)), rng.normal(size=(4, DT))])
+    ungrouped = solve_anchored(
+        None, None, torch.tensor(vs), torch.tensor(vt), [str(i) for i in range(24)]
+    )
+    grouped = solve_anchored(
+        None, None, torch.tensor(vs), torch.tensor(vt), ["copy"] * 20 + ["n1", "n2", "n3", "n4"]
+    )
+    assert ungrouped.cv_cosine.max() > 0.8
+    assert grouped.cv_cosine.max() < 0.5
+    assert math.isinf(grouped.weight)  # no corpus: the anchors alone
+
+
+def test_the_solver_and_its_anchors_go_together(world: dict) -> None:
+    with pytest.raises(InvalidInput, match="needs anchors"):
+        fit_pairs(world["x"], world["y"], [(0, 0)], solver="anchored")
+    anchors = Anchors(world["vs"], world["vt"], [f"c{k}" for k in range(K)])
+    with pytest.raises(InvalidInput, match="anchored solver only"):
+        fit_pairs(world["x"], world["y"], [(0, 0)], anchors=anchors)
+    few = Anchors(world["vs"][:3], world["vt"][:3], ["a", "b", "c"])
+    with pytest.raises(InvalidInput, match="at least 4 independent"):
+        fit_pairs(world["x"], world["y"], [(0, 0)], solver="anchored", anchors=few)
+
+
+def test_auto_pairs_are_ridges_choice_of_source_block(world: dict) -> None:
+    anchors = Anchors(world["vs"], world["vt"], [f"c{k}" for k in range(K)])
+    anchored = fit_pairs(world["x"], world["y"], "auto", solver="anchored", anchors=anchors)
+    ridge = fit_pairs(world["x"], world["y"], "auto")
+    assert [(m.source_layer, m.target_layer) for m in anchored] == [
+        (m.source_layer, m.target_layer) for m in ridge
+    ]
+    for a, r in zip(anchored, ridge, strict=True):
+        assert a.settings["auto_val_r2"] == r.settings["auto_val_r2"]

@@ -1,0 +1,173 @@
+"""The concept bank and the anchored maps it feeds, through the CLI on real registries.
+
+The bank's data is checked as shipped (size, format, independence from the evaluated data);
+`crx bank extract`, `crx fit --solver anchored` and the leakage rule run on the tiny Llama and
+GPT-2 of `tests.tiny_models` with a real SQLite file or PostgreSQL database (`tests.cli_world`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from crx.registry.engine.emotion import EMOTIONS, load_scenarios
+from crx.registry.pairs import ContrastPair
+from crx.registry.workflows.bank import PREFIX, bank_index, bank_pairs
+from crx.schemas.names import name_problem
+from tests.cli_world import World
+from tests.test_cli_errors import snapshot, user_error
+from tests.tiny_models import PAIRS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_the_bank_ships_at_least_150_independent_concepts() -> None:
+    index = bank_index()
+    assert len(index) >= 150
+    assert len({e.name for e in index}) == len(index)
+    assert {e.group for e in index} >= {"grammar", "topics", "style", "semantics"}
+    texts: dict[str, str] = {}
+    for entry in index:
+        assert name_problem(PREFIX + entry.name) is None
+        pairs = bank_pairs(entry)
+        assert len(pairs) >= 20, entry.name
+        for pair in pairs:
+            assert pair.positive != pair.negative
+            for text in (pair.positive, pair.negative):
+                # every text belongs to one concept: no two bank concepts share texts, so each
+                # is its own group in leave-concepts-out validation
+                assert texts.setdefault(text, entry.name) == entry.name, text
+    # nothing of what is evaluated: no emotion scenario, no emotion word, no TruthfulQA text
+    scenarios = {s for e in EMOTIONS for s in load_scenarios(e)}
+    assert not scenarios & set(texts)
+    words = re.compile(
+        r"\b(" + "|".join(EMOTIONS) + r"|sad|angry|afraid|disgusted|surprised)\b", re.I
+    )
+    assert not [t for t in texts if words.search(t)]
+    truthfulqa = SHARED / "truthfulqa" / "truthfulqa_dev.csv"
+    if truthfulqa.exists():
+        questions = truthfulqa.read_text(encoding="utf-8")
+        assert not [t for t in texts if len(t) > 30 and t in questions]
+
+
+def test_bank_list_names_every_concept_as_registered(world: World) -> None:
+    listed = world.json("bank", "list")
+    assert [e["concept"] for e in listed] == [PREFIX + e.name for e in bank_index()]
+
+
+def _models(w: World, model_dirs: dict[str, Path]) -> None:
+    with w.registry() as reg:
+        reg.register_model("src", str(model_dirs["llama"]))
+        reg.register_model("tgt", str(model_dirs["gpt2"]))
+
+
+def test_bank_extract_registers_and_extracts_then_reuses(
+    world: World, model_dirs: dict[str, Path]
+) -> None:
+    _models(world, model_dirs)
+    first = world.json("bank", "extract", "--model", "src", "--limit", "5")
+    assert (first["extracted"], first["reused"]) == (5, 0)
+    names = [e.name for e in bank_index()[:5]]
+    assert [v["concept"] for v in first["items"]] == [PREFIX + n for n in names]
+    assert {v["model"] for v in first["items"]} == {"src"}
+    again = world.json("bank", "extract", "--model", "src", "--limit", "5")
+    assert (again["extracted"], again["reused"]) == (0, 5)
+    assert [v["id"] for v in again["items"]] == [v["id"] for v in first["items"]]
+    with world.registry() as reg:
+        concept = reg.get_concept(PREFIX + names[0])
+        assert reg.load_pairs(concept) == bank_pairs(bank_index()[0])
+        assert concept.pair_construction == "concept bank"
+    before = snapshot(world)
+    message = user_error(world.run("bank", "extract", "--model", "src", "--concept", "nope"))
+    assert "not in the concept bank: nope" in message
+    assert snapshot(world) == before
+
+
+@pytest.fixture
+def anchored_world(world: World, model_dirs: dict[str, Path], corpus_file: Path) -> World:
+    """Two tiny models, 8 bank concepts and `mood` (plus `mood-twin`, built from the same
+    texts) extracted on both."""
+    _models(world, model_dirs)
+    with world.registry() as reg:
+        reg.register_concept("mood", PAIRS)
+        twin = [ContrastPair(p.negative, p.positive) for p in PAIRS[:3]]
+        reg.register_concept("mood-twin", twin)
+    for model in ("src", "tgt"):
+        world.ok("bank", "extract", "--model", model, "--limit", "8")
+        for concept in ("mood", "mood-twin"):
+            world.ok("extract", concept, "--model", model)
+    world.facts["fit"] = ("fit", "--source", "src", "--target", "tgt", "--corpus", str(corpus_file))
+    return world
+
+
+def test_an_anchored_fit_records_its_anchors_and_a_transplant_of_one_is_refused(
+    anchored_world: World,
+) -> None:
+    w = anchored_world
+    maps = w.json(*w.facts["fit"], "--solver", "anchored")["items"]
+    assert len(maps) == 3  # auto: one map per target block of the tiny GPT-2
+    with w.registry() as reg:
+        anchors = reg.catalog.map_anchors([m["id"] for m in maps])
+    refs = {a.ref for a in anchors[maps[0]["id"]]}
+    bank = {f"{PREFIX}{e.name}@1" for e in bank_index()[:8]}
+    assert refs == bank | {"mood@1", "mood-twin@1"}
+    settings = maps[0]["solver_settings"]
+    assert settings["n_anchor_concepts"] == 10
+    assert settings["n_anchor_groups"] == 9  # mood and its twin share texts: one group
+    assert settings["anchor_exclude"] == []
+
+    before = snapshot(w)
+    for concept in ("mood", "mood-twin"):
+        message = user_error(
+            w.run(
+                "transplant", concept, "--source", "src", "--target", "tgt", "--solver", "anchored"
+            )
+        )
+        assert f"{concept}@1 cannot go through anchored map" in message
+        assert f"--exclude {concept}" in message
+    assert snapshot(w) == before
+
+
+def test_excluding_a_concept_drops_its_whole_family_and_then_it_transplants(
+    anchored_world: World,
+) -> None:
+    w = anchored_world
+    leaky = w.json(*w.facts["fit"], "--solver", "anchored")["items"]
+    clean = w.json(*w.facts["fit"], "--solver", "anchored", "--exclude", "mood")["items"]
+    assert {m["id"] for m in clean}.isdisjoint({m["id"] for m in leaky})
+    with w.registry() as reg:
+        anchors = reg.catalog.map_anchors([m["id"] for m in clean])
+    refs = {a.ref for found in anchors.values() for a in found}
+    assert not refs & {"mood@1", "mood-twin@1"}  # the twin shares mood's texts: out too
+    assert len(refs) == 8
+    assert clean[0]["solver_settings"]["anchor_exclude"] == ["mood"]
+    vector = w.json(
+        "transplant", "mood", "--source", "src", "--target", "tgt", "--solver", "anchored"
+    )
+    assert sorted(vector["record"]["map_ids"]) == sorted(m["id"] for m in clean)
+    # the anchors are lineage: on the map, and as one node of the transplant's graph
+    shown = w.json("show", "map", str(clean[0]["id"]))
+    assert sorted(shown["anchors"]) == sorted(refs)
+    graph = w.json("lineage", "mood", "--model", "tgt", "--vector", str(vector["record"]["id"]))
+    nodes = [n for n in graph["nodes"] if n["kind"] == "anchors"]
+    assert len(nodes) == 1  # every map of the fit shares one anchor set
+    assert nodes[0]["details"]["n_concepts"] == 8
+    assert set(nodes[0]["details"]["concepts"].split(", ")) == refs
+    map_nodes = [n for n in graph["nodes"] if n["kind"] == "map"]
+    assert map_nodes
+    assert all(nodes[0]["key"] in n["inputs"] for n in map_nodes)
+    # the same fit again is found, not refitted
+    again = w.json(*w.facts["fit"], "--solver", "anchored", "--exclude", "mood")["items"]
+    assert [m["id"] for m in again] == [m["id"] for m in clean]
+
+
+def test_without_a_solver_a_transplant_never_picks_a_map_fitted_on_its_concept(
+    anchored_world: World,
+) -> None:
+    w = anchored_world
+    ridge = w.json(*w.facts["fit"])["items"]
+    w.json(*w.facts["fit"], "--solver", "anchored")
+    vector = w.json("transplant", "mood", "--source", "src", "--target", "tgt")
+    assert sorted(vector["record"]["map_ids"]) == sorted(m["id"] for m in ridge)
