@@ -171,3 +171,36 @@ def test_without_a_solver_a_transplant_never_picks_a_map_fitted_on_its_concept(
     w.json(*w.facts["fit"], "--solver", "anchored")
     vector = w.json("transplant", "mood", "--source", "src", "--target", "tgt")
     assert sorted(vector["record"]["map_ids"]) == sorted(m["id"] for m in ridge)
+
+
+def test_plans_reach_anchored_maps_only_through_vectors_transplanted_with_them(
+    anchored_world: World,
+) -> None:
+    w = anchored_world
+    w.json(*w.facts["fit"], "--solver", "anchored", "--exclude", "mood")
+    w.ok("extract", "mood", "--model", "src")
+
+    def hops(plan: dict) -> list[tuple[str, str]]:
+        (item,) = plan["concepts"]
+        return [(r["kind"], h["solver"]) for r in item["candidates"] for h in r["hops"]]
+
+    # no direct route through an anchored map: whether it may carry mood is mood's question
+    before = w.json("plan", "--target", "tgt", "--concept", "mood")
+    assert ("direct", "anchored") not in hops(before)
+    made = w.json(
+        "transplant", "mood", "--source", "src", "--target", "tgt", "--solver", "anchored"
+    )
+    # the tiny random models' maps fit badly (R² < 0): a vector mapped through them is planned
+    # once it is evaluated on the target, its evaluation being the evidence
+    with w.registry() as reg:
+        reg.record_evaluation(
+            "tgt",
+            "emotion",
+            {"token_accuracy": 0.9},
+            vector_id=made["record"]["id"],
+            alpha=0.1,
+            layers=[2],
+            settings={"normalize": True},
+        )
+    after = w.json("plan", "--target", "tgt", "--concept", "mood")
+    assert ("transplanted", "anchored") in hops(after), after["concepts"][0]["reasons"]

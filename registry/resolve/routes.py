@@ -10,7 +10,8 @@ Routes, for a target T and a steering layer ``lt`` of T:
 Maps are walked backwards from ``(T, lt)`` by a best-first search on ``−log R²`` (so the chain
 with the best product of held-out R² to each (model, layer) is found first), up to
 ``max_hops`` maps, skipping maps whose R² is below ``min_r2`` and deprecated maps (and maps
-leaving a deprecated model). The threshold holds for transplanted vectors too: one mapped
+leaving a deprecated model), and anchored maps (whether one may carry a concept depends on the
+concept: they enter plans through the vectors transplanted with them). The threshold holds for transplanted vectors too: one mapped
 through a map under it is left out, unless it is evaluated on T or an alias names it (its
 evidence then says why it stays). ``lt`` is the layer at relative
 depth 0.75 when maps reach it, else the reached layer nearest to it.
@@ -148,7 +149,11 @@ class MapSearch:
         and the rest grouped by target layer once (a search visits every layer of a model)."""
         by_layer = self._usable.get(model_id)
         if by_layer is None:
-            usable = self.view.maps_into(model_id)
+            # Anchored maps are fitted on concepts, so whether one may carry a concept depends on
+            # the concept (`workflows.anchors.leaks`): they are not edges of this search, shared
+            # by every concept; a vector transplanted through them (`crx transplant --solver
+            # anchored`, which checks) is ranked by its evaluations like any other.
+            usable = [m for m in self.view.maps_into(model_id) if m.solver != "anchored"]
             if self.deprecated:
                 maps, models = self.deprecated.ids("map"), self.deprecated.ids("model")
                 usable = [

@@ -1,0 +1,253 @@
+"""Concept-anchored maps on real models: six emotions, α chosen on validation, reported on test.
+
+    crx demo                                  # or quality_bench.py's setup for another pair
+    .venv/bin/python benchmarks/anchored_bench.py --out benchmarks/results/anchored_smollm2_gemma.json
+    .venv/bin/python benchmarks/anchored_bench.py --source qwen2.5-coder-0.5b-instruct \\
+        --target qwen2.5-coder-1.5b-instruct --quality benchmarks/results/quality_qwen05_qwen15.json \\
+        --out benchmarks/results/anchored_qwen05_qwen15.json
+
+Runs on the registry at $CRX_HOME, where the six emotion concepts, their native vectors on both
+models and crx's ridge maps already are (`crx demo`, or quality_bench's run). It
+
+1. extracts the concept bank on both models (`crx bank extract`; reused when there),
+2. fits the anchored maps as `crx fit --solver anchored --exclude sadness` does (every emotion
+   shares its scenarios with the others, so excluding one excludes the six), records them, and
+   transplants each emotion through them (`crx transplant --solver anchored`),
+3. evaluates each transplant exactly as quality_bench's ``--validated``: the held-out scenarios
+   cut into alternating validation and test halves, α chosen per emotion on validation,
+   test-half token accuracy reported; the bare model is re-measured and must equal the
+   committed quality result's (the evaluation is deterministic),
+4. with ``--ablate``: the same at the steering layer's map only, fitted with the first N anchor
+   concepts of a seeded shuffle (three seeds each), and with the corpus left out (anchors only).
+
+The native vector's lift, crx's ridge transplant and the paper's recipe come from the committed
+quality result of the pair (``--quality``), measured on the same halves with the same protocol;
+*selected* is what ``crx plan`` does once every transplant is evaluated: per emotion, the
+transplant and α with the best validation accuracy, among ridge, the paper's recipe (same and
+raw α) and anchored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_bench import choose, validation_rank  # noqa: E402
+
+from crx import Registry  # noqa: E402
+from crx.registry.engine import emotion as task  # noqa: E402
+from crx.registry.engine.emotion import EMOTIONS  # noqa: E402
+from crx.registry.engine.fit import fit_pairs  # noqa: E402
+from crx.registry.engine.fit.anchored import Anchors  # noqa: E402
+from crx.registry.engine.steer import steer  # noqa: E402
+from crx.registry.workflows.anchors import AnchorSet, anchor_set  # noqa: E402
+from crx.registry.workflows.corpus import corpus_states, load_corpus  # noqa: E402
+from crx.registry.workflows.demo import ALPHAS, SOURCE, TARGET  # noqa: E402
+from crx.registry.workflows.evaluate import default_layer, reference_norm  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ABLATION_SIZES = (0, 25, 50, 100)
+SEEDS = (0, 1, 2)
+
+
+def halves(emotion: str) -> dict[str, list[str]]:
+    held_out = task.split_scenarios(task.load_scenarios(emotion)).test
+    return {"val": held_out[0::2], "test": held_out[1::2]}
+
+
+def measure(reg: Registry, target: str, emotion: str, row: np.ndarray | None, layer: int,
+            alphas: tuple[float, ...]) -> dict:  # type: ignore[type-arg]  # fmt: skip
+    """Token/logit accuracy on both halves, bare (``row`` None) or steered at every α."""
+    loaded = reg.load_model(target)
+    parts = halves(emotion)
+    if row is None:
+        return {h: task.accuracy(loaded, emotion, parts[h]) for h in parts}
+    array = np.zeros((loaded.n_layers, row.shape[-1]), dtype=np.float32)
+    array[layer] = row
+    norm = reference_norm(loaded, layer)
+    by_alpha = {}
+    for alpha in alphas:
+        with steer(loaded.layers, array, layer=layer, alpha=alpha, normalize=True,
+                   reference_norm=norm):  # fmt: skip
+            by_alpha[alpha] = {h: task.accuracy(loaded, emotion, parts[h]) for h in parts}
+    return by_alpha
+
+
+def subset(anchors: AnchorSet, n: int, seed: int) -> AnchorSet:
+    """The first ``n`` anchor concepts of a seeded shuffle."""
+    order = list(range(len(anchors.refs)))
+    random.Random(seed).shuffle(order)
+    keep = sorted(order[:n])
+    return AnchorSet(
+        source=anchors.source[keep],
+        target=anchors.target[keep],
+        groups=[anchors.groups[i] for i in keep],
+        refs=[anchors.refs[i] for i in keep],
+        lineage=[anchors.lineage[i] for i in keep],
+    )
+
+
+def selected(check: dict, labels: tuple[str, ...]) -> dict:  # type: ignore[type-arg]
+    """Per emotion: the transplant and α with the best validation accuracy, its test half."""
+    options = [(label, a) for label in labels for a in check[label]["by_alpha"]]
+    label, alpha = max(
+        options, key=lambda o: (*validation_rank(check[o[0]]["by_alpha"][o[1]], o[1]), *o)
+    )
+    return {"from": label, "alpha": alpha, "test": check[label]["by_alpha"][alpha]["test"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--source", default=SOURCE)
+    parser.add_argument("--target", default=TARGET)
+    parser.add_argument("--quality", type=Path, default=RESULTS / "quality_smollm2_gemma.json",
+                        help="the pair's committed quality_bench --validated result")  # fmt: skip
+    parser.add_argument("--alphas", type=lambda s: tuple(float(a) for a in s.split(",")),
+                        default=ALPHAS)  # fmt: skip
+    parser.add_argument("--ablate", action="store_true", help="also the anchor-count ablation")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    started = time.monotonic()
+    reg = Registry()
+    src, tgt = reg.get_model(args.source), reg.get_model(args.target)
+    layer = default_layer(tgt.n_layers)
+    quality = json.loads(args.quality.read_text())
+    committed = {c["emotion"]: c for c in quality["validated"]["rows"]}
+    timings: dict[str, float] = {}
+
+    for model in (src.name, tgt.name):
+        t0 = time.monotonic()
+        results = reg.extract_bank(model)
+        timings[f"bank_extract_{model}_s"] = round(time.monotonic() - t0, 1)
+        timings[f"bank_extracted_now_{model}"] = sum(1 for _, new in results if new)
+        reg.workspace.release(model)
+        print(f"bank on {model}: {timings[f'bank_extract_{model}_s']} s", flush=True)
+
+    t0 = time.monotonic()
+    maps = reg.fit(src.name, tgt.name, solver="anchored", exclude=["sadness"])
+    timings["anchored_fit_s"] = round(time.monotonic() - t0, 1)
+    at_layer = next(m for m in maps if m.target_layer == layer)
+    print(f"anchored fit: {timings['anchored_fit_s']} s; layer {layer} from source block "
+          f"{at_layer.source_layer}, weight {at_layer.solver_settings['anchor_weight']}, "
+          f"λ {at_layer.solver_settings['lambda']}, cv cosine "
+          f"{at_layer.solver_settings['anchor_cv_best']:.3f}", flush=True)  # fmt: skip
+
+    checks = []
+    for e in EMOTIONS:
+        ref = reg.get_concept(e).ref
+        vector = reg.transplant(ref, src.name, tgt.name, solver="anchored").record
+        row = reg.load_vector(vector.id)[layer]
+        base = measure(reg, tgt.name, e, None, layer, args.alphas)
+        old = committed[e]
+        if abs(base["test"]["token_accuracy"] - old["base"]["token_accuracy"]) > 1e-9:
+            raise SystemExit(f"{e}: the bare model's test accuracy differs from {args.quality}")
+        sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
+        check = {"emotion": e, **sizes, "base": base["test"], "anchored_vector_id": vector.id}
+        check["anchored"] = choose(measure(reg, tgt.name, e, row, layer, args.alphas), sizes)
+        for label in ("ours", "paper_recipe", "paper_recipe_raw_alpha", "native"):
+            check[label] = old[label]
+        check["selected_without_anchored"] = old["selected"]
+        check["selected"] = selected(
+            check, ("ours", "paper_recipe", "paper_recipe_raw_alpha", "anchored")
+        )
+        checks.append(check)
+        print(e, {k: round(check[k]["test"]["token_accuracy"], 3) for k in
+                  ("anchored", "ours", "paper_recipe", "selected", "native")}, flush=True)  # fmt: skip
+
+    def summary(rows: list, labels: tuple[str, ...]) -> dict:  # type: ignore[type-arg]
+        mean = {k: float(np.mean([r[k]["test"]["token_accuracy"] for r in rows])) for k in labels}
+        mean["base"] = float(np.mean([r["base"]["token_accuracy"] for r in rows]))
+        lift = {k: mean[k] - mean["base"] for k in labels}
+        return {"mean_test_token_accuracy": mean, "token_lift_over_base": lift,
+                "lift_as_fraction_of_native_lift": {k: lift[k] / lift["native"] for k in labels}}  # fmt: skip
+
+    labels = ("anchored", "ours", "paper_recipe", "paper_recipe_raw_alpha",
+              "selected_without_anchored", "selected", "native")  # fmt: skip
+    result = {
+        "source": src.name, "target": tgt.name, "layer": layer,
+        "anchored_map": {"id": at_layer.id, "source_layer": at_layer.source_layer,
+                         **{k: at_layer.solver_settings[k] for k in (
+                             "anchor_weight", "lambda", "anchor_cv_best", "n_anchor_concepts",
+                             "n_anchor_groups", "anchor_exclude")}, "r2": at_layer.r2},
+        "alphas": list(args.alphas), "timings": timings,
+        "validated": {**summary(checks, labels), "rows": checks},
+    }  # fmt: skip
+    print(json.dumps({k: v for k, v in result["validated"].items() if k != "rows"}, indent=1))
+
+    if args.ablate:
+        result["ablation"] = ablation(reg, src, tgt, layer, at_layer.source_layer, args.alphas,
+                                      committed)  # fmt: skip
+    result["seconds"] = round(time.monotonic() - started, 1)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
+def ablation(reg: Registry, src, tgt, layer: int, ls: int, alphas: tuple[float, ...],  # type: ignore[no-untyped-def]
+             committed: dict) -> list:  # type: ignore[type-arg]  # fmt: skip
+    """Anchored maps at (ls, layer) with fewer anchors (3 seeds each) and without the corpus."""
+    ws = reg.workspace
+    full = anchor_set(ws, src, tgt, exclude=["sadness"])
+    lines, data = load_corpus(None)
+    oid = reg.catalog.store.put(data)
+    xs = corpus_states(ws, src, lines, oid, layers=[ls])
+    ys = corpus_states(ws, tgt, lines, oid, layers=[layer])
+    natives = {e: reg.load_vector(reg.catalog.find_vector(reg.get_concept(e), src,
+               origin="extracted").id) for e in EMOTIONS}  # fmt: skip
+    runs = []
+    variants = [("corpus+anchors", n, seed) for n in ABLATION_SIZES if n < len(full.refs)
+                for seed in (SEEDS if n else (0,))]  # fmt: skip
+    variants += [("corpus+anchors", len(full.refs), 0), ("anchors only", len(full.refs), 0)]
+    for kind, n, seed in variants:
+        if n == 0:
+            fm = fit_pairs(xs, ys, [(ls, layer)])[0]  # no anchors: ridge itself
+        else:
+            chosen = subset(full, n, seed)
+            x = None if kind == "anchors only" else xs
+            fm = _fit_one(x, ys, ls, layer, chosen)
+        rows = []
+        for e in EMOTIONS:
+            mapped = fm.weight @ natives[e][ls]
+            old = committed[e]
+            sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
+            rows.append({"emotion": e, "base": old["base"], "native": old["native"],
+                         "anchored": choose(measure(reg, tgt.name, e, mapped, layer, alphas),
+                                            sizes)})  # fmt: skip
+        mean = float(np.mean([r["anchored"]["test"]["token_accuracy"] for r in rows]))
+        base = float(np.mean([r["base"]["token_accuracy"] for r in rows]))
+        native = float(np.mean([r["native"]["test"]["token_accuracy"] for r in rows]))
+        runs.append({"kind": kind, "n_anchors": n, "seed": seed, "mean_test": mean,
+                     "lift_fraction": (mean - base) / (native - base),
+                     "weight": fm.settings.get("anchor_weight"),
+                     "cv": fm.settings.get("anchor_cv_best"), "rows": rows})  # fmt: skip
+        print(kind, n, seed, round(mean, 3), round((mean - base) / (native - base), 2),
+              flush=True)  # fmt: skip
+    return runs
+
+
+def _fit_one(xs, ys, ls: int, lt: int, anchors: AnchorSet):  # type: ignore[no-untyped-def]
+    """The anchored map at (ls, lt); ``xs`` None: the anchors alone (no corpus rows)."""
+    from crx.registry.engine.fit.anchored import solve_anchored
+    from crx.registry.engine.fit.maps import FittedMap
+
+    if xs is None:
+        sol = solve_anchored(None, None, torch.from_numpy(anchors.source[:, ls]),
+                             torch.from_numpy(anchors.target[:, lt]), anchors.groups)  # fmt: skip
+        nan = float("nan")
+        return FittedMap(ls, lt, sol.wt.T.float().numpy(), None, nan, nan, nan, nan, nan, 0, 0, 0,
+                         sol.settings())  # fmt: skip
+    return fit_pairs(xs, ys, [(ls, lt)], solver="anchored",
+                     anchors=Anchors(anchors.source, anchors.target, anchors.groups))[0]  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
