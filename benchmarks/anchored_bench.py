@@ -56,7 +56,7 @@ from crx.registry.workflows.demo import ALPHAS, SOURCE, TARGET  # noqa: E402
 from crx.registry.workflows.evaluate import default_layer, reference_norm  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ABLATION_SIZES = (0, 25, 50, 100)
+ABLATION_SIZES = (25, 50, 100)  # 0 anchors is crx's ridge map: "ours" of the quality result
 SEEDS = (0, 1, 2)
 
 
@@ -115,10 +115,22 @@ def main() -> None:
     parser.add_argument("--alphas", type=lambda s: tuple(float(a) for a in s.split(",")),
                         default=ALPHAS)  # fmt: skip
     parser.add_argument("--ablate", action="store_true", help="also the anchor-count ablation")
+    parser.add_argument("--sizes", type=lambda s: tuple(int(a) for a in s.split(",")),
+                        default=ABLATION_SIZES, help="ablation: anchor counts")  # fmt: skip
+    parser.add_argument("--seeds", type=lambda s: tuple(int(a) for a in s.split(",")),
+                        default=SEEDS, help="ablation: seeds of each subset")  # fmt: skip
+    parser.add_argument("--skip-main", type=Path, metavar="RESULT",
+                        help="ablation only, added to this earlier result")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.monotonic()
     reg = Registry()
+    if args.skip_main:
+        result = json.loads(args.skip_main.read_text())
+        quality = json.loads(args.quality.read_text())
+        committed = {c["emotion"]: c for c in quality["validated"]["rows"]}
+        run_ablation(reg, args, result, result["anchored_map"]["source_layer"], committed)
+        return
     src, tgt = reg.get_model(args.source), reg.get_model(args.target)
     layer = default_layer(tgt.n_layers)
     quality = json.loads(args.quality.read_text())
@@ -184,17 +196,30 @@ def main() -> None:
     }  # fmt: skip
     print(json.dumps({k: v for k, v in result["validated"].items() if k != "rows"}, indent=1))
 
-    if args.ablate:
-        result["ablation"] = ablation(reg, src, tgt, layer, at_layer.source_layer, args.alphas,
-                                      committed)  # fmt: skip
     result["seconds"] = round(time.monotonic() - started, 1)
+    if args.out:  # written before the (long) ablation, which adds to it
+        args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    if args.ablate:
+        run_ablation(reg, args, result, at_layer.source_layer, committed)
+
+
+def run_ablation(reg: Registry, args: argparse.Namespace, result: dict, ls: int,  # type: ignore[type-arg]
+                 committed: dict) -> None:  # type: ignore[type-arg]  # fmt: skip
+    src, tgt = reg.get_model(args.source), reg.get_model(args.target)
+    started = time.monotonic()
+    result["ablation"] = ablation(reg, src, tgt, result["layer"], ls, args.alphas, committed,
+                                  args.sizes, args.seeds, args.out, result)  # fmt: skip
+    result["ablation_seconds"] = round(time.monotonic() - started, 1)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
 def ablation(reg: Registry, src, tgt, layer: int, ls: int, alphas: tuple[float, ...],  # type: ignore[no-untyped-def]
-             committed: dict) -> list:  # type: ignore[type-arg]  # fmt: skip
-    """Anchored maps at (ls, layer) with fewer anchors (3 seeds each) and without the corpus."""
+             committed: dict, sizes: tuple[int, ...], seeds: tuple[int, ...],  # type: ignore[type-arg]
+             out: Path | None, result: dict) -> list:  # type: ignore[type-arg]  # fmt: skip
+    """Anchored maps at (ls, layer) with fewer anchors (a seeded subset each) and without the
+    corpus; each run is written to ``out`` as it ends (the bare model's test accuracy and the
+    native vector's are the committed ones, on the same halves)."""
     ws = reg.workspace
     full = anchor_set(ws, src, tgt, exclude=["sadness"])
     lines, data = load_corpus(None)
@@ -204,8 +229,8 @@ def ablation(reg: Registry, src, tgt, layer: int, ls: int, alphas: tuple[float, 
     natives = {e: reg.load_vector(reg.catalog.find_vector(reg.get_concept(e), src,
                origin="extracted").id) for e in EMOTIONS}  # fmt: skip
     runs = []
-    variants = [("corpus+anchors", n, seed) for n in ABLATION_SIZES if n < len(full.refs)
-                for seed in (SEEDS if n else (0,))]  # fmt: skip
+    variants = [("corpus+anchors", n, seed) for n in sizes if n < len(full.refs)
+                for seed in (seeds if n else (0,))]  # fmt: skip
     variants += [("corpus+anchors", len(full.refs), 0), ("anchors only", len(full.refs), 0)]
     for kind, n, seed in variants:
         if n == 0:
@@ -231,6 +256,8 @@ def ablation(reg: Registry, src, tgt, layer: int, ls: int, alphas: tuple[float, 
                      "cv": fm.settings.get("anchor_cv_best"), "rows": rows})  # fmt: skip
         print(kind, n, seed, round(mean, 3), round((mean - base) / (native - base), 2),
               flush=True)  # fmt: skip
+        if out:
+            out.write_text(json.dumps({**result, "ablation": runs}, indent=1, default=str) + "\n")
     return runs
 
 

@@ -63,6 +63,12 @@ def list_bank(as_json: bool) -> None:
     help="Only this bank concept (NAME or bank.NAME; repeatable; default all).",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N bank concepts.")
+@click.option(
+    "--template",
+    help="Put each text in this prompt ({text} marks where; default the text alone), e.g. the "
+    "template of the concepts the anchored maps will carry. Another template registers another "
+    "version of each bank concept.",
+)
 @batch_size_option
 @load_options
 @click.option("--force", is_flag=True, help="Extract again even where a vector exists.")
@@ -72,6 +78,7 @@ def extract_bank(
     model: str,
     names: tuple[str, ...],
     limit: int | None,
+    template: str | None,
     batch_size: int,
     force: bool,
     quiet: bool,
@@ -86,11 +93,14 @@ def extract_bank(
     Example:
       crx bank extract --model smollm2-135m-instruct
       crx bank extract --model gemma3-270m --limit 25 --json
+      crx bank extract --model gemma3-270m \\
+          --template $'Scenario: {text}\\nThe emotion of the above scenario is'
     """
     progress = Reporter(quiet=quiet)
     results = registry().extract_bank(
         model,
         names=list(names) or None,
+        template=template,
         limit=limit,
         batch_size=batch_size,
         force=force,

@@ -200,6 +200,11 @@ def extract(
     "(the concepts the maps will transplant; repeatable).",
 )
 @click.option(
+    "--anchor-template",
+    metavar="TEMPLATE",
+    help="anchored: only anchors registered with this template (`crx bank extract --template`).",
+)
+@click.option(
     "--precision",
     type=click.Choice(["float32", "float64"]),
     help="Dtype of the ridge sweep's per-pair products (default float32; lstsq-svd: float64).",
@@ -216,6 +221,7 @@ def fit(
     pairs: str,
     solver: str,
     exclude: tuple[str, ...],
+    anchor_template: str | None,
     precision: str | None,
     batch_size: int,
     force: bool,
@@ -243,6 +249,7 @@ def fit(
         pairs=pairs,
         solver=solver,
         exclude=exclude,
+        anchor_template=anchor_template,
         precision=precision,
         batch_size=batch_size,
         force=force,

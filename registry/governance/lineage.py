@@ -35,8 +35,8 @@ from crx.registry.db.tables import (
 )
 from crx.registry.errors import InvalidInput, NoVectorOn, VectorNotFound
 from crx.registry.governance import subjects
-from crx.registry.hashing import content_sha256
 from crx.registry.governance.aliases import is_protected
+from crx.registry.hashing import content_sha256
 from crx.registry.timeutil import as_utc
 from crx.schemas.governance import Lineage, LineageNode
 from crx.schemas.plan import alpha_text

@@ -11,10 +11,10 @@ Maps are walked backwards from ``(T, lt)`` by a best-first search on ``−log R�
 with the best product of held-out R² to each (model, layer) is found first), up to
 ``max_hops`` maps, skipping maps whose R² is below ``min_r2`` and deprecated maps (and maps
 leaving a deprecated model), and anchored maps (whether one may carry a concept depends on the
-concept: they enter plans through the vectors transplanted with them). The threshold holds for transplanted vectors too: one mapped
-through a map under it is left out, unless it is evaluated on T or an alias names it (its
-evidence then says why it stays). ``lt`` is the layer at relative
-depth 0.75 when maps reach it, else the reached layer nearest to it.
+concept: they enter plans through the vectors transplanted with them). The threshold holds for
+transplanted vectors too: one mapped through a map under it is left out, unless it is
+evaluated on T or an alias names it (its evidence then says why it stays). ``lt`` is the layer
+at relative depth 0.75 when maps reach it, else the reached layer nearest to it.
 
 Ranking (best first), explained in each plan: a route with recorded evaluations on T beats one
 without, and evaluated routes compare by their best primary metric; among unevaluated routes a

@@ -101,10 +101,12 @@ def anchor_set(
     target: ModelRecord,
     *,
     exclude: Iterable[str] = (),
+    template: str | None = None,
     limit: int | None = None,
 ) -> AnchorSet:
     """Every concept version natively on both models, minus ``exclude`` (concept names) and
-    their families; ``limit``: only the first N anchor concepts by name (for ablations)."""
+    their families; ``template``: only the versions registered with that template; ``limit``:
+    only the first N anchor concepts by name (for ablations)."""
     import numpy as np
 
     catalog = ws.catalog
@@ -112,6 +114,8 @@ def anchor_set(
     both = sorted(set(on_source) & set(on_target))
     excluded = set(exclude)
     versions = {cv: catalog.get_concept(_ref(on_source[cv])) for cv in both}
+    if template is not None:
+        both = [cv for cv in both if versions[cv].template == template]
     # the excluded concepts' texts, from every version registered (extracted or not)
     banned: set[str] = set()
     for name in excluded:
@@ -128,8 +132,10 @@ def anchor_set(
     if not kept:
         raise InvalidInput(
             f"no concept is extracted on both {source.name} and {target.name} to anchor a map "
-            f"(after excluding {', '.join(sorted(excluded)) or 'nothing'}): run `crx bank "
-            f"extract --model {source.name}` and `crx bank extract --model {target.name}` first"
+            f"(after excluding {', '.join(sorted(excluded)) or 'nothing'}"
+            f"{'' if template is None else ', in that template'}): run `crx bank extract "
+            f"--model {source.name}` and `crx bank extract --model {target.name}` first"
+            f"{'' if template is None else ' (with --template)'}"
         )
     src = np.stack([catalog.load_vector(on_source[cv].id) for cv in kept])
     tgt = np.stack([catalog.load_vector(on_target[cv].id) for cv in kept])

@@ -79,15 +79,18 @@ def bank_pairs(entry: BankConcept) -> list[ContrastPair]:
     return pairs_from_objects(f"bank/{entry.name}.json", json.loads(text))
 
 
-def register_bank(ws: Workspace, entries: Sequence[BankConcept]) -> list[ConceptVersionRecord]:
-    """Register (or find) every entry's concept; identical pairs are a no-op."""
+def register_bank(
+    ws: Workspace, entries: Sequence[BankConcept], template: str = TEMPLATE
+) -> list[ConceptVersionRecord]:
+    """Register (or find) every entry's concept in ``template``; identical content is a no-op,
+    another template is another version of each (``bank.NAME@2``...)."""
     catalog = ws.catalog
     return [
         catalog.register_concept(
             entry.concept,
             bank_pairs(entry),
             description=f"concept bank ({entry.group}): {entry.description}",
-            template=TEMPLATE,
+            template=template,
             pair_construction="concept bank",
         ).record
         for entry in entries
@@ -100,11 +103,16 @@ def extract_bank(
     *,
     names: Sequence[str] | None = None,
     limit: int | None = None,
+    template: str | None = None,
     batch_size: int = 32,
     force: bool = False,
     progress: StagedProgress | None = None,
 ) -> list[tuple[VectorRecord, bool]]:
     """Register the bank's concepts and extract each on ``model``: ``(vector, created)`` each.
+
+    ``template`` (default ``{text}``): the prompt each text is put in, e.g. the template of the
+    concepts the anchored maps will transplant, so the anchors are read where those concepts
+    are (``crx fit --solver anchored --anchor-template``).
 
     Reports ``load MODEL`` when it computes anything, then one stage ``bank on MODEL``
     counting concepts.
@@ -114,7 +122,7 @@ def extract_bank(
     entries = select(names, limit)
     catalog = ws.catalog
     record = catalog.get_model(model)
-    concepts = register_bank(ws, entries)
+    concepts = register_bank(ws, entries, TEMPLATE if template is None else template)
     missing = force or any(
         catalog.find_vector(c, record, origin="extracted", estimator="mean_diff", token="last")
         is None

@@ -160,23 +160,34 @@ def compute(
 
 
 def anchors_for(
-    ws: Workspace, src: ModelRecord, tgt: ModelRecord, solver: str, exclude: Sequence[str]
+    ws: Workspace,
+    src: ModelRecord,
+    tgt: ModelRecord,
+    solver: str,
+    exclude: Sequence[str],
+    template: str | None = None,
 ) -> AnchorSet | None:
-    """The anchored solver's anchor set (None for the other solvers, which refuse exclusions)."""
+    """The anchored solver's anchor set (None for the other solvers, which refuse its options)."""
     if solver != "anchored":
-        if exclude:
-            raise InvalidInput("--exclude applies to the anchored solver only")
+        if exclude or template is not None:
+            raise InvalidInput("--exclude and --anchor-template apply to the anchored solver only")
         return None
     from crx.registry.workflows.anchors import anchor_set
 
-    return anchor_set(ws, src, tgt, exclude=exclude)
+    return anchor_set(ws, src, tgt, exclude=exclude, template=template)
 
 
-def anchored_settings(anchors: AnchorSet | None, exclude: Sequence[str]) -> dict[str, Any]:
+def anchored_settings(
+    anchors: AnchorSet | None, exclude: Sequence[str], template: str | None = None
+) -> dict[str, Any]:
     """What a map row records about its anchors (nothing for the other solvers)."""
     if anchors is None:
         return {}
-    return {**anchors.settings(), "anchor_exclude": sorted(set(exclude))}
+    return {
+        **anchors.settings(),
+        "anchor_exclude": sorted(set(exclude)),
+        "anchor_template": template,
+    }
 
 
 def fit(
@@ -189,6 +200,7 @@ def fit(
     solver: str = "ridge",
     precision: str | None = None,
     exclude: Sequence[str] = (),
+    anchor_template: str | None = None,
     batch_size: int = 32,
     force: bool = False,
     progress: StagedProgress | None = None,
@@ -200,7 +212,8 @@ def fit(
     addressing); ``force`` fits again. ``precision``: the ridge sweep's product dtype, float32
     by default (`crx.registry.engine.fit`). ``exclude`` (``anchored``): concepts that must not
     anchor the maps, nor any concept sharing a contrast text with them (the ones the maps will
-    transplant; `crx.registry.workflows.anchors`).
+    transplant; `crx.registry.workflows.anchors`); ``anchor_template``: only the anchors
+    registered with that template (`crx bank extract --template`).
     """
     from crx.registry.engine.fit import resolve_precision
 
@@ -215,7 +228,7 @@ def fit(
                 raise InvalidInput(
                     f"layer {layer} is out of range for {model.name} ({model.n_layers} layers)"
                 )
-    anchors = anchors_for(ws, src, tgt, solver, exclude)
+    anchors = anchors_for(ws, src, tgt, solver, exclude, anchor_template)
     lines, corpus_bytes = load_corpus(corpus)
     corpus_oid = catalog.store.put(corpus_bytes)
     if not force:
@@ -246,7 +259,7 @@ def fit(
         progress=progress,
     )
     label = pairs_label(wanted)
-    extra = anchored_settings(anchors, exclude)
+    extra = anchored_settings(anchors, exclude, anchor_template)
     lineage = [] if anchors is None else anchors.lineage
     out = []
     for fm in fitted:
