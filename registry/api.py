@@ -28,7 +28,6 @@ from crx.registry.governance.service import Governance
 from crx.registry.progress import Stage, StagedProgress
 from crx.registry.store import ObjectStore
 from crx.registry.workflows.workspace import Workspace
-from crx.schemas.declare import ApplyReport, Change
 from crx.schemas.plan import PlanExecution, TransplantPlan
 from crx.schemas.records import (
     ConceptVersionRecord,
@@ -48,6 +47,7 @@ if TYPE_CHECKING:
     from crx.registry.workflows.demo import DemoResult
     from crx.registry.workflows.demo import Estimate as DemoEstimate
     from crx.registry.workflows.pull import PullResult
+    from crx.schemas.declare import ApplyReport, Change  # spec files only, not the read commands
 
 P = ParamSpec("P")
 R = TypeVar("R")
