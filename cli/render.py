@@ -9,7 +9,6 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from crx.schemas.plan import alpha_text
 from crx.schemas.records import EvaluationRecord, FieldUpdate
 
 
@@ -45,6 +44,8 @@ def alpha_cell(e: EvaluationRecord) -> str | None:
     recorded as absolute."""
     if e.alpha is None:
         return None
+    from crx.schemas.plan import alpha_text  # the plan schemas: not for every command that renders
+
     return alpha_text(e.alpha, bool(e.settings.get("normalize")), short=True)
 
 

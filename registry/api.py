@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from functools import cached_property
 from pathlib import Path
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
@@ -24,12 +25,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 from crx.registry import audit, config
 from crx.registry.catalog.service import Catalog
 from crx.registry.db.session import Database
-from crx.registry.governance.service import Governance
 from crx.registry.progress import Stage, StagedProgress
 from crx.registry.store import ObjectStore
 from crx.registry.workflows.workspace import Workspace
-from crx.schemas.declare import ApplyReport, Change
-from crx.schemas.plan import PlanExecution, TransplantPlan
 from crx.schemas.records import (
     ConceptVersionRecord,
     EvaluationRecord,
@@ -44,10 +42,13 @@ if TYPE_CHECKING:
     import numpy as np  # only `steer` takes an array; the read commands never import numpy
 
     from crx.registry.engine.loading import LoadedModel, LoadSettings
+    from crx.registry.governance.service import Governance  # imported on first use: below
     from crx.registry.workflows.bank import BankConcept
     from crx.registry.workflows.demo import DemoResult
     from crx.registry.workflows.demo import Estimate as DemoEstimate
     from crx.registry.workflows.pull import PullResult
+    from crx.schemas.declare import ApplyReport, Change  # spec files only, not the read commands
+    from crx.schemas.plan import PlanExecution, TransplantPlan
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,13 +60,22 @@ class _part(Generic[S, P, R]):
     ``registry.governance``), bound to that part.
 
     The facade exposes the parts' operations without writing each signature twice; mypy sees
-    the method's own parameters and return type through the ParamSpec.
+    the method's own parameters and return type through the ParamSpec. ``resolve`` returns the
+    method: a part imported on first use (governance) is imported when one of its methods is
+    first looked up, on the facade or on an instance.
     """
 
-    def __init__(self, part: str, method: Callable[Concatenate[S, P], R]) -> None:
+    def __init__(self, part: str, resolve: Callable[[], Callable[Concatenate[S, P], R]]) -> None:
         self._part = part
-        self._method = method
-        self.__doc__ = method.__doc__
+        self._resolve = resolve
+        self._resolved: Callable[Concatenate[S, P], R] | None = None
+
+    @property
+    def _method(self) -> Callable[Concatenate[S, P], R]:
+        if self._resolved is None:
+            self._resolved = self._resolve()
+            self.__doc__ = self._resolved.__doc__
+        return self._resolved
 
     @overload
     def __get__(self, registry: None, owner: type[Registry]) -> _part[S, P, R]: ...
@@ -75,16 +85,27 @@ class _part(Generic[S, P, R]):
     ) -> Callable[P, R]: ...
     def __get__(self, registry: Registry | None, owner: object = None) -> Any:
         if registry is None:
+            self._method  # noqa: B018 (a lookup on the class, `help()`'s: the docstring)
             return self
         return MethodType(self._method, getattr(registry, self._part))
 
 
 def _catalog(method: Callable[Concatenate[Catalog, P], R]) -> _part[Catalog, P, R]:
-    return _part("catalog", method)
+    return _part("catalog", lambda: method)
 
 
-def _governance(method: Callable[Concatenate[Governance, P], R]) -> _part[Governance, P, R]:
-    return _part("governance", method)
+def _governance(
+    pick: Callable[[type[Governance]], Callable[Concatenate[Governance, P], R]],
+) -> _part[Governance, P, R]:
+    """The `Governance` method that ``pick`` takes from the class: governance (its modules and
+    policy schemas) is imported when one is first used, never by `crx show` or `crx list`."""
+    return _part("governance", lambda: pick(_governance_class()))
+
+
+def _governance_class() -> type[Governance]:
+    from crx.registry.governance.service import Governance
+
+    return Governance
 
 
 def _current_dataset(task: str, concept: str) -> str | None:
@@ -111,8 +132,14 @@ class Registry:
             on_create=self.store.create,
         )
         self.catalog = Catalog(self.db, self.store)
-        self.governance = Governance(self.catalog, _current_dataset)
         self.workspace = Workspace(self.catalog)
+
+    @cached_property
+    def governance(self) -> Governance:
+        """Aliases, approvals, policies, deprecations, roles, tokens and lineage over this
+        catalogue; imported and built on first use, so `crx show` and `crx list` load none of
+        it."""
+        return _governance_class()(self.catalog, _current_dataset)
 
     def __repr__(self) -> str:
         return f"Registry(database={self.db.display_url!r}, store={self.store.display_url!r})"
@@ -185,34 +212,34 @@ class Registry:
 
     # -- governance: the `Governance` methods themselves (`crx.registry.governance`) --------
 
-    set_alias = _governance(Governance.set_alias)
-    get_alias = _governance(Governance.get_alias)
-    delete_alias = _governance(Governance.delete_alias)
-    list_aliases = _governance(Governance.list_aliases)
-    alias_history = _governance(Governance.alias_history)
-    approve = _governance(Governance.approve)
-    reject = _governance(Governance.reject)
-    list_approvals = _governance(Governance.list_approvals)
-    promote = _governance(Governance.promote)
-    deprecate = _governance(Governance.deprecate)
-    list_deprecations = _governance(Governance.list_deprecations)
-    put_policy = _governance(Governance.put_policy)
-    delete_policy = _governance(Governance.delete_policy)
-    list_policies = _governance(Governance.list_policies)
-    governing_policy = _governance(Governance.governing_policy)
-    get_policy = _governance(Governance.get_policy)
-    alias_protected = _governance(Governance.alias_protected)
-    audit = _governance(Governance.audit)
-    lineage = _governance(Governance.lineage)
-    ensure_roles = _governance(Governance.ensure_roles)
-    add_user = _governance(Governance.add_user)
-    add_gateway = _governance(Governance.add_gateway)
-    create_token = _governance(Governance.create_token)
-    list_tokens = _governance(Governance.list_tokens)
-    revoke_token = _governance(Governance.revoke_token)
-    tokens_configured = _governance(Governance.tokens_configured)
-    authenticate_token = _governance(Governance.authenticate_token)
-    token_writes_served = _governance(Governance.token_writes_served)
+    set_alias = _governance(lambda g: g.set_alias)
+    get_alias = _governance(lambda g: g.get_alias)
+    delete_alias = _governance(lambda g: g.delete_alias)
+    list_aliases = _governance(lambda g: g.list_aliases)
+    alias_history = _governance(lambda g: g.alias_history)
+    approve = _governance(lambda g: g.approve)
+    reject = _governance(lambda g: g.reject)
+    list_approvals = _governance(lambda g: g.list_approvals)
+    promote = _governance(lambda g: g.promote)
+    deprecate = _governance(lambda g: g.deprecate)
+    list_deprecations = _governance(lambda g: g.list_deprecations)
+    put_policy = _governance(lambda g: g.put_policy)
+    delete_policy = _governance(lambda g: g.delete_policy)
+    list_policies = _governance(lambda g: g.list_policies)
+    governing_policy = _governance(lambda g: g.governing_policy)
+    get_policy = _governance(lambda g: g.get_policy)
+    alias_protected = _governance(lambda g: g.alias_protected)
+    audit = _governance(lambda g: g.audit)
+    lineage = _governance(lambda g: g.lineage)
+    ensure_roles = _governance(lambda g: g.ensure_roles)
+    add_user = _governance(lambda g: g.add_user)
+    add_gateway = _governance(lambda g: g.add_gateway)
+    create_token = _governance(lambda g: g.create_token)
+    list_tokens = _governance(lambda g: g.list_tokens)
+    revoke_token = _governance(lambda g: g.revoke_token)
+    tokens_configured = _governance(lambda g: g.tokens_configured)
+    authenticate_token = _governance(lambda g: g.authenticate_token)
+    token_writes_served = _governance(lambda g: g.token_writes_served)
 
     @staticmethod
     def acting_for(user: str) -> AbstractContextManager[None]:

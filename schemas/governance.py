@@ -43,7 +43,7 @@ class EvidenceRule(BaseModel):
     was last evaluated on), ``any``, or an exact dataset oid.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     task: str
     metric: str
@@ -56,7 +56,7 @@ class EvidenceRule(BaseModel):
 class PolicySpec(BaseModel):
     """A promotion policy (also the body of a ``kind: policy`` spec file)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str
     concept: str | None = None
