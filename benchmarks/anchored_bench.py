@@ -1,10 +1,12 @@
 """Concept-anchored maps on real models: six emotions, α chosen on validation, reported on test.
 
     crx demo                                  # or quality_bench.py's setup for another pair
-    .venv/bin/python benchmarks/anchored_bench.py --out benchmarks/results/anchored_smollm2_gemma.json
-    .venv/bin/python benchmarks/anchored_bench.py --source qwen2.5-coder-0.5b-instruct \\
-        --target qwen2.5-coder-1.5b-instruct --quality benchmarks/results/quality_qwen05_qwen15.json \\
-        --out benchmarks/results/anchored_qwen05_qwen15.json
+    B=benchmarks; R=benchmarks/results
+    .venv/bin/python $B/anchored_bench.py --out $R/anchored_smollm2_gemma.json
+    .venv/bin/python $B/anchored_bench.py --template --out $R/anchored_template_smollm2_gemma.json
+    .venv/bin/python $B/anchored_bench.py --source qwen2.5-coder-0.5b-instruct \\
+        --target qwen2.5-coder-1.5b-instruct --quality $R/quality_qwen05_qwen15.json \\
+        --out $R/anchored_qwen05_qwen15.json
 
 Runs on the registry at $CRX_HOME, where the six emotion concepts, their native vectors on both
 models and crx's ridge maps already are (`crx demo`, or quality_bench's run). It
@@ -12,7 +14,9 @@ models and crx's ridge maps already are (`crx demo`, or quality_bench's run). It
 1. extracts the concept bank on both models (`crx bank extract`; reused when there),
 2. fits the anchored maps as `crx fit --solver anchored --exclude sadness` does (every emotion
    shares its scenarios with the others, so excluding one excludes the six), records them, and
-   transplants each emotion through them (`crx transplant --solver anchored`),
+   maps each emotion's source vector through the map at the steering layer (what
+   `crx transplant --solver anchored` writes in that row); ``--template``: with the bank read
+   in the emotion concepts' own template (`crx bank extract --template`, `--anchor-template`),
 3. evaluates each transplant exactly as quality_bench's ``--validated``: the held-out scenarios
    cut into alternating validation and test halves, α chosen per emotion on validation,
    test-half token accuracy reported; the bare model is re-measured and must equal the
@@ -42,18 +46,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_bench import choose, validation_rank  # noqa: E402
+from quality_bench import choose, validation_rank
 
-from crx import Registry  # noqa: E402
-from crx.registry.engine import emotion as task  # noqa: E402
-from crx.registry.engine.emotion import EMOTIONS  # noqa: E402
-from crx.registry.engine.fit import fit_pairs  # noqa: E402
-from crx.registry.engine.fit.anchored import Anchors  # noqa: E402
-from crx.registry.engine.steer import steer  # noqa: E402
-from crx.registry.workflows.anchors import AnchorSet, anchor_set  # noqa: E402
-from crx.registry.workflows.corpus import corpus_states, load_corpus  # noqa: E402
-from crx.registry.workflows.demo import ALPHAS, SOURCE, TARGET  # noqa: E402
-from crx.registry.workflows.evaluate import default_layer, reference_norm  # noqa: E402
+from crx import Registry
+from crx.registry.engine import emotion as task
+from crx.registry.engine.emotion import EMOTIONS
+from crx.registry.engine.fit import fit_pairs, map_vector
+from crx.registry.engine.fit.anchored import Anchors
+from crx.registry.engine.steer import steer
+from crx.registry.workflows.anchors import AnchorSet, anchor_set
+from crx.registry.workflows.corpus import corpus_states, load_corpus
+from crx.registry.workflows.demo import ALPHAS, SOURCE, TARGET
+from crx.registry.workflows.evaluate import default_layer, reference_norm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ABLATION_SIZES = (25, 50, 100)  # 0 anchors is crx's ridge map: "ours" of the quality result
@@ -65,8 +69,14 @@ def halves(emotion: str) -> dict[str, list[str]]:
     return {"val": held_out[0::2], "test": held_out[1::2]}
 
 
-def measure(reg: Registry, target: str, emotion: str, row: np.ndarray | None, layer: int,
-            alphas: tuple[float, ...]) -> dict:  # type: ignore[type-arg]  # fmt: skip
+def measure(
+    reg: Registry,
+    target: str,
+    emotion: str,
+    row: np.ndarray | None,
+    layer: int,
+    alphas: tuple[float, ...],
+) -> dict:  # type: ignore[type-arg]
     """Token/logit accuracy on both halves, bare (``row`` None) or steered at every α."""
     loaded = reg.load_model(target)
     parts = halves(emotion)
@@ -77,8 +87,9 @@ def measure(reg: Registry, target: str, emotion: str, row: np.ndarray | None, la
     norm = reference_norm(loaded, layer)
     by_alpha = {}
     for alpha in alphas:
-        with steer(loaded.layers, array, layer=layer, alpha=alpha, normalize=True,
-                   reference_norm=norm):  # fmt: skip
+        with steer(
+            loaded.layers, array, layer=layer, alpha=alpha, normalize=True, reference_norm=norm
+        ):
             by_alpha[alpha] = {h: task.accuracy(loaded, emotion, parts[h]) for h in parts}
     return by_alpha
 
@@ -110,17 +121,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--source", default=SOURCE)
     parser.add_argument("--target", default=TARGET)
-    parser.add_argument("--quality", type=Path, default=RESULTS / "quality_smollm2_gemma.json",
-                        help="the pair's committed quality_bench --validated result")  # fmt: skip
-    parser.add_argument("--alphas", type=lambda s: tuple(float(a) for a in s.split(",")),
-                        default=ALPHAS)  # fmt: skip
+    parser.add_argument(
+        "--quality",
+        type=Path,
+        default=RESULTS / "quality_smollm2_gemma.json",
+        help="the pair's committed quality_bench --validated result",
+    )
+    parser.add_argument(
+        "--alphas", type=lambda s: tuple(float(a) for a in s.split(",")), default=ALPHAS
+    )
+    parser.add_argument(
+        "--template",
+        action="store_true",
+        help="anchors read in the emotion concepts' own template (`crx bank "
+        "extract --template`, `crx fit --anchor-template`)",
+    )
     parser.add_argument("--ablate", action="store_true", help="also the anchor-count ablation")
-    parser.add_argument("--sizes", type=lambda s: tuple(int(a) for a in s.split(",")),
-                        default=ABLATION_SIZES, help="ablation: anchor counts")  # fmt: skip
-    parser.add_argument("--seeds", type=lambda s: tuple(int(a) for a in s.split(",")),
-                        default=SEEDS, help="ablation: seeds of each subset")  # fmt: skip
-    parser.add_argument("--skip-main", type=Path, metavar="RESULT",
-                        help="ablation only, added to this earlier result")  # fmt: skip
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: tuple(int(a) for a in s.split(",")),
+        default=ABLATION_SIZES,
+        help="ablation: anchor counts",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=lambda s: tuple(int(a) for a in s.split(",")),
+        default=SEEDS,
+        help="ablation: seeds of each subset",
+    )
+    parser.add_argument(
+        "--skip-main",
+        type=Path,
+        metavar="RESULT",
+        help="ablation only, added to this earlier result",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.monotonic()
@@ -137,34 +171,44 @@ def main() -> None:
     committed = {c["emotion"]: c for c in quality["validated"]["rows"]}
     timings: dict[str, float] = {}
 
+    template = task.TEMPLATE if args.template else None
     for model in (src.name, tgt.name):
         t0 = time.monotonic()
-        results = reg.extract_bank(model)
+        results = reg.extract_bank(model, template=template)
         timings[f"bank_extract_{model}_s"] = round(time.monotonic() - t0, 1)
         timings[f"bank_extracted_now_{model}"] = sum(1 for _, new in results if new)
         reg.workspace.release(model)
         print(f"bank on {model}: {timings[f'bank_extract_{model}_s']} s", flush=True)
 
     t0 = time.monotonic()
-    maps = reg.fit(src.name, tgt.name, solver="anchored", exclude=["sadness"])
+    maps = reg.fit(
+        src.name, tgt.name, solver="anchored", exclude=["sadness"], anchor_template=template
+    )
     timings["anchored_fit_s"] = round(time.monotonic() - t0, 1)
     at_layer = next(m for m in maps if m.target_layer == layer)
-    print(f"anchored fit: {timings['anchored_fit_s']} s; layer {layer} from source block "
-          f"{at_layer.source_layer}, weight {at_layer.solver_settings['anchor_weight']}, "
-          f"λ {at_layer.solver_settings['lambda']}, cv cosine "
-          f"{at_layer.solver_settings['anchor_cv_best']:.3f}", flush=True)  # fmt: skip
+    print(
+        f"anchored fit: {timings['anchored_fit_s']} s; layer {layer} from source block "
+        f"{at_layer.source_layer}, weight {at_layer.solver_settings['anchor_weight']}, "
+        f"λ {at_layer.solver_settings['lambda']}, cv cosine "
+        f"{at_layer.solver_settings['anchor_cv_best']:.3f}",
+        flush=True,
+    )
 
     checks = []
     for e in EMOTIONS:
         ref = reg.get_concept(e).ref
-        vector = reg.transplant(ref, src.name, tgt.name, solver="anchored").record
-        row = reg.load_vector(vector.id)[layer]
+        # the transplant's row at the steering layer, through this fit's map there (another
+        # anchored fit of the pair may hold maps with a better corpus R² at other layers)
+        source = reg.catalog.find_vector(reg.get_concept(ref), src, origin="extracted")
+        row = map_vector(
+            reg.catalog.load_map(at_layer.id)[0], reg.load_vector(source.id)[at_layer.source_layer]
+        )
         base = measure(reg, tgt.name, e, None, layer, args.alphas)
         old = committed[e]
         if abs(base["test"]["token_accuracy"] - old["base"]["token_accuracy"]) > 1e-9:
             raise SystemExit(f"{e}: the bare model's test accuracy differs from {args.quality}")
         sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
-        check = {"emotion": e, **sizes, "base": base["test"], "anchored_vector_id": vector.id}
+        check = {"emotion": e, **sizes, "base": base["test"], "anchored_map_id": at_layer.id}
         check["anchored"] = choose(measure(reg, tgt.name, e, row, layer, args.alphas), sizes)
         for label in ("ours", "paper_recipe", "paper_recipe_raw_alpha", "native"):
             check[label] = old[label]
@@ -173,27 +217,59 @@ def main() -> None:
             check, ("ours", "paper_recipe", "paper_recipe_raw_alpha", "anchored")
         )
         checks.append(check)
-        print(e, {k: round(check[k]["test"]["token_accuracy"], 3) for k in
-                  ("anchored", "ours", "paper_recipe", "selected", "native")}, flush=True)  # fmt: skip
+        print(
+            e,
+            {
+                k: round(check[k]["test"]["token_accuracy"], 3)
+                for k in ("anchored", "ours", "paper_recipe", "selected", "native")
+            },
+            flush=True,
+        )
 
     def summary(rows: list, labels: tuple[str, ...]) -> dict:  # type: ignore[type-arg]
         mean = {k: float(np.mean([r[k]["test"]["token_accuracy"] for r in rows])) for k in labels}
         mean["base"] = float(np.mean([r["base"]["token_accuracy"] for r in rows]))
         lift = {k: mean[k] - mean["base"] for k in labels}
-        return {"mean_test_token_accuracy": mean, "token_lift_over_base": lift,
-                "lift_as_fraction_of_native_lift": {k: lift[k] / lift["native"] for k in labels}}  # fmt: skip
+        return {
+            "mean_test_token_accuracy": mean,
+            "token_lift_over_base": lift,
+            "lift_as_fraction_of_native_lift": {k: lift[k] / lift["native"] for k in labels},
+        }
 
-    labels = ("anchored", "ours", "paper_recipe", "paper_recipe_raw_alpha",
-              "selected_without_anchored", "selected", "native")  # fmt: skip
+    labels = (
+        "anchored",
+        "ours",
+        "paper_recipe",
+        "paper_recipe_raw_alpha",
+        "selected_without_anchored",
+        "selected",
+        "native",
+    )
     result = {
-        "source": src.name, "target": tgt.name, "layer": layer,
-        "anchored_map": {"id": at_layer.id, "source_layer": at_layer.source_layer,
-                         **{k: at_layer.solver_settings[k] for k in (
-                             "anchor_weight", "lambda", "anchor_cv_best", "n_anchor_concepts",
-                             "n_anchor_groups", "anchor_exclude")}, "r2": at_layer.r2},
-        "alphas": list(args.alphas), "timings": timings,
+        "source": src.name,
+        "target": tgt.name,
+        "layer": layer,
+        "anchored_map": {
+            "id": at_layer.id,
+            "source_layer": at_layer.source_layer,
+            **{
+                k: at_layer.solver_settings[k]
+                for k in (
+                    "anchor_weight",
+                    "lambda",
+                    "anchor_cv_best",
+                    "n_anchor_concepts",
+                    "n_anchor_groups",
+                    "anchor_exclude",
+                )
+            },
+            "r2": at_layer.r2,
+        },
+        "anchor_template": template,
+        "alphas": list(args.alphas),
+        "timings": timings,
         "validated": {**summary(checks, labels), "rows": checks},
-    }  # fmt: skip
+    }
     print(json.dumps({k: v for k, v in result["validated"].items() if k != "rows"}, indent=1))
 
     result["seconds"] = round(time.monotonic() - started, 1)
@@ -203,35 +279,67 @@ def main() -> None:
         run_ablation(reg, args, result, at_layer.source_layer, committed)
 
 
-def run_ablation(reg: Registry, args: argparse.Namespace, result: dict, ls: int,  # type: ignore[type-arg]
-                 committed: dict) -> None:  # type: ignore[type-arg]  # fmt: skip
+def run_ablation(
+    reg: Registry,
+    args: argparse.Namespace,
+    result: dict,
+    ls: int,  # type: ignore[type-arg]
+    committed: dict,
+) -> None:  # type: ignore[type-arg]
     src, tgt = reg.get_model(args.source), reg.get_model(args.target)
     started = time.monotonic()
-    result["ablation"] = ablation(reg, src, tgt, result["layer"], ls, args.alphas, committed,
-                                  args.sizes, args.seeds, args.out, result)  # fmt: skip
+    result["ablation"] = ablation(
+        reg,
+        src,
+        tgt,
+        result["layer"],
+        ls,
+        args.alphas,
+        committed,
+        args.sizes,
+        args.seeds,
+        args.out,
+        result,
+    )
     result["ablation_seconds"] = round(time.monotonic() - started, 1)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
-def ablation(reg: Registry, src, tgt, layer: int, ls: int, alphas: tuple[float, ...],  # type: ignore[no-untyped-def]
-             committed: dict, sizes: tuple[int, ...], seeds: tuple[int, ...],  # type: ignore[type-arg]
-             out: Path | None, result: dict) -> list:  # type: ignore[type-arg]  # fmt: skip
+def ablation(
+    reg: Registry,
+    src,
+    tgt,
+    layer: int,
+    ls: int,
+    alphas: tuple[float, ...],  # type: ignore[no-untyped-def]
+    committed: dict,
+    sizes: tuple[int, ...],
+    seeds: tuple[int, ...],  # type: ignore[type-arg]
+    out: Path | None,
+    result: dict,
+) -> list:  # type: ignore[type-arg]
     """Anchored maps at (ls, layer) with fewer anchors (a seeded subset each) and without the
     corpus; each run is written to ``out`` as it ends (the bare model's test accuracy and the
     native vector's are the committed ones, on the same halves)."""
     ws = reg.workspace
-    full = anchor_set(ws, src, tgt, exclude=["sadness"])
+    full = anchor_set(ws, src, tgt, exclude=["sadness"], template=result.get("anchor_template"))
     lines, data = load_corpus(None)
     oid = reg.catalog.store.put(data)
     xs = corpus_states(ws, src, lines, oid, layers=[ls])
     ys = corpus_states(ws, tgt, lines, oid, layers=[layer])
-    natives = {e: reg.load_vector(reg.catalog.find_vector(reg.get_concept(e), src,
-               origin="extracted").id) for e in EMOTIONS}  # fmt: skip
+    natives = {
+        e: reg.load_vector(reg.catalog.find_vector(reg.get_concept(e), src, origin="extracted").id)
+        for e in EMOTIONS
+    }
     runs = []
-    variants = [("corpus+anchors", n, seed) for n in sizes if n < len(full.refs)
-                for seed in (seeds if n else (0,))]  # fmt: skip
-    variants += [("corpus+anchors", len(full.refs), 0), ("anchors only", len(full.refs), 0)]
+    variants = [
+        ("corpus+anchors", n, seed)
+        for n in sizes
+        if n < len(full.refs)
+        for seed in (seeds if n else (0,))
+    ]
+    variants += [("anchors only", len(full.refs), 0)]  # all anchors with the corpus: the main run
     for kind, n, seed in variants:
         if n == 0:
             fm = fit_pairs(xs, ys, [(ls, layer)])[0]  # no anchors: ridge itself
@@ -244,18 +352,30 @@ def ablation(reg: Registry, src, tgt, layer: int, ls: int, alphas: tuple[float, 
             mapped = fm.weight @ natives[e][ls]
             old = committed[e]
             sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
-            rows.append({"emotion": e, "base": old["base"], "native": old["native"],
-                         "anchored": choose(measure(reg, tgt.name, e, mapped, layer, alphas),
-                                            sizes)})  # fmt: skip
+            rows.append(
+                {
+                    "emotion": e,
+                    "base": old["base"],
+                    "native": old["native"],
+                    "anchored": choose(measure(reg, tgt.name, e, mapped, layer, alphas), sizes),
+                }
+            )
         mean = float(np.mean([r["anchored"]["test"]["token_accuracy"] for r in rows]))
         base = float(np.mean([r["base"]["token_accuracy"] for r in rows]))
         native = float(np.mean([r["native"]["test"]["token_accuracy"] for r in rows]))
-        runs.append({"kind": kind, "n_anchors": n, "seed": seed, "mean_test": mean,
-                     "lift_fraction": (mean - base) / (native - base),
-                     "weight": fm.settings.get("anchor_weight"),
-                     "cv": fm.settings.get("anchor_cv_best"), "rows": rows})  # fmt: skip
-        print(kind, n, seed, round(mean, 3), round((mean - base) / (native - base), 2),
-              flush=True)  # fmt: skip
+        runs.append(
+            {
+                "kind": kind,
+                "n_anchors": n,
+                "seed": seed,
+                "mean_test": mean,
+                "lift_fraction": (mean - base) / (native - base),
+                "weight": fm.settings.get("anchor_weight"),
+                "cv": fm.settings.get("anchor_cv_best"),
+                "rows": rows,
+            }
+        )
+        print(kind, n, seed, round(mean, 3), round((mean - base) / (native - base), 2), flush=True)
         if out:
             out.write_text(json.dumps({**result, "ablation": runs}, indent=1, default=str) + "\n")
     return runs
@@ -267,13 +387,24 @@ def _fit_one(xs, ys, ls: int, lt: int, anchors: AnchorSet):  # type: ignore[no-u
     from crx.registry.engine.fit.maps import FittedMap
 
     if xs is None:
-        sol = solve_anchored(None, None, torch.from_numpy(anchors.source[:, ls]),
-                             torch.from_numpy(anchors.target[:, lt]), anchors.groups)  # fmt: skip
+        sol = solve_anchored(
+            None,
+            None,
+            torch.from_numpy(anchors.source[:, ls]),
+            torch.from_numpy(anchors.target[:, lt]),
+            anchors.groups,
+        )
         nan = float("nan")
-        return FittedMap(ls, lt, sol.wt.T.float().numpy(), None, nan, nan, nan, nan, nan, 0, 0, 0,
-                         sol.settings())  # fmt: skip
-    return fit_pairs(xs, ys, [(ls, lt)], solver="anchored",
-                     anchors=Anchors(anchors.source, anchors.target, anchors.groups))[0]  # fmt: skip
+        return FittedMap(
+            ls, lt, sol.wt.T.float().numpy(), None, nan, nan, nan, nan, nan, 0, 0, 0, sol.settings()
+        )
+    return fit_pairs(
+        xs,
+        ys,
+        [(ls, lt)],
+        solver="anchored",
+        anchors=Anchors(anchors.source, anchors.target, anchors.groups),
+    )[0]
 
 
 if __name__ == "__main__":

@@ -244,6 +244,7 @@ def test_register_list_show_every_kind(world: World, tmp_path: Path) -> None:
     assert vector == listed["vectors"][0]
     assert re.search(r"^layer_norms\s+\S+ \S+ \S+ \S+$", w.ok("show", "vector", "1").stdout, re.M)
     fitted = w.json("show", "map", "1")
+    assert fitted.pop("anchors") == []  # the map record plus its anchors (none: not anchored)
     assert_record(fitted, "map")
     assert (fitted["source_model"], fitted["target_model"], fitted["solver"]) == (
         "tiny",

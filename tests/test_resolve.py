@@ -465,7 +465,7 @@ def test_route_vector_of_a_direct_route(reg: Registry) -> None:
     _, w, _ = add_map(reg, "src", "tgt", 2, 3, r2=0.9, seed=4)
     route = reg.plan("tgt", ["honesty"]).concepts[0].chosen
     assert route is not None
-    got = route_vector(reg, route, 4, 5)
+    got = route_vector(reg, "honesty", route, 4, 5)
     source = reg.load_vector(vector_of(reg, "src"))
     np.testing.assert_allclose(got[3], w.astype(np.float64) @ source[2], rtol=1e-5)
     assert not got[:3].any()
