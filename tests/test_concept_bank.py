@@ -204,3 +204,30 @@ def test_plans_reach_anchored_maps_only_through_vectors_transplanted_with_them(
         )
     after = w.json("plan", "--target", "tgt", "--concept", "mood")
     assert ("transplanted", "anchored") in hops(after), after["concepts"][0]["reasons"]
+
+
+def test_a_bank_in_a_template_is_another_version_and_anchors_only_the_fits_that_ask(
+    anchored_world: World,
+) -> None:
+    w = anchored_world
+    template = "Text: {text}\nThe style of the above text is"
+    for model in ("src", "tgt"):
+        made = w.json("bank", "extract", "--model", model, "--limit", "5", "--template", template)
+        assert made["extracted"] == 5
+    names = [e.name for e in bank_index()[:5]]
+    with w.registry() as reg:
+        second = reg.get_concept(f"{PREFIX}{names[0]}@2")
+        assert second.template == template
+        assert reg.load_pairs(second) == reg.load_pairs(f"{PREFIX}{names[0]}@1")
+    maps = w.json(*w.facts["fit"], "--solver", "anchored", "--anchor-template", template)["items"]
+    with w.registry() as reg:
+        anchors = reg.catalog.map_anchors([maps[0]["id"]])[maps[0]["id"]]
+    assert sorted(a.ref for a in anchors) == sorted(f"{PREFIX}{n}@2" for n in names)
+    assert maps[0]["solver_settings"]["anchor_template"] == template
+    # both versions of a concept share its texts: one group, so never validated on each other
+    every = w.json(*w.facts["fit"], "--solver", "anchored", "--exclude", "mood")["items"]
+    settings = every[0]["solver_settings"]
+    assert settings["n_anchor_concepts"] == 8 + 5
+    assert settings["n_anchor_groups"] == 8
+    refused = user_error(w.run(*w.facts["fit"], "--anchor-template", template))
+    assert "apply to the anchored solver only" in refused
