@@ -231,3 +231,17 @@ def test_a_bank_in_a_template_is_another_version_and_anchors_only_the_fits_that_
     assert settings["n_anchor_groups"] == 8
     refused = user_error(w.run(*w.facts["fit"], "--anchor-template", template))
     assert "apply to the anchored solver only" in refused
+
+
+def test_an_anchored_fit_without_anchors_says_how_to_get_them_and_changes_nothing(
+    world: World, model_dirs: dict[str, Path], corpus_file: Path
+) -> None:
+    _models(world, model_dirs)
+    before = snapshot(world)
+    fit = ("fit", "--source", "src", "--target", "tgt", "--corpus", str(corpus_file))
+    message = user_error(world.run(*fit, "--solver", "anchored"))
+    assert "crx bank extract --model src" in message
+    assert snapshot(world) == before
+    message = user_error(world.run(*fit, "--solver", "anchored", "--exclude", "nope"))
+    assert "nope" in message
+    assert snapshot(world) == before
