@@ -122,3 +122,58 @@ def test_auto_pairs_are_ridges_choice_of_source_block(world: dict) -> None:
     ]
     for a, r in zip(anchored, ridge, strict=True):
         assert a.settings["auto_val_r2"] == r.settings["auto_val_r2"]
+
+
+def _direct(x, y, vs, vt, groups, weights, lambdas, folds):  # type: ignore[no-untyped-def]
+    """The solver's definition, solved directly: for every (w, λ, fold) the normal equations
+    ``(C + w_abs·A + λ_abs·I) Wᵀ = P + w_abs·Q`` (no shared factorisation, no Woodbury)."""
+    norms = np.linalg.norm(vs, axis=1, keepdims=True)
+    vs, vt = vs / norms, vt / norms
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    c, p = xc.T @ xc / len(x), xc.T @ yc / len(x)
+    ds = vs.shape[1]
+    fold = fold_of(groups, folds)
+
+    def solve(w: float, lam: float, rows: np.ndarray) -> np.ndarray:
+        a = vs[rows].T @ vs[rows] / rows.sum()
+        q = vs[rows].T @ vt[rows] / rows.sum()
+        if math.isinf(w):
+            m, r = a, q
+        else:
+            w_abs = w * np.trace(c) / np.trace(a)
+            m, r = c + w_abs * a, p + w_abs * q
+        return np.linalg.solve(m + lam * np.trace(m) / ds * np.eye(ds), r)
+
+    table = np.zeros((len(weights), len(lambdas)))
+    for i, w in enumerate(weights):
+        for j, lam in enumerate(lambdas):
+            total = 0.0
+            for f in range(folds):
+                wt = solve(w, lam, fold != f)
+                pred, true = vs[fold == f] @ wt, vt[fold == f]
+                cos = (
+                    (pred * true).sum(1)
+                    / np.linalg.norm(pred, axis=1)
+                    / np.linalg.norm(true, axis=1)
+                )
+                total += cos.sum()
+            table[i, j] = total / len(vs)
+    return table, solve
+
+
+def test_the_shared_factorisation_solves_the_definition_exactly() -> None:
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(120, 16)), rng.normal(size=(120, 12))
+    y += x @ rng.normal(size=(16, 12))
+    vs, vt = rng.normal(size=(30, 16)), rng.normal(size=(30, 12))
+    groups = [f"g{k // 2}" for k in range(30)]  # pairs of anchors share a group
+    weights, lambdas = (0.0, 0.3, 3.0, math.inf), (1e-3, 1e-1, 10.0)
+    sol = solve_anchored(
+        torch.tensor(x), torch.tensor(y), torch.tensor(vs), torch.tensor(vt), groups,
+        weights=weights, lambdas=lambdas, folds=4,
+    )  # fmt: skip
+    table, solve = _direct(x, y, vs, vt, groups, weights, lambdas, 4)
+    np.testing.assert_allclose(sol.cv_cosine, table, rtol=1e-7, atol=1e-9)
+    chosen = solve(sol.weight, sol.lam, np.ones(30, dtype=bool))
+    np.testing.assert_allclose(sol.wt.numpy(), chosen, rtol=1e-6, atol=1e-9)
+    assert sol.cv_cosine.max() == pytest.approx(table.max())

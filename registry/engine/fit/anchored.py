@@ -22,7 +22,9 @@ cosine between ``W·v_s`` and ``v_t`` on them; the (w, λ) with the best mean ov
 anchor wins (ties: the smaller w, then the larger λ). Steering adds a direction scaled to the
 residual norm, so the direction, the cosine, is what a transplant needs of a map.
 
-Per (w, fold) one eigendecomposition of the combined Gram matrix serves every λ.
+One eigendecomposition of the corpus's Gram matrix per pair serves every (w, λ, fold): the
+anchors enter through the Woodbury identity (:class:`_Problem`), so validation costs products
+with the K anchors instead of an eigendecomposition per fold and weight.
 """
 
 from __future__ import annotations
@@ -125,44 +127,60 @@ def _row_cosines(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
 
 
 class _Problem:
-    """The sums of one (source block, target block) pair that every (w, λ, fold) shares."""
+    """One (source block, target block) pair in the eigenbasis of the corpus's Gram matrix.
 
-    def __init__(self, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
+    ``C = XcᵀXc/n = U·diag(e)·Uᵀ`` once; every (w, λ, fold) is then solved with the Woodbury
+    identity in that basis: ``(D + s²·ZᵀZ)⁻¹ = D⁻¹ − D⁻¹Zᵀ(I/s² + Z·D⁻¹·Zᵀ)⁻¹Z·D⁻¹`` with
+    ``D = diag(e + λ_abs)`` and ``Z`` the anchors' rows in the basis (``s² = w_abs/K``), so a
+    fold costs products with the K anchors, not an eigendecomposition of ``ds × ds``.
+    Without a corpus (or at ``w = inf``) ``e = 0`` and ``U = I``: the anchors alone.
+    """
+
+    def __init__(self, x: torch.Tensor | None, y: torch.Tensor | None, ds: int) -> None:
+        self.ds = ds
         if x is None or y is None:
-            self.c = self.p = None
+            self.e: torch.Tensor | None = None
+            self.u = self.p_rot = None
             self.c_trace = 0.0
-            self.x_mean = self.y_mean = None
             return
-        self.x_mean, self.y_mean = x.mean(0), y.mean(0)
-        xc, yc = x - self.x_mean, y - self.y_mean
+        xc, yc = x - x.mean(0), y - y.mean(0)
         n = x.shape[0]
-        self.c = xc.T @ xc / n  # [ds, ds]
-        self.p = xc.T @ yc / n  # [ds, dt]
-        self.c_trace = float(torch.trace(self.c))
+        e, u = torch.linalg.eigh(xc.T @ xc / n)
+        self.e, self.u = e.clamp(min=0.0), u
+        self.p_rot = u.T @ (xc.T @ yc / n)  # Uᵀ·XcᵀYc/n, [ds, dt]
+        self.c_trace = float(self.e.sum())
 
-    def system(
-        self, weight: float, vs: torch.Tensor, vt: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """``(M, R, w_abs)``: the Gram matrix and right-hand side for anchor weight ``weight``."""
-        a = vs.T @ vs / vs.shape[0]
-        q = vs.T @ vt / vs.shape[0]
-        if self.c is None or math.isinf(weight):
-            return a, q, math.inf
-        assert self.p is not None
-        if weight == 0.0:
-            return self.c, self.p, 0.0
-        w_abs = weight * self.c_trace / max(float(torch.trace(a)), 1e-300)
-        return self.c + w_abs * a, self.p + w_abs * q, w_abs
+    def basis(self, weight: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(e, U, UᵀP)`` of the corpus part at ``weight`` (zeros and None: the anchors alone)."""
+        if self.e is None or math.isinf(weight):
+            return torch.zeros(self.ds, dtype=torch.float64), None, None
+        return self.e, self.u, self.p_rot
+
+    def weight_abs(self, weight: float) -> float:
+        """``w_abs``: unit anchors have ``tr(VsᵀVs/K) = 1``, so ``w · tr(C)``."""
+        return math.inf if self.e is None or math.isinf(weight) else weight * self.c_trace
+
+    def scale(self, weight: float) -> float:
+        """λ's unit at ``weight``: the mean eigenvalue of the combined Gram matrix."""
+        if self.e is None or math.isinf(weight):
+            return 1.0 / self.ds
+        return (self.c_trace + self.weight_abs(weight)) / self.ds or 1.0
 
 
-def _solutions(
-    m: torch.Tensor, r: torch.Tensor, lambdas: Sequence[float]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """``(V, e, VᵀR, scale)`` for ``Wᵀ(λ) = V·diag(1/(e + λ·scale))·VᵀR``."""
-    e, v = torch.linalg.eigh(m)
-    e = e.clamp(min=0.0)
-    scale = float(e.mean()) or 1.0
-    return v, e, v.T @ r, scale
+def _shrunk_solution(
+    d: torch.Tensor,
+    z: torch.Tensor,
+    vt: torch.Tensor,
+    p_rot: torch.Tensor | None,
+    s2: float,
+) -> torch.Tensor:
+    """``W̃ = (D + s²ZᵀZ)⁻¹ (UᵀP + s²·ZᵀVt)`` in the eigenbasis, by Woodbury (``d = diag D⁻¹``)."""
+    rhs = s2 * (z.T @ vt) if p_rot is None else p_rot + s2 * (z.T @ vt)
+    dr = d[:, None] * rhs
+    if s2 == 0.0:
+        return dr
+    inner = torch.eye(z.shape[0], dtype=z.dtype) / s2 + (z * d) @ z.T
+    return dr - d[:, None] * (z.T @ torch.linalg.solve(inner, z @ dr))
 
 
 def solve_anchored(
@@ -196,23 +214,43 @@ def solve_anchored(
             "bank on both models first (`crx bank extract --model M`)"
         )
     problem = _Problem(
-        None if x is None else x.to(torch.float64), None if y is None else y.to(torch.float64)
+        None if x is None else x.to(torch.float64),
+        None if y is None else y.to(torch.float64),
+        vs.shape[1],
     )
-    weights = tuple(float(w) for w in weights) if problem.c is not None else (math.inf,)
+    weights = tuple(float(w) for w in weights) if problem.e is not None else (math.inf,)
     lambdas = tuple(float(lam) for lam in lambdas)
     folds = min(folds, n_groups)
     fold = torch.from_numpy(fold_of(groups, folds))
-    lam_t = torch.tensor(lambdas, dtype=torch.float64)
     sums = torch.zeros(len(weights), len(lambdas), dtype=torch.float64)
-    for f in range(folds):
-        train, held = fold != f, fold == f
-        for i, weight in enumerate(weights):
-            m, r, _ = problem.system(weight, vs[train], vt[train])
-            v, e, vr, scale = _solutions(m, r, lambdas)
-            z = vs[held] @ v  # [k, ds]
-            shrink = 1.0 / (e[None, :] + lam_t[:, None] * scale)  # [G, ds]
-            pred = (z[None, :, :] * shrink[:, None, :]) @ vr  # [G, k, dt]
-            sums[i] += _row_cosines(pred, vt[held][None]).sum(-1)
+    for i, weight in enumerate(weights):
+        e, u, p_rot = problem.basis(weight)
+        z_all = vs if u is None else vs @ u  # the anchors in the basis
+        w_abs, scale = problem.weight_abs(weight), problem.scale(weight)
+        for j, lam in enumerate(lambdas):
+            d = 1.0 / (e + lam * scale)
+            zd = z_all * d
+            # the pieces every fold takes rows of: Z·D⁻¹·UᵀP and Z·D⁻¹·Zᵀ
+            zdp = None if p_rot is None else zd @ p_rot
+            gram = zd @ z_all.T
+            for f in range(folds):
+                train, held = fold != f, fold == f
+                k = int(train.sum())
+                s2 = 1.0 / k if math.isinf(w_abs) else w_abs / k
+                vt_tr = vt[train]
+                g_ht = gram[held][:, train]
+                # Z_h·W̃ = Z_h·D⁻¹·R̃ − (Z_h·D⁻¹·Z_trᵀ)·S⁻¹·(Z_tr·D⁻¹·R̃), R̃ = UᵀP + s²·Z_trᵀVt
+                pred = s2 * (g_ht @ vt_tr)
+                if zdp is not None:
+                    pred = pred + zdp[held]
+                if s2 > 0.0:
+                    g_tt = gram[train][:, train]
+                    b = s2 * (g_tt @ vt_tr)
+                    if zdp is not None:
+                        b = b + zdp[train]
+                    inner = torch.eye(k, dtype=torch.float64) / s2 + g_tt
+                    pred = pred - g_ht @ torch.linalg.solve(inner, b)
+                sums[i, j] += _row_cosines(pred, vt[held]).sum()
     cv = (sums / vs.shape[0]).numpy()
     # best mean cosine; ties (to 1e-9) to the smaller weight, then the larger λ (smoother map)
     best = max(
@@ -220,9 +258,12 @@ def solve_anchored(
         key=lambda ij: (round(float(cv[ij]), 9), -ij[0], ij[1]),
     )
     weight, lam = weights[best[0]], lambdas[best[1]]
-    m, r, w_abs = problem.system(weight, vs, vt)
-    v, e, vr, scale = _solutions(m, r, lambdas)
-    wt = v @ (vr / (e + lam * scale)[:, None])
+    e, u, p_rot = problem.basis(weight)
+    w_abs, scale = problem.weight_abs(weight), problem.scale(weight)
+    z_all = vs if u is None else vs @ u
+    s2 = 1.0 / vs.shape[0] if math.isinf(w_abs) else w_abs / vs.shape[0]
+    w_rot = _shrunk_solution(1.0 / (e + lam * scale), z_all, vt, p_rot, s2)
+    wt = w_rot if u is None else u @ w_rot
     return AnchoredSolution(
         wt=wt,
         weight=weight,
