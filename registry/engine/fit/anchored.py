@@ -233,23 +233,28 @@ def solve_anchored(
             # the pieces every fold takes rows of: Z·D⁻¹·UᵀP and Z·D⁻¹·Zᵀ
             zdp = None if p_rot is None else zd @ p_rot
             gram = zd @ z_all.T
+            gv = gram @ vt  # [K, dt]: every fold's Z·D⁻¹·Z_trᵀ·Vt_tr is this minus its held rows
             for f in range(folds):
                 train, held = fold != f, fold == f
                 k = int(train.sum())
                 s2 = 1.0 / k if math.isinf(w_abs) else w_abs / k
-                vt_tr = vt[train]
                 g_ht = gram[held][:, train]
                 # Z_h·W̃ = Z_h·D⁻¹·R̃ − (Z_h·D⁻¹·Z_trᵀ)·S⁻¹·(Z_tr·D⁻¹·R̃), R̃ = UᵀP + s²·Z_trᵀVt
-                pred = s2 * (g_ht @ vt_tr)
+                hv = gv[held] - gram[held][:, held] @ vt[held]
+                pred = s2 * hv
                 if zdp is not None:
                     pred = pred + zdp[held]
                 if s2 > 0.0:
                     g_tt = gram[train][:, train]
-                    b = s2 * (g_tt @ vt_tr)
+                    # (S⁻¹·g_htᵀ)ᵀ: S is symmetric, and k_h columns are cheaper than dt
+                    x_t = torch.linalg.solve(
+                        torch.eye(k, dtype=torch.float64) / s2 + g_tt, g_ht.T
+                    ).T
+                    tv = gv[train] - gram[train][:, held] @ vt[held]
+                    correction = s2 * (x_t @ tv)
                     if zdp is not None:
-                        b = b + zdp[train]
-                    inner = torch.eye(k, dtype=torch.float64) / s2 + g_tt
-                    pred = pred - g_ht @ torch.linalg.solve(inner, b)
+                        correction = correction + x_t @ zdp[train]
+                    pred = pred - correction
                 sums[i, j] += _row_cosines(pred, vt[held]).sum()
     cv = (sums / vs.shape[0]).numpy()
     # best mean cosine; ties (to 1e-9) to the smaller weight, then the larger λ (smoother map)
