@@ -85,10 +85,11 @@ def route_vector(
     from crx.registry.workflows.anchors import leak_fix, refuse_leaks
     from crx.registry.workflows.transplant import map_layers
 
-    version = catalog.get_concept(concept, route.source_model)
-    maps = list(catalog.get_maps([h.map_id for h in route.hops]).values())
-    fix = leak_fix(version.concept, route.source_model, route.hops[-1].target_model)
-    refuse_leaks(catalog, version, maps, fix)
+    if any(h.solver == "anchored" for h in route.hops):
+        version = catalog.get_concept(concept, route.source_model)
+        maps = list(catalog.get_maps([h.map_id for h in route.hops]).values())
+        fix = leak_fix(version.concept, route.source_model, route.hops[-1].target_model)
+        refuse_leaks(catalog, version, maps, fix)
     source = catalog.load_vector(route.source_vector_id)
     weight, _bias = load_route(catalog, route.hops)  # the bias cancels for a difference of states
     return map_layers(

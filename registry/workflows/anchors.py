@@ -102,11 +102,9 @@ def anchor_set(
     *,
     exclude: Iterable[str] = (),
     template: str | None = None,
-    limit: int | None = None,
 ) -> AnchorSet:
     """Every concept version natively on both models, minus ``exclude`` (concept names) and
-    their families; ``template``: only the versions registered with that template; ``limit``:
-    only the first N anchor concepts by name (for ablations)."""
+    their families; ``template``: only the versions registered with that template."""
     import numpy as np
 
     catalog = ws.catalog
@@ -127,8 +125,6 @@ def anchor_set(
     leaky_families |= {family[cv] for cv in both if texts[cv] & banned}
     kept = [cv for cv in both if family[cv] not in leaky_families]
     kept.sort(key=lambda cv: versions[cv].ref)
-    if limit is not None:
-        kept = kept[:limit]
     if not kept:
         raise InvalidInput(
             f"no concept is extracted on both {source.name} and {target.name} to anchor a map "
@@ -190,14 +186,19 @@ def split_leaky(
     return [m for m in maps if m.id not in leaky], leaky
 
 
+def leak_error(concept: ConceptVersionRecord, leaky: dict[int, list[str]], fix: str) -> AnchorLeak:
+    """The error for the leaky maps `split_leaky` found (map id → anchors)."""
+    anchors = sorted({a for found in leaky.values() for a in found})
+    return AnchorLeak(concept.ref, sorted(leaky), anchors, fix)
+
+
 def refuse_leaks(
     catalog: Catalog, concept: ConceptVersionRecord, maps: Sequence[MapRecord], fix: str
 ) -> None:
     """`AnchorLeak` when any of ``maps`` is an anchored map that leaks for ``concept``."""
     _, leaky = split_leaky(catalog, concept, maps)
     if leaky:
-        anchors = sorted({a for found in leaky.values() for a in found})
-        raise AnchorLeak(concept.ref, sorted(leaky), anchors, fix)
+        raise leak_error(concept, leaky, fix)
 
 
 def leak_fix(concept: str, source: str, target: str) -> str:

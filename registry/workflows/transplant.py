@@ -14,7 +14,7 @@ import numpy as np
 
 from crx.registry.errors import InvalidInput, NoMapBetween, NoVectorOn
 from crx.registry.progress import StagedProgress, staged
-from crx.registry.workflows.anchors import leak_fix, refuse_leaks, split_leaky
+from crx.registry.workflows.anchors import leak_error, leak_fix, split_leaky
 from crx.schemas.records import MapRecord, Registered, VectorRecord
 
 if TYPE_CHECKING:
@@ -97,10 +97,10 @@ def transplant(
         raise InvalidInput(f"layer {layer} is out of range for {tgt.name} ({tgt.n_layers} layers)")
     registered = catalog.list_maps(source=src.name, target=tgt.name, limit=0).items
     # anchored maps fitted on this concept (or its texts) are never candidates for it
-    usable, _ = split_leaky(catalog, concept, registered)
+    usable, leaky = split_leaky(catalog, concept, registered)
     chosen = choose_maps(usable, layer=layer, solver=solver)
     if not chosen and choose_maps(registered, layer=layer, solver=solver):
-        refuse_leaks(catalog, concept, registered, leak_fix(concept.concept, src.name, tgt.name))
+        raise leak_error(concept, leaky, leak_fix(concept.concept, src.name, tgt.name))
     if not chosen:
         raise NoMapBetween(src.name, tgt.name, layer)
     solvers = ",".join(sorted({m.solver for m in chosen.values()}))

@@ -113,10 +113,14 @@ def fold_of(groups: Sequence[str], folds: int) -> np.ndarray:
     return np.array([index[g] for g in groups], dtype=np.int64)
 
 
-def _normalised(vs: torch.Tensor, vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalised(
+    vs: torch.Tensor, vt: torch.Tensor, groups: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Each anchor pair divided by ``‖v_s‖``; pairs with a zero source vector dropped."""
     norms = vs.norm(dim=1, keepdim=True)
     keep = norms[:, 0] > 0
-    return vs[keep] / norms[keep], vt[keep] / norms[keep]
+    kept = [g for g, k in zip(groups, keep.tolist(), strict=True) if k]
+    return vs[keep] / norms[keep], vt[keep] / norms[keep], kept
 
 
 def _row_cosines(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -203,9 +207,7 @@ def solve_anchored(
     vs_all, vt_all = source_anchors.to(torch.float64), target_anchors.to(torch.float64)
     if vs_all.shape[0] != vt_all.shape[0] or vs_all.shape[0] != len(groups):
         raise InvalidInput("the anchors' source rows, target rows and groups must be as many")
-    keep = vs_all.norm(dim=1) > 0
-    groups = [g for g, k in zip(groups, keep.tolist(), strict=True) if k]
-    vs, vt = _normalised(vs_all, vt_all)
+    vs, vt, groups = _normalised(vs_all, vt_all, groups)
     n_groups = len(set(groups))
     if n_groups < MIN_ANCHOR_GROUPS:
         raise InvalidInput(
