@@ -4,6 +4,11 @@
     B=benchmarks; R=benchmarks/results
     .venv/bin/python $B/anchored_bench.py --out $R/anchored_smollm2_gemma.json
     .venv/bin/python $B/anchored_bench.py --template --out $R/anchored_template_smollm2_gemma.json
+    .venv/bin/python $B/anchored_bench.py --template --pairs 8 \\
+        --out $R/anchored_template_pairs8_smollm2_gemma.json
+    A=$R/anchored_template_ablation_smollm2_gemma.json   # the ablation, seeds added to it
+    .venv/bin/python $B/anchored_bench.py --template --ablate --out $A
+    .venv/bin/python $B/anchored_bench.py --skip-main $A --seeds 0,1,2 --out $A
     .venv/bin/python $B/anchored_bench.py --source qwen2.5-coder-0.5b-instruct \\
         --target qwen2.5-coder-1.5b-instruct --quality $R/quality_qwen05_qwen15.json \\
         --out $R/anchored_qwen05_qwen15.json
@@ -136,6 +141,12 @@ def main() -> None:
         help="anchors read in the emotion concepts' own template (`crx bank "
         "extract --template`, `crx fit --anchor-template`)",
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        help="the bank with each concept's first N pairs (`crx bank extract --pairs`; the "
+        "anchors are each concept's newest version, so these)",
+    )
     parser.add_argument("--ablate", action="store_true", help="also the anchor-count ablation")
     parser.add_argument(
         "--sizes",
@@ -153,7 +164,7 @@ def main() -> None:
         "--skip-main",
         type=Path,
         metavar="RESULT",
-        help="ablation only, added to this earlier result",
+        help="ablation only, added to this earlier result (its ablation runs are kept)",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -174,7 +185,7 @@ def main() -> None:
     template = task.TEMPLATE if args.template else None
     for model in (src.name, tgt.name):
         t0 = time.monotonic()
-        results = reg.extract_bank(model, template=template)
+        results = reg.extract_bank(model, template=template, pairs=args.pairs)
         timings[f"bank_extract_{model}_s"] = round(time.monotonic() - t0, 1)
         timings[f"bank_extracted_now_{model}"] = sum(1 for _, new in results if new)
         reg.workspace.release(model)
@@ -266,6 +277,7 @@ def main() -> None:
             "r2": at_layer.r2,
         },
         "anchor_template": template,
+        "bank_pairs_per_concept": args.pairs or 24,
         "alphas": list(args.alphas),
         "timings": timings,
         "validated": {**summary(checks, labels), "rows": checks},
@@ -332,7 +344,8 @@ def ablation(
         e: reg.load_vector(reg.catalog.find_vector(reg.get_concept(e), src, origin="extracted").id)
         for e in EMOTIONS
     }
-    runs = []
+    runs = list(result.get("ablation", []))  # an earlier result's runs are kept, not redone
+    done = {(r["kind"], r["n_anchors"], r["seed"]) for r in runs}
     variants = [
         ("corpus+anchors", n, seed)
         for n in sizes
@@ -341,44 +354,62 @@ def ablation(
     ]
     variants += [("anchors only", len(full.refs), 0)]  # all anchors with the corpus: the main run
     for kind, n, seed in variants:
+        if (kind, n, seed) in done:
+            continue
         if n == 0:
             fm = fit_pairs(xs, ys, [(ls, layer)])[0]  # no anchors: ridge itself
         else:
             chosen = subset(full, n, seed)
             x = None if kind == "anchors only" else xs
             fm = _fit_one(x, ys, ls, layer, chosen)
-        rows = []
-        for e in EMOTIONS:
-            mapped = fm.weight @ natives[e][ls]
-            old = committed[e]
-            sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
-            rows.append(
-                {
-                    "emotion": e,
-                    "base": old["base"],
-                    "native": old["native"],
-                    "anchored": choose(measure(reg, tgt.name, e, mapped, layer, alphas), sizes),
-                }
-            )
-        mean = float(np.mean([r["anchored"]["test"]["token_accuracy"] for r in rows]))
-        base = float(np.mean([r["base"]["token_accuracy"] for r in rows]))
-        native = float(np.mean([r["native"]["test"]["token_accuracy"] for r in rows]))
+        rows = {e: fm.weight @ natives[e][ls] for e in EMOTIONS}
+        scored = score_mapped(reg, tgt.name, layer, alphas, committed, rows)
         runs.append(
             {
                 "kind": kind,
                 "n_anchors": n,
                 "seed": seed,
-                "mean_test": mean,
-                "lift_fraction": (mean - base) / (native - base),
+                "mean_test": scored["mean_test"],
+                "lift_fraction": scored["lift_fraction"],
                 "weight": fm.settings.get("anchor_weight"),
                 "cv": fm.settings.get("anchor_cv_best"),
-                "rows": rows,
+                "rows": scored["rows"],
             }
         )
-        print(kind, n, seed, round(mean, 3), round((mean - base) / (native - base), 2), flush=True)
+        print(kind, n, seed, round(scored["mean_test"], 3), round(scored["lift_fraction"], 2),
+              flush=True)  # fmt: skip
         if out:
             out.write_text(json.dumps({**result, "ablation": runs}, indent=1, default=str) + "\n")
     return runs
+
+
+def score_mapped(
+    reg: Registry,
+    target: str,
+    layer: int,
+    alphas: tuple[float, ...],
+    committed: dict,  # type: ignore[type-arg]
+    mapped: dict[str, np.ndarray],
+) -> dict:  # type: ignore[type-arg]
+    """Each emotion's transplanted row at ``layer``, α chosen on validation, test reported; the
+    bare model's and the native vector's test accuracy are the committed ones (same halves)."""
+    rows = []
+    for e in EMOTIONS:
+        old = committed[e]
+        sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
+        steered = measure(reg, target, e, mapped[e], layer, alphas)
+        rows.append(
+            {
+                "emotion": e,
+                "base": old["base"],
+                "native": old["native"],
+                "anchored": choose(steered, sizes),
+            }
+        )
+    mean = float(np.mean([r["anchored"]["test"]["token_accuracy"] for r in rows]))
+    base = float(np.mean([r["base"]["token_accuracy"] for r in rows]))
+    native = float(np.mean([r["native"]["test"]["token_accuracy"] for r in rows]))
+    return {"mean_test": mean, "lift_fraction": (mean - base) / (native - base), "rows": rows}
 
 
 def _fit_one(xs, ys, ls: int, lt: int, anchors: AnchorSet):  # type: ignore[no-untyped-def]

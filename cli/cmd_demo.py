@@ -73,7 +73,7 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, quiet: bool, as_json: b
             )
         )
     emit_table(
-        ["emotion", "base", "transplanted (crx)", "transplanted (ConTrans recipe)", "native"],
+        ["emotion", "base", *(result.legend[k] for k in (*result.transplants, "native"))],
         rows,
         "no rows",
     )
@@ -89,11 +89,13 @@ def _estimate_line(estimate: Any, *, all_six: bool) -> str:
     """What the demo will take, as measured, and what of it is already done here."""
     if estimate.reused:
         return (
-            "crx demo: both models and their corpus states are here; the rest is reused or "
+            "crx demo: both models, their corpus states and the concept bank are here; the rest "
+            "is reused or "
             "takes minutes (extractions, transplants, evaluations)"
         )
     todo = [f"pull {m}" for m, done in estimate.pulled.items() if not done]
     todo += [f"corpus states of {m}" for m, done in estimate.states_cached.items() if not done]
+    todo += [f"concept bank on {m}" for m, done in estimate.bank_extracted.items() if not done]
     scope = "for all six emotions" if all_six else "for six emotions; fewer take less"
     return (
         f"crx demo: ~{estimate.seconds / 60:.0f} min from scratch on a 2-core CPU "

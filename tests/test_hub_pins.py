@@ -120,3 +120,29 @@ def test_weights_missing_from_the_offline_cache_name_hf_hub_offline(
     assert "HF_HUB_OFFLINE is set" in line, line
     with Registry(w.db, str(w.store)) as reg:
         assert reg.list_vectors(limit=0).items == []
+
+
+def test_a_spec_s_branch_is_applied_as_its_commit_and_then_stands_for_it(
+    sqlite_world: World, model_dirs: dict[str, Path]
+) -> None:
+    w = sqlite_world
+    cache = _hub_cache(w.tmp, model_dirs["llama"])
+    spec = w.tmp / "hub.yaml"
+    spec.write_text("models:\n  - {name: hubby, path: org/tiny, revision: main}\n")
+    applied = _crx(w, cache, "apply", str(spec))
+    assert applied.returncode == 0, applied.stderr
+    with Registry(w.db, str(w.store)) as reg:
+        assert reg.get_model("hubby").revision == COMMIT  # pinned, not "main"
+    # The label is not resolved again by a diff (which never reaches the hub): it stands for
+    # the commit it was pinned to, so a second apply changes nothing ...
+    again = _crx(w, cache, "diff", str(spec), "--json")
+    assert again.returncode == 0, again.stderr
+    [change] = json.loads(again.stdout)["changes"]
+    assert change["action"] == "unchanged", change
+    # ... while another commit named in the spec is a change of the revision.
+    other = "f" * 40
+    spec.write_text(f"models:\n  - {{name: hubby, path: org/tiny, revision: '{other}'}}\n")
+    moved = _crx(w, cache, "diff", str(spec), "--json")
+    [change] = json.loads(moved.stdout)["changes"]
+    assert change["action"] == "update"
+    assert change["changes"] == [{"field": "revision", "old": COMMIT, "new": other}]

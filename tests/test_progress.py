@@ -310,6 +310,7 @@ def test_the_demo_says_what_it_will_take_before_it_starts(reg: Registry) -> None
     assert (estimate.seconds, estimate.disk_bytes) == (717, 2_100_000_000)
     assert estimate.pulled == {SOURCE: False, TARGET: False}
     assert estimate.states_cached == {SOURCE: False, TARGET: False}
+    assert estimate.bank_extracted == {SOURCE: False, TARGET: False}
     assert not estimate.reused
     line = _estimate_line(estimate, all_six=True)
     assert line.startswith("crx demo: ~12 min from scratch on a 2-core CPU (717 s measured")
@@ -317,8 +318,9 @@ def test_the_demo_says_what_it_will_take_before_it_starts(reg: Registry) -> None
     assert "~2.1 GB under $CRX_HOME" in line
     assert line.endswith(
         f"to do here: pull {SOURCE}, pull {TARGET}, corpus states of {SOURCE}, "
-        f"corpus states of {TARGET}"
+        f"corpus states of {TARGET}, concept bank on {SOURCE}, concept bank on {TARGET}"
     )
     done = Estimate(717, 3060, 2_100_000_000, 1_600_000_000, {SOURCE: True}, {SOURCE: True})
     assert done.reused
+    assert not Estimate(717, 3060, 1, 1, {SOURCE: True}, {SOURCE: True}, {SOURCE: False}).reused
     assert "are here" in _estimate_line(done, all_six=False)

@@ -128,7 +128,8 @@ def _compute_models(work: Work) -> None:
             name=name,
             path=facts.path,
             gguf_file=facts.gguf_file,
-            revision=dm.spec.revision,
+            # a hub id's branch or tag is recorded as the commit it resolved to (pinned)
+            revision=facts.revision or dm.spec.revision,
             architecture=facts.architecture,
             model_type=facts.model_type,
             n_layers=facts.n_layers,

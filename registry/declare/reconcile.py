@@ -161,6 +161,21 @@ def _read_local_facts(desired: DesiredModel, where: str | None) -> None:
     desired.facts = facts
 
 
+def _pinned_by(asked: str | None, registered: str | None) -> bool:
+    """Whether a spec's branch or tag (``main``, ``v1.0``) stands for the commit registered.
+
+    A hub id's revision is pinned when it is registered: the label resolves once, to the commit
+    recorded. A diff never reaches the hub, so a label is not re-resolved: the registered
+    commit stands until the spec names another commit (40 hex digits)."""
+    if asked is None or registered is None or _is_commit(asked):
+        return False
+    return _is_commit(registered)
+
+
+def _is_commit(revision: str) -> bool:
+    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower())
+
+
 def _diff_model(desired: DesiredModel, where: str | None) -> Change:
     spec, current = desired.spec, desired.current
     compute = []
@@ -179,6 +194,8 @@ def _diff_model(desired: DesiredModel, where: str | None) -> Change:
         "role": desired.role,
         "tags": desired.tags or None,
     }
+    if _pinned_by(spec.revision, current.revision):
+        wanted["revision"] = None
     changes = [
         FieldChange(field=name, old=getattr(current, name), new=value)
         for name, value in wanted.items()

@@ -1,8 +1,10 @@
 """Anchors of the ``anchored`` solver: paired native vectors of concepts on two models, and the
 leakage rule that keeps a concept from being transplanted through a map fitted on it.
 
-`anchor_set` gathers every concept version extracted natively on both models (mean difference,
-last token; the bank's and the team's own), minus the concepts excluded and **every concept that
+`anchor_set` gathers every concept extracted natively on both models (mean difference, last
+token; the bank's and the team's own; of a concept with several such versions, the newest:
+versions of one concept are one direction read twice, and counting both would weigh it double),
+minus the concepts excluded and **every concept that
 shares a contrast text with one of them** (concepts built from the same scenarios are one
 family: the six emotions share theirs). Concepts that share texts with each other are one
 *group*, so leave-concepts-out validation never validates on a concept whose texts it trained on.
@@ -103,8 +105,8 @@ def anchor_set(
     exclude: Iterable[str] = (),
     template: str | None = None,
 ) -> AnchorSet:
-    """Every concept version natively on both models, minus ``exclude`` (concept names) and
-    their families; ``template``: only the versions registered with that template."""
+    """The newest version of every concept natively on both models, minus ``exclude`` (concept
+    names) and their families; ``template``: only the versions registered with that template."""
     import numpy as np
 
     catalog = ws.catalog
@@ -114,6 +116,12 @@ def anchor_set(
     versions = {cv: catalog.get_concept(_ref(on_source[cv])) for cv in both}
     if template is not None:
         both = [cv for cv in both if versions[cv].template == template]
+    newest: dict[str, int] = {}
+    for cv in both:
+        held = newest.get(versions[cv].concept)
+        if held is None or versions[cv].version > versions[held].version:
+            newest[versions[cv].concept] = cv
+    both = sorted(newest.values())
     # the excluded concepts' texts, from every version registered (extracted or not)
     banned: set[str] = set()
     for name in excluded:

@@ -6,14 +6,18 @@ and natively on the target, fit maps, transplant, evaluate base vs transplanted 
 the held-out half, and write a table and the paper's figure. Every step is content-addressed,
 so a second run reuses what the first computed.
 
-Each concept is transplanted twice: with crx's default maps (ridge, source layer by validation
-R²) and with ConTrans' own recipe (SVD least squares, no bias, the pair of equal relative depth
-0.75). Neither map wins for every concept (``benchmarks/README.md``), and a better fit does not
-mean better steering, so both are evaluated: `crx plan` then routes each concept through the
-transplant whose recorded evaluation is best.
+Each concept is transplanted three times: with crx's ridge maps (source layer by validation
+R²), with ConTrans' own recipe (SVD least squares, no bias, the pair of equal relative depth
+0.75), and with concept-anchored maps (`crx.registry.engine.fit.anchored`): ridge plus the
+paired native vectors of the concept bank, read in the emotions' own template, on its first
+`BANK_PAIRS` pairs per concept (a third of the bank's extraction time), the emotions excluded
+from the anchors. No map wins for every concept (``benchmarks/README.md``), and a better fit
+does not mean better steering, so all three are evaluated: `crx plan` then routes each concept
+through the transplant whose recorded evaluation is best.
 
 Every step reports through ``progress`` (`crx.registry.progress`): the pull stages of each
-model, ``register concepts``, ``load``/``states`` of each model, both fits, and per emotion its
+model, ``register concepts``, ``load``/``states`` of each model, the fits, ``bank on`` each
+model, and per emotion its
 extractions, transplants, norms and evaluations, then the plot. `estimate` says, before the
 run, what it measured to take and what is already done here.
 """
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crx.registry.progress import StagedProgress, one_step
-from crx.registry.workflows import evaluate, extract, fit, transplant
+from crx.registry.workflows import bank, evaluate, extract, fit, transplant
 from crx.registry.workflows.pull import pull_model
 
 if TYPE_CHECKING:
@@ -38,12 +42,20 @@ SOURCE = "smollm2-135m-instruct"
 TARGET = "gemma3-270m"
 ALPHAS = evaluate.DEFAULT_ALPHAS  # × the layer's mean residual norm
 #: The transplanted rows of the demo: label → (solver, only the steered layer?)
-TRANSPLANTS = {"transplanted": ("ridge", False), "contrans_recipe": ("lstsq-svd", True)}
+TRANSPLANTS = {
+    "transplanted": ("ridge", False),
+    "contrans_recipe": ("lstsq-svd", True),
+    "anchored": ("anchored", True),
+}
 LEGEND = {
     "transplanted": "transplanted (crx maps)",
     "contrans_recipe": "transplanted (ConTrans recipe)",
+    "anchored": "transplanted (anchored maps)",
     "native": "native",
 }
+#: Contrast pairs per bank concept the demo extracts (of 24): measured on SmolLM2 -> Gemma-3
+#: (benchmarks/README.md, "Concept-anchored maps").
+BANK_PAIRS = 8
 PAIR_CONSTRUCTION = "repe-emotions-vs-others:holdout=0.5:seed=0"
 #: What the demo measured from scratch, all six emotions (benchmarks/README.md: 717 s on the
 #: 2-core benchmark machine; 51 min on a loaded 2-core machine, reported in issue 17).
@@ -65,11 +77,13 @@ class Estimate:
     venv_bytes: int
     pulled: dict[str, bool]  # model → already pulled here
     states_cached: dict[str, bool]  # model → its corpus states already cached
+    bank_extracted: dict[str, bool] = field(default_factory=dict)  # model → the demo's bank
 
     @property
     def reused(self) -> bool:
-        """True when the slow steps (pulls, corpus states) are all done already."""
-        return all(self.pulled.values()) and all(self.states_cached.values())
+        """True when the slow steps (pulls, corpus states, bank) are all done already."""
+        done = (self.pulled, self.states_cached, self.bank_extracted)
+        return all(all(d.values()) for d in done)
 
 
 def estimate(ws: Workspace, emotions: Sequence[str] | None = None) -> Estimate:
@@ -87,14 +101,15 @@ def estimate(ws: Workspace, emotions: Sequence[str] | None = None) -> Estimate:
     _, corpus_bytes = load_corpus(None)
     corpus_oid = sha256_hex(corpus_bytes)
     done = {name: pulled(name) is not None for name in (SOURCE, TARGET)}
-    cached = {}
+    cached, banked = {}, {}
     for name in (SOURCE, TARGET):
         try:
             model = ws.catalog.get_model(name)
         except ModelNotFound:
-            cached[name] = False
+            cached[name] = banked[name] = False
         else:
             cached[name] = cached_states_exist(model, corpus_oid)
+            banked[name] = bank.is_extracted(ws.catalog, model, task.TEMPLATE, BANK_PAIRS)
     return Estimate(
         seconds=FROM_SCRATCH_SECONDS,
         loaded_seconds=LOADED_MACHINE_SECONDS,
@@ -102,6 +117,7 @@ def estimate(ws: Workspace, emotions: Sequence[str] | None = None) -> Estimate:
         venv_bytes=VENV_BYTES,
         pulled=done,
         states_cached=cached,
+        bank_extracted=banked,
     )
 
 
@@ -147,6 +163,7 @@ class DemoResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     plot: Path | None = None
     transplants: tuple[str, ...] = tuple(TRANSPLANTS)  # the transplanted columns, in order
+    legend: dict[str, str] = field(default_factory=lambda: dict(LEGEND))  # column → header
 
 
 def run(
@@ -170,6 +187,14 @@ def run(
     paper_pair = f"{relative_depth_pair(source.n_layers, target.n_layers, layer)}:{layer}"
     fit.fit(ws, source.name, target.name, pairs=paper_pair, solver="lstsq-svd",
                  progress=progress)  # fmt: skip
+    for model in (source.name, target.name):
+        bank.extract_bank(
+            ws, model, template=task.TEMPLATE, pairs=BANK_PAIRS, progress=progress
+        )
+    # The emotions (and, by their shared scenarios, every concept built from them) never
+    # anchor the maps that carry them: `crx transplant` would refuse such a map.
+    fit.fit(ws, source.name, target.name, solver="anchored", exclude=emotions,
+            anchor_template=task.TEMPLATE, progress=progress)  # fmt: skip
     result = DemoResult()
     curves: dict[str, dict[float, list[float]]] = {label: {} for label in (*TRANSPLANTS, "native")}
     bases = []
