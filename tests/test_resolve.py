@@ -553,6 +553,15 @@ def test_measure_composed_r2_on_cached_calibration_states(reg: Registry) -> None
     assert measured is not None
     assert measured.fit_r2_measured == pytest.approx(expected, abs=1e-3)
     assert reg.plan("tgt", ["honesty"]).concepts[0].chosen.fit_r2_measured is None  # type: ignore[union-attr]
+    # States captured with the model in bfloat16 (`crx fit --dtype bfloat16`) measure it too.
+    _states_path(reg.get_model("tgt"), corpus).unlink()
+    bf16 = _states_path(reg.get_model("tgt"), corpus, "bfloat16")
+    bf16.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"states": torch.tensor(y, dtype=torch.bfloat16)}, str(bf16))
+    halved = reg.plan("tgt", ["honesty"], measure=True).concepts[0].chosen
+    assert halved is not None
+    assert halved.fit_r2_measured == pytest.approx(expected, abs=0.05)
+    assert halved.fit_r2_measured != measured.fit_r2_measured  # read from the bfloat16 file
 
 
 def test_a_tampered_plan_is_refused_and_registers_nothing(reg: Registry, pairs_file: Path) -> None:

@@ -67,20 +67,19 @@ def measured_r2(catalog: Catalog, hops: Sequence[MapHop]) -> float | None:
     """Held-out R² of the composed route on cached calibration states, or None if not cached.
 
     Uses the corpus and the test split of the last hop's fit, and the states `crx fit` cached
-    for the route's two ends; nothing is loaded or run when they are not both on this machine.
+    for the route's two ends (in any load dtype); nothing is loaded or run when they are not both on this machine.
     """
     from crx.registry.engine.fit import split_indices
-    from crx.registry.workflows.corpus import cached_states
+    from crx.registry.workflows.corpus import cached_states_holding
 
     first, last = catalog.get_map(hops[0].map_id), catalog.get_map(hops[-1].map_id)
     if last.corpus_oid is None:
         return None
-    source = cached_states(catalog.get_model(first.source_model), last.corpus_oid)
-    target = cached_states(catalog.get_model(last.target_model), last.corpus_oid)
-    if source is None or target is None or source.shape[0] != target.shape[0]:
-        return None
     ls, lt = hops[0].source_layer, hops[-1].target_layer
-    if ls not in source.layers() or lt not in target.layers():
+    # in whichever dtype each end's states were captured (`crx fit --dtype`)
+    source = cached_states_holding(catalog.get_model(first.source_model), last.corpus_oid, ls)
+    target = cached_states_holding(catalog.get_model(last.target_model), last.corpus_oid, lt)
+    if source is None or target is None or source.shape[0] != target.shape[0]:
         return None
     settings = last.solver_settings
     _, _, test = split_indices(

@@ -100,6 +100,18 @@ def cached_states_exist(model: ModelRecord, corpus_oid: str, dtype: str = "float
     return len(_cache(model, corpus_oid, 0, dtype).layers()) == model.n_layers
 
 
+def cached_states_holding(model: ModelRecord, corpus_oid: str, layer: int) -> CachedStates | None:
+    """The cached states of this model and corpus that hold ``layer``, in whichever dtype the
+    model was loaded in when they were captured (float32 first, then bfloat16 and float16)."""
+    from crx.registry.engine.loading import DTYPES
+
+    for dtype in DTYPES:
+        found = cached_states(model, corpus_oid, dtype)
+        if found is not None and layer in found.layers():
+            return found
+    return None
+
+
 def cached_states(
     model: ModelRecord, corpus_oid: str, dtype: str = "float32"
 ) -> CachedStates | None:

@@ -108,7 +108,7 @@ def estimate(ws: Workspace, emotions: Sequence[str] | None = None) -> Estimate:
         except ModelNotFound:
             cached[name] = banked[name] = False
         else:
-            cached[name] = cached_states_exist(model, corpus_oid)
+            cached[name] = cached_states_exist(model, corpus_oid, ws.dtype())  # as run loads
             banked[name] = bank.is_extracted(ws.catalog, model, task.TEMPLATE, BANK_PAIRS)
     return Estimate(
         seconds=FROM_SCRATCH_SECONDS,
