@@ -236,3 +236,25 @@ def test_steering_never_mutates_the_model(llama: LoadedModel) -> None:
     after = llama.model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_layers_reference_norm_is_measured_once_per_loaded_model(llama: LoadedModel) -> None:
+    from crx.registry.engine.steer import residual_norm
+    from crx.registry.workflows.corpus import load_corpus
+    from crx.registry.workflows.evaluate import _NORMS, NORM_LINES, reference_norm
+
+    _NORMS.pop(llama.model, None)  # the fixture is shared: start from nothing measured
+    passes: list[int] = []
+    handle = llama.layers[0].register_forward_hook(lambda *_: passes.append(1))
+    try:
+        first = reference_norm(llama, 1)
+        measured = len(passes)
+        assert measured > 0
+        assert reference_norm(llama, 1) == first
+        assert len(passes) == measured  # the model did not run again
+        reference_norm(llama, 2)
+        assert len(passes) > measured  # another layer is measured
+    finally:
+        handle.remove()
+    lines = load_corpus(None)[0][:NORM_LINES]
+    assert first == pytest.approx(residual_norm(llama, lines, 1))
