@@ -67,7 +67,8 @@ def measured_r2(catalog: Catalog, hops: Sequence[MapHop]) -> float | None:
     """Held-out R² of the composed route on cached calibration states, or None if not cached.
 
     Uses the corpus and the test split of the last hop's fit, and the states `crx fit` cached
-    for the route's two ends (in any load dtype); nothing is loaded or run when they are not both on this machine.
+    for the route's two ends (in any load dtype); nothing is loaded or run when they are not
+    both on this machine.
     """
     from crx.registry.engine.fit import split_indices
     from crx.registry.workflows.corpus import cached_states_holding

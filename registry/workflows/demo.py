@@ -188,9 +188,7 @@ def run(
     fit.fit(ws, source.name, target.name, pairs=paper_pair, solver="lstsq-svd",
                  progress=progress)  # fmt: skip
     for model in (source.name, target.name):
-        bank.extract_bank(
-            ws, model, template=task.TEMPLATE, pairs=BANK_PAIRS, progress=progress
-        )
+        bank.extract_bank(ws, model, template=task.TEMPLATE, pairs=BANK_PAIRS, progress=progress)
     # The emotions (and, by their shared scenarios, every concept built from them) never
     # anchor the maps that carry them: `crx transplant` would refuse such a map.
     fit.fit(ws, source.name, target.name, solver="anchored", exclude=emotions,
