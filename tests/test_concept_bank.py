@@ -206,6 +206,13 @@ def test_plans_reach_anchored_maps_only_through_vectors_transplanted_with_them(
         )
     after = w.json("plan", "--target", "tgt", "--concept", "mood")
     assert ("transplanted", "anchored") in hops(after), after["concepts"][0]["reasons"]
+    # With no concept named (and none marked for use), the plan is of the team's concepts: the
+    # bank's anchor maps, and are planned only when named.
+    default = w.json("plan", "--target", "tgt")
+    assert [c["concept"] for c in default["concepts"]] == ["mood@1", "mood-twin@1"]
+    bank = f"{PREFIX}{bank_index()[0].name}"
+    named = w.json("plan", "--target", "tgt", "--concept", bank)
+    assert [c["concept"] for c in named["concepts"]] == [f"{bank}@1"]
 
 
 def test_a_bank_in_a_template_is_another_version_and_anchors_only_the_fits_that_ask(

@@ -398,7 +398,10 @@ class CatalogView:
 
     def latest_versions_with_vectors(self, skip: Iterable[int] = ()) -> list[ConceptFact]:
         """The newest version of every concept, where that version has at least one vector;
-        versions whose id is in ``skip`` (deprecated ones) do not count."""
+        versions whose id is in ``skip`` (deprecated ones) do not count, and neither do the
+        concept bank's (`crx bank extract`): they anchor maps, nobody asked to steer with them,
+        and after `crx demo` they are 184 of the 190."""
+        from crx.registry.workflows.bank import PAIR_CONSTRUCTION as BANK
         newest_query = select(
             SqlConceptVersion.concept_id, func.max(SqlConceptVersion.version).label("v")
         )
@@ -417,7 +420,7 @@ class CatalogView:
                 (newest.c.concept_id == SqlConceptVersion.concept_id)
                 & (newest.c.v == SqlConceptVersion.version),
             )
-            .where(has_vector.exists())
+            .where(has_vector.exists(), SqlConceptVersion.pair_construction != BANK)
             .order_by(SqlConcept.name)
         ).all()
         return [ConceptFact(*row) for row in rows]

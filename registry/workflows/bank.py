@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 PREFIX = "bank."
 TEMPLATE = "{text}"
+#: The pair construction every bank concept is registered with: what tells them apart from a
+#: team's own concepts (`crx plan` leaves them out unless one is named).
+PAIR_CONSTRUCTION = "concept bank"
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def register_bank(
                 kept,
                 description=f"concept bank ({entry.group}): {entry.description}{subset}",
                 template=template,
-                pair_construction="concept bank",
+                pair_construction=PAIR_CONSTRUCTION,
             ).record
         )
     return out
