@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crx.cli.context import after_option, json_option, limit_option, registry
+from crx.cli.context import after_option, json_option, limit_option, reader, registry
 from crx.cli.render import (
     alpha_cell,
     emit_fields,
@@ -98,7 +98,7 @@ def list_vectors(
     Example:
       crx list vectors --model gemma3-270m
     """
-    reg = registry()
+    reg = reader()
     result = reg.list_vectors(concept=concept, model=model, limit=limit, after=after)
     if as_json:
         emit_json(result)
@@ -260,7 +260,7 @@ def show_model(ref: str, as_json: bool) -> None:
     Example:
       crx show model gemma3-270m
     """
-    record = registry().get_model(ref)
+    record = reader().get_model(ref)
     if as_json:
         emit_json(record)
     else:

@@ -16,13 +16,11 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from crx.registry.config import redact
+from crx.registry.db.revision import HEAD_REVISION
 from crx.registry.errors import DatabaseNotInitialised, SchemaOutOfDate, UnknownSchemaRevision
 
 if TYPE_CHECKING:
     from alembic.config import Config
-
-# The newest migration in migrations/versions; a test checks it equals alembic's head.
-HEAD_REVISION = "0006"
 
 
 def _alembic_config(engine: Engine) -> Config:

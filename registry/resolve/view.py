@@ -402,6 +402,7 @@ class CatalogView:
         concept bank's (`crx bank extract`): they anchor maps, nobody asked to steer with them,
         and after `crx demo` they are 184 of the 190."""
         from crx.registry.workflows.bank import PAIR_CONSTRUCTION as BANK
+
         newest_query = select(
             SqlConceptVersion.concept_id, func.max(SqlConceptVersion.version).label("v")
         )
