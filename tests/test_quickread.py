@@ -44,6 +44,9 @@ def _fill(w: World) -> None:
             lineage_key="k1",
         )
         reg.register_model("tagged", str(w.model_dir), tags={"team": "a", "n": 2, "ok": True})
+    # A JSON null where the catalogue reads an empty object (a row written by another tool).
+    with sqlite3.connect(w.db.removeprefix("sqlite:///")) as connection:
+        connection.execute("UPDATE vectors SET settings = 'null' WHERE id = ?", (part.id,))
 
 
 def _reader(w: World) -> QuickReader:

@@ -59,11 +59,16 @@ def open_reader(database_url: str) -> QuickReader | None:
     return QuickReader(connection)
 
 
+#: JSON objects the catalogue reads as ``dict(value or {})``: a JSON null is an empty one.
+_DICTS = {"tags", "settings", "solver_settings", "metrics"}
+
+
 def _value(column: str, raw: Any) -> Any:
+    if column in _JSON:
+        value = None if raw is None else json.loads(raw)
+        return {} if value is None and column in _DICTS else value
     if raw is None:
         return None
-    if column in _JSON:
-        return json.loads(raw)
     if column in _TIMES:
         return as_utc(datetime.fromisoformat(raw))
     return raw
