@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from crx.registry import Registry
-    from crx.registry.catalog.quickread import QuickReader
+    from crx.registry import QuickReader, Registry
 
 
 @contextmanager
@@ -46,10 +45,9 @@ class State:
         if self._registry is None and not self._reader_tried:
             self._reader_tried = True
             with importing():
-                from crx.registry import config
-                from crx.registry.catalog.quickread import open_reader
+                from crx.registry import open_reader
 
-            self._reader = open_reader(config.resolve(self.database_url).database_url)
+            self._reader = open_reader(self.database_url)
         return self._reader if self._reader is not None else self.registry
 
     @property
@@ -75,8 +73,8 @@ def registry() -> Registry:
 
 def reader() -> QuickReader | Registry:
     """For the commands that only read models, vectors and maps: on a SQLite registry the
-    standard library's sqlite3 answers (`crx.registry.catalog.quickread`, no SQLAlchemy to
-    import: half a read command's time), else the registry; the records are the same."""
+    standard library's sqlite3 answers (`crx.registry.open_reader`, no SQLAlchemy to import:
+    half a read command's time), else the registry; the records are the same."""
     return click.get_current_context().find_object(State).reader  # type: ignore[union-attr]
 
 

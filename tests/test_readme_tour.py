@@ -113,6 +113,17 @@ def _run_tour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, download: bool
         (vector,) = reg.list_vectors(model="smollm2-135m-instruct").items
         assert (vector.id, vector.origin, vector.n_layers) == (names["vec"].id, "imported", 30)
         assert len(reg.list_concepts().items) == 2  # registering again made nothing new
+        # the read-only example: on this SQLite registry, the quick reader, same records
+        blocks = [b.split("\n```", 1)[0] for b in api.split("```python\n")[1:]]
+        quick = next(b for b in blocks if "open_reader" in b)
+        exec(compile(quick, "README.md: open_reader", "exec"), names)
+        from crx.registry import QuickReader
+
+        assert isinstance(names["reader"], QuickReader)
+        assert names["reader"].get_model("smollm2-135m-instruct") == reg.get_model(
+            "smollm2-135m-instruct"
+        )
+        names["reader"].close()
     finally:
         reg.close()
 

@@ -7,7 +7,8 @@ embedded or file SQLite registry, `open_reader` answers them with `sqlite3` (imp
 (`crx.registry.catalog.service.Catalog`): the same columns, the same order, the same paging
 and the same not-found errors; `tests/test_quickread.py` checks the two agree on every field.
 
-Anything it was not built for falls back to the catalogue (`open_reader` returns None): a
+It is public as ``crx.registry.open_reader`` (the CLI's `reader()` uses it). Anything it was
+not built for falls back to the catalogue (`open_reader` returns None): a
 PostgreSQL URL, a URL with options, a database file that does not exist yet (the catalogue
 creates the embedded one), a schema at another revision (the catalogue's error says what to
 do), or ``CRX_QUICK_READ=0``.
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from crx.registry import config
 from crx.registry.db.revision import HEAD_REVISION
 from crx.registry.errors import ModelNotFound
 from crx.registry.timeutil import as_utc
@@ -38,10 +40,13 @@ _VECTOR = [f for f in VectorRecord.model_fields if f not in ("concept", "concept
 _MAP = [f for f in MapRecord.model_fields if f not in ("source_model", "target_model")]
 
 
-def open_reader(database_url: str) -> QuickReader | None:
-    """A reader for ``database_url``, or None where the catalogue must answer (see above)."""
+def open_reader(database_url: str | None = None) -> QuickReader | None:
+    """A reader for ``database_url`` (resolved as `Registry` resolves it: the argument, else
+    ``CRX_DATABASE_URL``, else the embedded ``$CRX_HOME/registry.db``), or None where the
+    catalogue must answer (see above)."""
     if os.environ.get(ENV_QUICK_READ, "1") == "0":
         return None
+    database_url = config.resolve(database_url).database_url
     prefix = "sqlite:///"
     if not database_url.startswith(prefix) or "?" in database_url:
         return None
