@@ -28,8 +28,11 @@ and line. This module only describes the shape; it never touches the registry. E
       - source: smollm2
         target: gemma
         corpus: null                       # optional file (relative); null = the shipped WikiSplit
-        solver: ridge                      # ridge | lstsq-svd (default ridge)
+        solver: ridge                      # ridge | lstsq-svd | anchored (default ridge)
         pairs: auto                        # auto | all | "LS:LT,LS:LT"
+        exclude: [happiness]               # anchored only: concepts (and their families) that
+                                           #   must not anchor it: the ones it will carry
+        anchor_template: null              # anchored only: only anchors in that template
     transplants:
       - concept: happiness                 # concept name, optionally NAME@V
         source: smollm2
@@ -79,6 +82,7 @@ concept's pairs, a transplant's layer...) are what a change to that object chang
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -340,8 +344,12 @@ class MapSpec(_Spec):
     source: ModelName
     target: ModelName
     corpus: str | None = None
-    solver: Literal["ridge", "lstsq-svd"] = "ridge"
+    solver: Literal["ridge", "lstsq-svd", "anchored"] = "ridge"
     pairs: str = "auto"
+    # anchored only (`crx fit --exclude/--anchor-template`); the anchors are the concepts
+    # extracted on both models when apply starts (`crx bank extract`)
+    exclude: list[ConceptName] = Field(default_factory=list)
+    anchor_template: str | None = None
 
     @field_validator("corpus")
     @classmethod
@@ -355,10 +363,34 @@ class MapSpec(_Spec):
         # Canonical text, so "22:13, 3:4" and "22:13,3:4" are one map in the key.
         return parsed if isinstance(parsed, str) else ",".join(f"{a}:{b}" for a, b in parsed)
 
+    @field_validator("exclude")
+    @classmethod
+    def _sorted_exclude(cls, value: list[str]) -> list[str]:
+        return sorted(set(value))  # a set: the order it is written in changes nothing
+
+    @field_validator("anchor_template")
+    @classmethod
+    def _anchor_template_has_text(cls, value: str | None) -> str | None:
+        if value is not None and "{text}" not in value:
+            raise ValueError("must contain {text}, where each scenario goes")
+        return value
+
+    @model_validator(mode="after")
+    def _anchored_options(self) -> MapSpec:
+        if self.solver != "anchored" and (self.exclude or self.anchor_template is not None):
+            raise ValueError("exclude and anchor_template apply to solver: anchored only")
+        return self
+
     @property
     def key(self) -> str:
         corpus = self.corpus or "wikisplit"
-        return f"map:{self.source}->{self.target}:{self.solver}:{self.pairs}:{corpus}"
+        key = f"map:{self.source}->{self.target}:{self.solver}:{self.pairs}:{corpus}"
+        if self.solver != "anchored":
+            return key
+        # two anchored fits of one pair with other anchors are two objects
+        template = self.anchor_template
+        digest = "" if template is None else hashlib.sha256(template.encode()).hexdigest()[:8]
+        return f"{key}:exclude={'+'.join(self.exclude)}:template={digest}"
 
 
 class TransplantSpec(_Spec):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crx.registry.declare import load_specs
+from crx.registry.declare.snapshot import Snapshot
 from crx.registry.engine.emotion import EMOTIONS, load_scenarios
 from crx.registry.errors import InvalidInput
 from crx.registry.pairs import ContrastPair
@@ -290,4 +292,104 @@ def test_a_bank_of_fewer_pairs_is_a_version_of_its_own_that_anchors_once_extract
     before = snapshot(w)
     with w.registry() as reg, pytest.raises(InvalidInput, match="pairs must be at least 1"):
         reg.extract_bank("src", pairs=0)
+    assert snapshot(w) == before
+
+
+def _changes(w: World, spec: Path) -> dict[str, str]:
+    """key → action of `crx diff --json`, for the maps and transplants."""
+    found = w.json("diff", str(spec))["changes"]
+    return {c["key"]: c["action"] for c in found if c["kind"] in ("map", "transplant")}
+
+
+def test_spec_files_declare_anchored_maps_and_apply_never_carries_a_concept_through_its_own(
+    anchored_world: World, corpus_file: Path
+) -> None:
+    w = anchored_world
+    maps = [
+        f"  - {{source: src, target: tgt, corpus: {corpus_file}, solver: anchored}}",
+        f"  - {{source: src, target: tgt, corpus: {corpus_file}, solver: anchored, "
+        "exclude: [mood]}",
+    ]
+    transplant = "transplants:\n  - {concept: mood, source: src, target: tgt}\n"
+    # the map fitted on mood is the only one into tgt: the transplant is refused, not made
+    before = snapshot(w)
+    alone = w.file("alone.yaml", "maps:\n" + maps[0] + "\n" + transplant)
+    message = user_error(w.run("apply", "--quiet", str(alone)))
+    assert "mood cannot go through the anchored maps declared from src to tgt" in message
+    assert "mood@1" in message
+    assert "exclude: [mood]" in message
+    # no row landed (the fit's blobs, computed before the refusal, are unreferenced: gc's)
+    assert snapshot(w)["lists"] == before["lists"]
+
+    spec = w.file("anchored.yaml", "maps:\n" + "\n".join(maps) + "\n" + transplant)
+    planned = _changes(w, spec)
+    assert sorted(planned.values()) == ["create"] * 3
+    leaky_key, clean_key = sorted(k for k in planned if k.startswith("map:"))
+    assert leaky_key.endswith(":exclude=:template=")
+    assert clean_key.endswith(":exclude=mood:template=")
+
+    w.ok("apply", str(spec))
+    with w.registry() as reg:
+        fitted = reg.catalog.list_maps(source="src", target="tgt", limit=0).items
+        anchors = reg.catalog.map_anchors([m.id for m in fitted])
+        vector = reg.catalog.find_vector(reg.get_concept("mood"), "tgt", origin="mapped")
+    leaky = {m.id for m in fitted if "mood@1" in {a.ref for a in anchors[m.id]}}
+    clean = {m.id for m in fitted} - leaky
+    assert len(leaky) == len(clean) == 3  # one map per target block, each fit
+    for map_id in clean:
+        assert {a.ref for a in anchors[map_id]}.isdisjoint({"mood@1", "mood-twin@1"})
+    by_id = {m.id: m for m in fitted}
+    assert [by_id[i].solver_settings["anchor_exclude"] for i in clean] == [["mood"]] * 3
+    assert [by_id[i].solver_settings["anchor_exclude"] for i in leaky] == [[]] * 3
+    assert vector is not None
+    assert vector.map_ids is not None
+    assert set(vector.map_ids) <= clean  # the map fitted on mood never carries it
+
+    # the same fit from the CLI is found, not refitted: spec and command are one recipe
+    again = w.json(*w.facts["fit"], "--solver", "anchored", "--exclude", "mood")["items"]
+    assert {m["id"] for m in again} == clean
+    # and a second diff finds everything in place, the transplant included (it is compared
+    # with what apply would choose: never a leaky map, however good its R²)
+    assert set(_changes(w, spec).values()) == {"unchanged"}
+    with w.registry() as reg:
+        seen = Snapshot.read(reg.catalog, load_specs(spec).catalog)
+        mood = reg.get_concept("mood")
+    assert {m.id for m in seen.usable_maps(mood.id, "src", "tgt")} == clean
+
+    # a new anchor on both models is a new anchor set: both anchored fits are to do again
+    for model in ("src", "tgt"):
+        w.ok("bank", "extract", "--model", model, "--limit", "9")
+    assert _changes(w, spec) == {
+        leaky_key: "create",
+        clean_key: "create",
+        **{k: v for k, v in planned.items() if k.startswith("transplant:")},
+    }
+
+
+def test_anchored_options_in_a_spec_are_checked_before_any_work(
+    anchored_world: World, corpus_file: Path
+) -> None:
+    w = anchored_world
+    before = snapshot(w)
+    ridge = w.file(
+        "ridge.yaml",
+        f"maps:\n  - {{source: src, target: tgt, corpus: {corpus_file}, exclude: [mood]}}\n",
+    )
+    message = user_error(w.run("apply", str(ridge)))
+    assert f"{ridge}:2" in message
+    assert "apply to solver: anchored only" in message
+    template = w.file(
+        "template.yaml",
+        "maps:\n  - {source: src, target: tgt, solver: anchored, anchor_template: 'no slot'}\n",
+    )
+    assert "must contain {text}" in user_error(w.run("diff", str(template)))
+    in_template = w.file(
+        "none.yaml",
+        f"maps:\n  - {{source: src, target: tgt, corpus: {corpus_file}, solver: anchored, "
+        "anchor_template: 'Q: {text}'}\n",
+    )
+    message = user_error(w.run("apply", str(in_template)))
+    assert f"{in_template}:2" in message
+    assert "crx bank extract --model src" in message
+    assert "(with --template)" in message
     assert snapshot(w) == before

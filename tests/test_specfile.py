@@ -409,3 +409,36 @@ def test_catalog_refuses_repeated_keys() -> None:
     m = ModelSpec(name="m", pull="p")
     with pytest.raises(ValueError, match=r"models\[1\]: model:m is declared twice"):
         CatalogSpec(models=[m, m])
+
+
+def test_the_readmes_spec_example_is_a_valid_spec(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Declarative catalogues") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "sadness.json").write_text("[]")
+    (tmp_path / "catalog.yaml").write_text(example)
+    spec = load_specs(tmp_path).catalog
+    assert [(m.solver, m.exclude) for m in spec.maps] == [("ridge", []), ("anchored", ["sadness"])]
+    assert len({m.key for m in spec.maps}) == 2
+    assert [c.name for c in spec.concepts] == ["sadness"]
+
+
+def test_anchored_map_options_and_keys() -> None:
+    base = {"source": "a", "target": "b"}
+    one = MapSpec.model_validate({**base, "solver": "anchored", "exclude": ["y", "x", "y"]})
+    assert one.exclude == ["x", "y"]  # a set, in one order: the key does not see how it is written
+    other = MapSpec.model_validate({**base, "solver": "anchored", "exclude": ["x"]})
+    templated = MapSpec.model_validate(
+        {**base, "solver": "anchored", "exclude": ["x"], "anchor_template": "Q: {text}"}
+    )
+    assert len({one.key, other.key, templated.key}) == 3
+    assert MapSpec.model_validate(base).key == "map:a->b:ridge:auto:wikisplit"
+    for bad, reason in (
+        ({"exclude": ["x"]}, "apply to solver: anchored only"),
+        ({"anchor_template": "Q: {text}"}, "apply to solver: anchored only"),
+        ({"solver": "anchored", "anchor_template": "no slot"}, "must contain {text}"),
+        ({"solver": "anchored", "exclude": ["x@1"]}, "separates a name from its version"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            MapSpec.model_validate({**base, **bad})

@@ -29,6 +29,7 @@ from crx.schemas.spec import CatalogSpec, EvaluationSpec
 if TYPE_CHECKING:
     from crx.registry.engine.fit import FittedMap
     from crx.registry.engine.loading import LoadedModel
+    from crx.registry.workflows.anchors import AnchorSet
     from crx.registry.workflows.workspace import Workspace
 
 
@@ -59,6 +60,8 @@ class PendingMap:
     pairs_label: str
     corpus_oid: str
     row_id: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # anchored: `anchored_settings`
+    anchors: AnchorSet | None = None  # anchored: the concepts it was fitted on
 
 
 @dataclass
@@ -205,14 +208,18 @@ def _compute_fits(work: Work, specs: CatalogSpec) -> None:
         store.put(data)
         wanted = fitting.parse_pairs(spec.pairs)
         progress = _announce(work, f"fit {spec.source} -> {spec.target}")
+        src, tgt = work.model(spec.source), work.model(spec.target)
+        exclude, template = spec.exclude, spec.anchor_template
+        anchors = fitting.anchors_for(work.ws, src, tgt, spec.solver, exclude, template)
         fitted = fitting.compute(
             work.ws,
-            work.model(spec.source),
-            work.model(spec.target),
+            src,
+            tgt,
             lines,
             corpus_oid,
             wanted,
             solver=spec.solver,
+            anchors=anchors,
             progress=progress,
         )
         for fm in fitted:
@@ -225,6 +232,8 @@ def _compute_fits(work: Work, specs: CatalogSpec) -> None:
                     spec.solver,
                     fitting.pairs_label(wanted),
                     corpus_oid,
+                    settings=fitting.anchored_settings(anchors, exclude, template),
+                    anchors=anchors,
                 )
             )
 
@@ -263,6 +272,21 @@ def _registered_version(work: Work, ref: str) -> ConceptVersionRecord | None:
     return work.ws.catalog.get_concept(ref)
 
 
+def _leaks(
+    work: Work, name: str, version: ConceptVersionRecord | None, anchor_refs: list[str]
+) -> list[str]:
+    """The anchors among ``anchor_refs`` that leak for the concept (registered, or the version
+    this apply registers, whose texts are the spec's pairs)."""
+    from crx.registry.workflows.anchors import leaking_refs, pair_texts
+
+    catalog = work.ws.catalog
+    if version is None:
+        texts = pair_texts(work.desired.concepts[name].pairs)
+        return leaking_refs(catalog, name, texts, anchor_refs)
+    texts = pair_texts(catalog.load_pairs(version))
+    return leaking_refs(catalog, name, texts, anchor_refs, pairs_oid=version.pairs_oid)
+
+
 def _compute_transplants(work: Work, specs: CatalogSpec) -> None:
     catalog = work.ws.catalog
     for spec in specs.transplants:
@@ -281,14 +305,31 @@ def _compute_transplants(work: Work, specs: CatalogSpec) -> None:
             registered = split_leaky(catalog, version, registered)[0]
         for lt, record in choose_maps(registered, layer=spec.layer, solver=None).items():
             candidates[lt] = (record.r2 if record.r2 is not None else float("-inf"), record)
+        verdicts: dict[int, list[str]] = {}  # per anchor set (a fit's maps share one)
+        skipped: list[str] = []
         for pm in work.maps:
             if (pm.source, pm.target) != (spec.source, spec.target):
                 continue
+            if pm.anchors is not None:
+                key = id(pm.anchors)
+                if key not in verdicts:
+                    verdicts[key] = _leaks(work, name, version, pm.anchors.refs)
+                if verdicts[key]:  # fitted on this concept (or its texts): never carries it
+                    skipped += verdicts[key]
+                    continue
             if spec.layer is not None and pm.fitted.target_layer != spec.layer:
                 continue
             best = candidates.get(pm.fitted.target_layer)
             if best is None or pm.fitted.r2 >= best[0]:
                 candidates[pm.fitted.target_layer] = (pm.fitted.r2, pm)
+        if not candidates and skipped:
+            anchors = ", ".join(sorted(set(skipped)))
+            raise InvalidInput(
+                f"{spec.concept} cannot go through the anchored maps declared from "
+                f"{spec.source} to {spec.target}: they are fitted on {anchors}, which is "
+                f"{name} itself or shares its contrast texts (declare one with "
+                f"`exclude: [{name}]`)"
+            )
         if not candidates:
             raise InvalidInput(
                 f"no map from {spec.source} to {spec.target}: declare one under maps"

@@ -567,12 +567,33 @@ def _diff_map(out: Desired, snapshot: Snapshot, spec: MapSpec, where: str | None
 
     compute = [f"fit {spec.source} -> {spec.target} ({spec.solver}, pairs {spec.pairs})"]
     _check_layer_pairs(out, snapshot, spec, where)
+    if spec.solver == "anchored":
+        new = [m for m in (spec.source, spec.target) if m not in snapshot.models]
+        if new:  # a model this apply registers holds no concept yet: nothing can anchor
+            raise InvalidInput(
+                f"{where}: an anchored map is fitted on concepts already extracted on both "
+                f"models; register {' and '.join(new)} and run `crx bank extract` on it first"
+            )
     if out.pending(f"model:{spec.source}") or out.pending(f"model:{spec.target}"):
         return Change(key=spec.key, kind="map", action="create", compute=compute, where=where)
+    digest = None
+    if spec.solver == "anchored":
+        found = snapshot.anchor_digests[spec.key]
+        if isinstance(found, Exception):  # apply would fail on it after the slow part
+            raise InvalidInput(f"{where}: {found}")
+        digest = found
     _, _, corpus_oid = map_corpus(spec)
     src, tgt = snapshot.models[spec.source], snapshot.models[spec.target]
     registered = snapshot.maps_between(spec.source, spec.target)
-    fitted = fitted_before(registered, src, tgt, parse_pairs(spec.pairs), spec.solver, corpus_oid)
+    fitted = fitted_before(
+        registered,
+        src,
+        tgt,
+        parse_pairs(spec.pairs),
+        spec.solver,
+        corpus_oid,
+        anchors_sha256=digest,
+    )
     if fitted:
         return Change(
             key=spec.key, kind="map", action="unchanged", where=where, note=f"{len(fitted)} maps"
@@ -647,7 +668,8 @@ def _diff_transplant(
             f"{where}: no vector of {version.ref} on {spec.source} to transplant: add "
             f"{spec.source} to the concept's extract_on"
         )
-    maps = snapshot.maps_between(spec.source, spec.target)
+    # as apply chooses: never an anchored map that leaks for this concept
+    maps = snapshot.usable_maps(version.id, spec.source, spec.target)
     chosen = choose_maps(maps, layer=spec.layer, solver=None)
     wanted = [chosen[lt].id for lt in sorted(chosen)]
     for v in snapshot.vectors_on(version.id, spec.target):

@@ -78,6 +78,9 @@ class Snapshot:
             "model": removal_counts(session, "model", set(self.models)),
             "concept": removal_counts(session, "concept", self.concept_names),
         }
+        # filled by `read` (anchored maps only)
+        self.anchor_digests: dict[str, str | Exception] = {}
+        self.leaky_maps: dict[tuple[int, str, str], set[int]] = {}
 
     @classmethod
     def read(cls, catalog: Catalog, spec: CatalogSpec) -> Snapshot:
@@ -86,7 +89,44 @@ class Snapshot:
         pairs = {(m.source, m.target) for m in spec.maps}
         pairs |= {(t.source, t.target) for t in spec.transplants}
         with catalog.db.read() as session:
-            return cls(session, names, pairs, {e.model for e in spec.evaluations})
+            snapshot = cls(session, names, pairs, {e.model for e in spec.evaluations})
+        snapshot._read_anchors(catalog, spec)
+        return snapshot
+
+    def _read_anchors(self, catalog: Catalog, spec: CatalogSpec) -> None:
+        """What anchored maps need beyond the rows (read after them; the anchors of a map are
+        written with it, so they cannot drift from the rows read above): the digest of the
+        anchor set each declared anchored map would be fitted on now (or why there is none),
+        and, per concept version a transplant names, the registered maps that leak for it."""
+        from crx.registry.errors import CrxError
+        from crx.registry.names import parse_versioned
+        from crx.registry.workflows.anchors import anchor_digest, split_leaky
+
+        for m in spec.maps:
+            if m.solver != "anchored" or not {m.source, m.target} <= set(self.models):
+                continue
+            try:
+                self.anchor_digests[m.key] = anchor_digest(
+                    catalog,
+                    self.models[m.source],
+                    self.models[m.target],
+                    exclude=m.exclude,
+                    template=m.anchor_template,
+                )
+            except CrxError as e:
+                self.anchor_digests[m.key] = e
+        for t in spec.transplants:
+            maps = self.maps_between(t.source, t.target)
+            if not any(m.solver == "anchored" for m in maps):
+                continue
+            for version in self.versions.get(parse_versioned(t.concept)[0], []):
+                leaky = split_leaky(catalog, version, maps)[1]
+                self.leaky_maps[(version.id, t.source, t.target)] = set(leaky)
+
+    def usable_maps(self, version_id: int, source: str, target: str) -> list[MapRecord]:
+        """The registered maps source → target a transplant of that concept version may use."""
+        leaky = self.leaky_maps.get((version_id, source, target), set())
+        return [m for m in self.maps_between(source, target) if m.id not in leaky]
 
     def vectors_on(self, version_id: int, model: str) -> list[VectorRecord]:
         return [v for v in self.vectors if v.concept_version_id == version_id and v.model == model]

@@ -113,6 +113,8 @@ def write_all(session: Session, work: Work, prune: bool, expect_event: int | Non
 
     def add_map(pm: PendingMap) -> int:
         if pm.row_id is None:
+            row = fitted_row(pm.fitted, pm.pairs_label)
+            row["solver_settings"].update(pm.settings)
             result = maps.add(
                 session,
                 source_model_id=model_id(pm.source),
@@ -120,7 +122,8 @@ def write_all(session: Session, work: Work, prune: bool, expect_event: int | Non
                 oid=pm.oid,
                 solver=pm.solver,
                 corpus_oid=pm.corpus_oid,
-                **fitted_row(pm.fitted, pm.pairs_label),
+                anchors=[] if pm.anchors is None else pm.anchors.lineage,
+                **row,
             )
             pm.row_id = result.record.id
         return pm.row_id

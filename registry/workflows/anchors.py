@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from crx.registry.catalog.service import Catalog
+    from crx.registry.pairs import ContrastPair
     from crx.registry.workflows.workspace import Workspace
 
 ESTIMATOR, TOKEN = "mean_diff", "last"
@@ -62,8 +63,13 @@ class AnchorSet:
         }
 
 
+def pair_texts(pairs: Iterable[ContrastPair]) -> set[str]:
+    """Every text of some contrast pairs, positive and negative alike."""
+    return {t for p in pairs for t in (p.positive, p.negative)}
+
+
 def _texts(catalog: Catalog, concept: ConceptVersionRecord) -> set[str]:
-    return {t for p in catalog.load_pairs(concept) for t in (p.positive, p.negative)}
+    return pair_texts(catalog.load_pairs(concept))
 
 
 def _native(catalog: Catalog, model: ModelRecord) -> dict[int, VectorRecord]:
@@ -97,19 +103,28 @@ def _families(texts: dict[int, set[str]]) -> dict[int, int]:
     return {k: root(k) for k in texts}
 
 
-def anchor_set(
-    ws: Workspace,
+@dataclass(frozen=True)
+class _Chosen:
+    """The anchors `anchor_set` would load: which vectors, in which groups (no arrays yet)."""
+
+    source_ids: list[int]
+    target_ids: list[int]
+    groups: list[str]
+    refs: list[str]
+    lineage: list[tuple[int, int, int]]
+
+    @property
+    def digest(self) -> str:
+        return content_sha256(sorted(self.lineage))
+
+
+def _choose(
+    catalog: Catalog,
     source: ModelRecord,
     target: ModelRecord,
-    *,
-    exclude: Iterable[str] = (),
-    template: str | None = None,
-) -> AnchorSet:
-    """The newest version of every concept natively on both models, minus ``exclude`` (concept
-    names) and their families; ``template``: only the versions registered with that template."""
-    import numpy as np
-
-    catalog = ws.catalog
+    exclude: Iterable[str],
+    template: str | None,
+) -> _Chosen:
     on_source, on_target = _native(catalog, source), _native(catalog, target)
     both = sorted(set(on_source) & set(on_target))
     excluded = set(exclude)
@@ -141,15 +156,50 @@ def anchor_set(
             f"--model {source.name}` and `crx bank extract --model {target.name}` first"
             f"{'' if template is None else ' (with --template)'}"
         )
-    src = np.stack([catalog.load_vector(on_source[cv].id) for cv in kept])
-    tgt = np.stack([catalog.load_vector(on_target[cv].id) for cv in kept])
-    groups = [versions[family[cv]].ref for cv in kept]
+    return _Chosen(
+        source_ids=[on_source[cv].id for cv in kept],
+        target_ids=[on_target[cv].id for cv in kept],
+        groups=[versions[family[cv]].ref for cv in kept],
+        refs=[versions[cv].ref for cv in kept],
+        lineage=[(cv, on_source[cv].id, on_target[cv].id) for cv in kept],
+    )
+
+
+def anchor_digest(
+    catalog: Catalog,
+    source: ModelRecord,
+    target: ModelRecord,
+    *,
+    exclude: Iterable[str] = (),
+    template: str | None = None,
+) -> str:
+    """`AnchorSet.digest` of the set `anchor_set` would gather now, without loading a vector
+    (what ``crx diff`` compares a declared anchored map's earlier fits with)."""
+    return _choose(catalog, source, target, exclude, template).digest
+
+
+def anchor_set(
+    ws: Workspace,
+    source: ModelRecord,
+    target: ModelRecord,
+    *,
+    exclude: Iterable[str] = (),
+    template: str | None = None,
+) -> AnchorSet:
+    """The newest version of every concept natively on both models, minus ``exclude`` (concept
+    names) and their families; ``template``: only the versions registered with that template."""
+    import numpy as np
+
+    catalog = ws.catalog
+    chosen = _choose(catalog, source, target, exclude, template)
+    src = np.stack([catalog.load_vector(i) for i in chosen.source_ids])
+    tgt = np.stack([catalog.load_vector(i) for i in chosen.target_ids])
     return AnchorSet(
         source=src.astype(np.float32),
         target=tgt.astype(np.float32),
-        groups=groups,
-        refs=[versions[cv].ref for cv in kept],
-        lineage=[(cv, on_source[cv].id, on_target[cv].id) for cv in kept],
+        groups=chosen.groups,
+        refs=chosen.refs,
+        lineage=chosen.lineage,
     )
 
 
@@ -164,15 +214,27 @@ def leaks(
     concept, or a concept sharing a contrast text with it; [] when the map is clean."""
     if not anchors:
         return []
-    own = _texts(catalog, concept)
+    return leaking_refs(
+        catalog, concept.concept, _texts(catalog, concept), [a.ref for a in anchors],
+        pairs_oid=concept.pairs_oid,
+    )  # fmt: skip
+
+
+def leaking_refs(
+    catalog: Catalog,
+    name: str,
+    texts: set[str],
+    anchor_refs: Sequence[str],
+    *,
+    pairs_oid: str | None = None,
+) -> list[str]:
+    """`leaks` for a concept given by its name and contrast texts (one ``crx apply`` is about
+    to register, say): the anchor refs that are versions of ``name`` or share a text with it."""
     bad = []
-    for anchor in anchors:
-        if anchor.concept == concept.concept:
-            bad.append(anchor.ref)
-            continue
-        other = catalog.get_concept(anchor.ref)
-        if other.pairs_oid == concept.pairs_oid or own & _texts(catalog, other):
-            bad.append(anchor.ref)
+    for ref in anchor_refs:
+        other = catalog.get_concept(ref)
+        if other.concept == name or other.pairs_oid == pairs_oid or texts & _texts(catalog, other):
+            bad.append(ref)
     return bad
 
 
