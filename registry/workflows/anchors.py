@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 ESTIMATOR, TOKEN = "mean_diff", "last"
 
 
+def lineage_digest(lineage: Sequence[tuple[int, int, int]]) -> str:
+    """The digest of an anchor set's lineage, in any order."""
+    return content_sha256(sorted(lineage))
+
+
 @dataclass(frozen=True)
 class AnchorSet:
     """The anchors of one fit: ``source`` ``[K, Ls, ds]``, ``target`` ``[K, Lt, dt]``."""
@@ -53,7 +58,7 @@ class AnchorSet:
     @property
     def digest(self) -> str:
         """What identifies the set in a map's recipe: the exact versions and vectors."""
-        return content_sha256(sorted(self.lineage))
+        return lineage_digest(self.lineage)
 
     def settings(self) -> dict[str, object]:
         return {
@@ -107,15 +112,9 @@ def _families(texts: dict[int, set[str]]) -> dict[int, int]:
 class _Chosen:
     """The anchors `anchor_set` would load: which vectors, in which groups (no arrays yet)."""
 
-    source_ids: list[int]
-    target_ids: list[int]
     groups: list[str]
     refs: list[str]
-    lineage: list[tuple[int, int, int]]
-
-    @property
-    def digest(self) -> str:
-        return content_sha256(sorted(self.lineage))
+    lineage: list[tuple[int, int, int]]  # (concept version id, source vector, target vector)
 
 
 def _choose(
@@ -157,8 +156,6 @@ def _choose(
             f"{'' if template is None else ' (with --template)'}"
         )
     return _Chosen(
-        source_ids=[on_source[cv].id for cv in kept],
-        target_ids=[on_target[cv].id for cv in kept],
         groups=[versions[family[cv]].ref for cv in kept],
         refs=[versions[cv].ref for cv in kept],
         lineage=[(cv, on_source[cv].id, on_target[cv].id) for cv in kept],
@@ -175,7 +172,7 @@ def anchor_digest(
 ) -> str:
     """`AnchorSet.digest` of the set `anchor_set` would gather now, without loading a vector
     (what ``crx diff`` compares a declared anchored map's earlier fits with)."""
-    return _choose(catalog, source, target, exclude, template).digest
+    return lineage_digest(_choose(catalog, source, target, exclude, template).lineage)
 
 
 def anchor_set(
@@ -192,8 +189,8 @@ def anchor_set(
 
     catalog = ws.catalog
     chosen = _choose(catalog, source, target, exclude, template)
-    src = np.stack([catalog.load_vector(i) for i in chosen.source_ids])
-    tgt = np.stack([catalog.load_vector(i) for i in chosen.target_ids])
+    src = np.stack([catalog.load_vector(s) for _, s, _ in chosen.lineage])
+    tgt = np.stack([catalog.load_vector(t) for _, _, t in chosen.lineage])
     return AnchorSet(
         source=src.astype(np.float32),
         target=tgt.astype(np.float32),
