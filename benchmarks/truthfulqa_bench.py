@@ -17,6 +17,11 @@ the first by MC2 (then MC1, then the smaller α) and reports the second, so the 
 is not tuned on the questions it is scored on. It measures every number on the two halves
 only, and combines the whole dev set's table from them exactly (``--limit`` does not apply).
 
+``--anchored`` transplants through concept-anchored maps instead of the ridge maps, as a
+registry made by ``crx demo`` holds them: the concept bank extracted on both models in the
+emotions' template on its first 8 pairs per concept, and ``crx fit --solver anchored`` with
+honesty excluded (it is never extracted on the target, so it could not anchor anyway).
+
 ``--random-controls RESULT`` adds a control to a ``--validated`` result: random directions
 (seeded Gaussian vectors) steered at the same block with the same normalized α as the chosen
 one, on the test half. A steering vector that only flattens the answer distribution moves MC2
@@ -40,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from crx import Registry
+from crx.registry.engine import emotion
 from crx.registry.engine.truthfulqa import honesty_pairs
-from crx.registry.workflows.demo import SOURCE, TARGET
+from crx.registry.workflows.demo import BANK_PAIRS, SOURCE, TARGET
 from crx.registry.workflows.evaluate import default_layer, reference_norm
 
 
@@ -162,6 +168,11 @@ def main() -> None:
         metavar="RESULT",
         help="add random-direction controls to a --validated RESULT file (rewritten in place)",
     )
+    parser.add_argument(
+        "--anchored",
+        action="store_true",
+        help="transplant through concept-anchored maps (the demo's bank recipe)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.random_controls:
@@ -184,10 +195,18 @@ def main() -> None:
         description="RepE honest vs untruthful persona over true statements",
     ).record.ref
     source_vector = reg.extract(ref, SOURCE).record
-    reg.fit(SOURCE, TARGET)
-    mapped = reg.transplant(ref, SOURCE, TARGET, vector_id=source_vector.id).record
+    solver = "anchored" if args.anchored else None
+    if args.anchored:
+        for model in (SOURCE, TARGET):
+            reg.extract_bank(model, template=emotion.TEMPLATE, pairs=BANK_PAIRS)
+        reg.fit(SOURCE, TARGET, solver="anchored", exclude=["honesty"],
+                anchor_template=emotion.TEMPLATE)  # fmt: skip
+    else:
+        reg.fit(SOURCE, TARGET)
+    mapped = reg.transplant(ref, SOURCE, TARGET, vector_id=source_vector.id, solver=solver).record
     layer = default_layer(reg.get_model(TARGET).n_layers)
-    result: dict = {"concept": ref, "n_pairs": len(pairs), "layer": layer, "alphas": alphas}  # type: ignore[type-arg]
+    result: dict = {"concept": ref, "n_pairs": len(pairs), "layer": layer, "alphas": alphas,  # type: ignore[type-arg]
+                    "maps": solver or "auto (ridge)"}  # fmt: skip
     if args.validated:
         parts = validated(reg, mapped.id, layer, args.data, alphas)
         result.update(parts["whole"])
