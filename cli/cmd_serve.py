@@ -123,10 +123,11 @@ def listening_socket(config: uvicorn.Config) -> socket.socket:
     """The workers' shared socket, bound by uvicorn, with Nagle's algorithm off for every
     connection it accepts.
 
-    uvicorn binds it with ``proto=0``; accepted connections inherit that and asyncio sets
-    ``TCP_NODELAY`` only on ``IPPROTO_TCP`` sockets, so with several workers every keep-alive
-    response waited ~40 ms for the client's delayed ACK (uvicorn issue #3149). The same
-    socket, re-wrapped with its true protocol, gets ``TCP_NODELAY`` again.
+    uvicorn releases before the fix of its issue #3149 bind it with ``proto=0``; accepted
+    connections inherit that and asyncio sets ``TCP_NODELAY`` only on ``IPPROTO_TCP`` sockets,
+    so with several workers every keep-alive response waited ~40 ms for the client's delayed
+    ACK. The same socket, re-wrapped with its true protocol, gets ``TCP_NODELAY`` again; a
+    socket uvicorn already opened as TCP is handed on as it is.
     """
     import socket
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from click.testing import CliRunner
 
 from crx.cli.main import cli
@@ -537,21 +539,33 @@ def test_two_workers_serve_the_same_registry(tmp_path: Path, sqlite_template: Pa
     assert "Traceback" not in text
 
 
-def test_the_workers_socket_turns_nagle_off_for_each_connection() -> None:
-    """uvicorn's own socket for ``--workers N`` leaves Nagle on (its issue #3149): each
-    keep-alive response then waits ~40 ms for the client's delayed ACK. The socket crx serve
-    hands its workers must give every accepted connection ``TCP_NODELAY``, as asyncio sets it
-    on an ``IPPROTO_TCP`` socket."""
-    import asyncio
-    import socket
+class _ProtoZeroConfig(uvicorn.Config):
+    """A config that binds as uvicorn releases before the fix of its issue #3149 did: a real
+    TCP socket opened with ``proto=0``, the case crx serve's re-wrap is for."""
 
-    import uvicorn
+    def bind_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.set_inheritable(True)
+        return sock
+
+
+@pytest.mark.parametrize("config_type", [uvicorn.Config, _ProtoZeroConfig])
+def test_the_workers_socket_turns_nagle_off_for_each_connection(
+    config_type: type[uvicorn.Config],
+) -> None:
+    """uvicorn's socket for ``--workers N`` left Nagle on before its issue #3149 was fixed
+    (``proto=0``): each keep-alive response then waited ~40 ms for the client's delayed ACK.
+    Whichever uvicorn is installed, the socket crx serve hands its workers must give every
+    accepted connection ``TCP_NODELAY``, as asyncio sets it on an ``IPPROTO_TCP`` socket."""
+    import asyncio
 
     from crx.cli.cmd_serve import listening_socket
 
-    config = uvicorn.Config("crx.cli.web.app:from_environment", host="127.0.0.1", port=0)
-    # uvicorn's bare socket: the case the fix is for (proto 0, so no TCP_NODELAY)
-    assert config.bind_socket().proto == 0
+    config = config_type("crx.cli.web.app:from_environment", host="127.0.0.1", port=0)
+    if config_type is _ProtoZeroConfig:
+        assert config.bind_socket().proto == 0  # the case the fix is for
     sock = listening_socket(config)
     assert sock.proto == socket.IPPROTO_TCP
     assert sock.get_inheritable()
