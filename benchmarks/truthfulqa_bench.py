@@ -21,6 +21,8 @@ only, and combines the whole dev set's table from them exactly (``--limit`` does
 registry made by ``crx demo`` holds them: the concept bank extracted on both models in the
 emotions' template on its first 8 pairs per concept, and ``crx fit --solver anchored`` with
 honesty excluded (it is never extracted on the target, so it could not anchor anyway).
+``--anchor-template plain`` reads the bank as plain text instead, the way the honesty pairs
+themselves are read.
 
 ``--random-controls RESULT`` adds a control to a ``--validated`` result: random directions
 (seeded Gaussian vectors) steered at the same block with the same normalized α as the chosen
@@ -47,8 +49,12 @@ import numpy as np
 from crx import Registry
 from crx.registry.engine import emotion
 from crx.registry.engine.truthfulqa import honesty_pairs
+from crx.registry.workflows.bank import TEMPLATE as PLAIN_TEMPLATE
 from crx.registry.workflows.demo import BANK_PAIRS, SOURCE, TARGET
 from crx.registry.workflows.evaluate import default_layer, reference_norm
+
+# where --anchored reads the bank: the demo's recipe, or plain text as the honesty pairs are
+ANCHOR_TEMPLATES = {"emotion": emotion.TEMPLATE, "plain": PLAIN_TEMPLATE}
 
 
 def metrics(records: list) -> dict:  # type: ignore[type-arg]
@@ -173,6 +179,13 @@ def main() -> None:
         action="store_true",
         help="transplant through concept-anchored maps (the demo's bank recipe)",
     )
+    parser.add_argument(
+        "--anchor-template",
+        choices=sorted(ANCHOR_TEMPLATES),
+        default="emotion",
+        help="the prompt the bank is read in for --anchored: the emotions' template (the "
+        "demo's) or plain text, as the honesty pairs are",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.random_controls:
@@ -197,16 +210,19 @@ def main() -> None:
     source_vector = reg.extract(ref, SOURCE).record
     solver = "anchored" if args.anchored else None
     if args.anchored:
+        template = ANCHOR_TEMPLATES[args.anchor_template]
         for model in (SOURCE, TARGET):
-            reg.extract_bank(model, template=emotion.TEMPLATE, pairs=BANK_PAIRS)
+            reg.extract_bank(model, template=template, pairs=BANK_PAIRS)
         reg.fit(SOURCE, TARGET, solver="anchored", exclude=["honesty"],
-                anchor_template=emotion.TEMPLATE)  # fmt: skip
+                anchor_template=template)  # fmt: skip
     else:
         reg.fit(SOURCE, TARGET)
     mapped = reg.transplant(ref, SOURCE, TARGET, vector_id=source_vector.id, solver=solver).record
     layer = default_layer(reg.get_model(TARGET).n_layers)
     result: dict = {"concept": ref, "n_pairs": len(pairs), "layer": layer, "alphas": alphas,  # type: ignore[type-arg]
                     "maps": solver or "auto (ridge)"}  # fmt: skip
+    if args.anchored:
+        result["anchor_template"] = ANCHOR_TEMPLATES[args.anchor_template]
     if args.validated:
         parts = validated(reg, mapped.id, layer, args.data, alphas)
         result.update(parts["whole"])
