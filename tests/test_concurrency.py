@@ -72,6 +72,7 @@ while True:
     version = registry.register_concept("killed", pairs).record
     array = rng.standard_normal((16, 4096)).astype(np.float32)
     registry.save_vector(version.ref, "big", array, origin="extracted")
+    print("wrote", flush=True)
     i += 1
 """
 
@@ -204,6 +205,10 @@ def test_kill_during_writes_leaves_a_consistent_registry(db_url: str, tmp_path: 
     for round_number in range(4):
         worker = _start(KILLABLE, db_url, store, str(round_number))
         _wait_ready(worker)
+        # One whole write first, so the kill lands mid-write even on a loaded machine (where a
+        # fixed delay could end before the first commit, and the test would prove nothing).
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "wrote", worker.communicate(timeout=30)
         delay = chooser.uniform(0.05, 0.5)
         delays.append(round(delay, 3))
         time.sleep(delay)
