@@ -209,8 +209,8 @@ def main() -> None:
     ).record.ref
     source_vector = reg.extract(ref, SOURCE).record
     solver = "anchored" if args.anchored else None
-    if args.anchored:
-        template = ANCHOR_TEMPLATES[args.anchor_template]
+    template = ANCHOR_TEMPLATES[args.anchor_template] if args.anchored else None
+    if template is not None:
         for model in (SOURCE, TARGET):
             reg.extract_bank(model, template=template, pairs=BANK_PAIRS)
         reg.fit(SOURCE, TARGET, solver="anchored", exclude=["honesty"],
@@ -221,8 +221,8 @@ def main() -> None:
     layer = default_layer(reg.get_model(TARGET).n_layers)
     result: dict = {"concept": ref, "n_pairs": len(pairs), "layer": layer, "alphas": alphas,  # type: ignore[type-arg]
                     "maps": solver or "auto (ridge)"}  # fmt: skip
-    if args.anchored:
-        result["anchor_template"] = ANCHOR_TEMPLATES[args.anchor_template]
+    if template is not None:
+        result["anchor_template"] = template
     if args.validated:
         parts = validated(reg, mapped.id, layer, args.data, alphas)
         result.update(parts["whole"])

@@ -565,7 +565,8 @@ def test_the_workers_socket_turns_nagle_off_for_each_connection(
 
     config = config_type("crx.cli.web.app:from_environment", host="127.0.0.1", port=0)
     if config_type is _ProtoZeroConfig:
-        assert config.bind_socket().proto == 0  # the case the fix is for
+        with config.bind_socket() as probe:
+            assert probe.proto == 0  # the case the fix is for
     sock = listening_socket(config)
     assert sock.proto == socket.IPPROTO_TCP
     assert sock.get_inheritable()
