@@ -124,6 +124,22 @@ def test_auto_pairs_are_ridges_choice_of_source_block(world: dict) -> None:
         assert a.settings["auto_val_r2"] == r.settings["auto_val_r2"]
 
 
+def test_target_blocks_sharing_a_source_block_get_the_maps_each_would_get_alone(
+    world: dict,
+) -> None:
+    # the fit decomposes a source block once for every target block mapped from it
+    anchors = Anchors(world["vs"], world["vt"], [f"c{k}" for k in range(K)])
+    together = fit_pairs(world["x"], world["y"], [(0, 0), (1, 1), (0, 1)], solver="anchored",
+                         anchors=anchors)  # fmt: skip
+    for fm in together:
+        pair = (fm.source_layer, fm.target_layer)
+        (alone,) = fit_pairs(world["x"], world["y"], [pair], solver="anchored", anchors=anchors)
+        np.testing.assert_array_equal(fm.weight, alone.weight)
+        np.testing.assert_array_equal(fm.bias, alone.bias)
+        assert fm.settings["anchor_cv_cosine"] == alone.settings["anchor_cv_cosine"]
+    assert not np.allclose(together[0].weight, together[2].weight)  # two different maps
+
+
 def _direct(x, y, vs, vt, groups, weights, lambdas, folds):  # type: ignore[no-untyped-def]
     """The solver's definition, solved directly: for every (w, λ, fold) the normal equations
     ``(C + w_abs·A + λ_abs·I) Wᵀ = P + w_abs·Q`` (no shared factorisation, no Woodbury)."""

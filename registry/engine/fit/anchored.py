@@ -22,9 +22,12 @@ cosine between ``W·v_s`` and ``v_t`` on them; the (w, λ) with the best mean ov
 anchor wins (ties: the smaller w, then the larger λ). Steering adds a direction scaled to the
 residual norm, so the direction, the cosine, is what a transplant needs of a map.
 
-One eigendecomposition of the corpus's Gram matrix per pair serves every (w, λ, fold): the
-anchors enter through the Woodbury identity (:class:`_Problem`), so validation costs products
-with the K anchors instead of an eigendecomposition per fold and weight.
+One eigendecomposition of the corpus's Gram matrix per source block (:class:`CorpusBasis`)
+serves every target block fitted from it and every (w, λ, fold): the anchors enter through the
+Woodbury identity (:class:`_Problem`), so validation costs products with the K anchors instead
+of an eigendecomposition per fold and weight; and since the folds only change which anchor
+rows combine, every held-out prediction at one (w, λ) comes out of a single product
+(:func:`_held_out_coefficients`).
 """
 
 from __future__ import annotations
@@ -130,6 +133,24 @@ def _row_cosines(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return (pred * true).sum(-1) / denom
 
 
+@dataclass(frozen=True)
+class CorpusBasis:
+    """A source block's centred training states ``Xc`` and the eigendecomposition
+    ``XcᵀXc/n = U·diag(e)·Uᵀ``: the same for every target block fitted from that block, so
+    a fit computes it once per source block (`of`) and passes it to each `solve_anchored`."""
+
+    xc: torch.Tensor
+    e: torch.Tensor
+    u: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> CorpusBasis:
+        xc = x.to(torch.float64)
+        xc = xc - xc.mean(0)
+        e, u = torch.linalg.eigh(xc.T @ xc / xc.shape[0])
+        return cls(xc, e.clamp(min=0.0), u)
+
+
 class _Problem:
     """One (source block, target block) pair in the eigenbasis of the corpus's Gram matrix.
 
@@ -140,18 +161,16 @@ class _Problem:
     Without a corpus (or at ``w = inf``) ``e = 0`` and ``U = I``: the anchors alone.
     """
 
-    def __init__(self, x: torch.Tensor | None, y: torch.Tensor | None, ds: int) -> None:
+    def __init__(self, corpus: CorpusBasis | None, y: torch.Tensor | None, ds: int) -> None:
         self.ds = ds
-        if x is None or y is None:
+        if corpus is None or y is None:
             self.e: torch.Tensor | None = None
             self.u = self.p_rot = None
             self.c_trace = 0.0
             return
-        xc, yc = x - x.mean(0), y - y.mean(0)
-        n = x.shape[0]
-        e, u = torch.linalg.eigh(xc.T @ xc / n)
-        self.e, self.u = e.clamp(min=0.0), u
-        self.p_rot = u.T @ (xc.T @ yc / n)  # Uᵀ·XcᵀYc/n, [ds, dt]
+        self.e, self.u = corpus.e, corpus.u
+        yc = y - y.mean(0)
+        self.p_rot = corpus.u.T @ (corpus.xc.T @ yc / yc.shape[0])  # Uᵀ·XcᵀYc/n, [ds, dt]
         self.c_trace = float(self.e.sum())
 
     def basis(self, weight: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -187,6 +206,40 @@ def _shrunk_solution(
     return dr - d[:, None] * (z.T @ torch.linalg.solve(inner, z @ dr))
 
 
+def _held_out_coefficients(
+    d: torch.Tensor,
+    z_all: torch.Tensor,
+    fold: torch.Tensor,
+    folds: int,
+    w_abs: float,
+    p_rot: torch.Tensor | None,
+) -> torch.Tensor:
+    """Each anchor's prediction by the map fitted without its fold, as coefficients ``[K, K]``
+    on ``Vt``'s rows (then ``[K, ds]`` on ``UᵀP``'s rows, with a corpus).
+
+    Woodbury per fold (``d = diag D⁻¹``, ``G = Z·D⁻¹·Zᵀ``, ``S = I/s² + G_tt``):
+    ``Z_h·W̃ = s²·(G_ht − X·G_tt)·Vt_t + (Z_h·D⁻¹ − X·Z_t·D⁻¹)·UᵀP`` with ``X = G_ht·S⁻¹``.
+    """
+    k_all = z_all.shape[0]
+    zd = z_all * d
+    gram = zd @ z_all.T
+    on_vt = torch.zeros(k_all, k_all, dtype=torch.float64)
+    on_zd = torch.zeros(k_all, k_all, dtype=torch.float64)  # on Z·D⁻¹'s rows, then UᵀP's
+    for f in range(folds):
+        held = torch.nonzero(fold == f)[:, 0]
+        train = torch.nonzero(fold != f)[:, 0]
+        k = train.numel()
+        s2 = 1.0 / k if math.isinf(w_abs) else w_abs / k
+        on_zd[held[:, None], held] = torch.eye(held.numel(), dtype=torch.float64)
+        if s2 > 0.0:
+            g_ht, g_tt = gram[held][:, train], gram[train][:, train]
+            # X = G_ht·S⁻¹ as (S⁻¹·G_htᵀ)ᵀ: S is symmetric
+            x = torch.linalg.solve(torch.eye(k, dtype=torch.float64) / s2 + g_tt, g_ht.T).T
+            on_vt[held[:, None], train] = s2 * (g_ht - x @ g_tt)
+            on_zd[held[:, None], train] = -x
+    return on_vt if p_rot is None else torch.cat([on_vt, on_zd @ zd], 1)
+
+
 def solve_anchored(
     x: torch.Tensor | None,
     y: torch.Tensor | None,
@@ -197,12 +250,14 @@ def solve_anchored(
     weights: Sequence[float] = DEFAULT_WEIGHTS,
     lambdas: Sequence[float] = DEFAULT_ANCHOR_LAMBDAS,
     folds: int = DEFAULT_FOLDS,
+    corpus: CorpusBasis | None = None,
 ) -> AnchoredSolution:
     """Choose ``w`` and ``λ`` by leave-concepts-out validation, then fit on every anchor.
 
     ``x`` ``[n, ds]``, ``y`` ``[n, dt]``: the corpus's training rows (None: anchors only);
     ``source_anchors`` ``[K, ds]``, ``target_anchors`` ``[K, dt]`` and ``groups`` (``K`` names):
-    the paired concept vectors at this layer pair.
+    the paired concept vectors at this layer pair. ``corpus``: ``x``'s `CorpusBasis`, when the
+    caller already has it (``x`` is then only checked against None).
     """
     vs_all, vt_all = source_anchors.to(torch.float64), target_anchors.to(torch.float64)
     if vs_all.shape[0] != vt_all.shape[0] or vs_all.shape[0] != len(groups):
@@ -215,49 +270,32 @@ def solve_anchored(
             f"{MIN_ANCHOR_GROUPS} independent sets of texts, found {n_groups}: extract the concept "
             "bank on both models first (`crx bank extract --model M`)"
         )
+    if corpus is None and x is not None:
+        corpus = CorpusBasis.of(x)
     problem = _Problem(
-        None if x is None else x.to(torch.float64),
-        None if y is None else y.to(torch.float64),
-        vs.shape[1],
+        None if x is None else corpus, None if y is None else y.to(torch.float64), vs.shape[1]
     )
     weights = tuple(float(w) for w in weights) if problem.e is not None else (math.inf,)
     lambdas = tuple(float(lam) for lam in lambdas)
     folds = min(folds, n_groups)
     fold = torch.from_numpy(fold_of(groups, folds))
     sums = torch.zeros(len(weights), len(lambdas), dtype=torch.float64)
+    k_all = vs.shape[0]
+    z_corpus = vs if problem.u is None else vs @ problem.u  # the anchors in the corpus basis
     for i, weight in enumerate(weights):
         e, u, p_rot = problem.basis(weight)
-        z_all = vs if u is None else vs @ u  # the anchors in the basis
+        z_all = vs if u is None else z_corpus
         w_abs, scale = problem.weight_abs(weight), problem.scale(weight)
-        for j, lam in enumerate(lambdas):
-            d = 1.0 / (e + lam * scale)
-            zd = z_all * d
-            # the pieces every fold takes rows of: Z·D⁻¹·UᵀP and Z·D⁻¹·Zᵀ
-            zdp = None if p_rot is None else zd @ p_rot
-            gram = zd @ z_all.T
-            gv = gram @ vt  # [K, dt]: every fold's Z·D⁻¹·Z_trᵀ·Vt_tr is this minus its held rows
-            for f in range(folds):
-                train, held = fold != f, fold == f
-                k = int(train.sum())
-                s2 = 1.0 / k if math.isinf(w_abs) else w_abs / k
-                g_ht = gram[held][:, train]
-                # Z_h·W̃ = Z_h·D⁻¹·R̃ − (Z_h·D⁻¹·Z_trᵀ)·S⁻¹·(Z_tr·D⁻¹·R̃), R̃ = UᵀP + s²·Z_trᵀVt
-                hv = gv[held] - gram[held][:, held] @ vt[held]
-                pred = s2 * hv
-                if zdp is not None:
-                    pred = pred + zdp[held]
-                if s2 > 0.0:
-                    g_tt = gram[train][:, train]
-                    # (S⁻¹·g_htᵀ)ᵀ: S is symmetric, and k_h columns are cheaper than dt
-                    x_t = torch.linalg.solve(
-                        torch.eye(k, dtype=torch.float64) / s2 + g_tt, g_ht.T
-                    ).T
-                    tv = gv[train] - gram[train][:, held] @ vt[held]
-                    correction = s2 * (x_t @ tv)
-                    if zdp is not None:
-                        correction = correction + x_t @ zdp[train]
-                    pred = pred - correction
-                sums[i, j] += _row_cosines(pred, vt[held]).sum()
+        # every held-out prediction is a combination of the anchors' target rows and (with a
+        # corpus) of UᵀP's rows: the folds only set the coefficients, so each λ's predictions
+        # of every held-out anchor come out of one product with these rows
+        rows = vt if p_rot is None else torch.cat([vt, p_rot])
+        coefficients = [
+            _held_out_coefficients(1.0 / (e + lam * scale), z_all, fold, folds, w_abs, p_rot)
+            for lam in lambdas
+        ]
+        pred = (torch.cat(coefficients) @ rows).view(len(lambdas), k_all, -1)
+        sums[i] = _row_cosines(pred, vt).sum(-1)
     cv = (sums / vs.shape[0]).numpy()
     # best mean cosine; ties (to 1e-9) to the smaller weight, then the larger λ (smoother map)
     best = max(
@@ -267,7 +305,7 @@ def solve_anchored(
     weight, lam = weights[best[0]], lambdas[best[1]]
     e, u, p_rot = problem.basis(weight)
     w_abs, scale = problem.weight_abs(weight), problem.scale(weight)
-    z_all = vs if u is None else vs @ u
+    z_all = vs if u is None else z_corpus
     s2 = 1.0 / vs.shape[0] if math.isinf(w_abs) else w_abs / vs.shape[0]
     w_rot = _shrunk_solution(1.0 / (e + lam * scale), z_all, vt, p_rot, s2)
     wt = w_rot if u is None else u @ w_rot

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crx.registry.engine.fit.anchored import Anchors, solve_anchored
+from crx.registry.engine.fit.anchored import Anchors, CorpusBasis, solve_anchored
 from crx.registry.engine.fit.checks import LayeredStates, as_states
 from crx.registry.engine.fit.lstsq import SvdSource
 from crx.registry.engine.fit.maps import FittedMap
@@ -330,10 +330,16 @@ def _fit_anchored(
     else:
         pairs, total = explicit, len(explicit)
     out = []
+    # several target blocks often share a source block: it is read and decomposed once
+    sources: dict[int, tuple[dict[str, torch.Tensor], CorpusBasis]] = {}
     for ls, lt in pairs:
-        x, target = data.x(ls), data.target(lt)
+        if ls not in sources:
+            rows = data.x(ls)
+            sources[ls] = rows, CorpusBasis.of(rows["train"])
+        (x, basis), target = sources[ls], data.target(lt)
         vs, vt = anchors.at(ls, lt)
-        sol = solve_anchored(x["train"], target.y["train"], vs, vt, list(anchors.groups))
+        sol = solve_anchored(x["train"], target.y["train"], vs, vt, list(anchors.groups),
+                             corpus=basis)  # fmt: skip
         wt = sol.wt
         bias = target.mean - x["train"].mean(0) @ wt
         fits = {part: (target.y[part], x[part] @ wt + bias) for part in ("train", "val", "test")}
