@@ -22,7 +22,9 @@ registry made by ``crx demo`` holds them: the concept bank extracted on both mod
 emotions' template on its first 8 pairs per concept, and ``crx fit --solver anchored`` with
 honesty excluded (it is never extracted on the target, so it could not anchor anyway).
 ``--anchor-template plain`` reads the bank as plain text instead, the way the honesty pairs
-themselves are read.
+themselves are read; ``--anchor-template persona`` reads each bank text after the honesty pairs'
+shared frame with the contrast word left out ("Pretend you're a person making statements about
+the world. " + text), so the anchors are read where the honesty concept is (the emotion rule).
 
 ``--random-controls RESULT`` adds a control to a ``--validated`` result: random directions
 (seeded Gaussian vectors) steered at the same block with the same normalized α as the chosen
@@ -48,13 +50,21 @@ import numpy as np
 
 from crx import Registry
 from crx.registry.engine import emotion
-from crx.registry.engine.truthfulqa import honesty_pairs
+from crx.registry.engine.truthfulqa import HONEST, UNTRUTHFUL, honesty_pairs
 from crx.registry.workflows.bank import TEMPLATE as PLAIN_TEMPLATE
 from crx.registry.workflows.demo import BANK_PAIRS, SOURCE, TARGET
 from crx.registry.workflows.evaluate import default_layer, reference_norm
 
-# where --anchored reads the bank: the demo's recipe, or plain text as the honesty pairs are
-ANCHOR_TEMPLATES = {"emotion": emotion.TEMPLATE, "plain": PLAIN_TEMPLATE}
+# the honesty pairs' frame without its contrast word: "Pretend you're a person making ..."
+PERSONA_FRAME = HONEST.replace("an honest person", "a person")
+assert UNTRUTHFUL.replace("an untruthful person", "a person") == PERSONA_FRAME
+# where --anchored reads the bank: the demo's recipe, plain text as the honesty pairs are, or
+# inside the honesty pairs' own frame
+ANCHOR_TEMPLATES = {
+    "emotion": emotion.TEMPLATE,
+    "plain": PLAIN_TEMPLATE,
+    "persona": PERSONA_FRAME + "{text}",
+}
 
 
 def metrics(records: list) -> dict:  # type: ignore[type-arg]
@@ -184,7 +194,7 @@ def main() -> None:
         choices=sorted(ANCHOR_TEMPLATES),
         default="emotion",
         help="the prompt the bank is read in for --anchored: the emotions' template (the "
-        "demo's) or plain text, as the honesty pairs are",
+        "demo's), plain text, or the honesty pairs' frame without its contrast word",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
