@@ -270,11 +270,11 @@ def solve_anchored(
             f"{MIN_ANCHOR_GROUPS} independent sets of texts, found {n_groups}: extract the concept "
             "bank on both models first (`crx bank extract --model M`)"
         )
-    if corpus is None and x is not None:
+    if x is None:
+        corpus = None  # anchors only
+    elif corpus is None:
         corpus = CorpusBasis.of(x)
-    problem = _Problem(
-        None if x is None else corpus, None if y is None else y.to(torch.float64), vs.shape[1]
-    )
+    problem = _Problem(corpus, None if y is None else y.to(torch.float64), vs.shape[1])
     weights = tuple(float(w) for w in weights) if problem.e is not None else (math.inf,)
     lambdas = tuple(float(lam) for lam in lambdas)
     folds = min(folds, n_groups)
@@ -296,7 +296,7 @@ def solve_anchored(
         ]
         pred = (torch.cat(coefficients) @ rows).view(len(lambdas), k_all, -1)
         sums[i] = _row_cosines(pred, vt).sum(-1)
-    cv = (sums / vs.shape[0]).numpy()
+    cv = (sums / k_all).numpy()
     # best mean cosine; ties (to 1e-9) to the smaller weight, then the larger λ (smoother map)
     best = max(
         ((i, j) for i in range(len(weights)) for j in range(len(lambdas))),
@@ -306,7 +306,7 @@ def solve_anchored(
     e, u, p_rot = problem.basis(weight)
     w_abs, scale = problem.weight_abs(weight), problem.scale(weight)
     z_all = vs if u is None else z_corpus
-    s2 = 1.0 / vs.shape[0] if math.isinf(w_abs) else w_abs / vs.shape[0]
+    s2 = 1.0 / k_all if math.isinf(w_abs) else w_abs / k_all
     w_rot = _shrunk_solution(1.0 / (e + lam * scale), z_all, vt, p_rot, s2)
     wt = w_rot if u is None else u @ w_rot
     return AnchoredSolution(
@@ -318,7 +318,7 @@ def solve_anchored(
         cv_cosine=cv,
         weights=weights,
         lambdas=lambdas,
-        n_anchors=int(vs.shape[0]),
+        n_anchors=k_all,
         n_groups=n_groups,
         folds=folds,
     )
