@@ -26,6 +26,9 @@ themselves are read; ``--anchor-template persona`` reads each bank text after th
 shared frame with the contrast word left out ("Pretend you're a person making statements about
 the world. " + text), so the anchors are read where the honesty concept is (the emotion rule).
 
+``--native`` steers with honesty extracted on the target itself (no map), at the same block and
+α grid: what the target's own direction for the concept does, beside what a transplant does.
+
 ``--random-controls RESULT`` adds a control to a ``--validated`` result: random directions
 (seeded Gaussian vectors) steered at the same block with the same normalized α as the chosen
 one, on the test half. A steering vector that only flattens the answer distribution moves MC2
@@ -196,8 +199,15 @@ def main() -> None:
         help="the prompt the bank is read in for --anchored: the emotions' template (the "
         "demo's), plain text, or the honesty pairs' frame without its contrast word",
     )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="steer with honesty extracted on the target itself (no map), for comparison",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.native and args.anchored:
+        parser.error("--native steers without a map; it cannot be --anchored")
     if args.random_controls:
         result = json.loads(args.random_controls.read_text())
         started = time.monotonic()
@@ -225,12 +235,17 @@ def main() -> None:
             reg.extract_bank(model, template=template, pairs=BANK_PAIRS)
         reg.fit(SOURCE, TARGET, solver="anchored", exclude=["honesty"],
                 anchor_template=template)  # fmt: skip
-    else:
+    elif not args.native:  # the native run steers the target's own vector: no map
         reg.fit(SOURCE, TARGET)
-    mapped = reg.transplant(ref, SOURCE, TARGET, vector_id=source_vector.id, solver=solver).record
+    if args.native:
+        mapped = reg.extract(ref, TARGET).record
+    else:
+        mapped = reg.transplant(ref, SOURCE, TARGET, vector_id=source_vector.id,
+                                solver=solver).record  # fmt: skip
     layer = default_layer(reg.get_model(TARGET).n_layers)
+    maps = "none: native vector" if args.native else solver or "auto (ridge)"
     result: dict = {"concept": ref, "n_pairs": len(pairs), "layer": layer, "alphas": alphas,  # type: ignore[type-arg]
-                    "maps": solver or "auto (ridge)"}  # fmt: skip
+                    "maps": maps}  # fmt: skip
     if template is not None:
         result["anchor_template"] = template
     if args.validated:
