@@ -227,19 +227,19 @@ def main() -> None:
         pair_construction="repe-honesty-persona:true-statements",
         description="RepE honest vs untruthful persona over true statements",
     ).record.ref
-    source_vector = reg.extract(ref, SOURCE).record
     solver = "anchored" if args.anchored else None
     template = ANCHOR_TEMPLATES[args.anchor_template] if args.anchored else None
-    if template is not None:
-        for model in (SOURCE, TARGET):
-            reg.extract_bank(model, template=template, pairs=BANK_PAIRS)
-        reg.fit(SOURCE, TARGET, solver="anchored", exclude=["honesty"],
-                anchor_template=template)  # fmt: skip
-    elif not args.native:  # the native run steers the target's own vector: no map
-        reg.fit(SOURCE, TARGET)
-    if args.native:
+    if args.native:  # the target's own vector: no source vector, no map
         mapped = reg.extract(ref, TARGET).record
     else:
+        source_vector = reg.extract(ref, SOURCE).record
+        if template is not None:
+            for model in (SOURCE, TARGET):
+                reg.extract_bank(model, template=template, pairs=BANK_PAIRS)
+            reg.fit(SOURCE, TARGET, solver="anchored", exclude=["honesty"],
+                    anchor_template=template)  # fmt: skip
+        else:
+            reg.fit(SOURCE, TARGET)
         mapped = reg.transplant(ref, SOURCE, TARGET, vector_id=source_vector.id,
                                 solver=solver).record  # fmt: skip
     layer = default_layer(reg.get_model(TARGET).n_layers)
