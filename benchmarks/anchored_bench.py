@@ -81,10 +81,12 @@ def measure(
     row: np.ndarray | None,
     layer: int,
     alphas: tuple[float, ...],
+    halves_read: tuple[str, ...] = ("val", "test"),
 ) -> dict:  # type: ignore[type-arg]
-    """Token/logit accuracy on both halves, bare (``row`` None) or steered at every α."""
+    """Token/logit accuracy on both halves (or those named), bare (``row`` None) or steered at
+    every α."""
     loaded = reg.load_model(target)
-    parts = halves(emotion)
+    parts = {h: part for h, part in halves(emotion).items() if h in halves_read}
     if row is None:
         return {h: task.accuracy(loaded, emotion, parts[h]) for h in parts}
     array = np.zeros((loaded.n_layers, row.shape[-1]), dtype=np.float32)
@@ -97,6 +99,28 @@ def measure(
         ):
             by_alpha[alpha] = {h: task.accuracy(loaded, emotion, parts[h]) for h in parts}
     return by_alpha
+
+
+def extract_banks(
+    reg: Registry,
+    models: tuple[str, ...],
+    template: str | None,
+    pairs: int | None,
+    timings: dict[str, float],
+) -> None:
+    """`crx bank extract` on each model (what is there already is reused), timed."""
+    for model in models:
+        t0 = time.monotonic()
+        results = reg.extract_bank(model, template=template, pairs=pairs)
+        timings[f"bank_extract_{model}_s"] = round(time.monotonic() - t0, 1)
+        timings[f"bank_extracted_now_{model}"] = sum(1 for _, new in results if new)
+        reg.workspace.release(model)
+        print(f"bank on {model}: {timings[f'bank_extract_{model}_s']} s", flush=True)
+
+
+def main_alphas(result: dict) -> dict[str, float]:  # type: ignore[type-arg]
+    """Each emotion's α as the main run's anchored map chose it on the validation half."""
+    return {r["emotion"]: float(r["anchored"]["alpha"]) for r in result["validated"]["rows"]}
 
 
 def subset(anchors: AnchorSet, n: int, seed: int) -> AnchorSet:
@@ -166,6 +190,14 @@ def main() -> None:
         metavar="RESULT",
         help="ablation only, added to this earlier result (its ablation runs are kept)",
     )
+    parser.add_argument(
+        "--ablation-alpha",
+        choices=("validated", "main"),
+        default="validated",
+        help="ablation: choose each map's α per emotion on the validation half (default), or "
+        "reuse the α the main run's anchored map chose there and measure the test half only "
+        "(a sixth of the evaluation; biased towards the main map, whose α it is)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.monotonic()
@@ -174,6 +206,16 @@ def main() -> None:
         result = json.loads(args.skip_main.read_text())
         quality = json.loads(args.quality.read_text())
         committed = {c["emotion"]: c for c in quality["validated"]["rows"]}
+        # a new registry gets the main run's bank first (each concept's newest version is its
+        # anchor, so the same pairs and template give the same anchors)
+        pairs = result.get("bank_pairs_per_concept", 24)
+        extract_banks(
+            reg,
+            (args.source, args.target),
+            result.get("anchor_template"),
+            None if pairs == 24 else pairs,
+            result.setdefault("ablation_timings", {}),
+        )
         run_ablation(reg, args, result, result["anchored_map"]["source_layer"], committed)
         return
     src, tgt = reg.get_model(args.source), reg.get_model(args.target)
@@ -183,13 +225,7 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     template = task.TEMPLATE if args.template else None
-    for model in (src.name, tgt.name):
-        t0 = time.monotonic()
-        results = reg.extract_bank(model, template=template, pairs=args.pairs)
-        timings[f"bank_extract_{model}_s"] = round(time.monotonic() - t0, 1)
-        timings[f"bank_extracted_now_{model}"] = sum(1 for _, new in results if new)
-        reg.workspace.release(model)
-        print(f"bank on {model}: {timings[f'bank_extract_{model}_s']} s", flush=True)
+    extract_banks(reg, (src.name, tgt.name), template, args.pairs, timings)
 
     t0 = time.monotonic()
     maps = reg.fit(
@@ -312,6 +348,7 @@ def run_ablation(
         args.seeds,
         args.out,
         result,
+        main_alphas(result) if args.ablation_alpha == "main" else None,
     )
     result["ablation_seconds"] = round(time.monotonic() - started, 1)
     if args.out:
@@ -329,11 +366,13 @@ def ablation(
     sizes: tuple[int, ...],
     seeds: tuple[int, ...],  # type: ignore[type-arg]
     out: Path | None,
-    result: dict,
+    result: dict,  # type: ignore[type-arg]
+    fixed_alphas: dict[str, float] | None = None,
 ) -> list:  # type: ignore[type-arg]
     """Anchored maps at (ls, layer) with fewer anchors (a seeded subset each) and without the
     corpus; each run is written to ``out`` as it ends (the bare model's test accuracy and the
-    native vector's are the committed ones, on the same halves)."""
+    native vector's are the committed ones, on the same halves). ``fixed_alphas``: each
+    emotion's α is given (chosen on validation for another map), only the test half is read."""
     ws = reg.workspace
     full = anchor_set(ws, src, tgt, exclude=["sadness"], template=result.get("anchor_template"))
     lines, data = load_corpus(None)
@@ -344,8 +383,15 @@ def ablation(
         e: reg.load_vector(reg.catalog.find_vector(reg.get_concept(e), src, origin="extracted").id)
         for e in EMOTIONS
     }
+    alpha_rule = "validated" if fixed_alphas is None else "main"
+    # the main run's map refitted here must match the recorded one (same bank, corpus and split)
+    main_map = _fit_one(xs, ys, ls, layer, full)
+    result["ablation_main_map_refit"] = {
+        k: main_map.settings.get(k) for k in ("anchor_weight", "lambda", "anchor_cv_best")
+    }
+    print("main map refitted:", result["ablation_main_map_refit"], flush=True)
     runs = list(result.get("ablation", []))  # an earlier result's runs are kept, not redone
-    done = {(r["kind"], r["n_anchors"], r["seed"]) for r in runs}
+    done = {(r["kind"], r["n_anchors"], r["seed"], r.get("alpha_rule", "validated")) for r in runs}
     variants = [
         ("corpus+anchors", n, seed)
         for n in sizes
@@ -354,7 +400,7 @@ def ablation(
     ]
     variants += [("anchors only", len(full.refs), 0)]  # all anchors with the corpus: the main run
     for kind, n, seed in variants:
-        if (kind, n, seed) in done:
+        if (kind, n, seed, alpha_rule) in done:
             continue
         if n == 0:
             fm = fit_pairs(xs, ys, [(ls, layer)])[0]  # no anchors: ridge itself
@@ -363,12 +409,13 @@ def ablation(
             x = None if kind == "anchors only" else xs
             fm = _fit_one(x, ys, ls, layer, chosen)
         rows = {e: fm.weight @ natives[e][ls] for e in EMOTIONS}
-        scored = score_mapped(reg, tgt.name, layer, alphas, committed, rows)
+        scored = score_mapped(reg, tgt.name, layer, alphas, committed, rows, fixed_alphas)
         runs.append(
             {
                 "kind": kind,
                 "n_anchors": n,
                 "seed": seed,
+                "alpha_rule": alpha_rule,
                 "mean_test": scored["mean_test"],
                 "lift_fraction": scored["lift_fraction"],
                 "weight": fm.settings.get("anchor_weight"),
@@ -390,21 +437,23 @@ def score_mapped(
     alphas: tuple[float, ...],
     committed: dict,  # type: ignore[type-arg]
     mapped: dict[str, np.ndarray],
+    fixed_alphas: dict[str, float] | None = None,
 ) -> dict:  # type: ignore[type-arg]
-    """Each emotion's transplanted row at ``layer``, α chosen on validation, test reported; the
-    bare model's and the native vector's test accuracy are the committed ones (same halves)."""
+    """Each emotion's transplanted row at ``layer``, α chosen on validation (or given in
+    ``fixed_alphas``), test reported; the bare model's and the native vector's test accuracy
+    are the committed ones (same halves)."""
     rows = []
     for e in EMOTIONS:
         old = committed[e]
         sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
-        steered = measure(reg, target, e, mapped[e], layer, alphas)
+        if fixed_alphas is None:
+            scored = choose(measure(reg, target, e, mapped[e], layer, alphas), sizes)
+        else:
+            alpha = fixed_alphas[e]
+            test = measure(reg, target, e, mapped[e], layer, (alpha,), halves_read=("test",))
+            scored = {"alpha": alpha, "test": test[alpha]["test"]}
         rows.append(
-            {
-                "emotion": e,
-                "base": old["base"],
-                "native": old["native"],
-                "anchored": choose(steered, sizes),
-            }
+            {"emotion": e, "base": old["base"], "native": old["native"], "anchored": scored}
         )
     mean = float(np.mean([r["anchored"]["test"]["token_accuracy"] for r in rows]))
     base = float(np.mean([r["base"]["token_accuracy"] for r in rows]))

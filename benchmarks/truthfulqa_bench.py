@@ -28,6 +28,10 @@ the world. " + text), so the anchors are read where the honesty concept is (the 
 
 ``--native`` steers with honesty extracted on the target itself (no map), at the same block and
 α grid: what the target's own direction for the concept does, beside what a transplant does.
+``--native source`` steers the source model (SmolLM2) with its own vector instead, at its own
+block of relative depth 0.75: how much the concept itself moves TruthfulQA on the aligned model
+it is taken from, against that model's own random directions (``--random-controls`` follows the
+result's ``steered_model``).
 
 ``--random-controls RESULT`` adds a control to a ``--validated`` result: random directions
 (seeded Gaussian vectors) steered at the same block with the same normalized α as the chosen
@@ -90,9 +94,17 @@ def halves(data: Path, folder: Path) -> dict[str, Path]:
     return out
 
 
-def validated(reg: Registry, mapped_id: int, layer: int, data: Path, alphas: list[float]) -> dict:  # type: ignore[type-arg]
+def validated(  # type: ignore[type-arg]
+    reg: Registry,
+    mapped_id: int,
+    layer: int,
+    data: Path,
+    alphas: list[float],
+    steered_model: str = TARGET,
+) -> dict:
     """Every number on the two halves; the whole dev set's numbers combined exactly from them
-    (MC1 and MC2 are means over questions, so a size-weighted mean of the halves is exact)."""
+    (MC1 and MC2 are means over questions, so a size-weighted mean of the halves is exact).
+    The vector steers ``steered_model`` (the target, or the source for its own vector)."""
     with tempfile.TemporaryDirectory() as tmp:
         files = halves(data, Path(tmp))
         sizes = {h: len(list(csv.reader(f.open(encoding="utf-8")))) - 1 for h, f in files.items()}
@@ -106,7 +118,12 @@ def validated(reg: Registry, mapped_id: int, layer: int, data: Path, alphas: lis
         steered = {
             h: metrics(
                 reg.evaluate_truthfulqa(
-                    TARGET, f, vector_id=mapped_id, alphas=alphas, layer=layer, normalize=True
+                    steered_model,
+                    f,
+                    vector_id=mapped_id,
+                    alphas=alphas,
+                    layer=layer,
+                    normalize=True,
                 )
             )
             for h, f in files.items()
@@ -147,8 +164,9 @@ def random_controls(reg: Registry, result: dict, data: Path, seeds: range) -> di
 
     layer = result["layer"]
     alpha = result["validated"]["alpha_chosen_on_validation_by_mc2"]
-    loaded = reg.load_model(TARGET)
-    norm = reference_norm(reg.load_model(TARGET), layer)
+    model = result.get("steered_model", TARGET)  # results before --native source steered it
+    loaded = reg.load_model(model)
+    norm = reference_norm(loaded, layer)
     with tempfile.TemporaryDirectory() as tmp:
         test = halves(data, Path(tmp))["test"]
         questions = truthfulqa.parse_questions(test.read_text(encoding="utf-8"), str(test))
@@ -163,6 +181,7 @@ def random_controls(reg: Registry, result: dict, data: Path, seeds: range) -> di
     return {
         "alpha": alpha,
         "layer": layer,
+        "model": model,
         "seeds": list(seeds),
         "test": runs,
         "mean_test": mean,
@@ -201,8 +220,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--native",
-        action="store_true",
-        help="steer with honesty extracted on the target itself (no map), for comparison",
+        nargs="?",
+        const="target",
+        choices=("target", "source"),
+        help="steer a model with honesty extracted on itself (no map), for comparison: the "
+        "target (default) or the source",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -229,8 +251,9 @@ def main() -> None:
     ).record.ref
     solver = "anchored" if args.anchored else None
     template = ANCHOR_TEMPLATES[args.anchor_template] if args.anchored else None
-    if args.native:  # the target's own vector: no source vector, no map
-        mapped = reg.extract(ref, TARGET).record
+    steered_model = SOURCE if args.native == "source" else TARGET
+    if args.native:  # the steered model's own vector: no source vector, no map
+        mapped = reg.extract(ref, steered_model).record
     else:
         source_vector = reg.extract(ref, SOURCE).record
         if template is not None:
@@ -242,14 +265,14 @@ def main() -> None:
             reg.fit(SOURCE, TARGET)
         mapped = reg.transplant(ref, SOURCE, TARGET, vector_id=source_vector.id,
                                 solver=solver).record  # fmt: skip
-    layer = default_layer(reg.get_model(TARGET).n_layers)
+    layer = default_layer(reg.get_model(steered_model).n_layers)
     maps = "none: native vector" if args.native else solver or "auto (ridge)"
     result: dict = {"concept": ref, "n_pairs": len(pairs), "layer": layer, "alphas": alphas,  # type: ignore[type-arg]
-                    "maps": maps}  # fmt: skip
+                    "maps": maps, "steered_model": steered_model}  # fmt: skip
     if template is not None:
         result["anchor_template"] = template
     if args.validated:
-        parts = validated(reg, mapped.id, layer, args.data, alphas)
+        parts = validated(reg, mapped.id, layer, args.data, alphas, steered_model)
         result.update(parts["whole"])
         result["validated"] = parts["validated"]
     else:
@@ -261,7 +284,7 @@ def main() -> None:
             reg.evaluate_truthfulqa(TARGET, args.data, vector_id=None, **common)
         )
         result["target_transplanted"] = metrics(
-            reg.evaluate_truthfulqa(TARGET, args.data, vector_id=mapped.id, alphas=alphas,
+            reg.evaluate_truthfulqa(steered_model, args.data, vector_id=mapped.id, alphas=alphas,
                                     layer=layer, normalize=True, **common)
         )  # fmt: skip
     result["seconds"] = round(time.monotonic() - started, 1)
