@@ -392,13 +392,15 @@ def ablation(
     print("main map refitted:", result["ablation_main_map_refit"], flush=True)
     runs = list(result.get("ablation", []))  # an earlier result's runs are kept, not redone
     done = {(r["kind"], r["n_anchors"], r["seed"], r.get("alpha_rule", "validated")) for r in runs}
-    variants = [
+    # all anchors with the corpus is the main run; the corpus ablation first, then one seed of
+    # every size before the next seed, so a run cut short still covers every size
+    variants = [("anchors only", len(full.refs), 0)]
+    variants += [
         ("corpus+anchors", n, seed)
+        for seed in seeds
         for n in sizes
-        if n < len(full.refs)
-        for seed in (seeds if n else (0,))
+        if n < len(full.refs) and (n or seed == seeds[0])
     ]
-    variants += [("anchors only", len(full.refs), 0)]  # all anchors with the corpus: the main run
     for kind, n, seed in variants:
         if (kind, n, seed, alpha_rule) in done:
             continue
