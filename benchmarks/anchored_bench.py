@@ -384,7 +384,8 @@ def ablation(
         for e in EMOTIONS
     }
     alpha_rule = "validated" if fixed_alphas is None else "main"
-    # the main run's map refitted here must match the recorded one (same bank, corpus and split)
+    # the main run's map refitted here, recorded to check against the main run's choice (the
+    # same bank, corpus and split give the same weight, λ and held-out cosine)
     main_map = _fit_one(xs, ys, ls, layer, full)
     result["ablation_main_map_refit"] = {
         k: main_map.settings.get(k) for k in ("anchor_weight", "lambda", "anchor_cv_best")
