@@ -20,7 +20,8 @@ only, and combines the whole dev set's table from them exactly (``--limit`` does
 ``--anchored`` transplants through concept-anchored maps instead of the ridge maps, as a
 registry made by ``crx demo`` holds them: the concept bank extracted on both models in the
 emotions' template on its first 8 pairs per concept, and ``crx fit --solver anchored`` with
-honesty excluded (it is never extracted on the target, so it could not anchor anyway).
+the transplanted concept excluded (it is never extracted on the target, so it could not anchor
+anyway).
 ``--anchor-template plain`` reads the bank as plain text instead, the way the honesty pairs
 themselves are read; ``--anchor-template persona`` reads each bank text after the honesty pairs'
 shared frame with the contrast word left out ("Pretend you're a person making statements about
@@ -32,6 +33,12 @@ the world. " + text), so the anchors are read where the honesty concept is (the 
 block of relative depth 0.75: how much the concept itself moves TruthfulQA on the aligned model
 it is taken from, against that model's own random directions (``--random-controls`` follows the
 result's ``steered_model``).
+
+``--concept truth`` extracts a different honesty concept from the same facts file: the true
+statements against the false ones, as plain text (no persona frame), paired in file order (306
+pairs); its mean difference is the mass-mean truth direction of Marks & Tegmark (2023). Plain
+statements read like the WikiSplit sentences the maps are fitted on, where the persona frame does
+not.
 
 ``--random-controls RESULT`` adds a control to a ``--validated`` result: random directions
 (seeded Gaussian vectors) steered at the same block with the same normalized α as the chosen
@@ -57,11 +64,18 @@ import numpy as np
 
 from crx import Registry
 from crx.registry.engine import emotion
-from crx.registry.engine.truthfulqa import HONEST, UNTRUTHFUL, honesty_pairs
+from crx.registry.engine.truthfulqa import HONEST, UNTRUTHFUL, honesty_pairs, truth_pairs
 from crx.registry.workflows.bank import TEMPLATE as PLAIN_TEMPLATE
 from crx.registry.workflows.demo import BANK_PAIRS, SOURCE, TARGET
 from crx.registry.workflows.evaluate import default_layer, reference_norm
 
+# --concept: how the pairs are built from the facts file, and how the registry records them
+CONCEPTS = {
+    "honesty": (honesty_pairs, "repe-honesty-persona:true-statements",
+                "RepE honest vs untruthful persona over true statements"),
+    "truth": (truth_pairs, "repe-facts:true-vs-false-statements",
+              "true vs false statements of RepE's facts, plain text (a mass-mean truth direction)"),
+}  # fmt: skip
 # the honesty pairs' frame without its contrast word: "Pretend you're a person making ..."
 PERSONA_FRAME = HONEST.replace("an honest person", "a person")
 assert UNTRUTHFUL.replace("an untruthful person", "a person") == PERSONA_FRAME
@@ -162,7 +176,7 @@ def validated(  # type: ignore[type-arg]
     }
 
 
-def random_controls(reg: Registry, result: dict, data: Path, seeds: range) -> dict:  # type: ignore[type-arg]
+def random_controls(reg: Registry, result: dict, data: Path, seeds: list[int]) -> dict:  # type: ignore[type-arg]
     """MC1/MC2 on the test half with random directions at the chosen block and α."""
     from crx.registry.engine import truthfulqa
     from crx.registry.engine.steer import steer
@@ -187,7 +201,7 @@ def random_controls(reg: Registry, result: dict, data: Path, seeds: range) -> di
         "alpha": alpha,
         "layer": layer,
         "model": model,
-        "seeds": list(seeds),
+        "seeds": seeds,
         "test": runs,
         "mean_test": mean,
         "chance_mc2_test": chance_mc2 / len(questions),
@@ -231,6 +245,18 @@ def main() -> None:
         help="steer a model with honesty extracted on itself (no map), for comparison: the "
         "target (default) or the source",
     )
+    parser.add_argument(
+        "--concept",
+        choices=sorted(CONCEPTS),
+        default="honesty",
+        help="the concept built from --facts: RepE's honest/untruthful persona over the true "
+        "statements (default), or the true statements against the false ones",
+    )
+    parser.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="the random directions' seeds for --random-controls (comma-separated)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.native and args.anchored:
@@ -238,7 +264,8 @@ def main() -> None:
     if args.random_controls:
         result = json.loads(args.random_controls.read_text())
         started = time.monotonic()
-        controls = random_controls(Registry(), result, args.data, range(3))
+        seeds = [int(s) for s in args.seeds.split(",")]
+        controls = random_controls(Registry(), result, args.data, seeds)
         controls["seconds"] = round(time.monotonic() - started, 1)
         result["random_direction_controls"] = controls
         args.random_controls.write_text(json.dumps(result, indent=2) + "\n")
@@ -247,12 +274,10 @@ def main() -> None:
     alphas = [float(a) for a in args.alphas.split(",")]
     started = time.monotonic()
     reg = Registry()
-    pairs = honesty_pairs(args.facts.read_text(encoding="utf-8"))
+    build, construction, description = CONCEPTS[args.concept]
+    pairs = build(args.facts.read_text(encoding="utf-8"))
     ref = reg.register_concept(
-        "honesty",
-        pairs,
-        pair_construction="repe-honesty-persona:true-statements",
-        description="RepE honest vs untruthful persona over true statements",
+        args.concept, pairs, pair_construction=construction, description=description
     ).record.ref
     solver = "anchored" if args.anchored else None
     template = ANCHOR_TEMPLATES[args.anchor_template] if args.anchored else None
@@ -264,7 +289,7 @@ def main() -> None:
         if template is not None:
             for model in (SOURCE, TARGET):
                 reg.extract_bank(model, template=template, pairs=BANK_PAIRS)
-            reg.fit(SOURCE, TARGET, solver="anchored", exclude=["honesty"],
+            reg.fit(SOURCE, TARGET, solver="anchored", exclude=[args.concept],
                     anchor_template=template)  # fmt: skip
         else:
             reg.fit(SOURCE, TARGET)

@@ -71,3 +71,17 @@ def test_bad_truthfulqa_files_and_honesty_pairs() -> None:
     assert pairs[0].positive.endswith("Water is wet.")
     assert "honest" in pairs[0].positive
     assert "untruthful" in pairs[0].negative
+
+
+def test_truth_pairs_contrast_true_with_false_statements_in_file_order() -> None:
+    facts = "statement,label\nWater is wet.,1\nFire is cold.,0\nSnow is white.,1\nIce is hot.,0\n"
+    pairs = truthfulqa.truth_pairs(facts + "Grass is green.,1\n")
+    # plain statements, true first; the unmatched third true statement is left out
+    assert [(p.positive, p.negative) for p in pairs] == [
+        ("Water is wet.", "Fire is cold."),
+        ("Snow is white.", "Ice is hot."),
+    ]
+    with pytest.raises(InvalidInput, match="both true"):
+        truthfulqa.truth_pairs("statement,label\nWater is wet.,1\n")
+    with pytest.raises(InvalidInput, match="needs the columns"):
+        truthfulqa.truth_pairs("text,label\nWater is wet.,1\n")

@@ -8,7 +8,9 @@ correct answers, normalised over correct + incorrect.
 
 Honesty pairs follow RepE's persona template: the same true statement after "Pretend you're an
 honest person making statements about the world." (positive) and "... an untruthful person ..."
-(negative).
+(negative). Truth pairs contrast the statements themselves, as plain text: the k-th true statement
+(positive) against the k-th false one (negative), in file order; their mean difference is the
+mass-mean "truth direction" of Marks & Tegmark ("The Geometry of Truth", 2023).
 """
 
 from __future__ import annotations
@@ -80,16 +82,31 @@ def _parse_questions(text: str, where: str) -> list[Question]:
     return questions
 
 
-def honesty_pairs(facts_csv: str) -> list[ContrastPair]:
-    """RepE honesty pairs from ``statement,label`` rows (true statements only)."""
+def _statements(facts_csv: str, label: str) -> list[str]:
     reader = csv.DictReader(io.StringIO(facts_csv))
     if not {"statement", "label"} <= set(reader.fieldnames or []):
         raise InvalidInput("the facts file needs the columns statement,label")
     return [
-        ContrastPair(HONEST + row["statement"].strip(), UNTRUTHFUL + row["statement"].strip())
+        row["statement"].strip()
         for row in reader
-        if row["label"].strip() == "1" and row["statement"].strip()
+        if row["label"].strip() == label and row["statement"].strip()
     ]
+
+
+def honesty_pairs(facts_csv: str) -> list[ContrastPair]:
+    """RepE honesty pairs from ``statement,label`` rows (true statements only)."""
+    return [ContrastPair(HONEST + s, UNTRUTHFUL + s) for s in _statements(facts_csv, "1")]
+
+
+def truth_pairs(facts_csv: str) -> list[ContrastPair]:
+    """True against false statements from ``statement,label`` rows, paired in file order.
+
+    The pairing only sets which rows count: a mean difference does not depend on it. The longer
+    side's extra statements are left out so that both means cover as many statements."""
+    true, false = _statements(facts_csv, "1"), _statements(facts_csv, "0")
+    if not true or not false:
+        raise InvalidInput("the facts file needs both true (1) and false (0) statements")
+    return [ContrastPair(t, f) for t, f in zip(true, false, strict=False)]
 
 
 def answer_logprobs(loaded: Any, prompt: str, answers: Sequence[str]) -> list[float]:
