@@ -82,20 +82,22 @@ def _parse_questions(text: str, where: str) -> list[Question]:
     return questions
 
 
-def _statements(facts_csv: str, label: str) -> list[str]:
+def _statements(facts_csv: str) -> dict[str, list[str]]:
+    """The facts file's non-empty statements by label ("1" true, "0" false), in file order."""
     reader = csv.DictReader(io.StringIO(facts_csv))
     if not {"statement", "label"} <= set(reader.fieldnames or []):
         raise InvalidInput("the facts file needs the columns statement,label")
-    return [
-        row["statement"].strip()
-        for row in reader
-        if row["label"].strip() == label and row["statement"].strip()
-    ]
+    by_label: dict[str, list[str]] = {"1": [], "0": []}
+    for row in reader:
+        statement = row["statement"].strip()
+        if statement and row["label"].strip() in by_label:
+            by_label[row["label"].strip()].append(statement)
+    return by_label
 
 
 def honesty_pairs(facts_csv: str) -> list[ContrastPair]:
     """RepE honesty pairs from ``statement,label`` rows (true statements only)."""
-    return [ContrastPair(HONEST + s, UNTRUTHFUL + s) for s in _statements(facts_csv, "1")]
+    return [ContrastPair(HONEST + s, UNTRUTHFUL + s) for s in _statements(facts_csv)["1"]]
 
 
 def truth_pairs(facts_csv: str) -> list[ContrastPair]:
@@ -103,7 +105,8 @@ def truth_pairs(facts_csv: str) -> list[ContrastPair]:
 
     The pairing only sets which rows count: a mean difference does not depend on it. The longer
     side's extra statements are left out so that both means cover as many statements."""
-    true, false = _statements(facts_csv, "1"), _statements(facts_csv, "0")
+    by_label = _statements(facts_csv)
+    true, false = by_label["1"], by_label["0"]
     if not true or not false:
         raise InvalidInput("the facts file needs both true (1) and false (0) statements")
     return [ContrastPair(t, f) for t, f in zip(true, false, strict=False)]
