@@ -12,6 +12,10 @@
     .venv/bin/python $B/anchored_bench.py --source qwen2.5-coder-0.5b-instruct \\
         --target qwen2.5-coder-1.5b-instruct --quality $R/quality_qwen05_qwen15.json \\
         --out $R/anchored_qwen05_qwen15.json
+    .venv/bin/python $B/anchored_bench.py --source qwen2.5-coder-0.5b-instruct \\
+        --target qwen2.5-coder-1.5b-instruct --quality $R/quality_qwen05_qwen15.json \\
+        --layer-pair 18:21 --cache DIR --alphas 0.1,0.2,0.4,0.8 \\
+        --out $R/anchored_template_layer_pair_qwen05_qwen15.json
 
 Runs on the registry at $CRX_HOME, where the six emotion concepts, their native vectors on both
 models and crx's ridge maps already are (`crx demo`, or quality_bench's run). It
@@ -26,7 +30,9 @@ models and crx's ridge maps already are (`crx demo`, or quality_bench's run). It
    cut into alternating validation and test halves, α chosen per emotion on validation,
    test-half token accuracy reported; the bare model is re-measured and must equal the
    committed quality result's (the evaluation is deterministic),
-4. with ``--ablate``: the same at the steering layer's map only, fitted with the first N anchor
+4. with ``--layer-pair LS:LT``: steps 1-3 for the one map evaluated only (see `run_layer_pair`),
+   for a pair whose full run does not fit a session,
+5. with ``--ablate``: the same at the steering layer's map only, fitted with the first N anchor
    concepts of a seeded shuffle (three seeds each), and with the corpus left out (anchors only).
 
 The native vector's lift, crx's ridge transplant and the paper's recipe come from the committed
@@ -118,6 +124,50 @@ def extract_banks(
         print(f"bank on {model}: {timings[f'bank_extract_{model}_s']} s", flush=True)
 
 
+def bank_at_block(reg: Registry, model: str, layer: int, cache: Path) -> dict:  # type: ignore[type-arg]
+    """Every bank concept's mean difference (all its pairs, the emotion template, last token) on
+    ``model`` at one block only: what `crx bank extract --template` stores at that block, from
+    one length-sorted pass over all the bank's texts that stops after the block (batching
+    changes it only to float tolerance). Cached in ``cache`` as npz: ``refs``, ``vectors``."""
+    from crx.registry.engine.capture import residual_states
+    from crx.registry.engine.extract import render
+    from crx.registry.workflows.bank import bank_index, bank_pairs
+
+    path = cache / f"bank-{model}-block{layer}.npz"
+    if path.exists():
+        found = np.load(path)
+        return {
+            "refs": [str(r) for r in found["refs"]],
+            "vectors": found["vectors"],
+            "seconds": float(found["seconds"]) if "seconds" in found else None,
+        }
+    entries = bank_index()
+    pairs = [bank_pairs(e) for e in entries]
+    # per concept: its positives, then its negatives
+    sides = ("positive", "negative")
+    texts = [render(task.TEMPLATE, getattr(p, side)) for ps in pairs for side in sides for p in ps]
+    loaded = reg.load_model(model)
+    t0 = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        if done % 640 == 0 or done == total:
+            print(f"  {model} block {layer}: {done}/{total} texts, "
+                  f"{time.monotonic() - t0:.0f} s", flush=True)  # fmt: skip
+
+    states = residual_states(loaded, texts, layers=[layer], progress=report)[:, 0].double()
+    vectors, start = [], 0
+    for ps in pairs:
+        n = len(ps)
+        positive, negative = states[start : start + n], states[start + n : start + 2 * n]
+        vectors.append((positive - negative).mean(dim=0).float().numpy())
+        start += 2 * n
+    refs = [e.concept for e in entries]
+    seconds = round(time.monotonic() - t0, 1)
+    np.savez(path, refs=np.array(refs), vectors=np.stack(vectors), seconds=np.array(seconds))
+    reg.workspace.release(model)
+    return {"refs": refs, "vectors": np.stack(vectors), "seconds": seconds}
+
+
 def main_alphas(result: dict) -> dict[str, float]:  # type: ignore[type-arg]
     """Each emotion's α as the main run's anchored map chose it on the validation half."""
     return {r["emotion"]: float(r["anchored"]["alpha"]) for r in result["validated"]["rows"]}
@@ -144,6 +194,159 @@ def selected(check: dict, labels: tuple[str, ...]) -> dict:  # type: ignore[type
         options, key=lambda o: (*validation_rank(check[o[0]]["by_alpha"][o[1]], o[1]), *o)
     )
     return {"from": label, "alpha": alpha, "test": check[label]["by_alpha"][alpha]["test"]}
+
+
+LABELS = (
+    "anchored",
+    "ours",
+    "paper_recipe",
+    "paper_recipe_raw_alpha",
+    "selected_without_anchored",
+    "selected",
+    "native",
+)
+
+
+def evaluate(
+    reg: Registry,
+    target: str,
+    layer: int,
+    args: argparse.Namespace,
+    committed: dict,  # type: ignore[type-arg]
+    rows: dict[str, np.ndarray],
+    map_id: int | None,
+) -> list:  # type: ignore[type-arg]
+    """Each emotion's transplanted row at ``layer`` scored as quality_bench's ``--validated``
+    beside the committed quality result's columns (whose bare model it must re-measure)."""
+    checks = []
+    for e in EMOTIONS:
+        base = measure(reg, target, e, None, layer, args.alphas)
+        old = committed[e]
+        if abs(base["test"]["token_accuracy"] - old["base"]["token_accuracy"]) > 1e-9:
+            raise SystemExit(f"{e}: the bare model's test accuracy differs from {args.quality}")
+        sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
+        check = {"emotion": e, **sizes, "base": base["test"], "anchored_map_id": map_id}
+        check["anchored"] = choose(measure(reg, target, e, rows[e], layer, args.alphas), sizes)
+        for label in ("ours", "paper_recipe", "paper_recipe_raw_alpha", "native"):
+            check[label] = old[label]
+        check["selected_without_anchored"] = old["selected"]
+        check["selected"] = selected(
+            check, ("ours", "paper_recipe", "paper_recipe_raw_alpha", "anchored")
+        )
+        checks.append(check)
+        print(
+            e,
+            {
+                k: round(check[k]["test"]["token_accuracy"], 3)
+                for k in ("anchored", "ours", "paper_recipe", "selected", "native")
+            },
+            flush=True,
+        )
+    return checks
+
+
+def summary(rows: list, labels: tuple[str, ...]) -> dict:  # type: ignore[type-arg]
+    mean = {k: float(np.mean([r[k]["test"]["token_accuracy"] for r in rows])) for k in labels}
+    mean["base"] = float(np.mean([r["base"]["token_accuracy"] for r in rows]))
+    lift = {k: mean[k] - mean["base"] for k in labels}
+    return {
+        "mean_test_token_accuracy": mean,
+        "token_lift_over_base": lift,
+        "lift_as_fraction_of_native_lift": {k: lift[k] / lift["native"] for k in labels},
+    }
+
+
+def run_layer_pair(reg: Registry, args: argparse.Namespace, committed: dict) -> dict:  # type: ignore[type-arg]
+    """``--layer-pair LS:LT``: the main run restricted to the one map it evaluates.
+
+    The bank is read at the two blocks only (`bank_at_block`), the corpus states at those blocks,
+    and the map fitted there as `crx fit --solver anchored --exclude sadness` fits it (same
+    solver, corpus split, anchor groups and leave-concepts-out folds; the groups named as in a
+    registry where `crx bank extract --template` registered the bank first, ``bank.NAME@1``).
+    ``auto`` picks the map's source block from ridge's validation R² alone, so naming the block
+    it picked gives the map the full fit would hold at LT."""
+    from crx.registry.workflows.anchors import _families, pair_texts
+    from crx.registry.workflows.bank import bank_index, bank_pairs
+    from crx.registry.workflows.demo import register_emotions
+
+    ls, lt = (int(b) for b in args.layer_pair.split(":"))
+    src, tgt = reg.get_model(args.source), reg.get_model(args.target)
+    if lt != default_layer(tgt.n_layers):
+        raise SystemExit(f"the steering layer of {tgt.name} is {default_layer(tgt.n_layers)}")
+    timings: dict[str, float | None] = {}
+    banks = {}
+    for model, block in ((src, ls), (tgt, lt)):
+        t0 = time.monotonic()
+        banks[model.name] = bank_at_block(reg, model.name, block, args.cache)
+        timings[f"bank_block{block}_{model.name}_s"] = banks[model.name]["seconds"]
+        print(f"bank on {model.name} block {block}: {banks[model.name]['seconds']} s "
+              f"({time.monotonic() - t0:.0f} s now)", flush=True)  # fmt: skip
+    t0 = time.monotonic()
+    register_emotions(reg.catalog, EMOTIONS)
+    natives = {e: reg.extract(reg.get_concept(e).ref, src.name).record for e in EMOTIONS}
+    timings["emotions_on_source_s"] = round(time.monotonic() - t0, 1)
+    reg.workspace.release(src.name)
+
+    # anchor_set's rule: the emotions' texts and every bank family sharing one are left out
+    entries = bank_index()
+    banned: set[str] = set()
+    for e in EMOTIONS:
+        banned |= pair_texts(reg.catalog.load_pairs(reg.get_concept(e)))
+    texts = {i: pair_texts(bank_pairs(entry)) for i, entry in enumerate(entries)}
+    family = _families(texts)
+    leaky = {family[i] for i in texts if texts[i] & banned}
+    kept = sorted(
+        (i for i in texts if family[i] not in leaky), key=lambda i: f"{entries[i].concept}@1"
+    )
+    source = np.zeros((len(kept), src.n_layers, src.d_model), dtype=np.float32)
+    target = np.zeros((len(kept), tgt.n_layers, tgt.d_model), dtype=np.float32)
+    source[:, ls] = banks[src.name]["vectors"][kept]
+    target[:, lt] = banks[tgt.name]["vectors"][kept]
+    anchors = AnchorSet(
+        source=source,
+        target=target,
+        groups=[f"{entries[family[i]].concept}@1" for i in kept],
+        refs=[f"{entries[i].concept}@1" for i in kept],
+        lineage=[],
+    )
+
+    t0 = time.monotonic()
+    lines, data = load_corpus(None)
+    oid = reg.catalog.store.put(data)
+    xs = corpus_states(reg.workspace, src, lines, oid, layers=[ls])
+    reg.workspace.release(src.name)
+    ys = corpus_states(reg.workspace, tgt, lines, oid, layers=[lt])
+    timings["corpus_states_s"] = round(time.monotonic() - t0, 1)
+    t0 = time.monotonic()
+    fm = _fit_one(xs, ys, ls, lt, anchors)
+    timings["anchored_fit_s"] = round(time.monotonic() - t0, 1)
+    print(f"anchored map {ls} -> {lt}: weight {fm.settings['anchor_weight']}, "
+          f"λ {fm.settings['lambda']}, cv cosine {fm.settings['anchor_cv_best']:.3f}, "
+          f"corpus R² {fm.r2:.3f}", flush=True)  # fmt: skip
+
+    rows = {e: map_vector(fm.weight, reg.load_vector(natives[e].id)[ls]) for e in EMOTIONS}
+    checks = evaluate(reg, tgt.name, lt, args, committed, rows, None)
+    return {
+        "source": src.name,
+        "target": tgt.name,
+        "layer": lt,
+        "layer_pair_only": True,
+        "anchored_map": {
+            "source_layer": ls,
+            **{
+                k: fm.settings.get(k)
+                for k in ("anchor_weight", "lambda", "anchor_cv_best", "n_anchor_groups")
+            },
+            "n_anchor_concepts": len(kept),
+            "anchor_exclude": ["sadness"],
+            "r2": fm.r2,
+        },
+        "anchor_template": task.TEMPLATE,
+        "bank_pairs_per_concept": 24,
+        "alphas": list(args.alphas),
+        "timings": timings,
+        "validated": {**summary(checks, LABELS), "rows": checks},
+    }
 
 
 def main() -> None:
@@ -198,6 +401,16 @@ def main() -> None:
         "reuse the α the main run's anchored map chose there and measure the test half only "
         "(a sixth of the evaluation; biased towards the main map, whose α it is)",
     )
+    parser.add_argument(
+        "--layer-pair",
+        metavar="LS:LT",
+        help="the main run at this one map only (source block LS, the steering block LT): the "
+        "24-pair template bank read at those two blocks (cached in --cache), the corpus there, "
+        "the anchored map fitted there; a fraction of the full run's cost",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=Path("."), help="--layer-pair: where the bank's rows go"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.monotonic()
@@ -217,6 +430,15 @@ def main() -> None:
             result.setdefault("ablation_timings", {}),
         )
         run_ablation(reg, args, result, result["anchored_map"]["source_layer"], committed)
+        return
+    if args.layer_pair:
+        quality = json.loads(args.quality.read_text())
+        committed = {c["emotion"]: c for c in quality["validated"]["rows"]}
+        result = run_layer_pair(reg, args, committed)
+        result["seconds"] = round(time.monotonic() - started, 1)
+        print(json.dumps({k: v for k, v in result["validated"].items() if k != "rows"}, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
         return
     src, tgt = reg.get_model(args.source), reg.get_model(args.target)
     layer = default_layer(tgt.n_layers)
@@ -241,57 +463,17 @@ def main() -> None:
         flush=True,
     )
 
-    checks = []
+    rows = {}
     for e in EMOTIONS:
         ref = reg.get_concept(e).ref
         # the transplant's row at the steering layer, through this fit's map there (another
         # anchored fit of the pair may hold maps with a better corpus R² at other layers)
         source = reg.catalog.find_vector(reg.get_concept(ref), src, origin="extracted")
-        row = map_vector(
+        rows[e] = map_vector(
             reg.catalog.load_map(at_layer.id)[0], reg.load_vector(source.id)[at_layer.source_layer]
         )
-        base = measure(reg, tgt.name, e, None, layer, args.alphas)
-        old = committed[e]
-        if abs(base["test"]["token_accuracy"] - old["base"]["token_accuracy"]) > 1e-9:
-            raise SystemExit(f"{e}: the bare model's test accuracy differs from {args.quality}")
-        sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
-        check = {"emotion": e, **sizes, "base": base["test"], "anchored_map_id": at_layer.id}
-        check["anchored"] = choose(measure(reg, tgt.name, e, row, layer, args.alphas), sizes)
-        for label in ("ours", "paper_recipe", "paper_recipe_raw_alpha", "native"):
-            check[label] = old[label]
-        check["selected_without_anchored"] = old["selected"]
-        check["selected"] = selected(
-            check, ("ours", "paper_recipe", "paper_recipe_raw_alpha", "anchored")
-        )
-        checks.append(check)
-        print(
-            e,
-            {
-                k: round(check[k]["test"]["token_accuracy"], 3)
-                for k in ("anchored", "ours", "paper_recipe", "selected", "native")
-            },
-            flush=True,
-        )
+    checks = evaluate(reg, tgt.name, layer, args, committed, rows, at_layer.id)
 
-    def summary(rows: list, labels: tuple[str, ...]) -> dict:  # type: ignore[type-arg]
-        mean = {k: float(np.mean([r[k]["test"]["token_accuracy"] for r in rows])) for k in labels}
-        mean["base"] = float(np.mean([r["base"]["token_accuracy"] for r in rows]))
-        lift = {k: mean[k] - mean["base"] for k in labels}
-        return {
-            "mean_test_token_accuracy": mean,
-            "token_lift_over_base": lift,
-            "lift_as_fraction_of_native_lift": {k: lift[k] / lift["native"] for k in labels},
-        }
-
-    labels = (
-        "anchored",
-        "ours",
-        "paper_recipe",
-        "paper_recipe_raw_alpha",
-        "selected_without_anchored",
-        "selected",
-        "native",
-    )
     result = {
         "source": src.name,
         "target": tgt.name,
@@ -316,7 +498,7 @@ def main() -> None:
         "bank_pairs_per_concept": args.pairs or 24,
         "alphas": list(args.alphas),
         "timings": timings,
-        "validated": {**summary(checks, labels), "rows": checks},
+        "validated": {**summary(checks, LABELS), "rows": checks},
     }
     print(json.dumps({k: v for k, v in result["validated"].items() if k != "rows"}, indent=1))
 
