@@ -89,6 +89,26 @@ def test_bank_extract_registers_and_extracts_then_reuses(
     assert snapshot(world) == before
 
 
+def test_bank_concepts_extracted_together_equal_each_extracted_alone(
+    world: World, model_dirs: dict[str, Path]
+) -> None:
+    from crx.registry.engine.extract import extract_vector
+
+    _models(world, model_dirs)
+    with world.registry() as reg:
+        # three passes of two, two and one concept: the split must follow the concepts
+        results = reg.extract_bank("src", limit=5, concepts_per_pass=2)
+        assert [created for _, created in results] == [True] * 5
+        loaded = reg.load_model("src")
+        vectors = [reg.load_vector(v.id) for v, _ in results]
+        for entry, (record, _), vector in zip(bank_index()[:5], results, vectors, strict=True):
+            assert record.concept == PREFIX + entry.name
+            assert record.settings["n_pairs"] == len(bank_pairs(entry))
+            alone = extract_vector(loaded, bank_pairs(entry))
+            np.testing.assert_allclose(vector, alone, rtol=1e-4, atol=1e-5)
+        assert not np.allclose(vectors[0], vectors[1], atol=1e-3)
+
+
 @pytest.fixture
 def anchored_world(world: World, model_dirs: dict[str, Path], corpus_file: Path) -> World:
     """Two tiny models, 8 bank concepts and `mood` (plus `mood-twin`, built from the same

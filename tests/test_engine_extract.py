@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from crx.registry.engine.capture import residual_states
-from crx.registry.engine.extract import extract_vector, pca_direction
+from crx.registry.engine.extract import extract_vector, extract_vectors, pca_direction
 from crx.registry.engine.loading import LoadedModel
 from crx.registry.errors import InvalidInput
 from tests.tiny_models import PAIRS, single_pass_blocks
@@ -58,6 +58,26 @@ def test_pca_direction_points_from_negatives_to_positives(
     # The sign fix holds whichever way the SVD happens to orient the component.
     flipped = pca_direction(neg.float(), pos.float())
     torch.testing.assert_close(flipped, -torch.from_numpy(vector), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["mean", "pca"])
+def test_several_pair_sets_in_one_pass_equal_each_set_extracted_alone(
+    llama: LoadedModel, method: str
+) -> None:
+    # Sets of different sizes and lengths, one overlapping another: the split must follow the
+    # sets, not the length-sorted batches.
+    sets = [PAIRS[:2], PAIRS[2:], PAIRS[1:4]]
+    template = "Scenario: {text}\nThe feeling is"
+    together = extract_vectors(llama, sets, template=template, method=method, batch_size=3)
+    assert len(together) == len(sets)
+    for pairs, vector in zip(sets, together, strict=True):
+        alone = extract_vector(llama, pairs, template=template, method=method)
+        np.testing.assert_allclose(vector, alone, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(together[0], together[1], atol=1e-3)
+    with pytest.raises(InvalidInput, match="no contrast pairs"):
+        extract_vectors(llama, [PAIRS, []])
+    with pytest.raises(InvalidInput, match="at least 2"):
+        extract_vectors(llama, [PAIRS, PAIRS[:1]], method="pca")
 
 
 def test_extract_vector_bad_input(llama: LoadedModel) -> None:

@@ -53,6 +53,58 @@ def pca_direction(positive: Any, negative: Any) -> Any:
     return (direction * projection.unsqueeze(-1)).float()
 
 
+def _check(pair_sets: Sequence[Sequence[ContrastPair]], method: str) -> None:
+    if method not in METHODS:
+        raise InvalidInput(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if not pair_sets or any(not pairs for pairs in pair_sets):
+        raise InvalidInput("no contrast pairs to extract from")
+    if method == "pca" and any(len(pairs) < 2 for pairs in pair_sets):
+        raise InvalidInput("pca needs at least 2 contrast pairs")
+
+
+def extract_vectors(
+    loaded: LoadedModel,
+    pair_sets: Sequence[Sequence[ContrastPair]],
+    *,
+    template: str = "{text}",
+    method: str = "mean",
+    token: str = "last",
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> list[np.ndarray]:
+    """The ``[n_layers, d_model]`` concept vector of each of ``pair_sets``, all in one template.
+
+    Every set's positives go through one pass and every set's negatives through another, so many
+    small sets (the concept bank's 24 pairs each) fill whole length-sorted batches, where a pass
+    per set would run half-empty, unevenly padded ones. Each vector equals `extract_vector` of its
+    set alone to float tolerance (batching only moves rounding).
+    """
+    _check(pair_sets, method)
+    # Positives and negatives in separate passes: each side often shares a longer prefix (a
+    # persona sentence, say) than the two together, and the shared prefix runs only once.
+    total = sum(len(pairs) for pairs in pair_sets)
+    sides = []
+    for k, side in enumerate(("positive", "negative")):
+        texts = [render(template, getattr(p, side)) for pairs in pair_sets for p in pairs]
+        sides.append(
+            residual_states(
+                loaded,
+                texts,
+                token=token,
+                batch_size=batch_size,
+                progress=None if progress is None else _offset(progress, k * total, 2 * total),
+            )
+        )
+    positive, negative = sides
+    estimate = mean_difference if method == "mean" else pca_direction
+    vectors, start = [], 0
+    for pairs in pair_sets:
+        end = start + len(pairs)
+        vectors.append(estimate(positive[start:end], negative[start:end]).numpy())
+        start = end
+    return [v.astype(np.float32) for v in vectors]
+
+
 def extract_vector(
     loaded: LoadedModel,
     pairs: Sequence[ContrastPair],
@@ -64,32 +116,12 @@ def extract_vector(
     progress: Progress | None = None,
 ) -> np.ndarray:
     """The ``[n_layers, d_model]`` concept vector of ``pairs`` on ``loaded``."""
-    if method not in METHODS:
-        raise InvalidInput(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    if not pairs:
-        raise InvalidInput("no contrast pairs to extract from")
-    if method == "pca" and len(pairs) < 2:
-        raise InvalidInput("pca needs at least 2 contrast pairs")
-    # Positives and negatives in separate passes: each side often shares a longer prefix (a
-    # persona sentence, say) than the two together, and the shared prefix runs only once.
-    sides = []
-    for k, side in enumerate(("positive", "negative")):
-        texts = [render(template, getattr(p, side)) for p in pairs]
-        sides.append(
-            residual_states(
-                loaded,
-                texts,
-                token=token,
-                batch_size=batch_size,
-                progress=None
-                if progress is None
-                else _offset(progress, k * len(pairs), 2 * len(pairs)),
-            )
-        )
-    positive, negative = sides
-    vector = (
-        mean_difference(positive, negative)
-        if method == "mean"
-        else pca_direction(positive, negative)
-    )
-    return vector.numpy().astype(np.float32)
+    return extract_vectors(
+        loaded,
+        [pairs],
+        template=template,
+        method=method,
+        token=token,
+        batch_size=batch_size,
+        progress=progress,
+    )[0]

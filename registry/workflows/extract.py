@@ -15,7 +15,7 @@ import numpy as np
 from crx.registry.errors import InvalidInput
 from crx.registry.pairs import ContrastPair
 from crx.registry.progress import Progress, StagedProgress, staged
-from crx.schemas.records import Registered, VectorRecord
+from crx.schemas.records import ConceptVersionRecord, ModelRecord, Registered, VectorRecord
 
 if TYPE_CHECKING:
     from crx.registry.engine.loading import LoadedModel
@@ -108,19 +108,47 @@ def extract(
         batch_size=batch_size,
         progress=staged(progress, f"extract {concept.ref} on {record.name}"),
     )
-    return catalog.save_vector(
+    return save_extracted(
+        ws,
         concept,
         record,
         array,
+        loaded=loaded,
+        method=method,
+        token=token,
+        batch_size=batch_size,
+        n_pairs=len(pairs),
+        replace=force,
+    )
+
+
+def save_extracted(
+    ws: Workspace,
+    concept: ConceptVersionRecord,
+    model: ModelRecord,
+    array: np.ndarray,
+    *,
+    loaded: LoadedModel,
+    method: str,
+    token: str,
+    batch_size: int,
+    n_pairs: int,
+    replace: bool,
+) -> Registered[VectorRecord]:
+    """Record a freshly extracted vector with its `extraction_settings`."""
+    return ws.catalog.save_vector(
+        concept,
+        model,
+        array,
         origin="extracted",
         token_position=token,
-        estimator=estimator,
-        replace=force,
+        estimator=check_method(method),
+        replace=replace,
         settings=extraction_settings(
             method=method,
             token=token,
             batch_size=batch_size,
-            n_pairs=len(pairs),
+            n_pairs=n_pairs,
             template=concept.template,
             loaded=loaded.label,
         ),
