@@ -127,10 +127,10 @@ def extract_banks(
 def bank_at_block(reg: Registry, model: str, layer: int, cache: Path) -> dict:  # type: ignore[type-arg]
     """Every bank concept's mean difference (all its pairs, the emotion template, last token) on
     ``model`` at one block only: what `crx bank extract --template` stores at that block, from
-    one length-sorted pass over all the bank's texts that stops after the block (batching
-    changes it only to float tolerance). Cached in ``cache`` as npz: ``refs``, ``vectors``."""
-    from crx.registry.engine.capture import residual_states
-    from crx.registry.engine.extract import render
+    `extract_vectors` over the whole bank, stopping after the block (batching changes it only
+    to float tolerance; the committed result read positives and negatives in one pass).
+    Cached in ``cache`` as npz: ``refs``, ``vectors``."""
+    from crx.registry.engine.extract import extract_vectors
     from crx.registry.workflows.bank import bank_index, bank_pairs
 
     path = cache / f"bank-{model}-block{layer}.npz"
@@ -142,10 +142,6 @@ def bank_at_block(reg: Registry, model: str, layer: int, cache: Path) -> dict:  
             "seconds": float(found["seconds"]) if "seconds" in found else None,
         }
     entries = bank_index()
-    pairs = [bank_pairs(e) for e in entries]
-    # per concept: its positives, then its negatives
-    sides = ("positive", "negative")
-    texts = [render(task.TEMPLATE, getattr(p, side)) for ps in pairs for side in sides for p in ps]
     loaded = reg.load_model(model)
     t0 = time.monotonic()
 
@@ -154,13 +150,16 @@ def bank_at_block(reg: Registry, model: str, layer: int, cache: Path) -> dict:  
             print(f"  {model} block {layer}: {done}/{total} texts, "
                   f"{time.monotonic() - t0:.0f} s", flush=True)  # fmt: skip
 
-    states = residual_states(loaded, texts, layers=[layer], progress=report)[:, 0].double()
-    vectors, start = [], 0
-    for ps in pairs:
-        n = len(ps)
-        positive, negative = states[start : start + n], states[start + n : start + 2 * n]
-        vectors.append((positive - negative).mean(dim=0).float().numpy())
-        start += 2 * n
+    vectors = [
+        v[0]
+        for v in extract_vectors(
+            loaded,
+            [bank_pairs(e) for e in entries],
+            template=task.TEMPLATE,
+            layers=[layer],
+            progress=report,
+        )
+    ]
     refs = [e.concept for e in entries]
     seconds = round(time.monotonic() - t0, 1)
     np.savez(path, refs=np.array(refs), vectors=np.stack(vectors), seconds=np.array(seconds))

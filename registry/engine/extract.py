@@ -70,6 +70,7 @@ def extract_vectors(
     method: str = "mean",
     token: str = "last",
     batch_size: int = 32,
+    layers: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> list[np.ndarray]:
     """The ``[n_layers, d_model]`` concept vector of each of ``pair_sets``, all in one template.
@@ -77,7 +78,8 @@ def extract_vectors(
     Every set's positives go through one pass and every set's negatives through another, so many
     small sets (the concept bank's 24 pairs each) fill whole length-sorted batches, where a pass
     per set would run half-empty, unevenly padded ones. Each vector equals `extract_vector` of its
-    set alone to float tolerance (batching only moves rounding).
+    set alone to float tolerance (batching only moves rounding). ``layers``: only those blocks
+    (rows in that order, the pass stopping after the deepest).
     """
     _check(pair_sets, method)
     # Positives and negatives in separate passes: each side often shares a longer prefix (a
@@ -90,6 +92,7 @@ def extract_vectors(
             residual_states(
                 loaded,
                 texts,
+                layers=layers,
                 token=token,
                 batch_size=batch_size,
                 progress=None if progress is None else _offset(progress, k * total, 2 * total),
