@@ -140,7 +140,8 @@ def extract_bank(
     are (``crx fit --solver anchored --anchor-template``). ``pairs``: each concept's first N
     pairs only (see `register_bank`). The concepts to extract go through the model
     ``concepts_per_pass`` at a time (`extract_vectors`): each vector is what `crx extract` of
-    that concept alone gives, to float tolerance, in about half the time.
+    that concept alone gives, to float tolerance; 1.2-1.5x faster than a concept at a time
+    (benchmarks/README.md, "Batching the bank's concepts").
 
     Reports ``load MODEL`` when it computes anything, then one stage ``bank on MODEL``
     counting concepts.
