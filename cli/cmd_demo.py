@@ -42,7 +42,7 @@ def demo(emotions: tuple[str, ...], out_dir: str | None, quiet: bool, as_json: b
     held-out scenarios, prints a table and writes the plot. A second run reuses everything
     already computed.
 
-    From scratch it takes ~14 min on a 2-core CPU (857 s measured; up to ~60 min on a loaded
+    From scratch it takes ~18 min on a 2-core CPU (1,051 s measured; up to ~60 min on a loaded
     machine) and ~2.2 GB under $CRX_HOME; it prints its estimate first, then every stage's
     progress on stderr (--quiet: none).
 

@@ -307,13 +307,13 @@ def test_the_demo_says_what_it_will_take_before_it_starts(reg: Registry) -> None
     from crx.registry.workflows.demo import SOURCE, TARGET, Estimate
 
     estimate = reg.demo_estimate()  # a fresh $CRX_HOME: nothing pulled, nothing cached
-    assert (estimate.seconds, estimate.disk_bytes) == (857, 2_200_000_000)
+    assert (estimate.seconds, estimate.disk_bytes) == (1051, 2_200_000_000)
     assert estimate.pulled == {SOURCE: False, TARGET: False}
     assert estimate.states_cached == {SOURCE: False, TARGET: False}
     assert estimate.bank_extracted == {SOURCE: False, TARGET: False}
     assert not estimate.reused
     line = _estimate_line(estimate, all_six=True)
-    assert line.startswith("crx demo: ~14 min from scratch on a 2-core CPU (857 s measured")
+    assert line.startswith("crx demo: ~18 min from scratch on a 2-core CPU (1051 s measured")
     assert "~60 min on a loaded machine" in line
     assert "~2.2 GB under $CRX_HOME" in line
     assert line.endswith(
