@@ -16,6 +16,11 @@
         --target qwen2.5-coder-1.5b-instruct --quality $R/quality_qwen05_qwen15.json \\
         --layer-pair 18:21 --cache DIR --alphas 0.1,0.2,0.4,0.8 \\
         --out $R/anchored_template_layer_pair_qwen05_qwen15.json
+    L=$R/anchored_template_layer_pair_qwen05_qwen15.json   # the same map, α 0.05 and 1.6 added
+    .venv/bin/python $B/anchored_bench.py --source qwen2.5-coder-0.5b-instruct \\
+        --target qwen2.5-coder-1.5b-instruct --quality $R/quality_qwen05_qwen15.json \\
+        --layer-pair 18:21 --cache DIR --alphas 0.05,1.6 --extend $L \\
+        --out $R/anchored_template_layer_pair_full_grid_qwen05_qwen15.json
 
 Runs on the registry at $CRX_HOME, where the six emotion concepts, their native vectors on both
 models and crx's ridge maps already are (`crx demo`, or quality_bench's run). It
@@ -31,7 +36,9 @@ models and crx's ridge maps already are (`crx demo`, or quality_bench's run). It
    test-half token accuracy reported; the bare model is re-measured and must equal the
    committed quality result's (the evaluation is deterministic),
 4. with ``--layer-pair LS:LT``: steps 1-3 for the one map evaluated only (see `run_layer_pair`),
-   for a pair whose full run does not fit a session,
+   for a pair whose full run does not fit a session; ``--extend RESULT`` keeps that earlier
+   ``--layer-pair`` result's α grid for the anchored map (the refitted map must match its
+   recorded choice) and adds ``--alphas`` to it (the evaluation is deterministic),
 5. with ``--ablate``: the same at the steering layer's map only, fitted with the first N anchor
    concepts of a seeded shuffle (three seeds each), and with the corpus left out (anchors only).
 
@@ -214,9 +221,11 @@ def evaluate(
     committed: dict,  # type: ignore[type-arg]
     rows: dict[str, np.ndarray],
     map_id: int | None,
+    earlier: dict[str, dict] | None = None,  # type: ignore[type-arg]
 ) -> list:  # type: ignore[type-arg]
     """Each emotion's transplanted row at ``layer`` scored as quality_bench's ``--validated``
-    beside the committed quality result's columns (whose bare model it must re-measure)."""
+    beside the committed quality result's columns (whose bare model it must re-measure);
+    ``earlier``: per emotion, the same row's measurements at other α, joined before choosing."""
     checks = []
     for e in EMOTIONS:
         base = measure(reg, target, e, None, layer, args.alphas)
@@ -225,7 +234,10 @@ def evaluate(
             raise SystemExit(f"{e}: the bare model's test accuracy differs from {args.quality}")
         sizes = {"n_val": old["n_val"], "n_test": old["n_test"]}
         check = {"emotion": e, **sizes, "base": base["test"], "anchored_map_id": map_id}
-        check["anchored"] = choose(measure(reg, target, e, rows[e], layer, args.alphas), sizes)
+        by_alpha = measure(reg, target, e, rows[e], layer, args.alphas)
+        if earlier:
+            by_alpha = dict(sorted({**earlier[e], **by_alpha}.items()))
+        check["anchored"] = choose(by_alpha, sizes)
         for label in ("ours", "paper_recipe", "paper_recipe_raw_alpha", "native"):
             check[label] = old[label]
         check["selected_without_anchored"] = old["selected"]
@@ -252,6 +264,27 @@ def summary(rows: list, labels: tuple[str, ...]) -> dict:  # type: ignore[type-a
         "mean_test_token_accuracy": mean,
         "token_lift_over_base": lift,
         "lift_as_fraction_of_native_lift": {k: lift[k] / lift["native"] for k in labels},
+    }
+
+
+def extended_grid(path: Path, settings: dict, ls: int, lt: int) -> dict[str, dict]:  # type: ignore[type-arg]
+    """``--extend``: the anchored map's measurements at every α of an earlier ``--layer-pair``
+    result, per emotion, once the map refitted now is shown to be the one it measured (same
+    blocks, chosen weight and λ, held-out anchor cosine to 1e-6)."""
+    earlier = json.loads(path.read_text())
+    recorded = earlier["anchored_map"]
+    same = (
+        recorded["source_layer"] == ls
+        and earlier["layer"] == lt
+        and recorded["anchor_weight"] == settings["anchor_weight"]
+        and recorded["lambda"] == settings["lambda"]
+        and abs(recorded["anchor_cv_best"] - settings["anchor_cv_best"]) < 1e-6
+    )
+    if not same:
+        raise SystemExit(f"the map refitted now is not the one {path} measured: {settings}")
+    return {
+        r["emotion"]: {float(a): v for a, v in r["anchored"]["by_alpha"].items()}
+        for r in earlier["validated"]["rows"]
     }
 
 
@@ -323,8 +356,12 @@ def run_layer_pair(reg: Registry, args: argparse.Namespace, committed: dict) -> 
           f"λ {fm.settings['lambda']}, cv cosine {fm.settings['anchor_cv_best']:.3f}, "
           f"corpus R² {fm.r2:.3f}", flush=True)  # fmt: skip
 
+    earlier = None
+    if args.extend:
+        earlier = extended_grid(args.extend, fm.settings, ls, lt)
+        timings["extends"] = str(args.extend)
     rows = {e: map_vector(fm.weight, reg.load_vector(natives[e].id)[ls]) for e in EMOTIONS}
-    checks = evaluate(reg, tgt.name, lt, args, committed, rows, None)
+    checks = evaluate(reg, tgt.name, lt, args, committed, rows, None, earlier)
     return {
         "source": src.name,
         "target": tgt.name,
@@ -342,7 +379,7 @@ def run_layer_pair(reg: Registry, args: argparse.Namespace, committed: dict) -> 
         },
         "anchor_template": task.TEMPLATE,
         "bank_pairs_per_concept": 24,
-        "alphas": list(args.alphas),
+        "alphas": sorted(checks[0]["anchored"]["by_alpha"]),
         "timings": timings,
         "validated": {**summary(checks, LABELS), "rows": checks},
     }
@@ -409,6 +446,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--cache", type=Path, default=Path("."), help="--layer-pair: where the bank's rows go"
+    )
+    parser.add_argument(
+        "--extend",
+        type=Path,
+        metavar="RESULT",
+        help="--layer-pair: keep this earlier --layer-pair result's α grid for the anchored map "
+        "(the refitted map must be the one it measured) and add --alphas to it",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
